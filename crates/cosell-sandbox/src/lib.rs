@@ -1,0 +1,1 @@
+//! cosell-sandbox: work in progress (see the crate README once written).

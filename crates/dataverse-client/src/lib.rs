@@ -1,0 +1,1 @@
+//! dataverse-client: work in progress (see the crate README once written).

@@ -1,0 +1,1 @@
+//! partner-center-client: work in progress (see the crate README once written).

@@ -1,0 +1,21 @@
+//! # cosell
+//!
+//! Keeps Microsoft Partner Center co-sell referrals and Dynamics 365 (Dataverse) records in
+//! two-way sync. This facade re-exports the workspace's crates so an application depends on one
+//! package; each crate can also be used alone.
+//!
+//! | module | crate | what it is |
+//! |---|---|---|
+//! | [`http`] | `cosell-http` | shared pipeline: transport and credential seams, retries, throttling, paging |
+//! | [`partner_center`] | `partner-center-client` | Partner Center Referrals API, webhook registration and callback verification |
+//! | [`dataverse`] | `dataverse-client` | Dataverse Web API (OData v4) |
+//! | [`sandbox`] | `cosell-sandbox` | loopback emulators of both services, with fault injection |
+//!
+//! Start with `cargo run --example quickstart`; see the repository README.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use cosell_http as http;
+pub use cosell_sandbox as sandbox;
+pub use dataverse_client as dataverse;
+pub use partner_center_client as partner_center;
