@@ -1,1 +1,3 @@
-//! partner-center-client: work in progress (see the crate README once written).
+//! partner-center-client: work in progress.
+
+pub mod webhook;

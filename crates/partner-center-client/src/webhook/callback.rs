@@ -1,0 +1,1 @@
+//! The callback Partner Center posts to a registered URL (work in progress).

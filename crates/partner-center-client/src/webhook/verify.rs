@@ -1,0 +1,1 @@
+//! Verification of signed callbacks (work in progress).
