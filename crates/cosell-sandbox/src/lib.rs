@@ -1,1 +1,257 @@
-//! cosell-sandbox: work in progress (see the crate README once written).
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod dataverse;
+pub mod entra;
+pub mod faults;
+pub mod partner_center;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use url::Url;
+
+pub use dataverse::{DataverseEmulator, DataverseSchema};
+pub use entra::EntraStandIn;
+pub use faults::{Fault, FaultKind, Faults, Service};
+pub use partner_center::PartnerCenterEmulator;
+
+/// The base URLs of a running sandbox, one listener per emulated host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxUrls {
+    /// Entra ID authority host: tokens at `{entra}/{tenant}/oauth2/v2.0/token`.
+    pub entra: Url,
+    /// Partner Center referrals endpoint, `…/v1.0/engagements/` (the client's referrals endpoint).
+    pub referrals: Url,
+    /// Partner Center webhook API endpoint, `…/webhooks/v1/` (the client's webhooks endpoint).
+    pub webhooks: Url,
+    /// The host serving the webhook signing certificate (stands in for Microsoft's blob storage).
+    pub certificates: Url,
+    /// Dataverse environment URL (the API is under `api/data/v9.2/`).
+    pub dataverse: Url,
+}
+
+/// What every emulator is built from: the shared Entra stand-in, fault switch, URLs and seed.
+#[derive(Debug, Clone)]
+pub struct EmulatorContext {
+    /// Issues and checks tokens.
+    pub entra: EntraStandIn,
+    /// Fault switch and request counters.
+    pub faults: Faults,
+    /// Where every emulated host listens.
+    pub urls: SandboxUrls,
+    /// Seed for generated data.
+    pub seed: u64,
+}
+
+/// Fixed ports for a standalone sandbox (0 = any free port).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxPorts {
+    /// Entra ID stand-in.
+    pub entra: u16,
+    /// Partner Center referrals API.
+    pub referrals: u16,
+    /// Partner Center webhook API.
+    pub webhooks: u16,
+    /// Certificate host.
+    pub certificates: u16,
+    /// Dataverse.
+    pub dataverse: u16,
+}
+
+/// Configures and starts a [`Sandbox`].
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    ip: IpAddr,
+    ports: SandboxPorts,
+    seed: u64,
+    token_lifetime: Duration,
+    schema: DataverseSchema,
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        SandboxBuilder {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports: SandboxPorts::default(),
+            seed: 42,
+            token_lifetime: Duration::from_secs(3600),
+            schema: DataverseSchema::default(),
+        }
+    }
+}
+
+impl SandboxBuilder {
+    /// The address to bind (default 127.0.0.1; keep it on loopback).
+    pub fn ip(mut self, ip: IpAddr) -> Self {
+        self.ip = ip;
+        self
+    }
+
+    /// Fixed ports (default: any free port for each host).
+    pub fn ports(mut self, ports: SandboxPorts) -> Self {
+        self.ports = ports;
+        self
+    }
+
+    /// Seed for generated data and probabilistic faults (default 42).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Lifetime of issued access tokens (default one hour).
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// The Dataverse tables, columns and alternate keys (default: the co-sell schema).
+    pub fn dataverse_schema(mut self, schema: DataverseSchema) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// Binds every listener and starts serving. The servers stop when the [`Sandbox`] is dropped
+    /// or [`Sandbox::shutdown`] is called.
+    pub async fn start(self) -> io::Result<Sandbox> {
+        let bind = |port: u16| TcpListener::bind(SocketAddr::new(self.ip, port));
+        let entra_l = bind(self.ports.entra).await?;
+        let referrals_l = bind(self.ports.referrals).await?;
+        let webhooks_l = bind(self.ports.webhooks).await?;
+        let certificates_l = bind(self.ports.certificates).await?;
+        let dataverse_l = bind(self.ports.dataverse).await?;
+        let base = |l: &TcpListener, path: &str| -> io::Result<Url> {
+            let addr = l.local_addr()?;
+            Url::parse(&format!("http://{addr}/{path}"))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        };
+        let urls = SandboxUrls {
+            entra: base(&entra_l, "")?,
+            referrals: base(&referrals_l, "v1.0/engagements/")?,
+            webhooks: base(&webhooks_l, "webhooks/v1/")?,
+            certificates: base(&certificates_l, "")?,
+            dataverse: base(&dataverse_l, "")?,
+        };
+        let entra = EntraStandIn::new(self.token_lifetime);
+        let faults = Faults::new(self.seed);
+        let ctx = EmulatorContext {
+            entra: entra.clone(),
+            faults: faults.clone(),
+            urls: urls.clone(),
+            seed: self.seed,
+        };
+        let partner_center = PartnerCenterEmulator::new(ctx.clone());
+        let dataverse = DataverseEmulator::new(ctx, self.schema);
+
+        let with_faults = |router: Router, service: Service| {
+            router.layer(axum::middleware::from_fn_with_state(
+                faults::FaultLayerState {
+                    service,
+                    faults: faults.clone(),
+                },
+                faults::middleware,
+            ))
+        };
+        let mut tasks = JoinSet::new();
+        for (listener, router) in [
+            (entra_l, with_faults(entra.router(), Service::Entra)),
+            (
+                referrals_l,
+                with_faults(partner_center.referrals_router(), Service::Referrals),
+            ),
+            (
+                webhooks_l,
+                with_faults(partner_center.webhooks_router(), Service::Webhooks),
+            ),
+            // The certificate host is Microsoft's storage, not an API: no faults, not counted.
+            (certificates_l, partner_center.certificates_router()),
+            (
+                dataverse_l,
+                with_faults(dataverse.router(), Service::Dataverse),
+            ),
+        ] {
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "sandbox listener stopped");
+                }
+            });
+        }
+        partner_center.start_background(&mut tasks);
+        Ok(Sandbox {
+            urls,
+            entra,
+            faults,
+            partner_center,
+            dataverse,
+            tasks,
+        })
+    }
+}
+
+/// Running emulators of Entra ID, Partner Center (referrals, webhooks, certificate host) and
+/// Dataverse on loopback. Dropping it stops them.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+/// # rt.block_on(async {
+/// let sandbox = cosell_sandbox::Sandbox::builder().start().await.unwrap();
+/// assert_eq!(sandbox.urls().referrals.host_str(), Some("127.0.0.1"));
+/// sandbox.shutdown().await;
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct Sandbox {
+    urls: SandboxUrls,
+    entra: EntraStandIn,
+    faults: Faults,
+    partner_center: PartnerCenterEmulator,
+    dataverse: DataverseEmulator,
+    tasks: JoinSet<()>,
+}
+
+impl Sandbox {
+    /// A builder with the defaults (loopback, free ports, seed 42).
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// Starts a sandbox with the defaults.
+    pub async fn start() -> io::Result<Sandbox> {
+        Self::builder().start().await
+    }
+
+    /// Where each emulated host listens.
+    pub fn urls(&self) -> &SandboxUrls {
+        &self.urls
+    }
+
+    /// The Entra ID stand-in (register apps, issue refresh tokens, revoke tokens).
+    pub fn entra(&self) -> &EntraStandIn {
+        &self.entra
+    }
+
+    /// The fault switch and request counters.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The Partner Center emulator: control API (Microsoft's side), data, webhook deliveries.
+    pub fn partner_center(&self) -> &PartnerCenterEmulator {
+        &self.partner_center
+    }
+
+    /// The Dataverse emulator: tables, rows, limits.
+    pub fn dataverse(&self) -> &DataverseEmulator {
+        &self.dataverse
+    }
+
+    /// Stops every listener and background task.
+    pub async fn shutdown(mut self) {
+        self.tasks.shutdown().await;
+    }
+}

@@ -1,0 +1,390 @@
+//! A stand-in for Entra ID's v2.0 token endpoint, so the real credential code path runs in every
+//! test: `POST /{tenant}/oauth2/v2.0/token` with the `client_credentials` and `refresh_token`
+//! grants. Issued tokens are opaque, remembered with their audience and expiry, and checked by
+//! the emulated APIs, which answer 401 to a missing, unknown, expired or wrong-audience token.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+/// The client id of the app registered in the sandbox by default.
+pub const SANDBOX_CLIENT_ID: &str = "cosell-sandbox-app";
+/// The client secret of the default app.
+pub const SANDBOX_CLIENT_SECRET: &str = "cosell-sandbox-secret";
+/// The tenant the sandbox answers for (any tenant path segment is accepted).
+pub const SANDBOX_TENANT: &str = "sandbox.onmicrosoft.com";
+/// The audience (resource) of the Partner Center referrals API.
+pub const REFERRALS_AUDIENCE: &str = "https://api.partner.microsoft.com";
+/// The audience of the Partner Center webhook API.
+pub const WEBHOOKS_AUDIENCE: &str = "https://api.partnercenter.microsoft.com";
+
+/// Why a bearer token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthFailure {
+    /// No `Authorization: Bearer` header.
+    #[error("the request has no bearer token")]
+    Missing,
+    /// A token the stand-in never issued (or revoked).
+    #[error("the bearer token is not valid")]
+    Unknown,
+    /// An expired token.
+    #[error("the bearer token has expired")]
+    Expired,
+    /// An app-only token where the API accepts only app+user tokens.
+    #[error("the API accepts only app+user tokens; this one is app-only")]
+    AppOnly,
+    /// A token issued for another resource.
+    #[error("the bearer token is for `{found}`, not `{expected}`")]
+    WrongAudience {
+        /// The audience the API expects.
+        expected: String,
+        /// The audience the token was issued for.
+        found: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct IssuedToken {
+    audience: String,
+    /// Issued through a user's refresh token (app+user) rather than client credentials (app-only).
+    delegated: bool,
+    expires_on: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+struct State_ {
+    apps: HashMap<String, String>,
+    access_tokens: HashMap<String, IssuedToken>,
+    refresh_tokens: HashMap<String, String>,
+    lifetime: Duration,
+    grants: u64,
+}
+
+/// The Entra ID stand-in (cheap to clone; clones share state).
+#[derive(Debug, Clone)]
+pub struct EntraStandIn {
+    state: Arc<Mutex<State_>>,
+}
+
+impl Default for EntraStandIn {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(3600))
+    }
+}
+
+impl EntraStandIn {
+    /// A stand-in issuing tokens valid for `lifetime`, with the default app registered.
+    pub fn new(lifetime: Duration) -> Self {
+        let mut apps = HashMap::new();
+        apps.insert(
+            SANDBOX_CLIENT_ID.to_string(),
+            SANDBOX_CLIENT_SECRET.to_string(),
+        );
+        EntraStandIn {
+            state: Arc::new(Mutex::new(State_ {
+                apps,
+                access_tokens: HashMap::new(),
+                refresh_tokens: HashMap::new(),
+                lifetime,
+                grants: 0,
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State_> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers another app (client id and secret).
+    pub fn register_app(&self, client_id: &str, client_secret: &str) {
+        self.lock()
+            .apps
+            .insert(client_id.to_string(), client_secret.to_string());
+    }
+
+    /// Issues a refresh token for `client_id`, as an interactive sign-in would (app+user).
+    pub fn issue_refresh_token(&self, client_id: &str) -> String {
+        let token = format!("sbx-rt-{}", uuid::Uuid::new_v4().simple());
+        self.lock()
+            .refresh_tokens
+            .insert(token.clone(), client_id.to_string());
+        token
+    }
+
+    /// Issues an app+user access token for `audience` directly (for tests that skip the grant).
+    pub fn issue_access_token(&self, audience: &str) -> String {
+        let mut s = self.lock();
+        let expires_on = Utc::now()
+            + chrono::Duration::from_std(s.lifetime).unwrap_or(chrono::Duration::hours(1));
+        let token = format!("sbx-at-{}", uuid::Uuid::new_v4().simple());
+        s.access_tokens.insert(
+            token.clone(),
+            IssuedToken {
+                audience: audience.trim_end_matches('/').to_string(),
+                delegated: true,
+                expires_on,
+            },
+        );
+        token
+    }
+
+    /// Revokes every access token issued so far (the next call of each client gets a 401 and
+    /// must fetch a new token).
+    pub fn revoke_access_tokens(&self) {
+        self.lock().access_tokens.clear();
+    }
+
+    /// Token grants answered so far.
+    pub fn grants(&self) -> u64 {
+        self.lock().grants
+    }
+
+    /// Checks the bearer token in `headers` for `audience`; app-only and app+user tokens pass.
+    pub fn check(&self, headers: &HeaderMap, audience: &str) -> Result<(), AuthFailure> {
+        self.check_token(headers, audience, false)
+    }
+
+    /// Checks the bearer token in `headers` for `audience` and requires an app+user token, as
+    /// the Partner Center referrals API does.
+    pub fn check_delegated(&self, headers: &HeaderMap, audience: &str) -> Result<(), AuthFailure> {
+        self.check_token(headers, audience, true)
+    }
+
+    fn check_token(
+        &self,
+        headers: &HeaderMap,
+        audience: &str,
+        require_delegated: bool,
+    ) -> Result<(), AuthFailure> {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthFailure::Missing)?;
+        let s = self.lock();
+        let issued = s.access_tokens.get(token).ok_or(AuthFailure::Unknown)?;
+        if issued.expires_on <= Utc::now() {
+            return Err(AuthFailure::Expired);
+        }
+        let expected = audience.trim_end_matches('/');
+        if issued.audience != expected {
+            return Err(AuthFailure::WrongAudience {
+                expected: expected.to_string(),
+                found: issued.audience.clone(),
+            });
+        }
+        if require_delegated && !issued.delegated {
+            return Err(AuthFailure::AppOnly);
+        }
+        Ok(())
+    }
+
+    /// The router serving `POST /{tenant}/oauth2/v2.0/token`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .with_state(self.clone())
+    }
+
+    /// Issues a token for the resource named in `scope`; `None` when the scope names none.
+    fn issue(&self, client_id: &str, scope: &str, delegated: bool) -> Option<serde_json::Value> {
+        // A v2 scope names the resource: `https://host/.default` (or `https://host/permission`).
+        // `openid`, `profile` and `offline_access` say nothing about the audience.
+        let resource = scope.split_whitespace().find(|s| s.contains("://"))?;
+        let audience = match resource.rfind('/') {
+            Some(i)
+                if resource[..i].contains("://") && i > resource.find("://").unwrap_or(0) + 3 =>
+            {
+                &resource[..i]
+            }
+            _ => resource,
+        };
+        let mut s = self.lock();
+        s.grants += 1;
+        let lifetime = s.lifetime;
+        let token = format!("sbx-at-{}", uuid::Uuid::new_v4().simple());
+        s.access_tokens.insert(
+            token.clone(),
+            IssuedToken {
+                audience: audience.trim_end_matches('/').to_string(),
+                delegated,
+                expires_on: Utc::now()
+                    + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1)),
+            },
+        );
+        let mut body = json!({
+            "token_type": "Bearer",
+            "scope": scope,
+            "expires_in": lifetime.as_secs(),
+            "ext_expires_in": lifetime.as_secs(),
+            "access_token": token,
+        });
+        if delegated {
+            let refresh = format!("sbx-rt-{}", uuid::Uuid::new_v4().simple());
+            s.refresh_tokens
+                .insert(refresh.clone(), client_id.to_string());
+            body["refresh_token"] = json!(refresh);
+        }
+        Some(body)
+    }
+}
+
+fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
+    (
+        status,
+        Json(json!({
+            "error": code,
+            "error_description": description,
+            "error_codes": [],
+            "timestamp": Utc::now().to_rfc3339(),
+            "trace_id": uuid::Uuid::new_v4().to_string(),
+            "correlation_id": uuid::Uuid::new_v4().to_string(),
+        })),
+    )
+        .into_response()
+}
+
+fn issued(body: Option<serde_json::Value>) -> Response {
+    match body {
+        Some(body) => Json(body).into_response(),
+        None => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "AADSTS70011: The provided request must include a resource scope.",
+        ),
+    }
+}
+
+async fn token(
+    State(entra): State<EntraStandIn>,
+    Path(_tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let client_id = get("client_id");
+    let scope = get("scope");
+    let known_secret = entra.lock().apps.get(client_id).cloned();
+    let Some(known_secret) = known_secret else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+        );
+    };
+    let secret_ok = form
+        .get("client_secret")
+        .is_some_and(|s| *s == known_secret);
+    match get("grant_type") {
+        "client_credentials" => {
+            if !secret_ok {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "AADSTS7000215: Invalid client secret provided.",
+                );
+            }
+            issued(entra.issue(client_id, scope, false))
+        }
+        "refresh_token" => {
+            // A confidential client must authenticate; a public one sends no secret.
+            if form.contains_key("client_secret") && !secret_ok {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "AADSTS7000215: Invalid client secret provided.",
+                );
+            }
+            let owner = entra
+                .lock()
+                .refresh_tokens
+                .get(get("refresh_token"))
+                .cloned();
+            match owner {
+                Some(owner) if owner == client_id => issued(entra.issue(client_id, scope, true)),
+                _ => oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "AADSTS70000: The provided refresh token is invalid or was issued to another client.",
+                ),
+            }
+        }
+        other => oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            &format!("AADSTS70003: The grant type `{other}` is not supported here."),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_rejects_missing_unknown_and_wrong_audience() {
+        let e = EntraStandIn::default();
+        let mut h = HeaderMap::new();
+        assert_eq!(e.check(&h, REFERRALS_AUDIENCE), Err(AuthFailure::Missing));
+        h.insert("authorization", "Bearer nope".parse().unwrap());
+        assert_eq!(e.check(&h, REFERRALS_AUDIENCE), Err(AuthFailure::Unknown));
+        let t = e.issue_access_token(WEBHOOKS_AUDIENCE);
+        h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        assert!(matches!(
+            e.check(&h, REFERRALS_AUDIENCE),
+            Err(AuthFailure::WrongAudience { .. })
+        ));
+        assert_eq!(e.check(&h, WEBHOOKS_AUDIENCE), Ok(()));
+        e.revoke_access_tokens();
+        assert_eq!(e.check(&h, WEBHOOKS_AUDIENCE), Err(AuthFailure::Unknown));
+    }
+
+    #[test]
+    fn audience_comes_from_the_scope() {
+        let e = EntraStandIn::default();
+        let body = e
+            .issue(
+                "app",
+                "offline_access https://api.partner.microsoft.com/.default",
+                true,
+            )
+            .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {}", body["access_token"].as_str().unwrap())
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(e.check(&h, REFERRALS_AUDIENCE), Ok(()));
+        assert_eq!(e.check_delegated(&h, REFERRALS_AUDIENCE), Ok(()));
+        assert!(body["refresh_token"].is_string());
+        let body = e
+            .issue("app", "http://127.0.0.1:5555/.default", false)
+            .unwrap();
+        h.insert(
+            "authorization",
+            format!("Bearer {}", body["access_token"].as_str().unwrap())
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(e.check(&h, "http://127.0.0.1:5555/"), Ok(()));
+        assert_eq!(
+            e.check_delegated(&h, "http://127.0.0.1:5555"),
+            Err(AuthFailure::AppOnly)
+        );
+    }
+}
