@@ -9,6 +9,7 @@
 //! | [`http`] | `cosell-http` | shared pipeline: transport and credential seams, retries, throttling, paging |
 //! | [`partner_center`] | `partner-center-client` | Partner Center Referrals API, webhook registration and callback verification |
 //! | [`dataverse`] | `dataverse-client` | Dataverse Web API (OData v4) |
+//! | [`mapping`] | `cosell-mapping` | pure translation referral <-> CRM records, driven by a TOML field map |
 //! | [`sandbox`] | `cosell-sandbox` | loopback emulators of both services, with fault injection |
 //!
 //! Start with `cargo run --example quickstart`; see the repository README.
@@ -16,6 +17,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use cosell_http as http;
+pub use cosell_mapping as mapping;
 pub use cosell_sandbox as sandbox;
 pub use dataverse_client as dataverse;
 pub use partner_center_client as partner_center;

@@ -1,0 +1,1 @@
+//! cosell-mapping: work in progress.
