@@ -1,6 +1,8 @@
 //! Behaviour of the pipeline and the credentials: retries, `Retry-After`, request ids, the
 //! idempotency rule, 401 refresh, token grants and caching.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,15 +20,17 @@ use tokio::time::Instant;
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+type Answer = Result<Response<Bytes>, TransportError>;
+
 /// A scripted transport: answers from a queue and records every request it saw.
 #[derive(Clone, Default)]
 struct Script {
-    answers: Arc<Mutex<Vec<Result<Response<Bytes>, TransportError>>>>,
+    answers: Arc<Mutex<Vec<Answer>>>,
     seen: Arc<Mutex<Vec<Request<Bytes>>>>,
 }
 
 impl Script {
-    fn new(answers: Vec<Result<Response<Bytes>, TransportError>>) -> Self {
+    fn new(answers: Vec<Answer>) -> Self {
         let mut answers = answers;
         answers.reverse();
         Script {
@@ -55,14 +59,14 @@ impl Script {
     }
 }
 
-fn status(code: u16) -> Result<Response<Bytes>, TransportError> {
+fn status(code: u16) -> Answer {
     Ok(Response::builder()
         .status(code)
         .body(Bytes::from_static(b"{}"))
         .unwrap())
 }
 
-fn throttled(retry_after: &str) -> Result<Response<Bytes>, TransportError> {
+fn throttled(retry_after: &str) -> Answer {
     Ok(Response::builder()
         .status(429)
         .header("retry-after", retry_after)
