@@ -1,0 +1,399 @@
+//! The state store: everything the engine must remember to be correct across restarts.
+//!
+//! - **Links**: one row per referral, tying it to its CRM record, with each side's last seen
+//!   version and the last synced snapshot of the mapped fields (the merge base). Links are a
+//!   bijection: one referral ↔ one CRM record.
+//! - **Create intents**: written *before* a referral is created in Partner Center (which has no
+//!   idempotency key), so an unknown outcome can be resolved by looking the referral up instead of
+//!   creating it twice.
+//! - **Checkpoints**: named cursors (reconcile time, Dataverse delta link).
+//! - **Inbox**: webhook hints waiting for a worker, deduplicated by body hash.
+//! - **Audit** and **dead letters**.
+//!
+//! Every write goes through [`StateStore::commit`], which applies a [`Commit`] atomically: the
+//! link, the checkpoint that covers it, the audit entry and the inbox acknowledgement become
+//! durable together or not at all. That is how a checkpoint never moves ahead of its work.
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// Which way a change flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Partner Center → CRM.
+    ToCrm,
+    /// CRM → Partner Center.
+    ToPartnerCenter,
+}
+
+impl Direction {
+    /// The stored name (`to_crm`, `to_partner_center`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToCrm => "to_crm",
+            Direction::ToPartnerCenter => "to_partner_center",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "to_crm" => Some(Direction::ToCrm),
+            "to_partner_center" => Some(Direction::ToPartnerCenter),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::ToCrm => "Partner Center → CRM",
+            Direction::ToPartnerCenter => "CRM → Partner Center",
+        })
+    }
+}
+
+/// The link between one referral and one CRM record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// Partner Center referral id.
+    pub referral_id: String,
+    /// Engagement id (groups Microsoft's and our referral).
+    pub engagement_id: Option<String>,
+    /// CRM entity logical name (`opportunity`, `lead`).
+    pub crm_entity: String,
+    /// CRM record id.
+    pub crm_id: String,
+    /// The referral's eTag when last synced.
+    pub pc_etag: Option<String>,
+    /// The referral's `updatedDateTime` when last synced.
+    pub pc_updated_at: Option<DateTime<Utc>>,
+    /// The CRM record's `@odata.etag` when last synced.
+    pub crm_etag: Option<String>,
+    /// The last synced snapshot of the mapped fields: the merge base and the echo detector.
+    pub base: serde_json::Value,
+    /// When the link was last written.
+    pub synced_at: DateTime<Utc>,
+}
+
+/// A referral create that was decided but whose outcome is not yet known to be durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateIntent {
+    /// CRM entity logical name.
+    pub crm_entity: String,
+    /// CRM record id.
+    pub crm_id: String,
+    /// The `externalReferenceId` sent with the create (the CRM id), used to find the referral
+    /// after an unknown outcome.
+    pub external_reference_id: String,
+    /// When the intent was recorded (bounds the look-up by `createdDateTime`).
+    pub recorded_at: DateTime<Utc>,
+    /// How many create attempts were made under this intent.
+    pub attempts: u32,
+}
+
+/// What a sync decision came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditOutcome {
+    /// A record was created on the target side.
+    Created,
+    /// A record was updated on the target side.
+    Updated,
+    /// The change was our own write coming back; nothing done.
+    Echo,
+    /// Both sides changed; merged by the ownership policy (conflicts listed).
+    Merged,
+    /// Nothing to do (no mapped field changed, or direction paused).
+    Skipped,
+    /// The change could not be applied (reason in the message).
+    Failed,
+    /// A dry run: what would have been written.
+    DryRun,
+}
+
+impl AuditOutcome {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Created => "created",
+            AuditOutcome::Updated => "updated",
+            AuditOutcome::Echo => "echo",
+            AuditOutcome::Merged => "merged",
+            AuditOutcome::Skipped => "skipped",
+            AuditOutcome::Failed => "failed",
+            AuditOutcome::DryRun => "dry_run",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => AuditOutcome::Created,
+            "updated" => AuditOutcome::Updated,
+            "echo" => AuditOutcome::Echo,
+            "merged" => AuditOutcome::Merged,
+            "skipped" => AuditOutcome::Skipped,
+            "failed" => AuditOutcome::Failed,
+            "dry_run" => AuditOutcome::DryRun,
+            _ => return None,
+        })
+    }
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store (0 until stored); increases with every entry.
+    pub id: i64,
+    /// When the decision was made.
+    pub at: DateTime<Utc>,
+    /// Which way the change flowed.
+    pub direction: Direction,
+    /// The referral concerned, when known.
+    pub referral_id: Option<String>,
+    /// The CRM entity concerned, when known.
+    pub crm_entity: Option<String>,
+    /// The CRM record concerned, when known.
+    pub crm_id: Option<String>,
+    /// What it came to.
+    pub outcome: AuditOutcome,
+    /// A readable account (the error text for failures).
+    pub message: String,
+    /// Fields changed on both sides and how each was resolved.
+    pub conflicts: Vec<String>,
+}
+
+impl AuditEntry {
+    /// A new entry stamped now.
+    pub fn new(direction: Direction, outcome: AuditOutcome, message: impl Into<String>) -> Self {
+        AuditEntry {
+            id: 0,
+            at: Utc::now(),
+            direction,
+            referral_id: None,
+            crm_entity: None,
+            crm_id: None,
+            outcome,
+            message: message.into(),
+            conflicts: Vec::new(),
+        }
+    }
+
+    /// Sets the referral.
+    pub fn referral(mut self, id: impl Into<String>) -> Self {
+        self.referral_id = Some(id.into());
+        self
+    }
+
+    /// Sets the CRM record.
+    pub fn crm(mut self, entity: impl Into<String>, id: impl Into<String>) -> Self {
+        self.crm_entity = Some(entity.into());
+        self.crm_id = Some(id.into());
+        self
+    }
+
+    /// Sets the conflicts.
+    pub fn conflicts(mut self, conflicts: Vec<String>) -> Self {
+        self.conflicts = conflicts;
+        self
+    }
+}
+
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only entries about this referral.
+    pub referral_id: Option<String>,
+    /// Only entries about this CRM record.
+    pub crm_id: Option<String>,
+    /// At most this many, newest first (0 = no limit).
+    pub limit: usize,
+}
+
+/// A record that keeps failing: visible, retryable, never dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// What failed: `referral:<id>` or `<entity>:<id>`.
+    pub key: String,
+    /// Which way it was flowing.
+    pub direction: Direction,
+    /// The last error text.
+    pub error: String,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// First failure (kept when the letter is updated).
+    pub first_failed_at: DateTime<Utc>,
+    /// Latest failure.
+    pub last_failed_at: DateTime<Utc>,
+}
+
+/// A webhook hint waiting in the inbox: "referral X may have changed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxHint {
+    /// Assigned by the store; acknowledge with it.
+    pub seq: i64,
+    /// The referral the callback named.
+    pub referral_id: String,
+    /// The event name (`referral-updated`, …).
+    pub event: String,
+    /// `ResourceChangeUtcDate` of the callback.
+    pub change_time: Option<DateTime<Utc>>,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+}
+
+/// A set of writes applied atomically by [`StateStore::commit`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[must_use = "a commit does nothing until passed to StateStore::commit"]
+pub struct Commit {
+    /// Links to insert or replace (keyed by referral id).
+    pub links: Vec<Link>,
+    /// Links to remove (by referral id).
+    pub remove_links: Vec<String>,
+    /// Create intents to record or replace.
+    pub intents: Vec<CreateIntent>,
+    /// Create intents resolved (by CRM entity and id).
+    pub resolved_intents: Vec<(String, String)>,
+    /// Checkpoints to set (name, value).
+    pub checkpoints: Vec<(String, String)>,
+    /// Audit entries to append.
+    pub audit: Vec<AuditEntry>,
+    /// Dead letters to put (an existing key keeps its first failure time).
+    pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters to clear (by key).
+    pub clear_dead_letters: Vec<String>,
+    /// Inbox hints processed (by sequence number).
+    pub ack_hints: Vec<i64>,
+}
+
+impl Commit {
+    /// An empty commit.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces a link.
+    pub fn link(mut self, link: Link) -> Self {
+        self.links.push(link);
+        self
+    }
+
+    /// Removes a link.
+    pub fn remove_link(mut self, referral_id: impl Into<String>) -> Self {
+        self.remove_links.push(referral_id.into());
+        self
+    }
+
+    /// Records a create intent.
+    pub fn intent(mut self, intent: CreateIntent) -> Self {
+        self.intents.push(intent);
+        self
+    }
+
+    /// Resolves a create intent.
+    pub fn resolve_intent(
+        mut self,
+        crm_entity: impl Into<String>,
+        crm_id: impl Into<String>,
+    ) -> Self {
+        self.resolved_intents
+            .push((crm_entity.into(), crm_id.into()));
+        self
+    }
+
+    /// Sets a checkpoint.
+    pub fn checkpoint(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.checkpoints.push((name.into(), value.into()));
+        self
+    }
+
+    /// Appends an audit entry.
+    pub fn audit(mut self, entry: AuditEntry) -> Self {
+        self.audit.push(entry);
+        self
+    }
+
+    /// Puts a dead letter.
+    pub fn dead_letter(mut self, letter: DeadLetter) -> Self {
+        self.dead_letters.push(letter);
+        self
+    }
+
+    /// Clears a dead letter.
+    pub fn clear_dead_letter(mut self, key: impl Into<String>) -> Self {
+        self.clear_dead_letters.push(key.into());
+        self
+    }
+
+    /// Acknowledges inbox hints.
+    pub fn ack(mut self, seqs: impl IntoIterator<Item = i64>) -> Self {
+        self.ack_hints.extend(seqs);
+        self
+    }
+
+    /// Whether the commit writes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Commit::default()
+    }
+}
+
+/// A state-store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The commit would break an invariant (e.g. two referrals linked to one CRM record); nothing
+    /// of it was applied.
+    #[error("state store conflict: {0}")]
+    Conflict(String),
+    /// Stored data could not be read back.
+    #[error("state store holds unreadable {what}: {detail}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// Why it failed.
+        detail: String,
+    },
+    /// The backend failed (I/O, SQL).
+    #[error("state store backend: {0}")]
+    Backend(String),
+}
+
+/// Durable state of the engine. Implementations must apply each [`Commit`] atomically.
+#[async_trait]
+pub trait StateStore: Send + Sync + fmt::Debug {
+    /// The link of a referral.
+    async fn link_by_referral(&self, referral_id: &str) -> Result<Option<Link>, StoreError>;
+    /// The link of a CRM record.
+    async fn link_by_crm(&self, crm_entity: &str, crm_id: &str)
+    -> Result<Option<Link>, StoreError>;
+    /// Every link, ordered by referral id.
+    async fn links(&self) -> Result<Vec<Link>, StoreError>;
+    /// A checkpoint's value.
+    async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Every unresolved create intent, oldest first.
+    async fn intents(&self) -> Result<Vec<CreateIntent>, StoreError>;
+    /// Audit entries, newest first.
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Every dead letter, oldest failure first.
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Adds a webhook hint unless a delivery with the same body hash was seen before; returns
+    /// whether it was new.
+    async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError>;
+    /// Unacknowledged hints, oldest first, at most `max`.
+    async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError>;
+    /// Applies every write in `commit`, atomically.
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+}

@@ -1,0 +1,473 @@
+//! The embedded default: one SQLite file, created on first use, schema under versioned
+//! migrations (`migrations/` in this crate, applied by sqlx at open).
+//!
+//! Durability: WAL journal with `synchronous=FULL`, so a commit that returned survives power loss,
+//! not only a process crash; the inbox, intents and links depend on that.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{
+    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, DeadLetter, Direction, InboxHint,
+    Link, StateStore, StoreError,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How long a delivery's body hash is remembered for deduplication.
+const SEEN_RETENTION: chrono::Duration = chrono::Duration::days(7);
+
+/// The SQLite state store (cheap to clone; clones share the pool).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(what: &'static str, s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt {
+            what,
+            detail: format!("timestamp `{s}`: {e}"),
+        })
+}
+
+fn opt_ts(what: &'static str, s: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    s.map(|s| parse_ts(what, &s)).transpose()
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    ///
+    /// Must run inside a Tokio runtime with timers enabled (sqlx uses them for pool timeouts).
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Self::migrate(pool).await
+    }
+
+    /// A store in SQLite's memory (one connection), for tests.
+    pub async fn in_memory() -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(backend)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            // An in-memory database lives as long as its connection: never let it idle out.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        Self::migrate(pool).await
+    }
+
+    async fn migrate(pool: SqlitePool) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await.map_err(backend)?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The schema version (the latest applied migration).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    /// Closes the pool (waits for connections to finish).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
+    let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+    let get_opt = |c: &str| row.try_get::<Option<String>, _>(c).map_err(backend);
+    let base = get("base")?;
+    Ok(Link {
+        referral_id: get("referral_id")?,
+        engagement_id: get_opt("engagement_id")?,
+        crm_entity: get("crm_entity")?,
+        crm_id: get("crm_id")?,
+        pc_etag: get_opt("pc_etag")?,
+        pc_updated_at: opt_ts("link", get_opt("pc_updated_at")?)?,
+        crm_etag: get_opt("crm_etag")?,
+        base: serde_json::from_str(&base).map_err(|e| StoreError::Corrupt {
+            what: "link",
+            detail: format!("base snapshot: {e}"),
+        })?,
+        synced_at: parse_ts("link", &get("synced_at")?)?,
+    })
+}
+
+/// The link columns, as a macro so queries stay `&'static str` (sqlx refuses dynamic SQL).
+macro_rules! link_columns {
+    () => {
+        "referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, base, synced_at"
+    };
+}
+
+#[async_trait]
+impl StateStore for SqliteStore {
+    async fn link_by_referral(&self, referral_id: &str) -> Result<Option<Link>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            link_columns!(),
+            " FROM links WHERE referral_id = ?"
+        ))
+        .bind(referral_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(link_from_row).transpose()
+    }
+
+    async fn link_by_crm(
+        &self,
+        crm_entity: &str,
+        crm_id: &str,
+    ) -> Result<Option<Link>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            link_columns!(),
+            " FROM links WHERE crm_entity = ? AND crm_id = ?"
+        ))
+        .bind(crm_entity)
+        .bind(crm_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(link_from_row).transpose()
+    }
+
+    async fn links(&self) -> Result<Vec<Link>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            link_columns!(),
+            " FROM links ORDER BY referral_id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(link_from_row).collect()
+    }
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM checkpoints WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn intents(&self) -> Result<Vec<CreateIntent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT crm_entity, crm_id, external_reference_id, recorded_at, attempts \
+             FROM create_intents ORDER BY recorded_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+                Ok(CreateIntent {
+                    crm_entity: get("crm_entity")?,
+                    crm_id: get("crm_id")?,
+                    external_reference_id: get("external_reference_id")?,
+                    recorded_at: parse_ts("intent", &get("recorded_at")?)?,
+                    attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let limit = if query.limit == 0 {
+            -1
+        } else {
+            query.limit as i64
+        };
+        let rows = sqlx::query(
+            "SELECT id, at, direction, referral_id, crm_entity, crm_id, outcome, message, conflicts \
+             FROM audit WHERE (?1 IS NULL OR referral_id = ?1) AND (?2 IS NULL OR crm_id = ?2) \
+             ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(query.referral_id.as_deref())
+        .bind(query.crm_id.as_deref())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+                let get_opt = |c: &str| row.try_get::<Option<String>, _>(c).map_err(backend);
+                let direction = get("direction")?;
+                let outcome = get("outcome")?;
+                Ok(AuditEntry {
+                    id: row.try_get("id").map_err(backend)?,
+                    at: parse_ts("audit entry", &get("at")?)?,
+                    direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
+                        what: "audit entry",
+                        detail: format!("direction `{direction}`"),
+                    })?,
+                    referral_id: get_opt("referral_id")?,
+                    crm_entity: get_opt("crm_entity")?,
+                    crm_id: get_opt("crm_id")?,
+                    outcome: AuditOutcome::parse(&outcome).ok_or_else(|| StoreError::Corrupt {
+                        what: "audit entry",
+                        detail: format!("outcome `{outcome}`"),
+                    })?,
+                    message: get("message")?,
+                    conflicts: serde_json::from_str(&get("conflicts")?).map_err(|e| {
+                        StoreError::Corrupt {
+                            what: "audit entry",
+                            detail: format!("conflicts: {e}"),
+                        }
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, direction, error, attempts, first_failed_at, last_failed_at \
+             FROM dead_letters ORDER BY first_failed_at",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+                let direction = get("direction")?;
+                Ok(DeadLetter {
+                    key: get("key")?,
+                    direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
+                        what: "dead letter",
+                        detail: format!("direction `{direction}`"),
+                    })?,
+                    error: get("error")?,
+                    attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
+                    first_failed_at: parse_ts("dead letter", &get("first_failed_at")?)?,
+                    last_failed_at: parse_ts("dead letter", &get("last_failed_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // Retention runs on the store's clock, not on the timestamps a caller supplies.
+        let now = Utc::now();
+        let cutoff = ts(&(now - SEEN_RETENTION));
+        sqlx::query("DELETE FROM inbox_seen WHERE seen_at < ?")
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        let fresh = sqlx::query(
+            "INSERT INTO inbox_seen (body_hash, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(body_hash)
+        .bind(ts(&now))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected()
+            == 1;
+        if fresh {
+            sqlx::query(
+                "INSERT INTO inbox (referral_id, event, change_time, received_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&hint.referral_id)
+            .bind(&hint.event)
+            .bind(hint.change_time.as_ref().map(ts))
+            .bind(ts(&hint.received_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(fresh)
+    }
+
+    async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, referral_id, event, change_time, received_at FROM inbox ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+                Ok(InboxHint {
+                    seq: row.try_get("seq").map_err(backend)?,
+                    referral_id: get("referral_id")?,
+                    event: get("event")?,
+                    change_time: opt_ts(
+                        "inbox hint",
+                        row.try_get::<Option<String>, _>("change_time")
+                            .map_err(backend)?,
+                    )?,
+                    received_at: parse_ts("inbox hint", &get("received_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for id in &commit.remove_links {
+            sqlx::query("DELETE FROM links WHERE referral_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        for link in &commit.links {
+            let base = serde_json::to_string(&link.base).map_err(backend)?;
+            let result = sqlx::query(
+                "INSERT INTO links (referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, base, synced_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (referral_id) DO UPDATE SET engagement_id = excluded.engagement_id, \
+                 crm_entity = excluded.crm_entity, crm_id = excluded.crm_id, pc_etag = excluded.pc_etag, \
+                 pc_updated_at = excluded.pc_updated_at, crm_etag = excluded.crm_etag, base = excluded.base, \
+                 synced_at = excluded.synced_at",
+            )
+            .bind(&link.referral_id)
+            .bind(link.engagement_id.as_deref())
+            .bind(&link.crm_entity)
+            .bind(&link.crm_id)
+            .bind(link.pc_etag.as_deref())
+            .bind(link.pc_updated_at.as_ref().map(ts))
+            .bind(link.crm_etag.as_deref())
+            .bind(base)
+            .bind(ts(&link.synced_at))
+            .execute(&mut *tx)
+            .await;
+            if let Err(e) = result {
+                // Dropping `tx` rolls everything back.
+                return Err(match e.as_database_error() {
+                    Some(db) if db.is_unique_violation() => StoreError::Conflict(format!(
+                        "{} {} is already linked to another referral, cannot link it to {}",
+                        link.crm_entity, link.crm_id, link.referral_id
+                    )),
+                    _ => backend(e),
+                });
+            }
+        }
+        for (entity, id) in &commit.resolved_intents {
+            sqlx::query("DELETE FROM create_intents WHERE crm_entity = ? AND crm_id = ?")
+                .bind(entity)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        for intent in &commit.intents {
+            sqlx::query(
+                "INSERT INTO create_intents (crm_entity, crm_id, external_reference_id, recorded_at, attempts) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (crm_entity, crm_id) DO UPDATE SET \
+                 external_reference_id = excluded.external_reference_id, recorded_at = excluded.recorded_at, \
+                 attempts = excluded.attempts",
+            )
+            .bind(&intent.crm_entity)
+            .bind(&intent.crm_id)
+            .bind(&intent.external_reference_id)
+            .bind(ts(&intent.recorded_at))
+            .bind(i64::from(intent.attempts))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        let now = ts(&Utc::now());
+        for (name, value) in &commit.checkpoints {
+            sqlx::query(
+                "INSERT INTO checkpoints (name, value, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        for entry in &commit.audit {
+            sqlx::query(
+                "INSERT INTO audit (at, direction, referral_id, crm_entity, crm_id, outcome, message, conflicts) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(ts(&entry.at))
+            .bind(entry.direction.as_str())
+            .bind(entry.referral_id.as_deref())
+            .bind(entry.crm_entity.as_deref())
+            .bind(entry.crm_id.as_deref())
+            .bind(entry.outcome.as_str())
+            .bind(&entry.message)
+            .bind(serde_json::to_string(&entry.conflicts).map_err(backend)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        for key in &commit.clear_dead_letters {
+            sqlx::query("DELETE FROM dead_letters WHERE key = ?")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        for letter in &commit.dead_letters {
+            sqlx::query(
+                "INSERT INTO dead_letters (key, direction, error, attempts, first_failed_at, last_failed_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET direction = excluded.direction, \
+                 error = excluded.error, attempts = excluded.attempts, last_failed_at = excluded.last_failed_at",
+            )
+            .bind(&letter.key)
+            .bind(letter.direction.as_str())
+            .bind(&letter.error)
+            .bind(i64::from(letter.attempts))
+            .bind(ts(&letter.first_failed_at))
+            .bind(ts(&letter.last_failed_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        for seq in &commit.ack_hints {
+            sqlx::query("DELETE FROM inbox WHERE seq = ?")
+                .bind(seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+}

@@ -1,0 +1,357 @@
+//! One conformance suite, run against every state store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{Duration, TimeZone, Utc};
+use cosell_sync::store::{
+    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, DeadLetter, Direction, InboxHint,
+    Link, MemoryStore, SqliteStore, StateStore, StoreError,
+};
+use pretty_assertions::assert_eq;
+use serde_json::json;
+
+fn t(secs: i64) -> chrono::DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::seconds(secs)
+}
+
+fn link(referral: &str, entity: &str, crm: &str) -> Link {
+    Link {
+        referral_id: referral.into(),
+        engagement_id: Some(format!("eng-{referral}")),
+        crm_entity: entity.into(),
+        crm_id: crm.into(),
+        pc_etag: Some("\"e1\"".into()),
+        pc_updated_at: Some(t(10)),
+        crm_etag: Some("W/\"100\"".into()),
+        base: json!({"name": "Contoso", "deal_value": "50000.00", "solutions": ["SOL-1"]}),
+        synced_at: t(11),
+    }
+}
+
+fn hint(referral: &str, secs: i64) -> InboxHint {
+    InboxHint {
+        seq: 0,
+        referral_id: referral.into(),
+        event: "referral-updated".into(),
+        change_time: Some(t(secs)),
+        received_at: t(secs + 1),
+    }
+}
+
+async fn links_are_a_bijection_and_commits_are_atomic(store: &dyn StateStore) {
+    store
+        .commit(Commit::new().link(link("r1", "lead", "c1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.link_by_referral("r1").await.unwrap(),
+        Some(link("r1", "lead", "c1"))
+    );
+    assert_eq!(
+        store
+            .link_by_crm("lead", "c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .referral_id,
+        "r1"
+    );
+    assert_eq!(store.link_by_crm("opportunity", "c1").await.unwrap(), None);
+
+    // The lead is qualified into an opportunity: the same referral now points elsewhere.
+    store
+        .commit(Commit::new().link(link("r1", "opportunity", "o1")))
+        .await
+        .unwrap();
+    assert_eq!(store.link_by_crm("lead", "c1").await.unwrap(), None);
+    assert_eq!(
+        store
+            .link_by_crm("opportunity", "o1")
+            .await
+            .unwrap()
+            .unwrap()
+            .referral_id,
+        "r1"
+    );
+
+    // A second referral may not claim the same record; the whole commit is refused, so the
+    // checkpoint and audit entry in it do not move either.
+    let err = store
+        .commit(
+            Commit::new()
+                .checkpoint("pc.reconcile", "later")
+                .audit(AuditEntry::new(
+                    Direction::ToCrm,
+                    AuditOutcome::Created,
+                    "x",
+                ))
+                .link(link("r2", "opportunity", "o1")),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("o1"));
+    assert_eq!(store.checkpoint("pc.reconcile").await.unwrap(), None);
+    assert!(
+        store
+            .audit(&AuditQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.link_by_referral("r2").await.unwrap(), None);
+
+    store
+        .commit(Commit::new().link(link("r0", "opportunity", "o0")))
+        .await
+        .unwrap();
+    let ids: Vec<_> = store
+        .links()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.referral_id)
+        .collect();
+    assert_eq!(ids, ["r0", "r1"]);
+    store.commit(Commit::new().remove_link("r0")).await.unwrap();
+    assert_eq!(store.links().await.unwrap().len(), 1);
+}
+
+async fn intents_resolve_with_their_link(store: &dyn StateStore) {
+    let intent = |id: &str, secs| CreateIntent {
+        crm_entity: "opportunity".into(),
+        crm_id: id.into(),
+        external_reference_id: id.into(),
+        recorded_at: t(secs),
+        attempts: 1,
+    };
+    store
+        .commit(
+            Commit::new()
+                .intent(intent("o2", 20))
+                .intent(intent("o1", 10)),
+        )
+        .await
+        .unwrap();
+    let pending: Vec<_> = store
+        .intents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.crm_id)
+        .collect();
+    assert_eq!(pending, ["o1", "o2"], "oldest first");
+
+    let mut retried = intent("o2", 20);
+    retried.attempts = 2;
+    store
+        .commit(Commit::new().intent(retried.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.intents().await.unwrap()[1], retried);
+
+    store
+        .commit(
+            Commit::new()
+                .link(link("r1", "opportunity", "o1"))
+                .resolve_intent("opportunity", "o1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.intents().await.unwrap(), vec![retried]);
+    assert!(
+        store
+            .link_by_crm("opportunity", "o1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn checkpoints_audit_and_dead_letters(store: &dyn StateStore) {
+    store
+        .commit(
+            Commit::new()
+                .checkpoint("pc.reconcile", "2026-01-01T00:00:00Z")
+                .checkpoint(
+                    "crm.delta.opportunity",
+                    "https://x/opportunities?$deltatoken=1",
+                ),
+        )
+        .await
+        .unwrap();
+    store
+        .commit(Commit::new().checkpoint("pc.reconcile", "2026-01-02T00:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.checkpoint("pc.reconcile").await.unwrap().as_deref(),
+        Some("2026-01-02T00:00:00Z")
+    );
+    assert_eq!(store.checkpoint("missing").await.unwrap(), None);
+
+    for (i, (referral, outcome)) in [
+        ("r1", AuditOutcome::Created),
+        ("r2", AuditOutcome::Failed),
+        ("r1", AuditOutcome::Merged),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = AuditEntry::new(Direction::ToCrm, outcome, format!("step {i}"))
+            .referral(referral)
+            .crm("opportunity", format!("o-{referral}"));
+        if outcome == AuditOutcome::Merged {
+            e = e.conflicts(vec!["deal_value: CRM wins".into()]);
+        }
+        store.commit(Commit::new().audit(e)).await.unwrap();
+    }
+    let all = store.audit(&AuditQuery::default()).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+        ["step 2", "step 1", "step 0"],
+        "newest first"
+    );
+    assert!(all[0].id > all[1].id && all[1].id > all[2].id);
+    assert_eq!(all[0].conflicts, ["deal_value: CRM wins"]);
+    let r1 = store
+        .audit(&AuditQuery {
+            referral_id: Some("r1".into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r1.len(), 1);
+    assert_eq!(r1[0].outcome, AuditOutcome::Merged);
+    let by_crm = store
+        .audit(&AuditQuery {
+            crm_id: Some("o-r2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_crm.len(), 1);
+    assert_eq!(by_crm[0].direction, Direction::ToCrm);
+
+    let letter = |attempts, secs| DeadLetter {
+        key: "referral:r9".into(),
+        direction: Direction::ToCrm,
+        error: format!("attempt {attempts} failed"),
+        attempts,
+        first_failed_at: t(secs),
+        last_failed_at: t(secs),
+    };
+    store
+        .commit(Commit::new().dead_letter(letter(1, 100)))
+        .await
+        .unwrap();
+    store
+        .commit(Commit::new().dead_letter(letter(2, 200)))
+        .await
+        .unwrap();
+    let letters = store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 2);
+    assert_eq!(letters[0].first_failed_at, t(100), "first failure is kept");
+    assert_eq!(letters[0].last_failed_at, t(200));
+    store
+        .commit(Commit::new().clear_dead_letter("referral:r9"))
+        .await
+        .unwrap();
+    assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+async fn the_inbox_deduplicates_deliveries(store: &dyn StateStore) {
+    assert!(store.push_hint("hash-a", hint("r1", 1)).await.unwrap());
+    assert!(
+        !store.push_hint("hash-a", hint("r1", 1)).await.unwrap(),
+        "same body again"
+    );
+    assert!(store.push_hint("hash-b", hint("r2", 2)).await.unwrap());
+    assert!(store.push_hint("hash-c", hint("r1", 3)).await.unwrap());
+    let pending = store.pending_hints(10).await.unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|h| h.referral_id.as_str())
+            .collect::<Vec<_>>(),
+        ["r1", "r2", "r1"]
+    );
+    assert_eq!(pending[0].change_time, Some(t(1)));
+    assert_eq!(store.pending_hints(1).await.unwrap().len(), 1);
+    store
+        .commit(Commit::new().ack([pending[0].seq, pending[2].seq]))
+        .await
+        .unwrap();
+    let left = store.pending_hints(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].referral_id, "r2");
+    // An acknowledged delivery that arrives again is still recognised.
+    assert!(!store.push_hint("hash-a", hint("r1", 1)).await.unwrap());
+}
+
+async fn suite(make: impl AsyncFn() -> Box<dyn StateStore>) {
+    links_are_a_bijection_and_commits_are_atomic(&*make().await).await;
+    intents_resolve_with_their_link(&*make().await).await;
+    checkpoints_audit_and_dead_letters(&*make().await).await;
+    the_inbox_deduplicates_deliveries(&*make().await).await;
+}
+
+#[tokio::test]
+async fn memory_store_conforms() {
+    suite(async || Box::new(MemoryStore::new()) as Box<dyn StateStore>).await;
+}
+
+#[tokio::test]
+async fn sqlite_store_conforms() {
+    suite(async || Box::new(SqliteStore::in_memory().await.unwrap()) as Box<dyn StateStore>).await;
+}
+
+#[tokio::test]
+async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested-name.sqlite");
+    assert!(!path.exists());
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 1);
+        store
+            .commit(
+                Commit::new()
+                    .link(link("r1", "opportunity", "o1"))
+                    .checkpoint("pc.reconcile", "c1")
+                    .audit(AuditEntry::new(
+                        Direction::ToPartnerCenter,
+                        AuditOutcome::Updated,
+                        "u",
+                    )),
+            )
+            .await
+            .unwrap();
+        assert!(store.push_hint("h", hint("r1", 1)).await.unwrap());
+        store.close().await;
+    }
+    assert!(path.exists());
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        1,
+        "migrations run once"
+    );
+    assert_eq!(
+        store.link_by_referral("r1").await.unwrap(),
+        Some(link("r1", "opportunity", "o1"))
+    );
+    assert_eq!(
+        store.checkpoint("pc.reconcile").await.unwrap().as_deref(),
+        Some("c1")
+    );
+    assert_eq!(
+        store.audit(&AuditQuery::default()).await.unwrap()[0].message,
+        "u"
+    );
+    assert_eq!(store.pending_hints(10).await.unwrap().len(), 1);
+    assert!(!store.push_hint("h", hint("r1", 1)).await.unwrap());
+    store.close().await;
+}
