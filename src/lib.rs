@@ -10,6 +10,7 @@
 //! | [`partner_center`] | `partner-center-client` | Partner Center Referrals API, webhook registration and callback verification |
 //! | [`dataverse`] | `dataverse-client` | Dataverse Web API (OData v4) |
 //! | [`mapping`] | `cosell-mapping` | pure translation referral <-> CRM records, driven by a TOML field map |
+//! | [`sync`] | `cosell-sync` | the sync engine and its durable state (links, checkpoints, audit) |
 //! | [`sandbox`] | `cosell-sandbox` | loopback emulators of both services, with fault injection |
 //!
 //! Start with `cargo run --example quickstart`; see the repository README.
@@ -19,5 +20,6 @@
 pub use cosell_http as http;
 pub use cosell_mapping as mapping;
 pub use cosell_sandbox as sandbox;
+pub use cosell_sync as sync;
 pub use dataverse_client as dataverse;
 pub use partner_center_client as partner_center;
