@@ -1,43 +1,585 @@
-//! The Partner Center emulator: referrals API, webhook registration API, signed callback
-//! deliveries and the certificate host (being written; routes answer 404 until then).
+//! The Partner Center emulator: the Referrals API, the webhook registration API, signed callback
+//! deliveries, the certificate host and a control API playing Microsoft's side.
+//!
+//! # Hosts and routes
+//!
+//! | host | routes |
+//! |---|---|
+//! | referrals ([`SandboxUrls::referrals`](crate::SandboxUrls)) | `POST/GET /v1.0/engagements/referrals`, `GET/PATCH/PUT /v1.0/engagements/referrals/{id}`, `GET /v1.0/referrals?$skiptoken=…` (where `@odata.nextLink` points, as in production), control routes under `/_sandbox/` (no auth) |
+//! | webhooks | `GET/POST/PUT /webhooks/v1/registration`, `GET /webhooks/v1/registration/events`, `POST /webhooks/v1/registration/validationEvents`, `GET /webhooks/v1/registration/validationEvents/{correlationId}` |
+//! | certificates | `GET /cert/pcnotifications-dispatch.microsoft.com.cer` (DER), `GET /cert/sandbox-root-ca.pem` |
+//!
+//! The referrals API accepts only app+user tokens for `https://api.partner.microsoft.com`; the
+//! webhook API accepts app-only and app+user tokens for `https://api.partnercenter.microsoft.com`.
+//!
+//! # Parties
+//!
+//! The sandbox's tenant ("ours", [`SANDBOX_ORGANIZATION_ID`]) is the only webhook subscriber.
+//! Referrals created through the API, incoming referrals created by the control API and seeded
+//! referrals are ours; Microsoft's (and other partners') referrals in one of our engagements are
+//! *related referrals*: readable by id and listed only when the `$filter` names `engagementId`
+//! (as `links.relatedReferrals` does), never writable through the API. A change to ours fires
+//! `referral-created`/`referral-updated`; a change to a related referral fires
+//! `related-referral-created`/`related-referral-updated`.
+//!
+//! # Control API (Microsoft's side)
+//!
+//! Rust methods on [`PartnerCenterEmulator`] and HTTP routes on the referrals host:
+//!
+//! | method | route |
+//! |---|---|
+//! | [`create_incoming_referral`](PartnerCenterEmulator::create_incoming_referral) | `POST /_sandbox/referrals/incoming` (body: fields to override, optional) |
+//! | [`microsoft_accept`](PartnerCenterEmulator::microsoft_accept) | `POST /_sandbox/referrals/{id}/accept` |
+//! | [`microsoft_decline`](PartnerCenterEmulator::microsoft_decline) | `POST /_sandbox/referrals/{id}/decline` |
+//! | [`set_microsoft_crm_id`](PartnerCenterEmulator::set_microsoft_crm_id) | `POST /_sandbox/referrals/{id}/microsoft-crm-id` (`{"microsoftMsxId": "…"}`, optional) |
+//! | [`update_as_microsoft`](PartnerCenterEmulator::update_as_microsoft) | `PATCH /_sandbox/referrals/{id}` (JSON Patch) |
+//! | [`add_related_referral`](PartnerCenterEmulator::add_related_referral) | `POST /_sandbox/engagements/{engagementId}/related-referrals` |
+//! | [`expire_pending`](PartnerCenterEmulator::expire_pending) | `POST /_sandbox/expire-pending` |
+//! | [`seed_referrals`](PartnerCenterEmulator::seed_referrals) | `POST /_sandbox/seed` (`{"count": 250}`) |
+//! | [`referral`](PartnerCenterEmulator::referral) / [`referrals`](PartnerCenterEmulator::referrals) | `GET /_sandbox/referrals/{id}`, `GET /_sandbox/referrals` |
+//! | [`deliveries`](PartnerCenterEmulator::deliveries) / [`clear_deliveries`](PartnerCenterEmulator::clear_deliveries) | `GET`/`DELETE /_sandbox/deliveries` |
+//! | [`set_delivery_faults`](PartnerCenterEmulator::set_delivery_faults) | `PUT /_sandbox/delivery-faults` (`{"dropNext":1,"duplicate":true,"reorderWindow":3,"burst":3}`) |
+//! | [`certificate_url`](PartnerCenterEmulator::certificate_url), [`root_ca_pem`](PartnerCenterEmulator::root_ca_pem) | `GET /_sandbox/certificate` |
+
+mod certs;
+mod control;
+mod delivery;
+mod error;
+pub mod filter;
+mod lifecycle;
+mod patch;
+mod referrals;
+mod seed;
+mod webhooks;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use axum::Router;
+use chrono::{DateTime, Utc};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use url::Url;
+
+pub use certs::{
+    CERTIFICATE_COMMON_NAME, CERTIFICATE_FILE, CERTIFICATE_ORGANIZATION, IdentityError,
+    ROOT_CA_COMMON_NAME,
+};
+pub use delivery::{
+    DeliveryAttempt, DeliveryFaults, DeliveryPolicy, DeliveryRecord, DeliveryState,
+    SUPPORTED_EVENTS, WebhookRegistration,
+};
 
 use crate::EmulatorContext;
+use certs::SigningIdentity;
+use error::ApiError;
+
+/// Organization id of the sandbox's own partner tenant ("ours").
+pub const SANDBOX_ORGANIZATION_ID: &str = "5b1f6a3e-8c2d-4e7a-9f10-2a6b7c8d9e01";
+/// Organization name of the sandbox's partner tenant.
+pub const SANDBOX_ORGANIZATION_NAME: &str = "Fabrikam Sandbox Partner";
+/// Partner (MPN) id of the sandbox's partner tenant.
+pub const SANDBOX_MPN_ID: &str = "6543210";
+/// Organization id Microsoft's referrals carry (as in `inviteContext.invitedBy`).
+pub const MICROSOFT_ORGANIZATION_ID: &str = "msft";
+/// Days an incoming referral stays pending before it expires.
+pub const PENDING_EXPIRY_DAYS: i64 = 14;
+
+/// Who owns a stored referral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Party {
+    /// The sandbox's tenant: the webhook subscriber.
+    Ours,
+    /// Microsoft or another partner: a related referral.
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub(crate) party: Party,
+    pub(crate) body: Map<String, Value>,
+}
+
+/// Mutable state of the emulator (one lock; never held across an await).
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) referrals: Vec<Stored>,
+    pub(crate) index: HashMap<String, usize>,
+    pub(crate) rng: StdRng,
+    etag_counter: u64,
+    last_tick: i64,
+    pub(crate) registration: Option<WebhookRegistration>,
+    pub(crate) validations: HashMap<String, delivery::Validation>,
+    pub(crate) test_events: VecDeque<Instant>,
+    pub(crate) deliveries: Vec<DeliveryRecord>,
+    pub(crate) faults: DeliveryFaults,
+    pub(crate) held: Vec<usize>,
+    pub(crate) policy: DeliveryPolicy,
+    pub(crate) test_event_limit: bool,
+}
+
+impl State {
+    /// A new instant, strictly after the previous one, on a 100 ns grid (7 fractional digits).
+    pub(crate) fn now(&mut self) -> DateTime<Utc> {
+        let wall = Utc::now()
+            .timestamp_nanos_opt()
+            .map_or(self.last_tick + 1, |n| n / 100);
+        let tick = wall.max(self.last_tick + 1);
+        self.last_tick = tick;
+        DateTime::from_timestamp_nanos(tick.saturating_mul(100))
+    }
+
+    /// A new quoted opaque ETag, different from every earlier one.
+    pub(crate) fn next_etag(&mut self) -> String {
+        self.etag_counter += 1;
+        let stamp = u64::try_from(self.last_tick / 10_000_000).unwrap_or(0);
+        format!(
+            "\"{:08x}-0000-0200-0000-{:012x}\"",
+            self.etag_counter,
+            stamp & 0xffff_ffff_ffff
+        )
+    }
+
+    /// A GUID drawn from the seeded generator.
+    pub(crate) fn new_guid(&mut self) -> String {
+        use rand::Rng;
+        let bytes: [u8; 16] = self.rng.random();
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Option<&Stored> {
+        self.index.get(id).and_then(|i| self.referrals.get(*i))
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Stored> {
+        let i = *self.index.get(id)?;
+        self.referrals.get_mut(i)
+    }
+
+    pub(crate) fn insert(&mut self, stored: Stored) {
+        let id = stored
+            .body
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        self.index.insert(id, self.referrals.len());
+        self.referrals.push(stored);
+    }
+}
+
+/// Formats an instant as the API does: UTC, 7 fractional digits, `Z`.
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    format!(
+        "{}.{:07}Z",
+        t.format("%Y-%m-%dT%H:%M:%S"),
+        t.timestamp_subsec_nanos() / 100
+    )
+}
+
+/// Formats an instant as webhook payloads do: 7 fractional digits, `+00:00`.
+pub(crate) fn format_change_date(t: DateTime<Utc>) -> String {
+    format!(
+        "{}.{:07}+00:00",
+        t.format("%Y-%m-%dT%H:%M:%S"),
+        t.timestamp_subsec_nanos() / 100
+    )
+}
+
+pub(crate) struct Inner {
+    pub(crate) ctx: EmulatorContext,
+    state: Mutex<State>,
+    pub(crate) identity: Result<SigningIdentity, IdentityError>,
+    pub(crate) queue: mpsc::UnboundedSender<usize>,
+    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<usize>>>,
+    pub(crate) pending: watch::Sender<usize>,
+    pub(crate) transport: Mutex<Option<Arc<dyn cosell_http::HttpTransport>>>,
+}
+
+/// Why a control-API call was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ControlError {
+    /// The HTTP status the control route answers with.
+    pub status: u16,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl From<ApiError> for ControlError {
+    fn from(e: ApiError) -> Self {
+        ControlError {
+            status: e.status.as_u16(),
+            message: e.message,
+        }
+    }
+}
 
 /// The Partner Center emulator (cheap to clone; clones share state).
-#[derive(Debug, Clone)]
+///
+/// Built by the [`Sandbox`](crate::Sandbox) launcher; reach it with
+/// [`Sandbox::partner_center`](crate::Sandbox::partner_center).
+#[derive(Clone)]
 pub struct PartnerCenterEmulator {
-    ctx: EmulatorContext,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PartnerCenterEmulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("PartnerCenterEmulator")
+            .field("referrals", &s.referrals.len())
+            .field("registration", &s.registration)
+            .field("deliveries", &s.deliveries.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PartnerCenterEmulator {
-    /// Creates the emulator.
+    /// Creates the emulator, generating its webhook signing certificate.
     pub fn new(ctx: EmulatorContext) -> Self {
-        PartnerCenterEmulator { ctx }
+        let (queue, queue_rx) = mpsc::unbounded_channel();
+        let identity = SigningIdentity::generate();
+        if let Err(e) = &identity {
+            tracing::error!(error = %e, "webhook deliveries will fail");
+        }
+        let state = State {
+            referrals: Vec::new(),
+            index: HashMap::new(),
+            rng: StdRng::seed_from_u64(ctx.seed),
+            etag_counter: 0,
+            last_tick: 0,
+            registration: None,
+            validations: HashMap::new(),
+            test_events: VecDeque::new(),
+            deliveries: Vec::new(),
+            faults: DeliveryFaults::default(),
+            held: Vec::new(),
+            policy: DeliveryPolicy::default(),
+            test_event_limit: true,
+        };
+        PartnerCenterEmulator {
+            inner: Arc::new(Inner {
+                ctx,
+                state: Mutex::new(state),
+                identity,
+                queue,
+                queue_rx: Mutex::new(Some(queue_rx)),
+                pending: watch::Sender::new(0),
+                transport: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The shared context.
     pub fn context(&self) -> &EmulatorContext {
-        &self.ctx
+        &self.inner.ctx
     }
 
-    /// Routes of the referrals host.
+    /// Routes of the referrals host (API, the production-style next-link path, control routes).
     pub fn referrals_router(&self) -> Router {
-        Router::new()
+        referrals::router(self.clone()).merge(control::router(self.clone()))
     }
 
     /// Routes of the webhook API host.
     pub fn webhooks_router(&self) -> Router {
-        Router::new()
+        webhooks::router(self.clone())
     }
 
     /// Routes of the certificate host.
     pub fn certificates_router(&self) -> Router {
-        Router::new()
+        webhooks::certificates_router(self.clone())
     }
 
-    /// Starts background work (webhook delivery) on the sandbox's task set.
-    pub fn start_background(&self, _tasks: &mut JoinSet<()>) {}
+    /// Starts background work (webhook delivery) on the sandbox's task set. Deliveries queued
+    /// before this is called are sent once it runs; calling it twice does nothing.
+    pub fn start_background(&self, tasks: &mut JoinSet<()>) {
+        let rx = self
+            .inner
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            let me = self.clone();
+            tasks.spawn(async move { delivery::worker(me, rx).await });
+        }
+    }
+
+    // ----- URLs and certificate ---------------------------------------------------------
+
+    fn origin(url: &Url) -> String {
+        let mut s = format!(
+            "{}://{}",
+            url.scheme(),
+            url.host_str().unwrap_or("127.0.0.1")
+        );
+        if let Some(port) = url.port() {
+            s.push_str(&format!(":{port}"));
+        }
+        s
+    }
+
+    /// `scheme://host:port` of the referrals host.
+    pub(crate) fn referrals_origin(&self) -> String {
+        Self::origin(&self.inner.ctx.urls.referrals)
+    }
+
+    /// `scheme://host:port` of the webhook API host.
+    pub(crate) fn webhooks_origin(&self) -> String {
+        Self::origin(&self.inner.ctx.urls.webhooks)
+    }
+
+    /// The URL of one referral on the referrals host (what callbacks carry as `ResourceUri`).
+    pub fn referral_url(&self, id: &str) -> String {
+        format!(
+            "{}/v1.0/engagements/referrals/{id}",
+            self.referrals_origin()
+        )
+    }
+
+    /// Where the signing certificate is served (sent as `X-MS-Certificate-Url`).
+    pub fn certificate_url(&self) -> Url {
+        let base = &self.inner.ctx.urls.certificates;
+        base.join(&format!("cert/{CERTIFICATE_FILE}"))
+            .unwrap_or_else(|_| base.clone())
+    }
+
+    /// The sandbox's test root CA (PEM): the trust anchor to configure in the callback verifier.
+    /// Empty if the signing identity could not be generated (an error was logged at start).
+    pub fn root_ca_pem(&self) -> String {
+        self.inner
+            .identity
+            .as_ref()
+            .map(|i| i.ca_pem().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The sandbox's test root CA (DER).
+    pub fn root_ca_der(&self) -> Vec<u8> {
+        self.inner
+            .identity
+            .as_ref()
+            .map(|i| i.ca_der().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The signing (leaf) certificate, DER, as the certificate host serves it.
+    pub fn signing_certificate_der(&self) -> Vec<u8> {
+        self.inner
+            .identity
+            .as_ref()
+            .map(|i| i.certificate_der().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The signing (leaf) certificate, PEM.
+    pub fn signing_certificate_pem(&self) -> String {
+        self.inner
+            .identity
+            .as_ref()
+            .map(|i| i.certificate_pem().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The headers the sandbox would send with a callback whose body is `body` (for building
+    /// forged or replayed callbacks in tests): `Authorization: Signature <base64>` (or
+    /// `x-ms-signature` when `ms_signature_header`), `X-MS-Certificate-Url`,
+    /// `X-MS-Signature-Algorithm: rsa-sha256`, `Content-Type`.
+    pub fn sign_callback(
+        &self,
+        body: &[u8],
+        ms_signature_header: bool,
+    ) -> Result<Vec<(String, String)>, IdentityError> {
+        let identity = self.inner.identity.as_ref().map_err(Clone::clone)?;
+        let sig = identity.sign_base64(body)?;
+        let sig_header = if ms_signature_header {
+            "x-ms-signature"
+        } else {
+            "Authorization"
+        };
+        Ok(vec![
+            (
+                "Content-Type".into(),
+                "application/json; charset=utf-8".into(),
+            ),
+            (sig_header.into(), format!("Signature {sig}")),
+            (
+                "X-MS-Certificate-Url".into(),
+                self.certificate_url().to_string(),
+            ),
+            ("X-MS-Signature-Algorithm".into(), "rsa-sha256".into()),
+        ])
+    }
+
+    // ----- reading ------------------------------------------------------------------------
+
+    /// One referral (ours or related) as stored, without auth.
+    pub fn referral(&self, id: &str) -> Option<Value> {
+        self.lock()
+            .get(id)
+            .map(|s| referrals::representation(self, &s.body))
+    }
+
+    /// Every stored referral (ours and related), in creation order.
+    pub fn referrals(&self) -> Vec<Value> {
+        self.lock()
+            .referrals
+            .iter()
+            .map(|s| referrals::representation(self, &s.body))
+            .collect()
+    }
+
+    /// How many referrals are stored (ours and related).
+    pub fn referral_count(&self) -> usize {
+        self.lock().referrals.len()
+    }
+
+    /// The current webhook registration, if any.
+    pub fn registration(&self) -> Option<WebhookRegistration> {
+        self.lock().registration.clone()
+    }
+
+    /// Enables or disables the documented limit of two test events per minute (default on).
+    pub fn set_test_event_limit(&self, enabled: bool) {
+        self.lock().test_event_limit = enabled;
+    }
+
+    // ----- deliveries -----------------------------------------------------------------------
+
+    /// The delivery log: every callback queued, with its attempts and outcome.
+    pub fn deliveries(&self) -> Vec<DeliveryRecord> {
+        self.lock().deliveries.clone()
+    }
+
+    /// Forgets the delivery log (records still in flight keep being delivered but are no
+    /// longer listed).
+    pub fn clear_deliveries(&self) {
+        let mut s = self.lock();
+        s.deliveries.iter_mut().for_each(|d| d.hidden = true);
+    }
+
+    /// Waits until no callback is queued, held or being retried. Callbacks held back by the
+    /// reorder fault are released first. Wrap it in `tokio::time::timeout` in tests.
+    pub async fn wait_for_deliveries(&self) {
+        delivery::flush_held(self);
+        let mut rx = self.inner.pending.subscribe();
+        // The sender lives as long as `self`, so this only ends when the count reaches zero.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Sets the retry policy of deliveries (attempts, backoff, timeout).
+    pub fn set_delivery_policy(&self, policy: DeliveryPolicy) {
+        self.lock().policy = policy;
+    }
+
+    /// Replaces the HTTP transport deliveries use (default: reqwest with the policy's timeout).
+    pub fn set_delivery_transport(&self, transport: Arc<dyn cosell_http::HttpTransport>) {
+        *self
+            .inner
+            .transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(transport);
+    }
+
+    /// Sets the webhook delivery faults (replacing the current ones).
+    pub fn set_delivery_faults(&self, faults: DeliveryFaults) {
+        self.lock().faults = faults;
+        if faults.reorder_window < 2 {
+            delivery::flush_held(self);
+        }
+    }
+
+    /// The current webhook delivery faults (`drop_next` counts down as deliveries are dropped).
+    pub fn delivery_faults(&self) -> DeliveryFaults {
+        self.lock().faults
+    }
+
+    /// Drops the next `n` deliveries (lost webhooks: logged as [`DeliveryState::Dropped`]).
+    pub fn drop_next_deliveries(&self, n: u32) {
+        self.lock().faults.drop_next = n;
+    }
+
+    /// Removes every delivery fault and releases held deliveries.
+    pub fn clear_delivery_faults(&self) {
+        self.set_delivery_faults(DeliveryFaults::default());
+    }
+
+    // ----- Microsoft's side -------------------------------------------------------------------
+
+    /// Creates an incoming referral from Microsoft (`direction: Incoming`, `New`/`Pending`,
+    /// expiring in 14 days), generated with realistic data and then overridden by the members of
+    /// `overrides` (a JSON object, merged deeply; `null` keeps the generated data). Fires
+    /// `referral-created`.
+    pub fn create_incoming_referral(&self, overrides: Value) -> Result<Value, ControlError> {
+        control::create_incoming(self, overrides)
+    }
+
+    /// Microsoft accepts our co-sell referral: sets `trackingInfo.microsoftMsxId` (fires
+    /// `referral-updated`) and creates Microsoft's referral in the same engagement (fires
+    /// `related-referral-created`). Returns Microsoft's referral.
+    pub fn microsoft_accept(&self, id: &str) -> Result<Value, ControlError> {
+        control::accept(self, id, true)
+    }
+
+    /// Microsoft declines our co-sell referral: creates Microsoft's referral in the same
+    /// engagement as `Closed`/`Declined` (fires `related-referral-created`). Returns it.
+    pub fn microsoft_decline(&self, id: &str) -> Result<Value, ControlError> {
+        control::accept(self, id, false)
+    }
+
+    /// Sets the Microsoft CRM id (`trackingInfo.microsoftMsxId`) of a referral; `None` generates
+    /// one. Fires `referral-updated` (or `related-referral-updated`). Returns the referral.
+    pub fn set_microsoft_crm_id(
+        &self,
+        id: &str,
+        msx_id: Option<&str>,
+    ) -> Result<Value, ControlError> {
+        control::set_msx_id(self, id, msx_id)
+    }
+
+    /// Applies a JSON Patch to a referral as Microsoft (no `If-Match`; the transition table and
+    /// terminal states still apply). Fires `referral-updated` or `related-referral-updated`.
+    pub fn update_as_microsoft(&self, id: &str, patch: Value) -> Result<Value, ControlError> {
+        control::update_as_microsoft(self, id, &patch)
+    }
+
+    /// Adds another party's referral (Microsoft's by default) to one of our engagements,
+    /// overridden by `overrides`. Fires `related-referral-created`. Returns it.
+    pub fn add_related_referral(
+        &self,
+        engagement_id: &str,
+        overrides: Value,
+    ) -> Result<Value, ControlError> {
+        control::add_related(self, engagement_id, overrides)
+    }
+
+    /// Expires every incoming referral still `New`/`Pending` (as if 14 days had passed):
+    /// `Closed`/`Expired`, each firing `referral-updated`. Returns their ids.
+    pub fn expire_pending(&self) -> Vec<String> {
+        control::expire_pending(self)
+    }
+
+    /// Adds `n` generated referrals of ours (mixed directions, statuses, countries, currencies,
+    /// deal values; created over the past months, in creation order) from the seeded generator.
+    /// Seeding fires no webhooks. Returns their ids.
+    pub fn seed_referrals(&self, n: usize) -> Vec<String> {
+        seed::seed(self, n)
+    }
+
+    /// A generated referral body as a client would send it to `POST /referrals` (not stored).
+    pub fn generate_referral_request(&self) -> Value {
+        let mut s = self.lock();
+        seed::request_body(&mut s.rng)
+    }
 }
