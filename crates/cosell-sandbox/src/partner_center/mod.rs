@@ -459,7 +459,12 @@ impl PartnerCenterEmulator {
 
     /// The delivery log: every callback queued, with its attempts and outcome.
     pub fn deliveries(&self) -> Vec<DeliveryRecord> {
-        self.lock().deliveries.clone()
+        self.lock()
+            .deliveries
+            .iter()
+            .filter(|d| !d.hidden)
+            .cloned()
+            .collect()
     }
 
     /// Forgets the delivery log (records still in flight keep being delivered but are no
