@@ -856,6 +856,27 @@ mod tests {
     }
 
     #[test]
+    fn random_token_soup_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let pieces = [
+            "status", "eq", "ne", "gt", "and", "or", "not", "(", ")", "'", "''", "/", "any", ":",
+            "t", "team", "email", "2024-01-01T00:00:00Z", "12", "-", "37ef26aa-1d15-4533-9f93-a69bd33ab1e5",
+            " ", "null", "true", ",", "é", "\\", "$", "@",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..5_000 {
+            let n = rng.random_range(0..14);
+            let s: String = (0..n)
+                .map(|_| pieces[rng.random_range(0..pieces.len())])
+                .collect::<Vec<_>>()
+                .join(if rng.random_bool(0.5) { " " } else { "" });
+            if let Ok(f) = parse(&s) {
+                let _ = matches(&f, &referral());
+            }
+        }
+    }
+
+    #[test]
     fn mentions_engagement_id() {
         let f = parse("engagementId eq 'x' and status eq 'New'").unwrap();
         assert!(mentions(&f, "engagementid"));
