@@ -914,7 +914,7 @@ fn list_inner(
         });
     }
     let total = hits.len();
-    let end = cursor.top.map_or(total, |t| total.min(t.saturating_add(0)));
+    let end = cursor.top.map_or(total, |t| total.min(t));
     let start = cursor.skip.min(end);
     let page_end = end.min(start.saturating_add(PAGE_SIZE));
     let value: Vec<Value> = hits
