@@ -1,3 +1,5 @@
-//! partner-center-client: work in progress.
+//! partner-center-client: a typed async client for the Microsoft Partner Center Referrals API
+//! and the webhook registration API.
 
+pub mod models;
 pub mod webhook;

@@ -1,5 +1,6 @@
-//! Partner Center webhooks: the typed callback and its verification.
+//! Partner Center webhooks: the registration API, the typed callback and its verification.
 
 pub mod callback;
+pub mod registration;
 #[cfg(feature = "webhook")]
 pub mod verify;
