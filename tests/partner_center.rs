@@ -324,7 +324,7 @@ async fn raw_create_read_patch_put_and_concurrency() {
         a.body["error"]["message"]
             .as_str()
             .unwrap_or_default()
-            .contains("cannot change")
+            .contains("cannot move")
     );
 
     // PUT requires If-Match, replaces the body, keeps server-owned fields.

@@ -859,9 +859,35 @@ mod tests {
     fn random_token_soup_never_panics() {
         use rand::{Rng, SeedableRng};
         let pieces = [
-            "status", "eq", "ne", "gt", "and", "or", "not", "(", ")", "'", "''", "/", "any", ":",
-            "t", "team", "email", "2024-01-01T00:00:00Z", "12", "-", "37ef26aa-1d15-4533-9f93-a69bd33ab1e5",
-            " ", "null", "true", ",", "é", "\\", "$", "@",
+            "status",
+            "eq",
+            "ne",
+            "gt",
+            "and",
+            "or",
+            "not",
+            "(",
+            ")",
+            "'",
+            "''",
+            "/",
+            "any",
+            ":",
+            "t",
+            "team",
+            "email",
+            "2024-01-01T00:00:00Z",
+            "12",
+            "-",
+            "37ef26aa-1d15-4533-9f93-a69bd33ab1e5",
+            " ",
+            "null",
+            "true",
+            ",",
+            "é",
+            "\\",
+            "$",
+            "@",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for _ in 0..5_000 {

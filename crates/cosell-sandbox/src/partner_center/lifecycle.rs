@@ -1,24 +1,13 @@
 //! Status and substatus rules applied on every write (reference §2.6).
 
+use partner_center_client::models::{
+    ReferralStatus, ReferralSubstatus, TransitionRule, allowed_substatuses, check_transition,
+};
 use serde_json::{Map, Value};
 
-/// Substatuses after which a referral can no longer change.
-const TERMINAL: &[&str] = &["Won", "Lost", "Declined", "Expired"];
-
-/// Canonical spelling of a status, if it is one.
-pub(crate) fn canonical_status(s: &str) -> Option<&'static str> {
-    ["None", "New", "Active", "Closed"]
-        .into_iter()
-        .find(|k| k.eq_ignore_ascii_case(s))
-}
-
-/// Canonical spelling of a substatus, if it is one.
-pub(crate) fn canonical_substatus(s: &str) -> Option<&'static str> {
-    [
-        "None", "Pending", "Received", "Accepted", "Won", "Lost", "Declined", "Expired",
-    ]
-    .into_iter()
-    .find(|k| k.eq_ignore_ascii_case(s))
+/// Whether `status` is `Closed` (any casing).
+pub(crate) fn is_closed(status: &str) -> bool {
+    ReferralStatus::from(status) == ReferralStatus::Closed
 }
 
 /// The `(status, substatus)` of a stored or proposed referral.
@@ -34,55 +23,43 @@ pub(crate) fn pair(body: &Map<String, Value>) -> (String, String) {
 
 /// Whether a referral with this substatus is frozen.
 pub(crate) fn is_terminal(substatus: &str) -> bool {
-    TERMINAL.iter().any(|t| t.eq_ignore_ascii_case(substatus))
+    ReferralSubstatus::from(substatus).is_terminal()
 }
 
-/// Checks that moving from `from` to `to` is allowed, and normalises the casing of `to` in
-/// `body`. The message names the rule broken.
+/// Checks that moving from `from` to the pair in `body` is allowed by the transition table of
+/// `partner_center_client::models` (terminal states frozen, reachable status, matching
+/// substatus), and normalises the casing of the new pair in `body`. The message names the rule.
 pub(crate) fn check(from: &(String, String), body: &mut Map<String, Value>) -> Result<(), String> {
     let to = pair(body);
-    let Some(status) = canonical_status(&to.0) else {
-        return Err(format!(
-            "`{}` is not a referral status (New, Active, Closed).",
-            to.0
-        ));
-    };
-    let Some(substatus) = canonical_substatus(&to.1) else {
-        return Err(format!(
-            "`{}` is not a referral substatus (Pending, Received, Accepted, Won, Lost, Declined, Expired).",
-            to.1
-        ));
-    };
-    let allowed_sub: &[&str] = match status {
-        "New" => &["Pending", "Received"],
-        "Active" => &["Accepted"],
-        "Closed" => &["Won", "Lost", "Declined", "Expired"],
-        _ => &[],
-    };
-    if !allowed_sub.contains(&substatus) {
-        return Err(format!(
-            "Substatus `{substatus}` is not allowed with status `{status}` (allowed: {}).",
-            if allowed_sub.is_empty() {
-                "none".to_string()
-            } else {
-                allowed_sub.join(", ")
+    let from_pair = (
+        ReferralStatus::from(from.0.as_str()),
+        ReferralSubstatus::from(from.1.as_str()),
+    );
+    let to_pair = (
+        ReferralStatus::from(to.0.as_str()),
+        ReferralSubstatus::from(to.1.as_str()),
+    );
+    if let Err(e) = check_transition(from_pair, to_pair.clone()) {
+        let hint = match e.rule() {
+            TransitionRule::SubstatusNotAllowed => {
+                let allowed: Vec<&str> = allowed_substatuses(&to_pair.0)
+                    .iter()
+                    .map(ReferralSubstatus::as_str)
+                    .collect();
+                format!(" Allowed with {}: {}.", to_pair.0, allowed.join(", "))
             }
-        ));
-    }
-    let from_status = canonical_status(&from.0).unwrap_or("None");
-    let allowed_status: &[&str] = match from_status {
-        "New" | "None" => &["New", "Active", "Closed"],
-        "Active" => &["Active", "Closed"],
-        _ => &["Closed"],
-    };
-    if !allowed_status.contains(&status) {
+            TransitionRule::UnknownTarget => " Statuses: New, Active, Closed; substatuses: \
+                Pending, Received, Accepted, Won, Lost, Declined, Expired."
+                .to_string(),
+            _ => String::new(),
+        };
         return Err(format!(
-            "The status cannot change from `{from_status}` to `{status}` (allowed: {}).",
-            allowed_status.join(", ")
+            "The status {}.{hint}",
+            e.to_string().trim_start_matches("referral ")
         ));
     }
-    body.insert("status".into(), Value::from(status));
-    body.insert("substatus".into(), Value::from(substatus));
+    body.insert("status".into(), Value::from(to_pair.0.as_str()));
+    body.insert("substatus".into(), Value::from(to_pair.1.as_str()));
     Ok(())
 }
 

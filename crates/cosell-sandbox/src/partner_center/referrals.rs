@@ -538,7 +538,7 @@ fn create_inner(
     // An outgoing referral is accepted on creation (the documented create example sends
     // New/Pending and gets Active/Accepted back); one created already closed stays closed.
     let (status, substatus) = lifecycle::pair(&body);
-    let closed = lifecycle::canonical_status(&status) == Some("Closed");
+    let closed = lifecycle::is_closed(&status);
     if closed {
         lifecycle::check(&("New".into(), "Pending".into()), &mut body)
             .map_err(ApiError::invalid)?;
