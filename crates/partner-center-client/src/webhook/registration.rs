@@ -4,8 +4,13 @@
 //! Both are accepted; PascalCase is written.
 
 use chrono::{DateTime, Utc};
+use cosell_http::http::Method;
+use cosell_http::url::Url;
+use cosell_http::{SendOptions, json_body};
 use serde::{Deserialize, Serialize};
 
+use crate::client::{PartnerCenterClient, non_empty, request};
+use crate::error::Error;
 use crate::models::Extra;
 use crate::models::enums::string_enum;
 
@@ -177,6 +182,149 @@ pub struct TestEventResult {
     /// Members this client does not model.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl PartnerCenterClient {
+    fn registration_url(&self, tail: &[&str]) -> Result<Url, Error> {
+        let mut segments = vec!["registration"];
+        segments.extend_from_slice(tail);
+        Self::url(&self.inner.webhooks_endpoint, &segments)
+    }
+
+    /// The events the partner can subscribe to (`GET /registration/events`).
+    pub async fn list_webhook_events(&self) -> Result<Vec<WebhookEvent>, Error> {
+        let req = request(Method::GET, &self.registration_url(&["events"])?, None)?;
+        Ok(self
+            .inner
+            .webhooks
+            .send_json(req, &SendOptions::default(), "webhook events")
+            .await?)
+    }
+
+    /// Reads the registration (`GET /registration`); `None` when there is none (404).
+    pub async fn get_webhook_registration(&self) -> Result<Option<WebhookRegistration>, Error> {
+        let req = request(Method::GET, &self.registration_url(&[])?, None)?;
+        match self
+            .inner
+            .webhooks
+            .send_json(req, &SendOptions::default(), "webhook registration")
+            .await
+            .map_err(Error::from)
+        {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Registers (`POST /registration`). Fails with [`Error::is_conflict`] when a registration
+    /// already exists (one per partner tenant); replace it instead.
+    #[tracing::instrument(skip_all, fields(webhook_url = %registration.webhook_url))]
+    pub async fn create_webhook_registration(
+        &self,
+        registration: &WebhookRegistration,
+    ) -> Result<WebhookRegistration, Error> {
+        self.write_registration(Method::POST, registration).await
+    }
+
+    /// Replaces the registration (`PUT /registration`).
+    #[tracing::instrument(skip_all, fields(webhook_url = %registration.webhook_url))]
+    pub async fn replace_webhook_registration(
+        &self,
+        registration: &WebhookRegistration,
+    ) -> Result<WebhookRegistration, Error> {
+        self.write_registration(Method::PUT, registration).await
+    }
+
+    async fn write_registration(
+        &self,
+        method: Method,
+        registration: &WebhookRegistration,
+    ) -> Result<WebhookRegistration, Error> {
+        non_empty(&registration.webhook_url, "webhook URL")?;
+        let body = json_body(registration, "webhook registration")?;
+        let req = request(method, &self.registration_url(&[])?, Some(body))?;
+        Ok(self
+            .inner
+            .webhooks
+            .send_json(req, &SendOptions::default(), "webhook registration")
+            .await?)
+    }
+
+    /// Registers `url` for `events`: creates the registration, and when one already exists
+    /// (409) replaces it if `overwrite` is true, or returns the conflict otherwise.
+    ///
+    /// Replacing drops whatever URL and events the existing registration had: Partner Center
+    /// allows one URL per partner tenant.
+    pub async fn register_webhook(
+        &self,
+        url: &str,
+        events: impl IntoIterator<Item = WebhookEvent>,
+        overwrite: bool,
+    ) -> Result<WebhookRegistration, Error> {
+        let registration = WebhookRegistration::new(url, events);
+        match self.create_webhook_registration(&registration).await {
+            Err(e) if e.is_conflict() && overwrite => {
+                tracing::info!("a webhook registration exists; replacing it");
+                self.replace_webhook_registration(&registration).await
+            }
+            other => other,
+        }
+    }
+
+    /// Registers `url` for the four referral events ([`WebhookEvent::REFERRAL_EVENTS`]),
+    /// overwriting an existing registration only when `overwrite` is true.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: partner_center_client::PartnerCenterClient) -> Result<(), partner_center_client::Error> {
+    /// let reg = client.register_referral_webhook("https://sync.example.com/partner-center/webhook", true).await?;
+    /// println!("subscriber {:?}", reg.subscriber_id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn register_referral_webhook(
+        &self,
+        url: &str,
+        overwrite: bool,
+    ) -> Result<WebhookRegistration, Error> {
+        self.register_webhook(url, WebhookEvent::REFERRAL_EVENTS, overwrite)
+            .await
+    }
+
+    /// Asks Partner Center to send a `test-created` event to the registered URL
+    /// (`POST /registration/validationEvents`; the registration must include `test-created`;
+    /// throttled to 2 per minute). Returns the correlation id.
+    pub async fn send_test_event(&self) -> Result<String, Error> {
+        let req = request(
+            Method::POST,
+            &self.registration_url(&["validationEvents"])?,
+            None,
+        )?;
+        let receipt: TestEventReceipt = self
+            .inner
+            .webhooks
+            .send_json(req, &SendOptions::default(), "test event receipt")
+            .await?;
+        Ok(receipt.correlation_id)
+    }
+
+    /// The delivery status of a test event
+    /// (`GET /registration/validationEvents/{correlationId}`).
+    pub async fn get_test_event_status(
+        &self,
+        correlation_id: &str,
+    ) -> Result<TestEventStatus, Error> {
+        let id = non_empty(correlation_id, "correlation id")?;
+        let req = request(
+            Method::GET,
+            &self.registration_url(&["validationEvents", id])?,
+            None,
+        )?;
+        Ok(self
+            .inner
+            .webhooks
+            .send_json(req, &SendOptions::default(), "test event status")
+            .await?)
+    }
 }
 
 #[cfg(test)]
