@@ -1,0 +1,117 @@
+//! How the engine sees a failed remote call: a small classification it can branch on, whatever
+//! service (or test double) produced it.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What kind of failure a remote call had, from the engine's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RemoteErrorKind {
+    /// The record does not exist.
+    NotFound,
+    /// The record changed since we read it (HTTP 412): re-read, merge, retry.
+    PreconditionFailed,
+    /// The write conflicts with existing data (duplicate key, registration exists).
+    Conflict,
+    /// The service throttled us; wait `retry_after`.
+    Throttled,
+    /// A transient failure that did not act on the request; retrying is safe.
+    Transient,
+    /// The request may or may not have taken effect (timeout, lost response, 5xx on a create):
+    /// look before retrying.
+    UnknownOutcome,
+    /// The service refused the request as invalid (4xx); retrying the same request will fail.
+    Rejected,
+    /// Authentication or authorisation failed.
+    Unauthorized,
+}
+
+/// A failed remote call, classified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    kind: RemoteErrorKind,
+    service: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+}
+
+impl RemoteError {
+    /// A classified error from `service` (`partner-center`, `dataverse`, …).
+    pub fn new(kind: RemoteErrorKind, service: &'static str, message: impl Into<String>) -> Self {
+        RemoteError {
+            kind,
+            service,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Adds the delay the service asked for.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> RemoteErrorKind {
+        self.kind
+    }
+
+    /// The service that failed.
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// The message (the service's own text where it sent one).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The delay the service asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Whether this is a "not found".
+    pub fn is_not_found(&self) -> bool {
+        self.kind == RemoteErrorKind::NotFound
+    }
+
+    /// Whether trying again later may succeed (throttles, transient and unknown outcomes).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            RemoteErrorKind::Throttled | RemoteErrorKind::Transient | RemoteErrorKind::UnknownOutcome
+        )
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({:?}): {}", self.service, self.kind, self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+impl From<partner_center_client::Error> for RemoteError {
+    fn from(e: partner_center_client::Error) -> Self {
+        use partner_center_client::Error as E;
+        let kind = match &e {
+            E::PreconditionFailed(_) => RemoteErrorKind::PreconditionFailed,
+            E::InvalidTransition(_) | E::InvalidRequest(_) | E::Config(_) => RemoteErrorKind::Rejected,
+            E::Credential(_) => RemoteErrorKind::Unauthorized,
+            _ if e.is_not_found() => RemoteErrorKind::NotFound,
+            _ if e.is_conflict() => RemoteErrorKind::Conflict,
+            _ if e.is_throttled() => RemoteErrorKind::Throttled,
+            _ if e.is_unauthorized() || e.status().is_some_and(|s| s.as_u16() == 403) => {
+                RemoteErrorKind::Unauthorized
+            }
+            _ if e.may_have_been_sent() => RemoteErrorKind::UnknownOutcome,
+            _ if e.is_retryable() => RemoteErrorKind::Transient,
+            _ => RemoteErrorKind::Rejected,
+        };
+        RemoteError::new(kind, "partner-center", e.to_string()).with_retry_after(e.retry_after())
+    }
+}
