@@ -48,6 +48,7 @@ pub struct MappingConfig {
     /// How a referral's customer is matched to an existing account.
     pub account_matching: AccountMatching,
     /// Per-field conflict owner, overlaid on the defaults (only the fields listed change).
+    #[serde(deserialize_with = "ownership_table")]
     pub ownership: BTreeMap<FieldId, Policy>,
 }
 
@@ -71,6 +72,45 @@ impl Default for MappingConfig {
         }
     }
 }
+
+/// Reads `[ownership]` through string keys, so a bad value is reported at `ownership.<field>`
+/// and an unknown field by name.
+fn ownership_table<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<FieldId, Policy>, D::Error> {
+    let raw = BTreeMap::<String, Policy>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            FieldId::ALL
+                .iter()
+                .find(|f| f.as_str() == k)
+                .map(|f| (*f, v))
+                .ok_or_else(|| serde::de::Error::unknown_field(&k, &FIELD_NAMES))
+        })
+        .collect()
+}
+
+/// The TOML names of the fields, in [`FieldId::ALL`] order.
+const FIELD_NAMES: [&str; 18] = [
+    "name",
+    "status",
+    "deal_value",
+    "currency",
+    "close_date",
+    "notes",
+    "help_required",
+    "visible_to_microsoft",
+    "microsoft_crm_id",
+    "customer_name",
+    "address_line1",
+    "address_line2",
+    "city",
+    "state",
+    "postal_code",
+    "country",
+    "contacts",
+    "solutions",
+];
 
 /// A lookup-based country column on the account (for example a lookup to a custom country
 /// table). cosell reads the code from the helper text column

@@ -164,12 +164,33 @@ impl FieldMap {
     /// Parses and validates a TOML field map. Unknown keys, wrong types and invalid values are
     /// errors naming the key path.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::syntax("", e.message().to_string()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|r| text[..r.start.min(text.len())].lines().count().max(1))
+                .unwrap_or(1);
+            ConfigError::syntax(format!("line {line}"), e.message().to_string())
+        })?;
         let config: MappingConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            ConfigError::syntax(key, e.inner().message().to_string())
+            let message = e.inner().message().to_string();
+            let mut key = e.path().to_string();
+            if key == "." {
+                key.clear();
+            }
+            // An unknown key of a map table (`[ownership] budget = ...`) is reported at the
+            // table; name the key itself, as for struct tables.
+            if let Some(name) = message
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split('`').next())
+                && !key.ends_with(name)
+            {
+                key = if key.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{key}.{name}")
+                };
+            }
+            ConfigError::syntax(key, message)
         })?;
         Self::new(config)
     }
