@@ -1,5 +1,5 @@
 //! Referral fixtures shared by the test files.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use partner_center_client::models::Referral;
 use serde_json::json;
