@@ -13,10 +13,17 @@ use std::time::Duration;
 
 use cosell::http::bytes::Bytes;
 use cosell::http::http::{self, HeaderMap, Method};
+use cosell::http::{ClientSecretCredential, RefreshTokenCredential, RetryPolicy};
 use cosell::http::{HttpTransport, ReqwestTransport};
+use cosell::partner_center::PartnerCenterClient;
+use cosell::partner_center::models::{PatchOperation, Referral, ReferralStatus, ReferralSubstatus};
+use cosell::partner_center::webhook::registration::{WebhookEvent, WebhookRegistration};
+use cosell::sandbox::Fault;
 use cosell::sandbox::entra::{REFERRALS_AUDIENCE, WEBHOOKS_AUDIENCE};
+use cosell::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
 use cosell::sandbox::partner_center::{DeliveryFaults, DeliveryPolicy, DeliveryState};
 use cosell::sandbox::{Sandbox, Service};
+use futures::TryStreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -837,5 +844,286 @@ async fn deliveries_on_every_change_with_retries_and_faults() {
             .calls_matching(Service::Referrals, &Method::PATCH, "/referrals/{id}")
             >= 1
     );
+    sandbox.shutdown().await;
+}
+
+// ----- the real client, with the real credential code path ----------------------------------
+
+fn retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_initial_delay(Duration::from_millis(5))
+        .with_max_delay(Duration::from_millis(50))
+}
+
+/// A client signed in as a user (refresh-token grant against the Entra stand-in).
+fn client(sandbox: &Sandbox) -> PartnerCenterClient {
+    let refresh = sandbox.entra().issue_refresh_token(SANDBOX_CLIENT_ID);
+    let credential = RefreshTokenCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, refresh)
+        .client_secret(SANDBOX_CLIENT_SECRET)
+        .authority_host(sandbox.urls().entra.as_str())
+        .build()
+        .expect("credential");
+    PartnerCenterClient::builder()
+        .referrals_endpoint(sandbox.urls().referrals.clone())
+        .webhooks_endpoint(sandbox.urls().webhooks.clone())
+        .credential(Arc::new(credential))
+        .retry(retry())
+        .build()
+        .expect("client")
+}
+
+/// A client with an app-only token (client-credentials grant).
+fn app_only_client(sandbox: &Sandbox) -> PartnerCenterClient {
+    let credential =
+        ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
+            .authority_host(sandbox.urls().entra.as_str())
+            .build()
+            .expect("credential");
+    PartnerCenterClient::builder()
+        .referrals_endpoint(sandbox.urls().referrals.clone())
+        .webhooks_endpoint(sandbox.urls().webhooks.clone())
+        .credential(Arc::new(credential))
+        .retry(retry())
+        .build()
+        .expect("client")
+}
+
+fn new_referral(sandbox: &Sandbox) -> Referral {
+    serde_json::from_value(sandbox.partner_center().generate_referral_request()).expect("referral")
+}
+
+const PATCH_SHAPE: &str = "/v1.0/engagements/referrals/{id}";
+
+#[tokio::test]
+async fn client_creates_reads_updates_and_gets_412_on_a_stale_etag() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let client = client(&sandbox);
+    let mut request = new_referral(&sandbox);
+    request.external_reference_id = Some("OPP-00042".into());
+    let created = client.create_referral(&request).await.expect("create");
+    let id = created.id.clone().expect("id");
+    assert_eq!(
+        created.status_pair(),
+        (ReferralStatus::Active, ReferralSubstatus::Accepted)
+    );
+    assert_eq!(created.accepted_date_time, created.created_date_time);
+    assert!(
+        sandbox.entra().grants() >= 1,
+        "the token came from the refresh-token grant"
+    );
+
+    let read = client.get_referral(&id).await.expect("get");
+    assert_eq!(read.e_tag, created.e_tag);
+    assert_eq!(read.external_reference_id.as_deref(), Some("OPP-00042"));
+
+    let updated = client
+        .update_referral(&id, vec![PatchOperation::set_notes("Workshop booked")])
+        .if_match(read.e_tag.clone().expect("etag"))
+        .return_representation()
+        .send()
+        .await
+        .expect("patch")
+        .expect("representation");
+    assert_eq!(
+        updated.details.as_ref().and_then(|d| d.notes.as_deref()),
+        Some("Workshop booked")
+    );
+    assert_ne!(updated.e_tag, read.e_tag);
+
+    let stale = client
+        .update_referral(&id, vec![PatchOperation::set_notes("from a stale copy")])
+        .if_match(read.e_tag.clone().expect("etag"))
+        .send()
+        .await
+        .expect_err("stale eTag");
+    assert!(stale.is_precondition_failed(), "{stale}");
+    assert_eq!(
+        sandbox.partner_center().referral(&id).expect("stored")["details"]["notes"],
+        "Workshop booked"
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_lists_250_referrals_across_pages_with_a_filter() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let client = client(&sandbox);
+    let pc = sandbox.partner_center();
+    pc.seed_referrals(250);
+    for _ in 0..3 {
+        pc.create_incoming_referral(
+            json!({ "customerProfile": { "address": { "country": "US" } } }),
+        )
+        .expect("incoming");
+    }
+    let all = pc.referrals();
+    let outgoing = all.iter().filter(|r| r["direction"] == "Outgoing").count();
+    assert!(outgoing > 100, "enough for two pages: {outgoing}");
+
+    sandbox.faults().reset_counters();
+    let got: Vec<Referral> = client
+        .list_referrals()
+        .filter("direction eq 'Outgoing'")
+        .order_by("createdDateTime asc")
+        .into_stream()
+        .try_collect()
+        .await
+        .expect("list");
+    assert_eq!(got.len(), outgoing);
+    let mut ids: Vec<&str> = got.iter().filter_map(|r| r.id.as_deref()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), outgoing, "no duplicates across pages");
+    assert!(
+        got.windows(2)
+            .all(|w| w[0].created_date_time <= w[1].created_date_time)
+    );
+    let pages = sandbox
+        .faults()
+        .calls_matching(Service::Referrals, &Method::GET, "referrals");
+    assert_eq!(pages, outgoing.div_ceil(100) as u64);
+
+    let us_incoming: Vec<Referral> = client
+        .list_referrals()
+        .filter("customerProfile/address/country eq 'US' and (direction eq 'Incoming' and substatus eq 'Pending')")
+        .into_stream()
+        .try_collect()
+        .await
+        .expect("list");
+    let expected = all
+        .iter()
+        .filter(|r| {
+            r["customerProfile"]["address"]["country"] == "US"
+                && r["direction"] == "Incoming"
+                && r["substatus"] == "Pending"
+        })
+        .count();
+    assert!(expected >= 3);
+    assert_eq!(us_incoming.len(), expected);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_rides_out_a_429_then_succeeds() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let client = client(&sandbox);
+    let id = sandbox.partner_center().seed_referrals(1).remove(0);
+    sandbox.faults().inject(
+        Service::Referrals,
+        Fault::throttle(Duration::from_millis(10))
+            .on_method(Method::GET)
+            .times(1),
+    );
+    let got = client.get_referral(&id).await.expect("retried after 429");
+    assert_eq!(got.id.as_deref(), Some(id.as_str()));
+    assert_eq!(sandbox.faults().injected(), 1);
+    assert_eq!(
+        sandbox
+            .faults()
+            .calls_matching(Service::Referrals, &Method::GET, PATCH_SHAPE),
+        2
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_refuses_a_forbidden_transition_before_sending() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let client = client(&sandbox);
+    let created = client
+        .create_referral(&new_referral(&sandbox))
+        .await
+        .expect("create");
+    let won = client
+        .transition_referral(&created, ReferralStatus::Closed, ReferralSubstatus::Won)
+        .send()
+        .await
+        .expect("won")
+        .expect("representation");
+    assert!(won.is_terminal());
+    assert_eq!(
+        sandbox
+            .faults()
+            .calls_matching(Service::Referrals, &Method::PATCH, PATCH_SHAPE),
+        1
+    );
+    sandbox.faults().reset_counters();
+
+    let refused = client
+        .transition_referral(&won, ReferralStatus::Active, ReferralSubstatus::Accepted)
+        .send()
+        .await
+        .expect_err("Won is terminal");
+    assert!(refused.to_string().contains("terminal"), "{refused}");
+    let refused = client
+        .transition_referral(&created, ReferralStatus::New, ReferralSubstatus::Pending)
+        .send()
+        .await
+        .expect_err("Active cannot go back to New");
+    assert!(refused.to_string().contains("cannot become"), "{refused}");
+    assert_eq!(
+        sandbox
+            .faults()
+            .calls_matching(Service::Referrals, &Method::PATCH, PATCH_SHAPE),
+        0,
+        "nothing reached the emulator"
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_registration_create_conflict_replace() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let client = client(&sandbox);
+    assert_eq!(client.get_webhook_registration().await.expect("get"), None);
+    let events = client.list_webhook_events().await.expect("events");
+    assert!(events.contains(&WebhookEvent::ReferralUpdated));
+
+    let first =
+        WebhookRegistration::new("https://sync.example.com/a", WebhookEvent::REFERRAL_EVENTS);
+    let created = client
+        .create_webhook_registration(&first)
+        .await
+        .expect("create");
+    assert!(created.subscriber_id.is_some());
+    let again = client
+        .create_webhook_registration(&first)
+        .await
+        .expect_err("409");
+    assert!(again.is_conflict(), "{again}");
+    assert!(again.to_string().contains("use the PUT method"), "{again}");
+
+    let second = WebhookRegistration::new(
+        "https://sync.example.com/b",
+        [WebhookEvent::ReferralCreated],
+    );
+    let replaced = client
+        .replace_webhook_registration(&second)
+        .await
+        .expect("replace");
+    assert_eq!(replaced.subscriber_id, created.subscriber_id);
+    let now = client
+        .get_webhook_registration()
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(now.webhook_url, "https://sync.example.com/b");
+    assert_eq!(now.webhook_events, vec![WebhookEvent::ReferralCreated]);
+    let stored = sandbox.partner_center().registration().expect("stored");
+    assert_eq!(stored.webhook_url, "https://sync.example.com/b");
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_app_only_token_is_refused_by_the_referrals_api() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let id = sandbox.partner_center().seed_referrals(1).remove(0);
+    let app_only = app_only_client(&sandbox);
+    let err = app_only.get_referral(&id).await.expect_err("app-only");
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{err}");
+    assert!(err.is_unauthorized());
+    // The webhook API accepts app-only tokens.
+    assert!(app_only.list_webhook_events().await.is_ok());
+    // The same app signed in as a user is let in.
+    assert!(client(&sandbox).get_referral(&id).await.is_ok());
     sandbox.shutdown().await;
 }
