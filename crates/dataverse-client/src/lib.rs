@@ -1,1 +1,31 @@
-//! dataverse-client: work in progress (see the crate README once written).
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod client;
+mod error;
+mod model;
+mod ops;
+mod query;
+
+pub use client::{
+    DEFAULT_API_PATH, DEFAULT_MAX_CONCURRENCY, DataverseClient, DataverseClientBuilder,
+    RateLimitStatus, Raw, RawRequest, RawResponse,
+};
+pub use error::{
+    BatchError, CODE_CONCURRENCY_VERSION_MISMATCH, CODE_DUPLICATE_RECORD,
+    CODE_DUPLICATE_RECORD_ENTITY_KEY, CODE_OBJECT_DOES_NOT_EXIST, CODE_THROTTLE_CONCURRENCY,
+    CODE_THROTTLE_EXECUTION_TIME, CODE_THROTTLE_REQUESTS, ConfigError, Error, InvalidRequest,
+    ThrottleKind,
+};
+pub use model::{
+    CustomerRef, ETag, Entity, EntityRef, Key, KeyValue, LeadState, LeadStatus, OpportunityState,
+    OpportunityStatus, bind_property, date_only, unbind,
+};
+pub use ops::{
+    RetrieveOptions, UpdateOptions, UpsertMode, UpsertOptions, UpsertOutcome, Upserted,
+    id_from_entity_url,
+};
+pub use query::{Filter, Literal, Order, Query, encode_query_value, escape_string_literal};
+
+// Re-exported so callers name the same versions.
+pub use cosell_http;
