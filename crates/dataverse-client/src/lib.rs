@@ -1,12 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
+mod batch_exec;
 mod client;
 mod error;
 mod model;
 mod ops;
 mod query;
 
+pub use batch::{
+    Batch, BatchPart, BatchRequest, BatchResponse, MAX_BATCH_REQUESTS, batch_content_type,
+    parse_batch_response, write_batch,
+};
+pub use batch_exec::BatchResult;
 pub use client::{
     DEFAULT_API_PATH, DEFAULT_MAX_CONCURRENCY, DataverseClient, DataverseClientBuilder,
     RateLimitStatus, Raw, RawRequest, RawResponse,
