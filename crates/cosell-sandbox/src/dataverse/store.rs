@@ -1,0 +1,350 @@
+//! The compiled schema (system columns, property and navigation maps, intersect tables) and
+//! the row store with its undo journal (for atomic change sets) and change-tracking history.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{SecondsFormat, Utc};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::schema::{ColumnDef, ColumnType, DataverseSchema, ManyToMany, StateModel, TableDef};
+
+/// A stored row: property name → JSON value (lookups as `_x_value` plus their
+/// `…@Microsoft.Dynamics.CRM.lookuplogicalname` annotation).
+pub(crate) type Row = Map<String, Value>;
+
+/// Annotation key holding a lookup's target table.
+pub(crate) const LOOKUP_LOGICAL_NAME: &str = "@Microsoft.Dynamics.CRM.lookuplogicalname";
+
+/// A collection-valued (N:N) navigation property of a table.
+#[derive(Debug, Clone)]
+pub(crate) struct CollectionNav {
+    /// Intersect table logical name.
+    pub(crate) intersect: String,
+    /// Intersect column pointing at this table.
+    pub(crate) self_column: String,
+    /// The other table.
+    pub(crate) other_table: String,
+    /// Intersect column pointing at the other table.
+    pub(crate) other_column: String,
+}
+
+/// A table with everything resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Table {
+    pub(crate) def: TableDef,
+    /// Every column (declared and system) by logical name, in declaration order.
+    pub(crate) columns: Vec<ColumnDef>,
+    /// Property name (`name`, `_customerid_value`) → index into `columns`.
+    pub(crate) props: HashMap<String, usize>,
+    /// Single-valued navigation property → (column logical name, target table).
+    pub(crate) navs: HashMap<String, (String, String)>,
+    /// Collection-valued navigation properties (N:N).
+    pub(crate) collections: HashMap<String, CollectionNav>,
+}
+
+impl Table {
+    fn compile(def: TableDef) -> Table {
+        let mut columns = vec![ColumnDef::new(
+            def.primary_key.clone(),
+            ColumnType::Uniqueidentifier,
+        )];
+        columns.extend(def.columns.iter().cloned());
+        if def.state_model.is_some() {
+            columns.push(ColumnDef::new("statecode", ColumnType::State));
+            columns.push(ColumnDef::new("statuscode", ColumnType::Status));
+        }
+        columns.push(ColumnDef::date_time("createdon").read_only());
+        columns.push(ColumnDef::date_time("modifiedon").read_only());
+        columns.push(ColumnDef::new("versionnumber", ColumnType::BigInt).read_only());
+        let mut seen = std::collections::HashSet::new();
+        columns.retain(|c| seen.insert(c.logical_name.clone()));
+        let mut props = HashMap::new();
+        let mut navs = HashMap::new();
+        for (i, c) in columns.iter().enumerate() {
+            props.insert(c.property_name(), i);
+            if let ColumnType::Lookup { targets } = &c.column_type {
+                for t in targets {
+                    navs.insert(
+                        t.navigation_property.clone(),
+                        (c.logical_name.clone(), t.table.clone()),
+                    );
+                }
+            }
+        }
+        Table {
+            def,
+            columns,
+            props,
+            navs,
+            collections: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn logical(&self) -> &str {
+        &self.def.logical_name
+    }
+
+    pub(crate) fn set(&self) -> &str {
+        &self.def.entity_set_name
+    }
+
+    pub(crate) fn pk(&self) -> &str {
+        &self.def.primary_key
+    }
+
+    /// The column behind a property name.
+    pub(crate) fn prop(&self, property: &str) -> Option<&ColumnDef> {
+        self.props.get(property).map(|i| &self.columns[*i])
+    }
+
+    /// The column with this logical name.
+    pub(crate) fn column(&self, logical_name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.logical_name == logical_name)
+    }
+
+    pub(crate) fn state_model(&self) -> Option<&StateModel> {
+        self.def.state_model.as_ref()
+    }
+}
+
+/// The compiled schema.
+#[derive(Debug, Clone)]
+pub(crate) struct Model {
+    pub(crate) schema: DataverseSchema,
+    pub(crate) tables: BTreeMap<String, Table>,
+    by_set: HashMap<String, String>,
+}
+
+impl Model {
+    pub(crate) fn compile(schema: DataverseSchema) -> Model {
+        let mut tables: BTreeMap<String, Table> = schema
+            .tables()
+            .map(|t| (t.logical_name.clone(), Table::compile(t.clone())))
+            .collect();
+        for ManyToMany {
+            schema_name,
+            table1,
+            table2,
+        } in schema.relationships()
+        {
+            if !tables.contains_key(table1) || !tables.contains_key(table2) {
+                continue;
+            }
+            let col1 = format!("{table1}id");
+            let col2 = if table1 == table2 {
+                format!("{table2}idtwo")
+            } else {
+                format!("{table2}id")
+            };
+            let mut def = TableDef::new(schema_name.clone(), format!("{schema_name}set"))
+                .column(ColumnDef::new(col1.clone(), ColumnType::Uniqueidentifier).read_only())
+                .column(ColumnDef::new(col2.clone(), ColumnType::Uniqueidentifier).read_only());
+            def.state_model = None;
+            def.intersect = true;
+            tables.insert(schema_name.clone(), Table::compile(def));
+            for (me, my_col, other, other_col) in [
+                (table1, &col1, table2, &col2),
+                (table2, &col2, table1, &col1),
+            ] {
+                if let Some(t) = tables.get_mut(me.as_str()) {
+                    t.collections.insert(
+                        schema_name.clone(),
+                        CollectionNav {
+                            intersect: schema_name.clone(),
+                            self_column: my_col.clone(),
+                            other_table: other.clone(),
+                            other_column: other_col.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        let by_set = tables
+            .values()
+            .map(|t| (t.set().to_string(), t.logical().to_string()))
+            .collect();
+        Model {
+            schema,
+            tables,
+            by_set,
+        }
+    }
+
+    pub(crate) fn table(&self, logical_name: &str) -> Option<&Table> {
+        self.tables.get(logical_name)
+    }
+
+    pub(crate) fn table_by_set(&self, set: &str) -> Option<&Table> {
+        self.by_set.get(set).and_then(|l| self.tables.get(l))
+    }
+
+    /// By logical name or entity set name.
+    pub(crate) fn resolve(&self, name: &str) -> Option<&Table> {
+        self.table(name).or_else(|| self.table_by_set(name))
+    }
+}
+
+/// Rows of one table and its deletions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TableData {
+    pub(crate) rows: BTreeMap<Uuid, Row>,
+    /// `(id, version of the deletion)`, in deletion order.
+    pub(crate) tombstones: Vec<(Uuid, u64)>,
+}
+
+#[derive(Debug)]
+enum Undo {
+    Row {
+        table: String,
+        id: Uuid,
+        previous: Option<Row>,
+    },
+    Tombstone {
+        table: String,
+    },
+}
+
+/// Mutable state: rows, the version counter, the journal.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub(crate) data: HashMap<String, TableData>,
+    pub(crate) version: u64,
+    pub(crate) rng: StdRng,
+    journal: Vec<Undo>,
+    in_transaction: bool,
+    /// Delta tokens older than this version have expired.
+    pub(crate) token_floor: u64,
+}
+
+pub(crate) fn now_string() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl Store {
+    pub(crate) fn new(model: &Model, seed: u64) -> Store {
+        Store {
+            data: model
+                .tables
+                .keys()
+                .map(|k| (k.clone(), TableData::default()))
+                .collect(),
+            // Start at a realistic-looking rowversion.
+            version: 1_000_000,
+            rng: StdRng::seed_from_u64(seed ^ 0x00d4_7a5e_u64),
+            journal: Vec::new(),
+            in_transaction: false,
+            token_floor: 0,
+        }
+    }
+
+    pub(crate) fn new_id(&mut self) -> Uuid {
+        let mut bytes = [0u8; 16];
+        self.rng.fill_bytes(&mut bytes);
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    }
+
+    pub(crate) fn next_version(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+
+    pub(crate) fn rows(&self, table: &str) -> Option<&BTreeMap<Uuid, Row>> {
+        self.data.get(table).map(|d| &d.rows)
+    }
+
+    pub(crate) fn get(&self, table: &str, id: &Uuid) -> Option<&Row> {
+        self.data.get(table).and_then(|d| d.rows.get(id))
+    }
+
+    /// Stores `row` (created or replaced), stamping `versionnumber`, `modifiedon` and, for a new
+    /// row, `createdon`.
+    pub(crate) fn put(&mut self, table: &str, id: Uuid, mut row: Row) -> u64 {
+        let version = self.next_version();
+        let now = Value::String(now_string());
+        let data = self.data.entry(table.to_string()).or_default();
+        let previous = data.rows.get(&id).cloned();
+        if previous.is_none() && !row.contains_key("createdon") {
+            row.insert("createdon".into(), now.clone());
+        }
+        row.insert("modifiedon".into(), now);
+        row.insert("versionnumber".into(), Value::from(version));
+        data.rows.insert(id, row);
+        if self.in_transaction {
+            self.journal.push(Undo::Row {
+                table: table.to_string(),
+                id,
+                previous,
+            });
+        }
+        version
+    }
+
+    /// Deletes a row, leaving a tombstone for change tracking.
+    pub(crate) fn remove(&mut self, table: &str, id: &Uuid) -> Option<Row> {
+        let version = self.next_version();
+        let data = self.data.get_mut(table)?;
+        let previous = data.rows.remove(id)?;
+        data.tombstones.push((*id, version));
+        if self.in_transaction {
+            self.journal.push(Undo::Row {
+                table: table.to_string(),
+                id: *id,
+                previous: Some(previous.clone()),
+            });
+            self.journal.push(Undo::Tombstone {
+                table: table.to_string(),
+            });
+        }
+        Some(previous)
+    }
+
+    /// Whether writes are being journaled.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.in_transaction
+    }
+
+    /// Starts journaling writes so they can be rolled back.
+    pub(crate) fn begin(&mut self) {
+        self.journal.clear();
+        self.in_transaction = true;
+    }
+
+    /// Keeps the journaled writes.
+    pub(crate) fn commit(&mut self) {
+        self.journal.clear();
+        self.in_transaction = false;
+    }
+
+    /// Undoes every journaled write, newest first.
+    pub(crate) fn rollback(&mut self) {
+        while let Some(undo) = self.journal.pop() {
+            match undo {
+                Undo::Row {
+                    table,
+                    id,
+                    previous,
+                } => {
+                    if let Some(d) = self.data.get_mut(&table) {
+                        match previous {
+                            Some(row) => {
+                                d.rows.insert(id, row);
+                            }
+                            None => {
+                                d.rows.remove(&id);
+                            }
+                        }
+                    }
+                }
+                Undo::Tombstone { table } => {
+                    if let Some(d) = self.data.get_mut(&table) {
+                        d.tombstones.pop();
+                    }
+                }
+            }
+        }
+        self.in_transaction = false;
+    }
+}
