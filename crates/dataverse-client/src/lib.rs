@@ -1,19 +1,27 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// `Error` carries `ServiceError` by value, as partner-center-client does, so callers match on
+// the same shapes in both clients; errors are rare next to the requests they describe.
+#![allow(clippy::result_large_err)]
 
+mod actions;
 mod batch;
 mod batch_exec;
+mod changes;
 mod client;
 mod error;
 mod model;
 mod ops;
 mod query;
+mod schema;
 
+pub use actions::{OpportunityClose, QualifiedLead, QualifyLead};
 pub use batch::{
     Batch, BatchPart, BatchRequest, BatchResponse, MAX_BATCH_REQUESTS, batch_content_type,
     parse_batch_response, write_batch,
 };
 pub use batch_exec::BatchResult;
+pub use changes::{Change, ChangePager, ChangeToken, ChangeTrackingOptions, Changes};
 pub use client::{
     DEFAULT_API_PATH, DEFAULT_MAX_CONCURRENCY, DataverseClient, DataverseClientBuilder,
     RateLimitStatus, Raw, RawRequest, RawResponse,
@@ -33,6 +41,8 @@ pub use ops::{
     id_from_entity_url,
 };
 pub use query::{Filter, Literal, Order, Query, encode_query_value, escape_string_literal};
+
+pub use schema::SchemaReport;
 
 // Re-exported so callers name the same versions.
 pub use cosell_http;
