@@ -109,8 +109,11 @@ impl TrimSpaces for [u8] {
     }
 }
 
+/// Part headers, in order.
+type Headers = Vec<(String, String)>;
+
 /// Splits header lines (CRLF) from the rest at the first empty line.
-fn headers_and_rest(part: &[u8]) -> DvResult<(Vec<(String, String)>, &[u8])> {
+fn headers_and_rest(part: &[u8]) -> DvResult<(Headers, &[u8])> {
     let (head, rest) = if part.starts_with(b"\r\n") {
         (&part[..0], &part[2..])
     } else {

@@ -155,7 +155,7 @@ impl DataverseEmulator {
     pub fn new(ctx: EmulatorContext, schema: DataverseSchema) -> Self {
         let model = Model::compile(schema);
         let mut store = Store::new(&model, ctx.seed);
-        let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0x5eed_0f_1d);
+        let mut rng = StdRng::seed_from_u64(ctx.seed ^ 0x5eed_0f1d);
         let identity = Identity {
             user_id: seeded_id(&mut rng),
             business_unit_id: seeded_id(&mut rng),
