@@ -1127,3 +1127,175 @@ async fn an_app_only_token_is_refused_by_the_referrals_api() {
     assert!(client(&sandbox).get_referral(&id).await.is_ok());
     sandbox.shutdown().await;
 }
+
+// ----- signed callbacks and the real verifier ------------------------------------------------
+
+/// A transport that counts the requests it forwards (certificate fetches of the verifier).
+fn counting_transport() -> (Arc<dyn HttpTransport>, Arc<AtomicU16>) {
+    let count = Arc::new(AtomicU16::new(0));
+    let inner = Arc::new(ReqwestTransport::new().expect("transport"));
+    let c = count.clone();
+    let t = cosell::http::FnTransport::new(move |req| {
+        c.fetch_add(1, Ordering::SeqCst);
+        let inner = inner.clone();
+        async move { inner.send(req).await }
+    });
+    (Arc::new(t), count)
+}
+
+fn with_header(mut headers: HeaderMap, name: &'static str, value: &str) -> HeaderMap {
+    headers.insert(name, value.parse().expect("header value"));
+    headers
+}
+
+#[tokio::test]
+async fn callbacks_pass_the_real_verifier_and_forgeries_do_not() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let pc = sandbox.partner_center();
+    let mut receiver = Receiver::start().await;
+    let client = client(&sandbox);
+    client
+        .register_referral_webhook(&receiver.url, true)
+        .await
+        .expect("register");
+
+    // Microsoft sends an incoming referral: one signed `referral-created`.
+    let incoming = pc.create_incoming_referral(json!({})).expect("incoming");
+    let id = incoming["id"].as_str().expect("id").to_string();
+    let got = receiver.next().await;
+    assert_eq!(
+        got.headers
+            .get("x-ms-signature-algorithm")
+            .and_then(|v| v.to_str().ok()),
+        Some("rsa-sha256")
+    );
+    assert_eq!(
+        got.headers
+            .get("x-ms-certificate-url")
+            .and_then(|v| v.to_str().ok()),
+        Some(pc.certificate_url().as_str())
+    );
+    // `register_referral_webhook` asks for the signature in `x-ms-signature`.
+    assert!(got.headers.get("x-ms-signature").is_some());
+
+    let (transport, fetches) = counting_transport();
+    let verifier = pc
+        .webhook_verifier_builder()
+        .expect("rules")
+        .transport(transport.clone())
+        .build()
+        .expect("verifier");
+    let verified = verifier
+        .verify(&got.headers, &got.body)
+        .await
+        .expect("verified");
+    assert_eq!(verified.callback.event_name, WebhookEvent::ReferralCreated);
+    let host = sandbox
+        .urls()
+        .referrals
+        .host_str()
+        .expect("host")
+        .to_string();
+    assert_eq!(
+        verified.callback.referral_id(&[host.as_str()]).expect("id"),
+        id
+    );
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+    // The PascalCase body, exactly as documented.
+    let payload: Value = serde_json::from_slice(&got.body).expect("json");
+    let keys: Vec<&str> = payload
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in [
+        "EventName",
+        "ResourceUri",
+        "ResourceName",
+        "AuditUri",
+        "ResourceChangeUtcDate",
+    ] {
+        assert!(keys.contains(&k), "{k} in {keys:?}");
+    }
+    assert!(
+        payload["ResourceChangeUtcDate"]
+            .as_str()
+            .expect("date")
+            .ends_with("+00:00")
+    );
+
+    // Tampered: one byte of the body flipped.
+    let mut tampered = got.body.to_vec();
+    if let Some(b) = tampered.iter_mut().find(|b| b.is_ascii_digit()) {
+        *b = if *b == b'9' { b'8' } else { *b + 1 };
+    }
+    let err = verifier
+        .verify(&got.headers, &tampered)
+        .await
+        .expect_err("tampered");
+    assert_eq!(err.reason_code(), "bad_signature");
+    assert_eq!(err.http_status(), 401);
+
+    // Forged: a well-formed signature made without the key.
+    let forged = format!("Signature {}", "QUJD".repeat(86));
+    let headers = with_header(got.headers.clone(), "x-ms-signature", &forged);
+    let err = verifier
+        .verify(&headers, &got.body)
+        .await
+        .expect_err("forged");
+    assert!(err.is_unauthorized(), "{err}");
+
+    // The emulator's signing helper produces what the verifier accepts, for any body…
+    let body = br#"{"EventName":"referral-updated","ResourceUri":"http://127.0.0.1/v1.0/engagements/referrals/4111fffc-f9ee-4d53-bba6-569135228642","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2024-02-25T09:11:02.1034567+00:00"}"#;
+    let mut signed = HeaderMap::new();
+    for (k, v) in pc.sign_callback(body, false).expect("sign") {
+        signed.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+            v.parse().expect("value"),
+        );
+    }
+    assert!(verifier.verify(&signed, body).await.is_ok());
+
+    // …but a certificate URL off the allow-list is refused before anything is fetched.
+    let before = fetches.load(Ordering::SeqCst);
+    for url in [
+        "https://evil.example/cert/pcnotifications-dispatch.microsoft.com.cer".to_string(),
+        format!(
+            "{}other/pcnotifications-dispatch.microsoft.com.cer",
+            sandbox.urls().certificates
+        ),
+        "http://127.0.0.1:1/cert/pcnotifications-dispatch.microsoft.com.cer".to_string(),
+    ] {
+        let headers = with_header(signed.clone(), "x-ms-certificate-url", &url);
+        let err = verifier
+            .verify(&headers, body)
+            .await
+            .expect_err("off the list");
+        assert_eq!(err.reason_code(), "certificate_url_not_allowed", "{url}");
+    }
+    // The production defaults (Microsoft's blob host only) refuse the sandbox's URL too.
+    let production = cosell::partner_center::webhook::verify::WebhookVerifier::builder()
+        .transport(transport)
+        .build()
+        .expect("verifier");
+    let err = production
+        .verify(&got.headers, &got.body)
+        .await
+        .expect_err("not Microsoft's host");
+    assert_eq!(err.reason_code(), "certificate_url_not_allowed");
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        before,
+        "no fetch for refused URLs"
+    );
+
+    // Every delivery of the run is in the log, delivered on the first attempt.
+    wait_deliveries(&sandbox).await;
+    let log = pc.deliveries();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].state, DeliveryState::Delivered);
+    assert_eq!(log[0].attempts.len(), 1);
+    sandbox.shutdown().await;
+}

@@ -355,6 +355,40 @@ impl PartnerCenterEmulator {
             .unwrap_or_else(|_| base.clone())
     }
 
+    /// The prefix of every certificate URL the sandbox sends, `http://127.0.0.1:<port>/cert/`:
+    /// the one entry a verifier's allow-list needs for sandbox callbacks.
+    pub fn certificate_url_prefix(&self) -> String {
+        format!("{}cert/", self.inner.ctx.urls.certificates)
+    }
+
+    /// The real callback verifier, configured for this sandbox's callbacks: the allow-list holds
+    /// only [`certificate_url_prefix`](Self::certificate_url_prefix) (plain http on loopback
+    /// allowed), the trust anchor is the sandbox's root CA, and the expected organization is
+    /// [`CERTIFICATE_ORGANIZATION`]. Add a transport or a clock before `build()` if needed.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// let sandbox = cosell_sandbox::Sandbox::start().await.unwrap();
+    /// let verifier = sandbox.partner_center().webhook_verifier_builder().unwrap().build().unwrap();
+    /// # drop(verifier);
+    /// # });
+    /// ```
+    pub fn webhook_verifier_builder(
+        &self,
+    ) -> Result<
+        partner_center_client::webhook::verify::WebhookVerifierBuilder,
+        partner_center_client::webhook::verify::VerifierConfigError,
+    > {
+        use partner_center_client::webhook::verify::{CertificateUrlRule, WebhookVerifier};
+        let rule = CertificateUrlRule::from_prefix(&self.certificate_url_prefix())?;
+        Ok(WebhookVerifier::builder()
+            .allow_http_loopback(true)
+            .certificate_url_rules([rule])
+            .trust_anchors_pem(self.root_ca_pem())
+            .expected_organization(CERTIFICATE_ORGANIZATION))
+    }
+
     /// The sandbox's test root CA (PEM): the trust anchor to configure in the callback verifier.
     /// Empty if the signing identity could not be generated (an error was logged at start).
     pub fn root_ca_pem(&self) -> String {
