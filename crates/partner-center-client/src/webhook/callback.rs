@@ -22,8 +22,6 @@
 //! # Ok::<(), partner_center_client::webhook::callback::CallbackError>(())
 //! ```
 
-use std::fmt::Write as _;
-
 use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
@@ -159,7 +157,9 @@ pub fn body_sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Lower-case hex of `bytes`.
-pub(crate) fn to_hex(bytes: &[u8]) -> String {
+#[cfg(feature = "webhook")]
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         // Writing to a String cannot fail.

@@ -1082,7 +1082,11 @@ impl WebhookVerifier {
 fn map_webpki_error(e: webpki::Error) -> VerificationError {
     #[allow(deprecated)]
     match e {
-        webpki::Error::UnknownIssuer => VerificationError::UntrustedChain,
+        // `InvalidSignatureForPublicKey` during path building means a candidate issuer (same
+        // name as an anchor or intermediate) did not sign the certificate: an impostor CA.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            VerificationError::UntrustedChain
+        }
         webpki::Error::CertExpired { .. } => VerificationError::Expired,
         webpki::Error::CertNotValidYet { .. } => VerificationError::NotYetValid,
         webpki::Error::RequiredEkuNotFound | webpki::Error::RequiredEkuNotFoundContext(_) => {
