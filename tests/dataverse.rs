@@ -1033,3 +1033,76 @@ fn any_string_is_found_by_an_eq_filter_over_http() {
         })
         .unwrap();
 }
+
+// ----- the client's typed change tracking, actions and schema check -------------------------
+
+#[tokio::test]
+async fn typed_change_tracking_actions_and_schema_check() {
+    use cosell::dataverse::{
+        Change, ChangeTrackingOptions, LeadStatus, OpportunityClose, OpportunityStatus, QualifyLead,
+    };
+    let (sandbox, client) = setup().await;
+    let dv = sandbox.dataverse();
+    let opts = ChangeTrackingOptions::default().max_page_size(2);
+    let a = dv.insert_row("opportunity", json!({"name": "A"})).unwrap();
+    let b = dv.insert_row("opportunity", json!({"name": "B"})).unwrap();
+    let _c = dv.insert_row("opportunity", json!({"name": "C"})).unwrap();
+    let initial = client
+        .track_changes::<Value>("opportunities", &["name", "statecode"], &opts)
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(initial.changes.len(), 3);
+
+    client
+        .win_opportunity(a, &OpportunityClose::new("Won"), OpportunityStatus::Won)
+        .await
+        .unwrap();
+    dv.delete_as_user("opportunity", b).unwrap();
+    let delta = client
+        .changes_since::<Value>(&initial.token, &opts)
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(delta.changes.len(), 2, "{:?}", delta.changes);
+    assert!(matches!(&delta.changes[0], Change::Upserted(e) if e.value["statecode"] == json!(1)));
+    assert!(matches!(delta.changes[1], Change::Deleted { id } if id == b));
+
+    let lead = dv
+        .insert_row(
+            "lead",
+            json!({"subject": "S", "lastname": "L", "companyname": "Co"}),
+        )
+        .unwrap();
+    let qualified = client
+        .qualify_lead(
+            lead,
+            &QualifyLead {
+                create_account: true,
+                create_opportunity: true,
+                status: LeadStatus::Qualified,
+                ..QualifyLead::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(qualified.account_id.is_some() && qualified.opportunity_id.is_some());
+    assert!(qualified.contact_id.is_none());
+
+    let report = client
+        .check_schema(&[
+            ("opportunity", "cosell_referralid"),
+            ("lead", "cosell_referralid"),
+            ("opportunity", "new_missing"),
+            ("new_table", "x"),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        report
+            .missing
+            .contains(&("opportunity".into(), "new_missing".into()))
+    );
+    assert!(!report.missing.iter().any(|(_, c)| c == "cosell_referralid"));
+    assert_eq!(report.missing_tables, vec!["new_table".to_string()]);
+}
