@@ -1299,3 +1299,228 @@ async fn callbacks_pass_the_real_verifier_and_forgeries_do_not() {
     assert_eq!(log[0].attempts.len(), 1);
     sandbox.shutdown().await;
 }
+
+// ----- the control API over HTTP (what `curl` against a standalone sandbox does) -------------
+
+#[tokio::test]
+async fn raw_control_routes_play_microsofts_side() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let raw = Raw::new();
+    let origin = sandbox
+        .urls()
+        .referrals
+        .join("/")
+        .expect("origin")
+        .to_string();
+    let ctl = |path: &str| format!("{origin}_sandbox/{path}");
+
+    let a = raw
+        .json(
+            Method::POST,
+            &ctl("seed"),
+            None,
+            &[],
+            &json!({ "count": 5 }),
+        )
+        .await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.body["ids"].as_array().map(Vec::len), Some(5));
+
+    let a = raw
+        .json(
+            Method::POST,
+            &ctl("referrals/incoming"),
+            None,
+            &[],
+            &json!({ "name": "Lead from Microsoft", "details": { "currency": "EUR" } }),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(a.body["name"], "Lead from Microsoft");
+    assert_eq!(a.body["details"]["currency"], "EUR");
+    assert_eq!(
+        a.body["inviteContext"]["invitedBy"]["organizationId"],
+        "msft"
+    );
+    assert!(a.body["expirationDateTime"].is_string());
+    let lead = a.body["id"].as_str().expect("id").to_string();
+
+    // An outgoing co-sell referral of ours, accepted by Microsoft; another declined.
+    let created = sandbox.partner_center().seed_referrals(2);
+    let a = raw
+        .send(
+            Method::POST,
+            &ctl(&format!("referrals/{}/accept", created[0])),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["organizationId"], "msft");
+    let ours = raw
+        .send(
+            Method::GET,
+            &ctl(&format!("referrals/{}", created[0])),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert!(
+        ours.body["trackingInfo"]["microsoftMsxId"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("7-"))
+    );
+    assert_eq!(ours.body["engagementId"], a.body["engagementId"]);
+    let again = raw
+        .send(
+            Method::POST,
+            &ctl(&format!("referrals/{}/accept", created[0])),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(again.status, 409);
+    let d = raw
+        .send(
+            Method::POST,
+            &ctl(&format!("referrals/{}/decline", created[1])),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(d.status, 200);
+    assert_eq!(d.body["substatus"], "Declined");
+
+    // Related referrals are listed when the filter names the engagement.
+    let token = sandbox.entra().issue_access_token(REFERRALS_AUDIENCE);
+    let mut u = cosell::http::url::Url::parse(&referrals_url(&sandbox, "referrals")).expect("url");
+    u.query_pairs_mut().append_pair(
+        "$filter",
+        &format!(
+            "engagementId eq '{}'",
+            ours.body["engagementId"].as_str().expect("eid")
+        ),
+    );
+    let related = raw
+        .send(Method::GET, u.as_str(), Some(&token), &[], None)
+        .await;
+    assert_eq!(related.body["value"].as_array().map(Vec::len), Some(2));
+    // …and cannot be changed through the API.
+    let ms_id = a.body["id"].as_str().expect("id");
+    let w = raw
+        .json(
+            Method::PATCH,
+            &referrals_url(&sandbox, &format!("referrals/{ms_id}")),
+            Some(&token),
+            &[],
+            &json!([{ "op": "replace", "path": "/details/notes", "value": "x" }]),
+        )
+        .await;
+    assert_eq!(w.status, 403);
+    assert_eq!(w.body["error"]["code"], "accessDenied");
+
+    let m = raw
+        .json(
+            Method::POST,
+            &ctl(&format!("referrals/{lead}/microsoft-crm-id")),
+            None,
+            &[],
+            &json!({ "microsoftMsxId": "7-ABCDEFGHJK" }),
+        )
+        .await;
+    assert_eq!(m.body["trackingInfo"]["microsoftMsxId"], "7-ABCDEFGHJK");
+    let p = raw
+        .json(
+            Method::PATCH,
+            &ctl(&format!("referrals/{lead}")),
+            None,
+            &[],
+            &json!([{ "op": "replace", "path": "/details/dealValue", "value": "125000" }]),
+        )
+        .await;
+    assert_eq!(p.body["details"]["dealValue"], json!(125000));
+
+    let e = raw
+        .send(Method::POST, &ctl("expire-pending"), None, &[], None)
+        .await;
+    let expired = e.body["expired"].as_array().cloned().unwrap_or_default();
+    assert!(expired.contains(&json!(lead)));
+    let gone = raw
+        .send(
+            Method::GET,
+            &ctl(&format!("referrals/{lead}")),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            gone.body["status"].as_str(),
+            gone.body["substatus"].as_str()
+        ),
+        (Some("Closed"), Some("Expired"))
+    );
+
+    let f = raw
+        .json(
+            Method::PUT,
+            &ctl("delivery-faults"),
+            None,
+            &[],
+            &json!({ "duplicate": true, "burst": 2 }),
+        )
+        .await;
+    assert_eq!(
+        f.body,
+        json!({ "dropNext": 0, "duplicate": true, "reorderWindow": 0, "burst": 2 })
+    );
+    let f = raw
+        .json(
+            Method::PUT,
+            &ctl("delivery-faults"),
+            None,
+            &[],
+            &json!({ "burst": "many" }),
+        )
+        .await;
+    assert_eq!(f.status, 400);
+    let c = raw
+        .send(Method::GET, &ctl("certificate"), None, &[], None)
+        .await;
+    assert_eq!(
+        c.body["certificateUrl"],
+        json!(sandbox.partner_center().certificate_url().to_string())
+    );
+    assert!(
+        c.body["rootCaPem"]
+            .as_str()
+            .is_some_and(|p| p.contains("BEGIN CERTIFICATE"))
+    );
+    let pem = raw
+        .send(
+            Method::GET,
+            &format!("{}cert/sandbox-root-ca.pem", sandbox.urls().certificates),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(pem.status, 200);
+    let missing = raw
+        .send(
+            Method::GET,
+            &ctl("referrals/00000000-0000-0000-0000-000000000000"),
+            None,
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body["error"]["code"], "itemNotFound");
+    sandbox.shutdown().await;
+}
