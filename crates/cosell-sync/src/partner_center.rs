@@ -19,7 +19,10 @@ pub trait PartnerCenter: Send + Sync + fmt::Debug {
 
     /// Every referral updated at or after `since`, oldest change first. Inclusive on purpose:
     /// a checkpoint equal to a change time must not skip it.
-    async fn referrals_updated_since(&self, since: DateTime<Utc>) -> Result<Vec<Referral>, RemoteError>;
+    async fn referrals_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Referral>, RemoteError>;
 
     /// The referral created with `external_reference_id` (the CRM id), if any: how an unknown
     /// create outcome is resolved. `created_since` bounds a client-side scan when the service
@@ -52,7 +55,10 @@ impl PartnerCenter for PartnerCenterClient {
         Ok(PartnerCenterClient::get_referral(self, id).await?)
     }
 
-    async fn referrals_updated_since(&self, since: DateTime<Utc>) -> Result<Vec<Referral>, RemoteError> {
+    async fn referrals_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Referral>, RemoteError> {
         let referrals = self
             .list_referrals()
             .filter(format!("updatedDateTime ge {}", timestamp(since)))
@@ -68,12 +74,16 @@ impl PartnerCenter for PartnerCenterClient {
         external_reference_id: &str,
         created_since: DateTime<Utc>,
     ) -> Result<Option<Referral>, RemoteError> {
-        let matches = |r: &Referral| r.external_reference_id.as_deref() == Some(external_reference_id);
+        let matches =
+            |r: &Referral| r.external_reference_id.as_deref() == Some(external_reference_id);
         // Filtering on externalReferenceId is not documented; try it, and fall back to a
         // bounded scan of our own recent outgoing referrals if the service refuses it.
         let filtered: Result<Vec<Referral>, _> = self
             .list_referrals()
-            .filter(format!("externalReferenceId eq {}", odata_string(external_reference_id)))
+            .filter(format!(
+                "externalReferenceId eq {}",
+                odata_string(external_reference_id)
+            ))
             .into_stream()
             .try_collect()
             .await;

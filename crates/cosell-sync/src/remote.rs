@@ -82,7 +82,9 @@ impl RemoteError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind,
-            RemoteErrorKind::Throttled | RemoteErrorKind::Transient | RemoteErrorKind::UnknownOutcome
+            RemoteErrorKind::Throttled
+                | RemoteErrorKind::Transient
+                | RemoteErrorKind::UnknownOutcome
         )
     }
 }
@@ -100,7 +102,9 @@ impl From<partner_center_client::Error> for RemoteError {
         use partner_center_client::Error as E;
         let kind = match &e {
             E::PreconditionFailed(_) => RemoteErrorKind::PreconditionFailed,
-            E::InvalidTransition(_) | E::InvalidRequest(_) | E::Config(_) => RemoteErrorKind::Rejected,
+            E::InvalidTransition(_) | E::InvalidRequest(_) | E::Config(_) => {
+                RemoteErrorKind::Rejected
+            }
             E::Credential(_) => RemoteErrorKind::Unauthorized,
             _ if e.is_not_found() => RemoteErrorKind::NotFound,
             _ if e.is_conflict() => RemoteErrorKind::Conflict,

@@ -1,0 +1,124 @@
+//! The engine's view of the CRM: reading a referral's records, writing a mapped payload, status
+//! steps, and a change feed. Expressed in the mapping's types (`CrmPayload`, `CrmRecords`,
+//! `StatusStep`), so another CRM needs only another adapter.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use cosell_mapping::{CrmPayload, CrmRecords, RecordKind, StatusStep};
+use serde_json::{Map, Value};
+
+use crate::remote::RemoteError;
+
+/// A CRM row with what was read around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrmRow {
+    /// Opportunity or lead.
+    pub kind: RecordKind,
+    /// Row id.
+    pub id: String,
+    /// The row's ETag when read.
+    pub etag: Option<String>,
+    /// The row and its related records (account, contacts, solutions, currency).
+    pub records: CrmRecords,
+}
+
+/// The result of writing a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmWritten {
+    /// Row id of the primary record.
+    pub id: String,
+    /// Its ETag after the write, when known.
+    pub etag: Option<String>,
+    /// Whether the write created the row.
+    pub created: bool,
+}
+
+/// One entry of the CRM change feed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CrmChange {
+    /// A row was created or changed; `row` holds its columns.
+    Upserted {
+        /// Opportunity or lead.
+        kind: RecordKind,
+        /// Row id.
+        id: String,
+        /// The row's columns as the feed delivered them.
+        row: Map<String, Value>,
+    },
+    /// A row was deleted.
+    Deleted {
+        /// Opportunity or lead.
+        kind: RecordKind,
+        /// Row id.
+        id: String,
+    },
+}
+
+/// A page of changes and the cursor to continue from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrmChanges {
+    /// The changes, in the order the CRM reported them.
+    pub changes: Vec<CrmChange>,
+    /// Where to continue next time (persist it once the changes are applied).
+    pub cursor: String,
+}
+
+/// What the engine needs from a CRM.
+#[async_trait]
+pub trait Crm: Send + Sync + fmt::Debug {
+    /// The row of `kind` whose referral id column holds `referral_id`, with its related records.
+    async fn find_by_referral(
+        &self,
+        kind: RecordKind,
+        referral_id: &str,
+    ) -> Result<Option<CrmRow>, RemoteError>;
+
+    /// A row by id, with its related records.
+    async fn read(&self, kind: RecordKind, id: &str) -> Result<Option<CrmRow>, RemoteError>;
+
+    /// Writes a mapped payload: finds or creates the account and contacts, resolves the
+    /// currency, upserts the primary record by its alternate key (idempotent), links the
+    /// solutions. `extra` columns (the outcome mark and audit text) are written with the primary
+    /// record. With `etag`, the primary record is written under `If-Match` (a concurrent edit
+    /// answers [`PreconditionFailed`](crate::RemoteErrorKind::PreconditionFailed) and the
+    /// engine re-reads and merges again). Does not apply status steps.
+    async fn write(
+        &self,
+        payload: &CrmPayload,
+        extra: &Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<CrmWritten, RemoteError>;
+
+    /// Patches columns of a row, under `If-Match` when `etag` is given; returns the new ETag.
+    async fn update_columns(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        columns: &Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, RemoteError>;
+
+    /// Applies one status step to a row. `QualifyLead` returns the id of the opportunity that
+    /// replaces the lead.
+    async fn apply_status(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        step: &StatusStep,
+    ) -> Result<Option<String>, RemoteError>;
+
+    /// Changes to rows of `kind` since `cursor` (`None`: start tracking; every current row
+    /// counts as a change).
+    async fn changes(
+        &self,
+        kind: RecordKind,
+        cursor: Option<&str>,
+    ) -> Result<CrmChanges, RemoteError>;
+
+    /// Whether a cursor failure means the cursor expired and a full read is needed.
+    fn is_cursor_expired(&self, error: &RemoteError) -> bool {
+        let _ = error;
+        false
+    }
+}
