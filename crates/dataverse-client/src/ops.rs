@@ -199,10 +199,10 @@ fn etag_header(resp: &Response<Bytes>) -> Option<ETag> {
 }
 
 fn entity_id_header(resp: &Response<Bytes>) -> Option<String> {
+    // Lossy rather than `to_str`: a key URL may echo non-ASCII key values unencoded.
     resp.headers()
         .get(ODATA_ENTITY_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
 }
 
 pub(crate) fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
