@@ -136,7 +136,7 @@ impl State {
     /// A new quoted opaque ETag, different from every earlier one.
     pub(crate) fn next_etag(&mut self) -> String {
         self.etag_counter += 1;
-        let stamp = u64::try_from(self.last_tick / 10_000_000).unwrap_or(0);
+        let stamp = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
         format!(
             "\"{:08x}-0000-0200-0000-{:012x}\"",
             self.etag_counter,
