@@ -3,13 +3,17 @@
 
 pub mod crm;
 pub mod engine;
+pub mod intake;
 pub mod partner_center;
 pub mod remote;
+pub mod setup;
 pub mod store;
 
 pub use crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, Report,
 };
+pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;
 pub use remote::{RemoteError, RemoteErrorKind};
+pub use setup::{RegistrationOutcome, register_callback};
