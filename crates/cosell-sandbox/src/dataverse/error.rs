@@ -38,7 +38,7 @@ pub mod codes {
     pub const THROTTLE_TIME: &str = "0x80072321";
     /// Service protection: concurrent requests.
     pub const THROTTLE_CONCURRENCY: &str = "0x80072326";
-    /// Expired change-tracking token ([UNCONFIRMED] code; the message is documented).
+    /// Expired change-tracking token (the code is unconfirmed; the message is documented).
     pub const EXPIRED_VERSION_STAMP: &str = "0x80044352";
     /// AccessTokenExpired / authentication required.
     pub const AUTHENTICATION: &str = "0x8005F101";
