@@ -1483,3 +1483,77 @@ mod documented_examples {
         }
     }
 }
+
+mod builder {
+    use super::*;
+    use cosell_http::{AccessToken, CredentialError, TokenCredential};
+    use std::sync::Mutex;
+
+    #[derive(Debug, Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl TokenCredential for Recording {
+        async fn get_token(&self, scopes: &[&str]) -> Result<AccessToken, CredentialError> {
+            self.0
+                .lock()
+                .unwrap()
+                .extend(scopes.iter().map(|s| s.to_string()));
+            Ok(AccessToken::new(
+                "t",
+                chrono::Utc::now() + chrono::Duration::hours(1),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn scope_and_api_path() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/api/data/v9.0/WhoAmI"))
+            .respond_with(json_response(200, json!({})))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let cred = Arc::new(Recording::default());
+        let client = DataverseClient::builder()
+            .environment_url(Url::parse(&server.uri()).unwrap())
+            .api_path("/api/data/v9.0")
+            .credential(cred.clone())
+            .build()
+            .unwrap();
+        assert_eq!(
+            client.api_url().as_str(),
+            format!("{}/api/data/v9.0/", server.uri())
+        );
+        client.raw().get("WhoAmI").send().await.unwrap();
+        assert_eq!(
+            *cred.0.lock().unwrap(),
+            [format!("{}/.default", server.uri())]
+        );
+    }
+
+    #[test]
+    fn configuration_errors() {
+        let cred = Arc::new(StaticTokenCredential::new("t"));
+        let no_url = DataverseClient::builder().credential(cred.clone()).build();
+        assert!(matches!(no_url, Err(Error::Config(_))));
+        let no_cred = DataverseClient::builder()
+            .environment_url(Url::parse("https://contoso.crm.dynamics.com/").unwrap())
+            .build();
+        assert!(matches!(no_cred, Err(Error::Config(_))));
+        for bad in ["ftp://contoso/", "https://contoso.crm.dynamics.com/?a=b"] {
+            let r = DataverseClient::builder()
+                .environment_url(Url::parse(bad).unwrap())
+                .credential(cred.clone())
+                .build();
+            assert!(matches!(r, Err(Error::Config(_))), "{bad}");
+        }
+        let r = DataverseClient::builder()
+            .environment_url(Url::parse("https://contoso.crm.dynamics.com/").unwrap())
+            .api_path("https://evil.example/api/")
+            .credential(cred)
+            .build();
+        assert!(matches!(r, Err(Error::Config(_))));
+    }
+}
