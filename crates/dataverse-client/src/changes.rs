@@ -165,6 +165,10 @@ impl DataverseClient {
     /// Starts change tracking on `entity_set`: reads every row (with `Prefer:
     /// odata.track-changes`) and ends with the token for the next delta read.
     ///
+    /// Only `$select` is allowed: Dataverse refuses `$filter`, `$orderby`, `$expand` and `$top`
+    /// with change tracking, so filtering (for example on a "sync" flag column) is the caller's
+    /// job, on the rows it receives. Select every column the filter needs.
+    ///
     /// ```no_run
     /// # async fn demo(client: dataverse_client::DataverseClient) -> Result<(), dataverse_client::Error> {
     /// use dataverse_client::{Change, ChangeTrackingOptions};
