@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use cosell_mapping::{
     CrmStatus, FieldId, FieldMap, MappedSnapshot, MappingError, RecordKind, ReferralIdentity,
-    SyncOutcome, merge,
+    StatusStep, SyncOutcome, merge,
 };
 use futures::stream::{self, StreamExt};
 use partner_center_client::models::{Referral, check_transition};
@@ -506,15 +506,14 @@ impl Engine {
             .referral(id));
         }
         let written = inner.crm.write(&payload, &extra, None).await?;
-        let mut kind = payload.kind;
-        let mut crm_id = written.id.clone();
+        let kind = payload.kind;
+        let crm_id = written.id.clone();
         let mut etag = written.etag.clone();
         let from = existing.as_ref().and_then(current_status);
-        for step in map.config().status.steps(from, payload.status) {
-            if let Some(new_id) = inner.crm.apply_status(kind, &crm_id, &step).await? {
-                kind = RecordKind::Opportunity;
-                crm_id = new_id;
-            }
+        if self
+            .apply_steps(existing.as_ref(), kind, &crm_id, from, payload.status)
+            .await?
+        {
             etag = None;
         }
         if etag.is_none()
@@ -638,6 +637,39 @@ impl Engine {
         Ok(Outcome::new(Action::CreatedReferral, message)
             .referral(&id)
             .crm(row.kind, &row.id))
+    }
+
+    /// Moves a record's status with the CRM's actions. `existing` is the row that was there
+    /// before the write (a lead being converted); steps on the lead go to it, the rest to the
+    /// written record. Returns whether any step ran (the ETag changed).
+    async fn apply_steps(
+        &self,
+        existing: Option<&CrmRow>,
+        kind: RecordKind,
+        id: &str,
+        from: Option<CrmStatus>,
+        to: CrmStatus,
+    ) -> Result<bool, Failure> {
+        let steps = self.inner.map.config().status.steps(from, to);
+        let ran = !steps.is_empty();
+        for step in steps {
+            let lead_step = matches!(step, StatusStep::QualifyLead { .. })
+                || matches!(
+                    step,
+                    StatusStep::SetState {
+                        kind: RecordKind::Lead,
+                        ..
+                    }
+                );
+            let (k, target) = match existing {
+                Some(row) if lead_step && row.kind == RecordKind::Lead => {
+                    (RecordKind::Lead, row.id.as_str())
+                }
+                _ => (kind, id),
+            };
+            self.inner.crm.apply_status(k, target, &step).await?;
+        }
+        Ok(ran)
     }
 
     // ------------------------------------------------------------------ the pair
@@ -867,20 +899,27 @@ impl Engine {
                 &message,
                 now(),
             );
-            let written = inner
-                .crm
-                .write(&payload, &extra, row.etag.as_deref())
-                .await?;
+            // The row's ETag guards the write only when it is the same row (a lead being
+            // turned into an opportunity writes a different table).
+            let guard = if payload.kind == kind {
+                row.etag.as_deref()
+            } else {
+                None
+            };
+            let written = inner.crm.write(&payload, &extra, guard).await?;
             crm_etag = written.etag;
-            for step in map
-                .config()
-                .status
-                .steps(current_status(&row), payload.status)
+            crm_kind = payload.kind;
+            crm_id = written.id.clone();
+            if self
+                .apply_steps(
+                    Some(&row),
+                    crm_kind,
+                    &crm_id,
+                    current_status(&row),
+                    payload.status,
+                )
+                .await?
             {
-                if let Some(new_id) = inner.crm.apply_status(crm_kind, &crm_id, &step).await? {
-                    crm_kind = RecordKind::Opportunity;
-                    crm_id = new_id;
-                }
                 crm_etag = None;
             }
             wrote.push(format!("{} updated", entity_name(crm_kind)));

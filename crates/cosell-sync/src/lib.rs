@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod crm;
+pub mod dataverse;
 pub mod engine;
 pub mod intake;
 pub mod partner_center;
@@ -10,6 +11,7 @@ pub mod setup;
 pub mod store;
 
 pub use crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten};
+pub use dataverse::{DataverseCrm, required_columns};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, Report,
 };

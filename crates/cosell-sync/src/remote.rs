@@ -25,6 +25,8 @@ pub enum RemoteErrorKind {
     Rejected,
     /// Authentication or authorisation failed.
     Unauthorized,
+    /// A change-feed cursor expired; a full read is needed.
+    CursorExpired,
 }
 
 /// A failed remote call, classified.

@@ -1,0 +1,623 @@
+//! The default [`Crm`]: Dynamics 365 through the Dataverse Web API.
+//!
+//! Reads a referral's row with its account, contact, currency and solutions in one request
+//! (`$expand`), writes the primary record by upsert on the referral-id alternate key (idempotent
+//! under retries and crashes), finds accounts by the mapping's matching rule before creating
+//! one, and reads changes through Dataverse change tracking.
+
+use async_trait::async_trait;
+use cosell_mapping::{
+    AccountPayload, BindTarget, ContactPayload, CrmPayload, CrmRecords, FieldMap, MappingError,
+    RecordKind, ResolvedIds, StatusStep,
+};
+use dataverse_client::{
+    Change, ChangeToken, ChangeTrackingOptions, DataverseClient, ETag, Filter, Key, LeadStatus,
+    OpportunityClose, OpportunityStatus, QualifyLead, Query, RetrieveOptions, UpdateOptions,
+    UpsertMode, UpsertOptions, UpsertOutcome,
+};
+use futures::TryStreamExt;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten};
+use crate::remote::{RemoteError, RemoteErrorKind};
+
+const SERVICE: &str = "dataverse";
+
+impl From<dataverse_client::Error> for RemoteError {
+    fn from(e: dataverse_client::Error) -> Self {
+        use dataverse_client::Error as E;
+        let kind = match &e {
+            E::PreconditionFailed(_) => RemoteErrorKind::PreconditionFailed,
+            E::ChangeTrackingExpired(_) => RemoteErrorKind::CursorExpired,
+            E::Credential(_) => RemoteErrorKind::Unauthorized,
+            E::InvalidRequest(_) | E::Config(_) => RemoteErrorKind::Rejected,
+            _ if e.is_not_found() => RemoteErrorKind::NotFound,
+            _ if e.is_conflict() => RemoteErrorKind::Conflict,
+            _ if e.is_throttled() => RemoteErrorKind::Throttled,
+            _ if e
+                .status()
+                .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+            {
+                RemoteErrorKind::Unauthorized
+            }
+            _ if e.may_have_been_sent() && !e.is_retryable() => RemoteErrorKind::UnknownOutcome,
+            _ if e.is_retryable() => RemoteErrorKind::Transient,
+            _ => RemoteErrorKind::Rejected,
+        };
+        RemoteError::new(kind, SERVICE, e.to_string()).with_retry_after(e.retry_after())
+    }
+}
+
+fn mapping(e: MappingError) -> RemoteError {
+    RemoteError::new(RemoteErrorKind::Rejected, SERVICE, e.to_string())
+}
+
+fn parse_id(id: &str) -> Result<Uuid, RemoteError> {
+    Uuid::parse_str(id).map_err(|_| {
+        RemoteError::new(
+            RemoteErrorKind::Rejected,
+            SERVICE,
+            format!("`{id}` is not a Dataverse row id"),
+        )
+    })
+}
+
+/// A [`Crm`] over a [`DataverseClient`], with table and column names from the field map.
+#[derive(Debug, Clone)]
+pub struct DataverseCrm {
+    client: DataverseClient,
+    map: FieldMap,
+}
+
+impl DataverseCrm {
+    /// An adapter writing through `client` with the names of `map`.
+    pub fn new(client: DataverseClient, map: FieldMap) -> Self {
+        DataverseCrm { client, map }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &DataverseClient {
+        &self.client
+    }
+
+    fn entity_set(&self, kind: RecordKind) -> &str {
+        let c = &self.map.config().columns;
+        match kind {
+            RecordKind::Opportunity => &c.opportunity.entity_set,
+            RecordKind::Lead => &c.lead.entity_set,
+        }
+    }
+
+    fn primary_key(&self, kind: RecordKind) -> String {
+        let c = &self.map.config().columns;
+        match kind {
+            RecordKind::Opportunity => format!("{}id", c.opportunity.entity),
+            RecordKind::Lead => format!("{}id", c.lead.entity),
+        }
+    }
+
+    fn referral_column(&self, kind: RecordKind) -> &str {
+        let c = &self.map.config().columns;
+        match kind {
+            RecordKind::Opportunity => &c.opportunity.referral_id,
+            RecordKind::Lead => &c.lead.referral_id,
+        }
+    }
+
+    /// The `$expand` items that bring a row's related records along.
+    fn expansions(&self, kind: RecordKind) -> Vec<String> {
+        let c = &self.map.config().columns;
+        let currency = match kind {
+            RecordKind::Opportunity => &c.opportunity.currency_bind,
+            RecordKind::Lead => &c.lead.currency_bind,
+        };
+        let mut items = vec![format!("{currency}($select=isocurrencycode)")];
+        if kind == RecordKind::Opportunity {
+            items.push(c.opportunity.customer_account_bind.clone());
+            items.push(c.opportunity.parent_contact_bind.clone());
+            items.push(c.solution.relationship.clone());
+        }
+        items
+    }
+
+    /// Splits an expanded row into the records the mapping reads.
+    fn records_of(&self, kind: RecordKind, mut row: Map<String, Value>) -> CrmRecords {
+        let c = &self.map.config().columns;
+        let currency_nav = match kind {
+            RecordKind::Opportunity => &c.opportunity.currency_bind,
+            RecordKind::Lead => &c.lead.currency_bind,
+        };
+        let currency_code = row.remove(currency_nav).and_then(|v| {
+            v.get("isocurrencycode")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        let mut records = CrmRecords::new(kind, Map::new());
+        records.currency_code = currency_code;
+        if kind == RecordKind::Opportunity {
+            records.account = match row.remove(&c.opportunity.customer_account_bind) {
+                Some(Value::Object(a)) => Some(a),
+                _ => None,
+            };
+            records.contacts = Some(match row.remove(&c.opportunity.parent_contact_bind) {
+                Some(Value::Object(contact)) => vec![contact],
+                _ => Vec::new(),
+            });
+            records.solutions = Some(match row.remove(&c.solution.relationship) {
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .filter_map(|v| match v {
+                        Value::Object(o) => Some(o),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            });
+        }
+        records.primary = row;
+        records
+    }
+
+    fn row_of(
+        &self,
+        kind: RecordKind,
+        etag: Option<ETag>,
+        row: Map<String, Value>,
+    ) -> Result<CrmRow, RemoteError> {
+        let pk = self.primary_key(kind);
+        let id = row
+            .get(&pk)
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                RemoteError::new(
+                    RemoteErrorKind::Rejected,
+                    SERVICE,
+                    format!("row without `{pk}`"),
+                )
+            })?
+            .to_string();
+        Ok(CrmRow {
+            kind,
+            id,
+            etag: etag.map(|e| e.as_str().to_string()),
+            records: self.records_of(kind, row),
+        })
+    }
+
+    async fn resolve_account(&self, account: &AccountPayload) -> Result<String, RemoteError> {
+        let c = &self.map.config().columns.account;
+        // Narrow the candidates by name or postal code, then match with the mapping's rule
+        // (case- and space-insensitive), which a server filter cannot express.
+        let mut filters = Vec::new();
+        for column in [&c.name, &c.postal_code] {
+            if let Some(v) = account.record.get(column).and_then(Value::as_str)
+                && !v.trim().is_empty()
+            {
+                filters.push(Filter::eq(column, v));
+            }
+        }
+        if !account.match_key.is_blank()
+            && let Some(filter) = Filter::any(filters)
+        {
+            let candidates: Vec<Map<String, Value>> = self
+                .client
+                .query::<Map<String, Value>>(&c.entity_set, &Query::new().filter(filter).top(50))
+                .into_stream()
+                .map_ok(|e| e.value)
+                .try_collect()
+                .await?;
+            if let Some(found) = candidates
+                .iter()
+                .find(|a| self.map.account_match_key_of(a) == account.match_key)
+                && let Some(id) = found
+                    .get(&format!("{}id", c.entity))
+                    .and_then(Value::as_str)
+            {
+                return Ok(id.to_string());
+            }
+        }
+        let body = account.body().map_err(mapping)?;
+        Ok(self.client.create(&c.entity_set, &body).await?.to_string())
+    }
+
+    async fn resolve_contact(
+        &self,
+        contact: &ContactPayload,
+        account_id: Option<&str>,
+    ) -> Result<String, RemoteError> {
+        let c = &self.map.config().columns.contact;
+        if let Some(email) = &contact.match_key {
+            let found: Vec<Map<String, Value>> = self
+                .client
+                .query::<Map<String, Value>>(
+                    &c.entity_set,
+                    &Query::new()
+                        .filter(Filter::eq(&c.email, email.as_str()))
+                        .top(1),
+                )
+                .into_stream()
+                .map_ok(|e| e.value)
+                .try_collect()
+                .await?;
+            if let Some(id) = found
+                .first()
+                .and_then(|r| r.get(&format!("{}id", c.entity)))
+                .and_then(Value::as_str)
+            {
+                return Ok(id.to_string());
+            }
+        }
+        let account_set = &self.map.config().columns.account.entity_set;
+        let body = contact.body(account_id, account_set).map_err(mapping)?;
+        Ok(self.client.create(&c.entity_set, &body).await?.to_string())
+    }
+
+    async fn currency_id(&self, code: &str) -> Result<Option<String>, RemoteError> {
+        let found: Vec<Map<String, Value>> = self
+            .client
+            .query::<Map<String, Value>>(
+                "transactioncurrencies",
+                &Query::new()
+                    .select(["transactioncurrencyid"])
+                    .filter(Filter::eq("isocurrencycode", code))
+                    .top(1),
+            )
+            .into_stream()
+            .map_ok(|e| e.value)
+            .try_collect()
+            .await?;
+        Ok(found
+            .first()
+            .and_then(|r| r.get("transactioncurrencyid"))
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
+    async fn link_solutions(
+        &self,
+        payload: &CrmPayload,
+        opportunity_id: &str,
+    ) -> Result<(), RemoteError> {
+        let Some(relationship) = &payload.solution_relationship else {
+            return Ok(());
+        };
+        let c = &self.map.config().columns.solution;
+        let pk = format!("{}id", c.entity);
+        for solution in &payload.solutions {
+            let key = Key::alternate(solution.key.column.clone(), solution.key.value.clone());
+            let up = self
+                .client
+                .upsert(
+                    &solution.key.entity_set,
+                    &key,
+                    &solution.record,
+                    &UpsertOptions::default().return_representation([pk.as_str()]),
+                )
+                .await?;
+            let Some(solution_id) = up.id(&pk) else {
+                continue;
+            };
+            let target = format!(
+                "{}{}({solution_id})",
+                self.client.api_url(),
+                solution.key.entity_set
+            );
+            let path = format!(
+                "{}({opportunity_id})/{relationship}/$ref",
+                self.entity_set(RecordKind::Opportunity)
+            );
+            match self
+                .client
+                .raw()
+                .post(path)
+                .json(&json!({ "@odata.id": target }))
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                // Already associated: linking is idempotent for us.
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Crm for DataverseCrm {
+    async fn find_by_referral(
+        &self,
+        kind: RecordKind,
+        referral_id: &str,
+    ) -> Result<Option<CrmRow>, RemoteError> {
+        let mut query = Query::new()
+            .filter(Filter::eq(self.referral_column(kind), referral_id))
+            .top(1);
+        for item in self.expansions(kind) {
+            query = query.expand(item);
+        }
+        let rows: Vec<_> = self
+            .client
+            .query::<Map<String, Value>>(self.entity_set(kind), &query)
+            .into_stream()
+            .try_collect()
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(|e| self.row_of(kind, e.etag, e.value))
+            .transpose()
+    }
+
+    async fn read(&self, kind: RecordKind, id: &str) -> Result<Option<CrmRow>, RemoteError> {
+        let Ok(uuid) = Uuid::parse_str(id) else {
+            // Not a row id (an external reference from another system): no such row.
+            return Ok(None);
+        };
+        let mut options = RetrieveOptions::default();
+        for item in self.expansions(kind) {
+            options = options.expand(item);
+        }
+        let entity = self
+            .client
+            .try_retrieve::<Map<String, Value>>(self.entity_set(kind), &Key::id(uuid), &options)
+            .await?;
+        entity
+            .map(|e| self.row_of(kind, e.etag, e.value))
+            .transpose()
+    }
+
+    async fn write(
+        &self,
+        payload: &CrmPayload,
+        extra: &Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<CrmWritten, RemoteError> {
+        let mut ids = ResolvedIds::default();
+        if let Some(account) = &payload.account {
+            ids.account = Some(self.resolve_account(account).await?);
+        }
+        for contact in &payload.contacts {
+            ids.contacts.push(Some(
+                self.resolve_contact(contact, ids.account.as_deref())
+                    .await?,
+            ));
+        }
+        for bind in &payload.binds {
+            if let BindTarget::Currency { code } = &bind.target {
+                ids.currency = self.currency_id(code).await?;
+            }
+        }
+        let mut body = payload.body(&ids).map_err(mapping)?;
+        body.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let pk = self.primary_key(payload.kind);
+        let mode = match etag {
+            Some(e) => UpsertMode::UpdateIfMatch(ETag::new(e)),
+            None => UpsertMode::CreateOrUpdate,
+        };
+        let key = Key::alternate(payload.key.column.clone(), payload.key.value.clone());
+        let up = self
+            .client
+            .upsert(
+                &payload.key.entity_set,
+                &key,
+                &body,
+                &UpsertOptions::default()
+                    .mode(mode)
+                    .return_representation([pk.as_str()]),
+            )
+            .await?;
+        let id = up
+            .id(&pk)
+            .ok_or_else(|| {
+                RemoteError::new(
+                    RemoteErrorKind::UnknownOutcome,
+                    SERVICE,
+                    "upsert answered without the row id",
+                )
+            })?
+            .to_string();
+        if payload.kind == RecordKind::Opportunity {
+            self.link_solutions(payload, &id).await?;
+        }
+        Ok(CrmWritten {
+            id,
+            etag: up.etag.map(|e| e.as_str().to_string()),
+            created: up.outcome == UpsertOutcome::Created,
+        })
+    }
+
+    async fn update_columns(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        columns: &Map<String, Value>,
+        etag: Option<&str>,
+    ) -> Result<Option<String>, RemoteError> {
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let pk = self.primary_key(kind);
+        let mode = match etag {
+            Some(e) => UpsertMode::UpdateIfMatch(ETag::new(e)),
+            // Update only: a write-back must never resurrect a deleted row.
+            None => UpsertMode::UpdateOnly,
+        };
+        let up = self
+            .client
+            .upsert(
+                self.entity_set(kind),
+                &Key::id(parse_id(id)?),
+                columns,
+                &UpsertOptions::default()
+                    .mode(mode)
+                    .return_representation([pk.as_str()]),
+            )
+            .await?;
+        Ok(up.etag.map(|e| e.as_str().to_string()))
+    }
+
+    async fn apply_status(
+        &self,
+        _kind: RecordKind,
+        id: &str,
+        step: &StatusStep,
+    ) -> Result<Option<String>, RemoteError> {
+        let uuid = parse_id(id)?;
+        match step {
+            StatusStep::QualifyLead { status } => {
+                // The engine has already written the opportunity (upsert on the referral id),
+                // so qualifying only closes the lead: no second opportunity.
+                let options = QualifyLead {
+                    create_account: false,
+                    create_contact: false,
+                    create_opportunity: false,
+                    status: LeadStatus::from_code(*status as i32),
+                    ..QualifyLead::default()
+                };
+                self.client.qualify_lead(uuid, &options).await?;
+                Ok(None)
+            }
+            StatusStep::WinOpportunity { status } => {
+                self.client
+                    .win_opportunity(
+                        uuid,
+                        &OpportunityClose::new("Won in Partner Center"),
+                        OpportunityStatus::from_code(*status as i32),
+                    )
+                    .await?;
+                Ok(None)
+            }
+            StatusStep::LoseOpportunity { status } => {
+                self.client
+                    .lose_opportunity(
+                        uuid,
+                        &OpportunityClose::new("Closed in Partner Center"),
+                        OpportunityStatus::from_code(*status as i32),
+                    )
+                    .await?;
+                Ok(None)
+            }
+            StatusStep::SetState {
+                kind: step_kind,
+                statecode,
+                statuscode,
+            } => {
+                self.client
+                    .update(
+                        self.entity_set(*step_kind),
+                        &Key::id(uuid),
+                        &json!({ "statecode": statecode, "statuscode": statuscode }),
+                        &UpdateOptions::default(),
+                    )
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn changes(
+        &self,
+        kind: RecordKind,
+        cursor: Option<&str>,
+    ) -> Result<CrmChanges, RemoteError> {
+        let options = ChangeTrackingOptions::default();
+        let collected = match cursor {
+            Some(c) => {
+                self.client
+                    .changes_since::<Map<String, Value>>(&ChangeToken::new(c), &options)
+                    .collect()
+                    .await?
+            }
+            None => {
+                self.client
+                    .track_changes::<Map<String, Value>>(self.entity_set(kind), &[], &options)
+                    .collect()
+                    .await?
+            }
+        };
+        let pk = self.primary_key(kind);
+        let changes = collected
+            .changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Upserted(e) => {
+                    let id = e.value.get(&pk).and_then(Value::as_str)?.to_string();
+                    Some(CrmChange::Upserted {
+                        kind,
+                        id,
+                        row: e.value,
+                    })
+                }
+                Change::Deleted { id } => Some(CrmChange::Deleted {
+                    kind,
+                    id: id.to_string(),
+                }),
+            })
+            .collect();
+        Ok(CrmChanges {
+            changes,
+            cursor: collected.token.as_str().to_string(),
+        })
+    }
+
+    fn is_cursor_expired(&self, error: &RemoteError) -> bool {
+        error.kind() == RemoteErrorKind::CursorExpired
+    }
+}
+
+/// The (table, column) pairs the field map needs in the CRM, for [`DataverseClient::check_schema`].
+pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
+    let c = &map.config().columns;
+    let o = &c.opportunity;
+    let l = &c.lead;
+    let s = &c.solution;
+    let mut pairs: Vec<(String, String)> = [
+        &o.sync_with_partner_center,
+        &o.referral_id,
+        &o.engagement_id,
+        &o.referral_link,
+        &o.help_required,
+        &o.visible_to_microsoft,
+        &o.microsoft_crm_id,
+        &o.audit,
+    ]
+    .into_iter()
+    .map(|col| (o.entity.clone(), col.clone()))
+    .collect();
+    pairs.push((o.entity.clone(), map.config().deal_value_field.clone()));
+    pairs.extend(
+        [&l.sync_with_partner_center, &l.referral_id]
+            .into_iter()
+            .map(|col| (l.entity.clone(), col.clone())),
+    );
+    if let Some(audit) = &l.audit {
+        pairs.push((l.entity.clone(), audit.clone()));
+    }
+    pairs.extend(
+        [&s.solution_id, &s.name]
+            .into_iter()
+            .map(|col| (s.entity.clone(), col.clone())),
+    );
+    pairs.push((
+        c.account.entity.clone(),
+        map.config().country_code_field.clone(),
+    ));
+    pairs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_columns_follow_the_map() {
+        let map = FieldMap::default();
+        let pairs = required_columns(&map);
+        assert!(pairs.contains(&("opportunity".into(), "cosell_referralid".into())));
+        assert!(pairs.contains(&("opportunity".into(), "estimatedvalue".into())));
+        assert!(pairs.contains(&("account".into(), "address1_country".into())));
+        assert!(pairs.contains(&("lead".into(), "cosell_referralid".into())));
+    }
+}
