@@ -29,7 +29,7 @@ use cosell_mapping::{
 use futures::stream::{self, StreamExt};
 use partner_center_client::models::{Referral, check_transition};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::crm::{Crm, CrmChange, CrmRow};
@@ -572,20 +572,29 @@ impl Engine {
             .ok_or_else(|| Failure::Rule("referral without an id".into()))?;
         // Write the referral's identity back to the CRM row, then reconcile from the referral
         // as the base: whatever the CRM holds differently is merged on the next pass.
+        // The identity columns (referral id, link, engagement, Microsoft's CRM id) are what
+        // ties the row to the referral; the rest is merged on the next pass.
         let payload = inner.map.to_crm(&snapshot, &identity, Some(row.kind))?;
-        let current = inner.map.snapshot_from_crm(&row.records, Some(&snapshot))?;
-        let current_payload = inner.map.to_crm(&current, &identity, Some(row.kind))?;
-        let mut columns = payload.changed_columns(&current_payload);
-        columns.retain(|k, _| {
-            let cfg = &inner.map.config().columns;
-            [
+        let cfg = &inner.map.config().columns;
+        let identity_columns: Vec<&String> = match row.kind {
+            RecordKind::Opportunity => vec![
                 &cfg.opportunity.referral_id,
                 &cfg.opportunity.referral_link,
                 &cfg.opportunity.engagement_id,
                 &cfg.opportunity.microsoft_crm_id,
-            ]
-            .contains(&k)
-        });
+            ],
+            RecordKind::Lead => vec![&cfg.lead.referral_id],
+        };
+        let mut columns: Map<String, Value> = identity_columns
+            .into_iter()
+            .filter_map(|c| {
+                payload
+                    .record
+                    .get(c)
+                    .filter(|v| !v.is_null() && row.records.primary.get(c) != Some(*v))
+                    .map(|v| (c.clone(), v.clone()))
+            })
+            .collect();
         columns.extend(inner.map.outcome_columns(
             row.kind,
             &row.records.primary,

@@ -534,6 +534,8 @@ impl DataverseSchema {
     pub fn standard() -> Self {
         let address = |t: TableDef| {
             t.column(ColumnDef::text("address1_line1", 250))
+                .column(ColumnDef::text("address1_line2", 250))
+                .column(ColumnDef::text("address1_line3", 250))
                 .column(ColumnDef::text("address1_city", 80))
                 .column(ColumnDef::text("address1_stateorprovince", 50))
                 .column(ColumnDef::text("address1_postalcode", 20))
@@ -688,13 +690,16 @@ impl DataverseSchema {
     /// `cosell_syncwithpartnercenter` from the lead to the opportunity it creates (the
     /// solution's attribute maps).
     pub fn cosell() -> Self {
+        // The options of "How can Microsoft help?", aligned with cosell-mapping's default
+        // `choices.help_required` (one option per assistance-request code).
         let help = [
-            (100000000, "General"),
-            (100000001, "Technical"),
-            (100000002, "Architecture"),
-            (100000003, "Deal registration"),
-            (100000004, "Pricing and licensing"),
-            (100000005, "Customer introduction"),
+            (100000000, "No help needed"),
+            (100000001, "General or other"),
+            (100000002, "Customer technical architecture"),
+            (100000003, "Proof of concept or demo"),
+            (100000004, "Quotes or licensing"),
+            (100000005, "Post-sales customer success"),
+            (100000006, "Workload-specific value proposition"),
         ];
         let solution = TableDef::new(
             "cosell_partnercentersolution",
@@ -704,7 +709,7 @@ impl DataverseSchema {
         .column(ColumnDef::text("cosell_name", 200))
         .column(ColumnDef::text("cosell_solutionid", 100))
         .column(ColumnDef::text("cosell_solutiontype", 100))
-        .column(ColumnDef::text("cosell_publisher", 200))
+        .column(ColumnDef::text("cosell_publishername", 200))
         .alternate_key("cosell_solutionid_key", &["cosell_solutionid"]);
         let mut schema = Self::standard()
             .with_columns(

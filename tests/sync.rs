@@ -1,0 +1,716 @@
+//! End-to-end: the sync engine against both emulators over real HTTP on loopback, with the real
+//! clients, the real Entra credential flows, a verifying webhook receiver and the SQLite store.
+//! Every test asserts the final state of both sides, read from the emulators themselves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use chrono::{DateTime, Utc};
+use cosell::dataverse::DataverseClient;
+use cosell::http::{ClientSecretCredential, RefreshTokenCredential, RetryPolicy};
+use cosell::mapping::FieldMap;
+use cosell::partner_center::PartnerCenterClient;
+use cosell::partner_center::models::{PatchOperation, Referral};
+use cosell::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
+use cosell::sandbox::{Fault, Sandbox, Service};
+use cosell::sync::store::{AuditOutcome, AuditQuery, InboxHint, SqliteStore, StateStore};
+use cosell::sync::{
+    Action, DataverseCrm, Engine, EngineConfig, PartnerCenter, Received, RemoteError,
+    RemoteErrorKind, WebhookIntake, register_callback,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+struct Harness {
+    sandbox: Sandbox,
+    pc: PartnerCenterClient,
+    store: Arc<SqliteStore>,
+    engine: Engine,
+    intake: WebhookIntake,
+    crm: Arc<DataverseCrm>,
+    _dir: tempfile::TempDir,
+}
+
+async fn receive(
+    State(intake): State<WebhookIntake>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    match intake.receive(&headers, &body).await {
+        Ok(_) => StatusCode::OK,
+        Err(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+    }
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .with_initial_delay(Duration::from_millis(20))
+        .with_max_attempts(4)
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let sandbox = Sandbox::start().await.unwrap();
+        let urls = sandbox.urls().clone();
+        let refresh = sandbox.entra().issue_refresh_token(SANDBOX_CLIENT_ID);
+        let user = RefreshTokenCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, refresh)
+            .client_secret(SANDBOX_CLIENT_SECRET)
+            .authority_host(urls.entra.as_str())
+            .build()
+            .unwrap();
+        let app = ClientSecretCredential::builder(
+            SANDBOX_TENANT,
+            SANDBOX_CLIENT_ID,
+            SANDBOX_CLIENT_SECRET,
+        )
+        .authority_host(urls.entra.as_str())
+        .build()
+        .unwrap();
+        let pc = PartnerCenterClient::builder()
+            .referrals_endpoint(urls.referrals.clone())
+            .webhooks_endpoint(urls.webhooks.clone())
+            .credential(Arc::new(user))
+            .webhooks_credential(Arc::new(app.clone()))
+            .retry(fast_retry())
+            .build()
+            .unwrap();
+        let dv = DataverseClient::builder()
+            .environment_url(urls.dataverse.clone())
+            .credential(Arc::new(app))
+            .retry(fast_retry())
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(dir.path().join("state.sqlite"))
+                .await
+                .unwrap(),
+        );
+        let map = FieldMap::default();
+        let crm = Arc::new(DataverseCrm::new(dv, map.clone()));
+        let engine = Engine::new(
+            Arc::new(pc.clone()),
+            crm.clone(),
+            store.clone(),
+            map,
+            EngineConfig::default(),
+        );
+        let verifier = sandbox
+            .partner_center()
+            .webhook_verifier_builder()
+            .unwrap()
+            .build()
+            .unwrap();
+        let intake = WebhookIntake::new(Arc::new(verifier), store.clone())
+            .with_resource_hosts(["127.0.0.1"]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/webhook", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/webhook", post(receive))
+            .with_state(intake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        register_callback(&pc, &url, false).await.unwrap();
+        Harness {
+            sandbox,
+            pc,
+            store,
+            engine,
+            intake,
+            crm,
+            _dir: dir,
+        }
+    }
+
+    /// A new engine over the same store: what a restart looks like.
+    fn restart_with(&self, pc: Arc<dyn PartnerCenter>) -> Engine {
+        Engine::new(
+            pc,
+            self.crm.clone(),
+            self.store.clone(),
+            FieldMap::default(),
+            EngineConfig::default(),
+        )
+    }
+
+    async fn deliveries_settled(&self) {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.sandbox.partner_center().wait_for_deliveries(),
+        )
+        .await
+        .expect("webhook deliveries did not settle");
+    }
+
+    fn dv(&self) -> &cosell::sandbox::DataverseEmulator {
+        self.sandbox.dataverse()
+    }
+
+    fn opportunity_by_referral(&self, referral_id: &str) -> Option<Value> {
+        let rows = self
+            .dv()
+            .query(
+                "opportunity",
+                &format!("cosell_referralid eq '{referral_id}'"),
+            )
+            .unwrap();
+        assert!(rows.len() <= 1, "duplicate opportunities for {referral_id}");
+        rows.into_iter().next()
+    }
+
+    fn referrals_with_external_reference(&self, id: &str) -> Vec<Value> {
+        self.sandbox
+            .partner_center()
+            .referrals()
+            .into_iter()
+            .filter(|r| r["externalReferenceId"] == json!(id))
+            .collect()
+    }
+
+    /// A CRM seller's opportunity marked for sync, with account, contact and one solution.
+    fn crm_opportunity(&self, name: &str, country: &str, with_contact: bool) -> Uuid {
+        let dv = self.dv();
+        let account = dv
+            .insert_row(
+                "account",
+                json!({"name": format!("{name} Customer"), "address1_line1": "1 Main St",
+                       "address1_city": "Seattle", "address1_postalcode": "98101",
+                       "address1_country": country}),
+            )
+            .unwrap();
+        let mut opp = json!({
+            "name": name,
+            "estimatedvalue": 120000.0,
+            "estimatedclosedate": "2027-06-30",
+            "description": "Needs a proof of concept.",
+            "cosell_syncwithpartnercenter": true,
+            "cosell_helprequired": 100000003,
+            "cosell_visibletomicrosoft": true,
+            "customerid_account@odata.bind": format!("/accounts({account})"),
+            "transactioncurrencyid@odata.bind":
+                format!("/transactioncurrencies({})", dv.currency_id("USD").unwrap()),
+        });
+        if with_contact {
+            let contact = dv
+                .insert_row(
+                    "contact",
+                    json!({"firstname": "Sue", "lastname": "Smith",
+                           "emailaddress1": format!("sue@{}.example", name.to_lowercase().replace(' ', "")),
+                           "parentcustomerid_account@odata.bind": format!("/accounts({account})")}),
+                )
+                .unwrap();
+            opp["parentcontactid@odata.bind"] = json!(format!("/contacts({contact})"));
+        }
+        let id = dv.insert_row("opportunity", opp).unwrap();
+        let solution = dv
+            .insert_row(
+                "cosell_partnercentersolution",
+                json!({"cosell_solutionid": "SOL-34104-EBB", "cosell_name": "Contoso Supply Chain Suite"}),
+            )
+            .or_else(|_| {
+                let rows = dv
+                    .query("cosell_partnercentersolution", "cosell_solutionid eq 'SOL-34104-EBB'")
+                    .unwrap();
+                Ok::<_, ()>(
+                    Uuid::parse_str(rows[0]["cosell_partnercentersolutionid"].as_str().unwrap())
+                        .unwrap(),
+                )
+            })
+            .unwrap();
+        dv.associate(
+            "opportunity",
+            id,
+            "cosell_opportunity_partnercentersolution",
+            solution,
+        )
+        .unwrap();
+        id
+    }
+
+    /// A referral as a partner seller would create it in Partner Center (Active/Accepted).
+    async fn pc_referral(&self) -> Referral {
+        let body = self.sandbox.partner_center().generate_referral_request();
+        let referral: Referral = serde_json::from_value(body).unwrap();
+        self.pc.create_referral(&referral).await.unwrap()
+    }
+}
+
+fn id_of(r: &Referral) -> String {
+    r.id.clone().unwrap()
+}
+
+#[tokio::test]
+async fn a_partner_center_referral_appears_in_the_crm_and_a_redelivery_changes_nothing() {
+    let h = Harness::start().await;
+    let referral = h.pc_referral().await;
+    let id = id_of(&referral);
+    h.deliveries_settled().await;
+
+    let report = h.engine.drain_inbox().await.unwrap();
+    assert_eq!(report.count(Action::CreatedInCrm), 1, "{report:#?}");
+
+    let opp = h.opportunity_by_referral(&id).expect("opportunity created");
+    assert!(
+        opp["name"].as_str().unwrap().starts_with('✔'),
+        "check mark: {opp}"
+    );
+    assert_eq!(opp["cosell_syncwithpartnercenter"], json!(true));
+    assert!(
+        opp["cosell_referrallink"].as_str().unwrap().contains(&id),
+        "referral link"
+    );
+    assert!(
+        opp["_customerid_value"].is_string(),
+        "customer account bound: {opp}"
+    );
+    let account = h
+        .dv()
+        .row(
+            "account",
+            Uuid::parse_str(opp["_customerid_value"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        Some(account["name"].as_str().unwrap()),
+        referral.customer_profile.as_ref().unwrap().name.as_deref()
+    );
+    assert_eq!(h.dv().count("contact"), 1, "the customer contact");
+    let opp_id = Uuid::parse_str(opp["opportunityid"].as_str().unwrap()).unwrap();
+    let solutions = h.dv().related(
+        "opportunity",
+        opp_id,
+        "cosell_opportunity_partnercentersolution",
+    );
+    assert_eq!(solutions.len(), referral.solutions().len());
+    assert!(opp["cosell_audit"].as_str().unwrap().contains("ok"));
+
+    // The same callback delivered again is dropped at the door; a new delivery for the
+    // unchanged referral is recognised by its eTag: no CRM call either way.
+    let delivered = h.sandbox.partner_center().deliveries();
+    let record = delivered.last().unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::HeaderName::from_bytes(record.signature.0.as_bytes()).unwrap(),
+        record.signature.1.parse().unwrap(),
+    );
+    headers.insert(
+        "x-ms-certificate-url",
+        h.sandbox
+            .partner_center()
+            .certificate_url()
+            .as_str()
+            .parse()
+            .unwrap(),
+    );
+    headers.insert("x-ms-signature-algorithm", "rsa-sha256".parse().unwrap());
+    assert!(matches!(
+        h.intake
+            .receive(&headers, record.body.as_bytes())
+            .await
+            .unwrap(),
+        Received::Duplicate { .. }
+    ));
+    // A burst: another, different delivery for the same unchanged referral.
+    h.store
+        .push_hint(
+            "another-delivery",
+            InboxHint {
+                seq: 0,
+                referral_id: id.clone(),
+                event: "referral-updated".into(),
+                change_time: None,
+                received_at: Utc::now(),
+            },
+        )
+        .await
+        .unwrap();
+    let dv_before = h.sandbox.faults().calls(Service::Dataverse);
+    let report = h.engine.drain_inbox().await.unwrap();
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| matches!(o.action, Action::Unchanged | Action::Echo)),
+        "{report:#?}"
+    );
+    assert_eq!(h.dv().count("opportunity"), 1);
+    assert_eq!(report.count(Action::Unchanged), 1, "{report:#?}");
+    assert_eq!(
+        h.sandbox.faults().calls(Service::Dataverse),
+        dv_before,
+        "an unchanged eTag costs no CRM call"
+    );
+}
+
+#[tokio::test]
+async fn a_crm_opportunity_set_to_sync_becomes_a_referral_and_later_edits_follow() {
+    let h = Harness::start().await;
+    let opp = h.crm_opportunity("Fabrikam Azure migration", "US", true);
+
+    let report = h.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::CreatedReferral), 1, "{report:#?}");
+    let referrals = h.referrals_with_external_reference(&opp.to_string());
+    assert_eq!(referrals.len(), 1);
+    let referral = &referrals[0];
+    assert_eq!(referral["details"]["dealValue"].as_f64(), Some(120000.0));
+    assert_eq!(
+        referral["inviteContext"]["assistanceRequestCode"],
+        json!("ProofOfConceptOrDemo")
+    );
+    let row = h.dv().row("opportunity", opp).unwrap();
+    assert_eq!(row["cosell_referralid"], referral["id"]);
+    assert!(row["name"].as_str().unwrap().starts_with('✔'));
+
+    // A later CRM edit reaches Partner Center.
+    h.dv()
+        .update_as_user("opportunity", opp, json!({"estimatedvalue": 150000.0}))
+        .unwrap();
+    let report = h.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::UpdatedReferral), 1, "{report:#?}");
+    let referral = h
+        .sandbox
+        .partner_center()
+        .referral(referral["id"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(referral["details"]["dealValue"].as_f64(), Some(150000.0));
+    assert_eq!(h.sandbox.partner_center().referral_count(), 1);
+}
+
+#[tokio::test]
+async fn microsoft_accepting_a_co_sell_referral_brings_its_crm_id_into_the_crm() {
+    let h = Harness::start().await;
+    let opp = h.crm_opportunity("Northwind data platform", "US", true);
+    h.engine.pull_crm_changes().await.unwrap();
+    let referral_id = h.referrals_with_external_reference(&opp.to_string())[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.deliveries_settled().await;
+    h.engine.drain_inbox().await.unwrap();
+
+    h.sandbox
+        .partner_center()
+        .microsoft_accept(&referral_id)
+        .unwrap();
+    h.deliveries_settled().await;
+    h.engine.drain_inbox().await.unwrap();
+
+    let msx = h.sandbox.partner_center().referral(&referral_id).unwrap()["trackingInfo"]
+        ["microsoftMsxId"]
+        .clone();
+    assert!(msx.is_string(), "Microsoft set its CRM id");
+    assert_eq!(
+        h.dv().row("opportunity", opp).unwrap()["cosell_microsoftcrmid"],
+        msx
+    );
+}
+
+#[tokio::test]
+async fn an_edit_on_both_sides_is_merged_by_ownership_and_audited() {
+    let h = Harness::start().await;
+    let referral = h.pc_referral().await;
+    let id = id_of(&referral);
+    h.engine.sync_referral(&id).await.unwrap();
+    let opp_id = Uuid::parse_str(
+        h.opportunity_by_referral(&id).unwrap()["opportunityid"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+
+    // Between two syncs: the seller changes the deal value in the CRM; in Partner Center the
+    // deal value changes too (a conflict) and the notes change (one-sided).
+    h.dv()
+        .update_as_user("opportunity", opp_id, json!({"estimatedvalue": 77777.0}))
+        .unwrap();
+    h.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([
+                {"op": "replace", "path": "/details/dealValue", "value": 55555},
+                {"op": "replace", "path": "/details/notes", "value": "Customer moved the date."}
+            ]),
+        )
+        .unwrap();
+    let outcome = h.engine.sync_referral(&id).await.unwrap();
+    assert_eq!(outcome.action, Action::UpdatedBoth, "{outcome:#?}");
+    assert!(
+        outcome
+            .conflicts
+            .iter()
+            .any(|c| c.starts_with("deal_value")),
+        "{outcome:#?}"
+    );
+
+    // Deal value is partner-owned: the CRM's value wins on both sides. The one-sided note
+    // change is not lost.
+    let pc_now = h.sandbox.partner_center().referral(&id).unwrap();
+    assert_eq!(pc_now["details"]["dealValue"].as_f64(), Some(77777.0));
+    assert_eq!(
+        pc_now["details"]["notes"],
+        json!("Customer moved the date.")
+    );
+    let crm_now = h.dv().row("opportunity", opp_id).unwrap();
+    assert_eq!(crm_now["estimatedvalue"].as_f64(), Some(77777.0));
+    assert_eq!(crm_now["description"], json!("Customer moved the date."));
+    let audit = h
+        .store
+        .audit(&AuditQuery {
+            referral_id: Some(id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(audit.iter().any(|e| e.outcome == AuditOutcome::Merged
+        && e.conflicts.iter().any(|c| c.starts_with("deal_value"))));
+}
+
+#[tokio::test]
+async fn a_lost_webhook_is_healed_by_reconcile() {
+    let h = Harness::start().await;
+    let referral = h.pc_referral().await;
+    let id = id_of(&referral);
+    h.engine.sync_referral(&id).await.unwrap();
+    h.deliveries_settled().await;
+    h.engine.drain_inbox().await.unwrap();
+
+    h.sandbox.partner_center().drop_next_deliveries(10);
+    h.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace", "path": "/details/notes", "value": "Changed while the webhook was lost."}]),
+        )
+        .unwrap();
+    h.deliveries_settled().await;
+    assert!(
+        h.store.pending_hints(10).await.unwrap().is_empty(),
+        "no hint arrived"
+    );
+
+    let report = h.engine.reconcile().await.unwrap();
+    assert!(report.count(Action::UpdatedCrm) >= 1, "{report:#?}");
+    let opp = h.opportunity_by_referral(&id).unwrap();
+    assert_eq!(
+        opp["description"],
+        json!("Changed while the webhook was lost.")
+    );
+    assert!(h.store.checkpoint("pc.reconcile").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn invalid_data_gets_a_cross_and_audit_text_while_the_rest_goes_on() {
+    let h = Harness::start().await;
+    let bad_country = h.crm_opportunity("Bad Country Deal", "USA", true);
+    let no_contact = h.crm_opportunity("No Contact Deal", "US", false);
+    let good = h.crm_opportunity("Good Deal", "DE", true);
+
+    let report = h.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::CreatedReferral), 1, "{report:#?}");
+    assert_eq!(report.failures().count(), 2, "{report:#?}");
+
+    let bad = h.dv().row("opportunity", bad_country).unwrap();
+    assert!(bad["name"].as_str().unwrap().starts_with('✖'), "{bad}");
+    assert!(
+        bad["cosell_audit"].as_str().unwrap().contains("USA"),
+        "{bad}"
+    );
+    let missing = h.dv().row("opportunity", no_contact).unwrap();
+    assert!(missing["name"].as_str().unwrap().starts_with('✖'));
+    assert!(
+        missing["cosell_audit"]
+            .as_str()
+            .unwrap()
+            .contains("contact"),
+        "{missing}"
+    );
+    assert_eq!(
+        h.referrals_with_external_reference(&good.to_string()).len(),
+        1
+    );
+    assert_eq!(h.sandbox.partner_center().referral_count(), 1);
+
+    let letters = h.store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 2);
+    // The cross mark is itself a change; the next pass must not loop on it.
+    let again = h.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(again.count(Action::CreatedReferral), 0);
+    assert_eq!(h.store.dead_letters().await.unwrap().len(), 2);
+    let failed_audits = h
+        .store
+        .audit(&AuditQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.outcome == AuditOutcome::Failed)
+        .count();
+    assert_eq!(failed_audits, 2, "one audit entry per distinct failure");
+}
+
+/// Forwards to the real client, but "crashes" right after a create reaches Partner Center:
+/// the create happened, the engine never learns the answer.
+#[derive(Debug)]
+struct CrashAfterCreate(PartnerCenterClient);
+
+#[async_trait]
+impl PartnerCenter for CrashAfterCreate {
+    async fn get_referral(&self, id: &str) -> Result<Referral, RemoteError> {
+        PartnerCenter::get_referral(&self.0, id).await
+    }
+    async fn referrals_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Referral>, RemoteError> {
+        self.0.referrals_updated_since(since).await
+    }
+    async fn find_by_external_reference(
+        &self,
+        _id: &str,
+        _since: DateTime<Utc>,
+    ) -> Result<Option<Referral>, RemoteError> {
+        Err(RemoteError::new(
+            RemoteErrorKind::Transient,
+            "test",
+            "process killed",
+        ))
+    }
+    async fn create_referral(&self, referral: &Referral) -> Result<Referral, RemoteError> {
+        PartnerCenter::create_referral(&self.0, referral).await?;
+        Err(RemoteError::new(
+            RemoteErrorKind::UnknownOutcome,
+            "test",
+            "process killed",
+        ))
+    }
+    async fn update_referral(
+        &self,
+        id: &str,
+        etag: &str,
+        ops: Vec<PatchOperation>,
+    ) -> Result<Referral, RemoteError> {
+        PartnerCenter::update_referral(&self.0, id, etag, ops).await
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_create_and_link_leaves_no_duplicate_after_restart() {
+    let h = Harness::start().await;
+    let opp = h.crm_opportunity("Crashy Deal", "US", true);
+    let crashing = h.restart_with(Arc::new(CrashAfterCreate(h.pc.clone())));
+    let report = crashing.pull_crm_changes().await.unwrap();
+    assert_eq!(report.failures().count(), 1, "{report:#?}");
+    assert_eq!(
+        h.store.intents().await.unwrap().len(),
+        1,
+        "the intent survived"
+    );
+    assert_eq!(
+        h.referrals_with_external_reference(&opp.to_string()).len(),
+        1
+    );
+    drop(crashing);
+
+    // Restart: the intent is resolved by looking the referral up, not by posting again.
+    let restarted = h.restart_with(Arc::new(h.pc.clone()));
+    let posts_before = h.sandbox.faults().calls_matching(
+        Service::Referrals,
+        &http::Method::POST,
+        "/v1.0/engagements/referrals",
+    );
+    let report = restarted.resolve_intents().await.unwrap();
+    assert_eq!(report.count(Action::CreatedReferral), 1, "{report:#?}");
+    let posts_after = h.sandbox.faults().calls_matching(
+        Service::Referrals,
+        &http::Method::POST,
+        "/v1.0/engagements/referrals",
+    );
+    assert_eq!(posts_after, posts_before, "no second POST");
+    let referrals = h.referrals_with_external_reference(&opp.to_string());
+    assert_eq!(referrals.len(), 1, "exactly one referral");
+    assert!(h.store.intents().await.unwrap().is_empty());
+    assert_eq!(
+        h.dv().row("opportunity", opp).unwrap()["cosell_referralid"],
+        referrals[0]["id"]
+    );
+
+    // A response lost on the wire (the emulator commits, then drops the connection) is
+    // resolved the same way, without a restart.
+    let opp2 = h.crm_opportunity("Lost Response Deal", "US", true);
+    h.sandbox.faults().inject(
+        Service::Referrals,
+        Fault::drop_after()
+            .on_method(http::Method::POST)
+            .on_path("/v1.0/engagements/referrals")
+            .times(1),
+    );
+    let report = h.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::CreatedReferral), 1, "{report:#?}");
+    assert_eq!(
+        h.referrals_with_external_reference(&opp2.to_string()).len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn our_own_writes_coming_back_are_echoes() {
+    let h = Harness::start().await;
+    // Partner Center → CRM: our CRM write comes back through change tracking.
+    let referral = h.pc_referral().await;
+    h.engine.sync_referral(&id_of(&referral)).await.unwrap();
+    // CRM → Partner Center: our referral create comes back as a webhook.
+    let opp = h.crm_opportunity("Echo Deal", "US", true);
+    let report = h.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::CreatedReferral), 1, "{report:#?}");
+    h.deliveries_settled().await;
+
+    let pc_before = h.sandbox.faults().calls(Service::Referrals);
+    let dv_writes_before = h.dv_write_calls();
+    let echoes = h.engine.pull_crm_changes().await.unwrap();
+    let hints = h.engine.drain_inbox().await.unwrap();
+    assert!(
+        echoes
+            .outcomes
+            .iter()
+            .chain(hints.outcomes.iter())
+            .all(|o| matches!(o.action, Action::Echo | Action::Unchanged | Action::Skipped)),
+        "{echoes:#?} {hints:#?}"
+    );
+    assert!(echoes.count(Action::Echo) >= 1, "{echoes:#?}");
+    assert_eq!(
+        h.dv_write_calls(),
+        dv_writes_before,
+        "no CRM write for an echo"
+    );
+    // Echoes from the CRM cost no Partner Center call; the webhook echo costs one GET each.
+    let pc_calls = h.sandbox.faults().calls(Service::Referrals) - pc_before;
+    assert!(pc_calls <= hints.outcomes.len() as u64, "{pc_calls} calls");
+    assert_eq!(
+        h.referrals_with_external_reference(&opp.to_string()).len(),
+        1
+    );
+    assert_eq!(h.dv().count("opportunity"), 2);
+}
+
+impl Harness {
+    fn dv_write_calls(&self) -> u64 {
+        [
+            http::Method::POST,
+            http::Method::PATCH,
+            http::Method::DELETE,
+        ]
+        .iter()
+        .map(|m| {
+            self.sandbox
+                .faults()
+                .calls_matching(Service::Dataverse, m, "/api/data")
+        })
+        .sum()
+    }
+}
