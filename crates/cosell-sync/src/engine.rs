@@ -109,6 +109,27 @@ impl Default for EngineConfig {
     }
 }
 
+/// How often [`Engine::run`] does each pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// How often the webhook inbox is drained (a cheap local query when empty).
+    pub inbox: std::time::Duration,
+    /// How often the CRM change feed is read.
+    pub crm_changes: std::time::Duration,
+    /// How often Partner Center is reconciled (heals lost webhooks).
+    pub reconcile: std::time::Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            inbox: std::time::Duration::from_millis(250),
+            crm_changes: std::time::Duration::from_secs(2),
+            reconcile: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
 /// What one sync decision did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1450,6 +1471,55 @@ impl Engine {
             report.outcomes.push(outcome);
         }
         Ok(report)
+    }
+
+    /// Runs the passes on `schedule` until `shutdown` completes, then returns after the pass in
+    /// flight finishes (nothing is cut off half-way). Starts with a full round. A failed pass
+    /// (for example Partner Center unreachable) is logged and retried on the next tick; only a
+    /// state-store failure stops the loop.
+    pub async fn run(
+        &self,
+        schedule: Schedule,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), EngineError> {
+        use tokio::time::{MissedTickBehavior, interval};
+        let mut inbox = interval(schedule.inbox);
+        let mut crm = interval(schedule.crm_changes);
+        let mut reconcile = interval(schedule.reconcile);
+        for t in [&mut inbox, &mut crm, &mut reconcile] {
+            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        }
+        tokio::pin!(shutdown);
+        self.tolerate(self.resolve_intents().await)?;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(()),
+                _ = inbox.tick() => self.tolerate(self.drain_inbox().await)?,
+                _ = crm.tick() => self.tolerate(self.pull_crm_changes().await)?,
+                _ = reconcile.tick() => {
+                    self.tolerate(self.resolve_intents().await)?;
+                    self.tolerate(self.reconcile().await)?;
+                }
+            }
+        }
+    }
+
+    /// Keeps the loop alive through remote failures; a store failure ends it.
+    fn tolerate(&self, result: Result<Report, EngineError>) -> Result<(), EngineError> {
+        match result {
+            Ok(report) => {
+                if !report.outcomes.is_empty() {
+                    tracing::debug!(outcomes = report.outcomes.len(), "pass done");
+                }
+                Ok(())
+            }
+            Err(EngineError::Remote(e)) => {
+                tracing::warn!(error = %e, "pass failed; retrying on the next tick");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One full round: resolve intents, drain the inbox, pull CRM changes, reconcile.

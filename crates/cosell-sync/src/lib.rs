@@ -14,6 +14,7 @@ pub use crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten};
 pub use dataverse::{DataverseCrm, required_columns};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, Report,
+    Schedule,
 };
 pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;
