@@ -13,9 +13,12 @@
 //! | [`sync`] | `cosell-sync` | the sync engine and its durable state (links, checkpoints, audit) |
 //! | [`sandbox`] | `cosell-sandbox` | loopback emulators of both services, with fault injection |
 //!
-//! Start with `cargo run --example quickstart`; see the repository README.
+//! [`sandboxed::Sandboxed`] wires all of it to the embedded sandbox in one call. Start with
+//! `cargo run --example quickstart`; see the repository README.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod sandboxed;
 
 pub use cosell_http as http;
 pub use cosell_mapping as mapping;

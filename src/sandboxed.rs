@@ -1,0 +1,267 @@
+//! A complete cosell setup against the embedded sandbox: both emulators, the real clients with
+//! the real Entra credential flows, a state store, the engine, and a verifying webhook receiver
+//! registered with the emulated Partner Center. For trying cosell out, for examples, tests and
+//! benches; production wiring looks the same with real endpoints and credentials (see
+//! `examples/sync_service.rs`).
+//!
+//! ```
+//! # let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+//! # rt.block_on(async {
+//! let s = cosell::sandboxed::Sandboxed::start().await.unwrap();
+//! let report = s.engine.run_once().await.unwrap();
+//! assert!(report.outcomes.is_empty(), "nothing to sync yet");
+//! # });
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+
+use crate::dataverse::DataverseClient;
+use crate::http::{ClientSecretCredential, RefreshTokenCredential, RetryPolicy};
+use crate::mapping::FieldMap;
+use crate::partner_center::PartnerCenterClient;
+use crate::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
+use crate::sandbox::{Sandbox, SandboxBuilder};
+use crate::sync::store::{MemoryStore, SqliteStore, StateStore};
+use crate::sync::{DataverseCrm, Engine, EngineConfig, WebhookIntake, register_callback};
+
+/// Why a sandboxed setup could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A listener could not bind.
+    #[error("sandbox: {0}")]
+    Io(#[from] std::io::Error),
+    /// A credential could not be built.
+    #[error(transparent)]
+    Credential(#[from] crate::http::CredentialError),
+    /// The Partner Center client could not be built or registration failed.
+    #[error(transparent)]
+    PartnerCenter(#[from] crate::partner_center::Error),
+    /// The Dataverse client could not be built.
+    #[error(transparent)]
+    Dataverse(#[from] crate::dataverse::Error),
+    /// The state store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::sync::store::StoreError),
+    /// The webhook verifier could not be configured.
+    #[error("webhook verifier: {0}")]
+    Verifier(String),
+}
+
+/// Which state store to use.
+#[derive(Debug, Clone, Default)]
+pub enum StoreChoice {
+    /// In memory (the default here).
+    #[default]
+    Memory,
+    /// A SQLite file, created on first use.
+    Sqlite(PathBuf),
+}
+
+/// Configures a [`Sandboxed`] setup.
+#[derive(Debug, Clone)]
+pub struct SandboxedBuilder {
+    sandbox: SandboxBuilder,
+    store: StoreChoice,
+    map: FieldMap,
+    config: EngineConfig,
+    retry: RetryPolicy,
+    webhooks: bool,
+}
+
+impl Default for SandboxedBuilder {
+    fn default() -> Self {
+        SandboxedBuilder {
+            sandbox: Sandbox::builder(),
+            store: StoreChoice::default(),
+            map: FieldMap::default(),
+            config: EngineConfig::default(),
+            retry: RetryPolicy::default()
+                .with_initial_delay(Duration::from_millis(50))
+                .with_max_attempts(5),
+            webhooks: true,
+        }
+    }
+}
+
+impl SandboxedBuilder {
+    /// How the sandbox itself starts (ports, seed, schema).
+    pub fn sandbox(mut self, sandbox: SandboxBuilder) -> Self {
+        self.sandbox = sandbox;
+        self
+    }
+
+    /// The state store (default: in memory).
+    pub fn store(mut self, store: StoreChoice) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// The field map (default: the original solution's defaults).
+    pub fn field_map(mut self, map: FieldMap) -> Self {
+        self.map = map;
+        self
+    }
+
+    /// Engine settings.
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clients' retry policy.
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Whether to run a webhook receiver and register it (default true).
+    pub fn webhooks(mut self, on: bool) -> Self {
+        self.webhooks = on;
+        self
+    }
+
+    /// Starts everything.
+    pub async fn start(self) -> Result<Sandboxed, SetupError> {
+        let sandbox = self.sandbox.start().await?;
+        let urls = sandbox.urls().clone();
+        // App+user for the referrals API (a refresh token from the sandbox's "interactive
+        // sign-in"), app-only for the webhook API and Dataverse: as in production.
+        let refresh = sandbox.entra().issue_refresh_token(SANDBOX_CLIENT_ID);
+        let user = RefreshTokenCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, refresh)
+            .client_secret(SANDBOX_CLIENT_SECRET)
+            .authority_host(urls.entra.as_str())
+            .build()?;
+        let app = ClientSecretCredential::builder(
+            SANDBOX_TENANT,
+            SANDBOX_CLIENT_ID,
+            SANDBOX_CLIENT_SECRET,
+        )
+        .authority_host(urls.entra.as_str())
+        .build()?;
+        let partner_center = PartnerCenterClient::builder()
+            .referrals_endpoint(urls.referrals.clone())
+            .webhooks_endpoint(urls.webhooks.clone())
+            .credential(Arc::new(user))
+            .webhooks_credential(Arc::new(app.clone()))
+            .retry(self.retry.clone())
+            .build()?;
+        let dataverse = DataverseClient::builder()
+            .environment_url(urls.dataverse.clone())
+            .credential(Arc::new(app))
+            .retry(self.retry)
+            .build()?;
+        let store: Arc<dyn StateStore> = match &self.store {
+            StoreChoice::Memory => Arc::new(MemoryStore::new()),
+            StoreChoice::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        };
+        let crm = Arc::new(DataverseCrm::new(dataverse.clone(), self.map.clone()));
+        let engine = Engine::new(
+            Arc::new(partner_center.clone()),
+            crm.clone(),
+            store.clone(),
+            self.map,
+            self.config,
+        );
+        let verifier = sandbox
+            .partner_center()
+            .webhook_verifier_builder()
+            .and_then(|b| b.build())
+            .map_err(|e| SetupError::Verifier(e.to_string()))?;
+        let intake = WebhookIntake::new(Arc::new(verifier), store.clone())
+            .with_resource_hosts(["127.0.0.1"]);
+        let mut webhook_url = None;
+        if self.webhooks {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}/webhook", listener.local_addr()?);
+            let app = axum::Router::new()
+                .route("/webhook", post(receive))
+                .with_state(intake.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "webhook receiver stopped");
+                }
+            });
+            register_callback(&partner_center, &url, false).await?;
+            webhook_url = Some(url);
+        }
+        Ok(Sandboxed {
+            sandbox,
+            partner_center,
+            dataverse,
+            crm,
+            store,
+            engine,
+            intake,
+            webhook_url,
+        })
+    }
+}
+
+async fn receive(
+    State(intake): State<WebhookIntake>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    match intake.receive(&headers, &body).await {
+        Ok(_) => StatusCode::OK,
+        Err(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+    }
+}
+
+/// Everything, running. Dropping it stops the emulators.
+#[derive(Debug)]
+pub struct Sandboxed {
+    /// The emulators (control API: `sandbox.partner_center()`, `sandbox.dataverse()`,
+    /// `sandbox.faults()`).
+    pub sandbox: Sandbox,
+    /// The Partner Center client.
+    pub partner_center: PartnerCenterClient,
+    /// The Dataverse client.
+    pub dataverse: DataverseClient,
+    /// The Dataverse CRM adapter the engine uses.
+    pub crm: Arc<DataverseCrm>,
+    /// The state store.
+    pub store: Arc<dyn StateStore>,
+    /// The engine.
+    pub engine: Engine,
+    /// The webhook intake behind the receiver.
+    pub intake: WebhookIntake,
+    /// The registered callback URL, when the receiver runs.
+    pub webhook_url: Option<String>,
+}
+
+impl Sandboxed {
+    /// A builder with the defaults.
+    pub fn builder() -> SandboxedBuilder {
+        SandboxedBuilder::default()
+    }
+
+    /// Starts with the defaults (in-memory store, webhooks on).
+    pub async fn start() -> Result<Sandboxed, SetupError> {
+        Self::builder().start().await
+    }
+
+    /// A new engine over the same clients and store, as a restarted process would build.
+    pub fn restart_engine(&self, config: EngineConfig) -> Engine {
+        Engine::new(
+            Arc::new(self.partner_center.clone()),
+            self.crm.clone(),
+            self.store.clone(),
+            self.engine.field_map().clone(),
+            config,
+        )
+    }
+
+    /// Waits until the emulated Partner Center has no webhook delivery in flight.
+    pub async fn deliveries_settled(&self) {
+        self.sandbox.partner_center().wait_for_deliveries().await;
+    }
+}
