@@ -474,7 +474,7 @@ impl Engine {
                 );
             }
             Some(link) => self.reconcile_locked(link, Some(referral)).await,
-            None => self.create_in_crm(&id, referral).await,
+            None => Box::pin(self.create_in_crm(&id, referral)).await,
         };
         match result {
             Ok(outcome) => Ok(outcome),
@@ -664,9 +664,24 @@ impl Engine {
                     ),
             )
             .await?;
-        Ok(Outcome::new(Action::CreatedReferral, message)
+        let adopted = Outcome::new(Action::CreatedReferral, message.clone())
             .referral(&id)
-            .crm(row.kind, &row.id))
+            .crm(row.kind, &row.id);
+        // The row may already differ from the referral (the opportunity of a qualified lead is
+        // open while the referral is still pending): reconcile the new pair right away rather
+        // than one pass later.
+        let Some(link_now) = inner.store.link_by_referral(&id).await? else {
+            return Ok(adopted);
+        };
+        let followed = self.reconcile_once(&link_now, Some(referral)).await?;
+        Ok(match followed.action {
+            Action::UpdatedReferral | Action::UpdatedCrm | Action::UpdatedBoth => Outcome {
+                detail: format!("{message}; {}", followed.detail),
+                conflicts: followed.conflicts,
+                ..adopted
+            },
+            _ => adopted,
+        })
     }
 
     /// Moves a record's status with the CRM's actions. `existing` is the row that was there
@@ -1063,7 +1078,7 @@ impl Engine {
             drop(_guard);
             return self.reconcile_link(link).await;
         }
-        match self.create_referral_from_crm(kind, id).await {
+        match Box::pin(self.create_referral_from_crm(kind, id)).await {
             Ok(o) => Ok(o),
             Err(Failure::Store(e)) => Err(e.into()),
             Err(f) => self.fail_crm(kind, id, f).await,
@@ -1172,10 +1187,6 @@ impl Engine {
     ) -> Result<Outcome, EngineError> {
         let inner = &self.inner;
         let message = failure.to_string();
-        inner.stats.failures.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("cosell_sync_failures_total", "direction" => direction.as_str())
-            .increment(1);
-        tracing::warn!(%key, error = %message, "sync failed");
         let mut outcome = Outcome::new(Action::Failed, &message);
         if let Some(r) = referral_id {
             outcome = outcome.referral(r);
@@ -1184,6 +1195,7 @@ impl Engine {
             outcome = outcome.crm(*k, id);
         }
         if inner.config.dry_run {
+            inner.stats.failures.fetch_add(1, Ordering::Relaxed);
             return Ok(outcome);
         }
         let previous = inner
@@ -1193,6 +1205,13 @@ impl Engine {
             .into_iter()
             .find(|d| d.key == key);
         let repeated = previous.as_ref().is_some_and(|d| d.error == message);
+        // The same error again (the record is unchanged in substance) is not a new failure.
+        if !repeated {
+            inner.stats.failures.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("cosell_sync_failures_total", "direction" => direction.as_str())
+                .increment(1);
+            tracing::warn!(%key, error = %message, "sync failed");
+        }
         // Mark the CRM row (✖ and the error in the audit column), once per distinct error: the
         // mark is itself a change that comes back through the feed.
         if let Some((kind, id)) = &crm
@@ -1410,17 +1429,27 @@ impl Engine {
     pub async fn drain_inbox(&self) -> Result<Report, EngineError> {
         let inner = &self.inner;
         let hints = inner.store.pending_hints(1000).await?;
-        let mut by_referral: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        // Per referral: the hints' sequence numbers, and whether every one was a
+        // related-referral event (another party's referral in one of our engagements).
+        let mut by_referral: BTreeMap<String, (Vec<i64>, bool)> = BTreeMap::new();
         for h in hints {
-            by_referral.entry(h.referral_id).or_default().push(h.seq);
+            let entry = by_referral
+                .entry(h.referral_id)
+                .or_insert((Vec::new(), true));
+            entry.0.push(h.seq);
+            entry.1 &= h.event.starts_with("related-referral");
         }
         let report = self
             .run_parallel(
                 by_referral
                     .into_iter()
-                    .map(|(id, seqs)| {
+                    .map(|(id, (seqs, related_only))| {
                         move || async move {
-                            let outcome = Box::pin(self.sync_referral(&id)).await?;
+                            let outcome = if related_only {
+                                Box::pin(self.sync_related(&id)).await?
+                            } else {
+                                Box::pin(self.sync_referral(&id)).await?
+                            };
                             // Failures are dead-lettered above, so the hint can go.
                             self.inner.store.commit(Commit::new().ack(seqs)).await?;
                             Ok(outcome)
@@ -1430,6 +1459,45 @@ impl Engine {
             )
             .await?;
         Ok(report)
+    }
+
+    /// A related referral changed (Microsoft's or another party's, in one of our engagements):
+    /// it is not ours to copy into the CRM, but our referral in that engagement may have changed
+    /// with it, so that one is synced.
+    async fn sync_related(&self, id: &str) -> Result<Outcome, EngineError> {
+        let inner = &self.inner;
+        if inner.store.link_by_referral(id).await?.is_some() {
+            return Box::pin(self.sync_referral(id)).await;
+        }
+        let referral = match inner.pc.get_referral(id).await {
+            Ok(r) => r,
+            Err(e) if e.is_not_found() => {
+                return Ok(Outcome::new(Action::Skipped, "related referral not found").referral(id));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(engagement) = referral.engagement_id.clone() else {
+            return Ok(
+                Outcome::new(Action::Skipped, "related referral without an engagement")
+                    .referral(id),
+            );
+        };
+        let ours: Vec<Link> = inner
+            .store
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.engagement_id.as_deref() == Some(engagement.as_str()))
+            .collect();
+        let mut last = Outcome::new(
+            Action::Skipped,
+            "another party's referral in an engagement we do not sync",
+        )
+        .referral(id);
+        for link in ours {
+            last = Box::pin(self.sync_referral(&link.referral_id)).await?;
+        }
+        Ok(last)
     }
 
     /// Resolves create intents left by a crash or an unknown outcome: adopts referrals that
