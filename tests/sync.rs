@@ -8,19 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use cosell::dataverse::DataverseClient;
-use cosell::http::{ClientSecretCredential, RefreshTokenCredential, RetryPolicy};
+use cosell::http::{ClientSecretCredential, RetryPolicy};
 use cosell::mapping::FieldMap;
 use cosell::partner_center::PartnerCenterClient;
 use cosell::partner_center::models::{PatchOperation, Referral};
 use cosell::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
 use cosell::sandbox::{Fault, Sandbox, Service};
-use cosell::sync::store::{AuditOutcome, AuditQuery, InboxHint, SqliteStore, StateStore};
+use cosell::sandboxed::{Sandboxed, StoreChoice};
+use cosell::sync::store::{AuditOutcome, AuditQuery, InboxHint, StateStore};
 use cosell::sync::{
     Action, DataverseCrm, Engine, EngineConfig, PartnerCenter, Received, RemoteError,
     RemoteErrorKind, WebhookIntake, register_callback,
@@ -31,99 +29,34 @@ use uuid::Uuid;
 struct Harness {
     sandbox: Sandbox,
     pc: PartnerCenterClient,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn StateStore>,
     engine: Engine,
     intake: WebhookIntake,
     crm: Arc<DataverseCrm>,
     _dir: tempfile::TempDir,
 }
 
-async fn receive(
-    State(intake): State<WebhookIntake>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    match intake.receive(&headers, &body).await {
-        Ok(_) => StatusCode::OK,
-        Err(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-    }
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy::default()
-        .with_initial_delay(Duration::from_millis(20))
-        .with_max_attempts(4)
-}
-
 impl Harness {
+    /// The whole setup from `cosell::sandboxed`, on a SQLite store, with fast client retries.
     async fn start() -> Harness {
-        let sandbox = Sandbox::start().await.unwrap();
-        let urls = sandbox.urls().clone();
-        let refresh = sandbox.entra().issue_refresh_token(SANDBOX_CLIENT_ID);
-        let user = RefreshTokenCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, refresh)
-            .client_secret(SANDBOX_CLIENT_SECRET)
-            .authority_host(urls.entra.as_str())
-            .build()
-            .unwrap();
-        let app = ClientSecretCredential::builder(
-            SANDBOX_TENANT,
-            SANDBOX_CLIENT_ID,
-            SANDBOX_CLIENT_SECRET,
-        )
-        .authority_host(urls.entra.as_str())
-        .build()
-        .unwrap();
-        let pc = PartnerCenterClient::builder()
-            .referrals_endpoint(urls.referrals.clone())
-            .webhooks_endpoint(urls.webhooks.clone())
-            .credential(Arc::new(user))
-            .webhooks_credential(Arc::new(app.clone()))
-            .retry(fast_retry())
-            .build()
-            .unwrap();
-        let dv = DataverseClient::builder()
-            .environment_url(urls.dataverse.clone())
-            .credential(Arc::new(app))
-            .retry(fast_retry())
-            .build()
-            .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(
-            SqliteStore::open(dir.path().join("state.sqlite"))
-                .await
-                .unwrap(),
-        );
-        let map = FieldMap::default();
-        let crm = Arc::new(DataverseCrm::new(dv, map.clone()));
-        let engine = Engine::new(
-            Arc::new(pc.clone()),
-            crm.clone(),
-            store.clone(),
-            map,
-            EngineConfig::default(),
-        );
-        let verifier = sandbox
-            .partner_center()
-            .webhook_verifier_builder()
-            .unwrap()
-            .build()
+        let s = Sandboxed::builder()
+            .store(StoreChoice::Sqlite(dir.path().join("state.sqlite")))
+            .retry(
+                RetryPolicy::default()
+                    .with_initial_delay(Duration::from_millis(20))
+                    .with_max_attempts(4),
+            )
+            .start()
+            .await
             .unwrap();
-        let intake = WebhookIntake::new(Arc::new(verifier), store.clone())
-            .with_resource_hosts(["127.0.0.1"]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/webhook", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .route("/webhook", post(receive))
-            .with_state(intake.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        register_callback(&pc, &url, false).await.unwrap();
         Harness {
-            sandbox,
-            pc,
-            store,
-            engine,
-            intake,
-            crm,
+            sandbox: s.sandbox,
+            pc: s.partner_center,
+            store: s.store,
+            engine: s.engine,
+            intake: s.intake,
+            crm: s.crm,
             _dir: dir,
         }
     }
@@ -713,4 +646,285 @@ impl Harness {
         })
         .sum()
     }
+}
+
+impl Harness {
+    fn engine_with(&self, config: EngineConfig) -> Engine {
+        Engine::new(
+            Arc::new(self.pc.clone()),
+            self.crm.clone(),
+            self.store.clone(),
+            FieldMap::default(),
+            config,
+        )
+    }
+
+    fn all_writes(&self) -> u64 {
+        let f = self.sandbox.faults();
+        [
+            http::Method::POST,
+            http::Method::PATCH,
+            http::Method::PUT,
+            http::Method::DELETE,
+        ]
+        .iter()
+        .map(|m| {
+            f.calls_matching(Service::Dataverse, m, "/api/data")
+                + f.calls_matching(Service::Referrals, m, "/v1.0/engagements/referrals")
+        })
+        .sum()
+    }
+}
+
+#[tokio::test]
+async fn qualifying_an_incoming_lead_accepts_the_referral_and_related_referrals_stay_out() {
+    let h = Harness::start().await;
+    let incoming = h
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "Incoming from Microsoft"}))
+        .unwrap();
+    let id = incoming["id"].as_str().unwrap().to_string();
+    h.deliveries_settled().await;
+    h.engine.drain_inbox().await.unwrap();
+    let lead = h
+        .dv()
+        .query("lead", &format!("cosell_referralid eq '{id}'"))
+        .unwrap()
+        .pop()
+        .expect("a referral not yet accepted is a lead");
+    assert_eq!(h.dv().count("opportunity"), 0);
+
+    // The seller qualifies the lead in the CRM.
+    let lead_id = Uuid::parse_str(lead["leadid"].as_str().unwrap()).unwrap();
+    h.crm
+        .client()
+        .qualify_lead(
+            lead_id,
+            &cosell::dataverse::QualifyLead {
+                create_opportunity: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    h.engine.pull_crm_changes().await.unwrap();
+    let referral = h.sandbox.partner_center().referral(&id).unwrap();
+    assert_eq!(
+        (referral["status"].as_str(), referral["substatus"].as_str()),
+        (Some("Active"), Some("Accepted")),
+        "qualifying the lead accepts the referral"
+    );
+    let link = h.store.link_by_referral(&id).await.unwrap().unwrap();
+    assert_eq!(link.crm_entity, "opportunity");
+    assert_eq!(
+        h.dv().count("opportunity"),
+        1,
+        "one opportunity, no duplicate"
+    );
+
+    // Microsoft's own referral in the engagement arrives as a related referral: it is not
+    // copied into the CRM.
+    let engagement = referral["engagementId"].as_str().unwrap();
+    h.sandbox
+        .partner_center()
+        .add_related_referral(engagement, json!({}))
+        .unwrap();
+    h.deliveries_settled().await;
+    h.engine.drain_inbox().await.unwrap();
+    assert_eq!(h.dv().count("opportunity"), 1);
+    assert_eq!(h.store.links().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_and_writes_nothing() {
+    let h = Harness::start().await;
+    h.pc_referral().await;
+    h.crm_opportunity("Dry Run Deal", "US", true);
+    h.deliveries_settled().await;
+    let writes = h.all_writes();
+    let dry = h.engine_with(EngineConfig {
+        dry_run: true,
+        ..EngineConfig::default()
+    });
+    let report = dry.run_once().await.unwrap();
+    assert!(report.count(Action::Planned) >= 2, "{report:#?}");
+    assert_eq!(h.all_writes(), writes, "nothing written on either side");
+    assert!(h.store.links().await.unwrap().is_empty());
+    assert!(h.store.intents().await.unwrap().is_empty());
+    assert_eq!(h.store.checkpoint("pc.reconcile").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_field_can_flow_one_way_or_be_paused() {
+    use cosell::mapping::FieldId;
+    use cosell::sync::FieldDirection;
+    let h = Harness::start().await;
+    let referral = h.pc_referral().await;
+    let id = id_of(&referral);
+    h.engine.sync_referral(&id).await.unwrap();
+    let opp_id = Uuid::parse_str(
+        h.opportunity_by_referral(&id).unwrap()["opportunityid"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let engine = h.engine_with(EngineConfig {
+        directions: [
+            (FieldId::Notes, FieldDirection::Paused),
+            (FieldId::DealValue, FieldDirection::ToCrm),
+        ]
+        .into_iter()
+        .collect(),
+        ..EngineConfig::default()
+    });
+    // The CRM changes notes (paused) and the deal value (flows only Partner Center → CRM);
+    // Partner Center changes nothing.
+    h.dv()
+        .update_as_user(
+            "opportunity",
+            opp_id,
+            json!({"description": "CRM-only note", "estimatedvalue": 1.0}),
+        )
+        .unwrap();
+    engine.pull_crm_changes().await.unwrap();
+    let pc_now = h.sandbox.partner_center().referral(&id).unwrap();
+    assert_ne!(pc_now["details"]["notes"], json!("CRM-only note"));
+    assert_ne!(pc_now["details"]["dealValue"].as_f64(), Some(1.0));
+    // The CRM keeps its own values: a held-back field is not reverted either.
+    let crm_now = h.dv().row("opportunity", opp_id).unwrap();
+    assert_eq!(crm_now["description"], json!("CRM-only note"));
+
+    // Partner Center changes the deal value: it flows to the CRM.
+    h.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace", "path": "/details/dealValue", "value": 4242}]),
+        )
+        .unwrap();
+    engine.sync_referral(&id).await.unwrap();
+    let crm_now = h.dv().row("opportunity", opp_id).unwrap();
+    assert_eq!(crm_now["estimatedvalue"].as_f64(), Some(4242.0));
+    assert_eq!(crm_now["description"], json!("CRM-only note"));
+}
+
+#[tokio::test]
+async fn dead_letters_replay_after_the_data_is_fixed() {
+    let h = Harness::start().await;
+    let opp = h.crm_opportunity("Needs A Contact", "US", false);
+    let report = h.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.failures().count(), 1);
+    assert_eq!(h.store.dead_letters().await.unwrap().len(), 1);
+
+    // The seller adds the contact; replaying the dead letter now succeeds and clears it.
+    let account = h.dv().row("opportunity", opp).unwrap()["_customerid_value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let contact = h
+        .dv()
+        .insert_row(
+            "contact",
+            json!({"firstname": "Ada", "lastname": "Lovelace", "emailaddress1": "ada@example.com",
+                   "parentcustomerid_account@odata.bind": format!("/accounts({account})")}),
+        )
+        .unwrap();
+    h.dv()
+        .update_as_user(
+            "opportunity",
+            opp,
+            json!({"parentcontactid@odata.bind": format!("/contacts({contact})")}),
+        )
+        .unwrap();
+    let replay = h.engine.replay_dead_letters().await.unwrap();
+    assert_eq!(replay.count(Action::CreatedReferral), 1, "{replay:#?}");
+    assert!(h.store.dead_letters().await.unwrap().is_empty());
+    assert_eq!(
+        h.referrals_with_external_reference(&opp.to_string()).len(),
+        1
+    );
+    let row = h.dv().row("opportunity", opp).unwrap();
+    assert!(row["name"].as_str().unwrap().starts_with('✔'), "{row}");
+}
+
+#[tokio::test]
+async fn registration_never_silently_takes_another_integrations_webhook() {
+    use cosell::sync::RegistrationOutcome;
+    let h = Harness::start().await;
+    let ours = h
+        .sandbox
+        .partner_center()
+        .registration()
+        .unwrap()
+        .webhook_url;
+    assert_eq!(
+        register_callback(&h.pc, &ours, false).await.unwrap(),
+        RegistrationOutcome::AlreadyCurrent
+    );
+    let other = "http://127.0.0.1:9/another-integration";
+    assert_eq!(
+        register_callback(&h.pc, other, false).await.unwrap(),
+        RegistrationOutcome::HeldByAnother {
+            current_url: ours.clone()
+        }
+    );
+    assert_eq!(
+        h.sandbox
+            .partner_center()
+            .registration()
+            .unwrap()
+            .webhook_url,
+        ours
+    );
+    assert_eq!(
+        register_callback(&h.pc, other, true).await.unwrap(),
+        RegistrationOutcome::Replaced { previous_url: ours }
+    );
+    assert_eq!(
+        h.sandbox
+            .partner_center()
+            .registration()
+            .unwrap()
+            .webhook_url,
+        other
+    );
+}
+
+#[tokio::test]
+async fn the_schema_check_lists_missing_columns() {
+    let h = Harness::start().await;
+    let pairs = cosell::sync::required_columns(&FieldMap::default());
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .collect();
+    let report = h.crm.client().check_schema(&refs).await.unwrap();
+    assert!(report.missing.is_empty(), "{report:?}");
+
+    // A CRM without the co-sell customisation.
+    let plain = Sandbox::builder()
+        .dataverse_schema(cosell::sandbox::DataverseSchema::standard())
+        .start()
+        .await
+        .unwrap();
+    let app =
+        ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
+            .authority_host(plain.urls().entra.as_str())
+            .build()
+            .unwrap();
+    let dv = DataverseClient::builder()
+        .environment_url(plain.urls().dataverse.clone())
+        .credential(Arc::new(app))
+        .build()
+        .unwrap();
+    let report = dv.check_schema(&refs).await.unwrap();
+    assert!(
+        report
+            .missing
+            .iter()
+            .any(|(t, c)| t == "opportunity" && c == "cosell_referralid"),
+        "{report:?}"
+    );
+    assert!(!report.missing.iter().any(|(_, c)| c == "estimatedvalue"));
 }
