@@ -1542,7 +1542,8 @@ impl Engine {
     }
 
     /// Runs the passes on `schedule` until `shutdown` completes, then returns after the pass in
-    /// flight finishes (nothing is cut off half-way). Starts with a full round. A failed pass
+    /// flight finishes (nothing is cut off half-way). Starts with a full round; dead letters are
+    /// replayed with every reconcile. A failed pass
     /// (for example Partner Center unreachable) is logged and retried on the next tick; only a
     /// state-store failure stops the loop.
     pub async fn run(
@@ -1568,6 +1569,9 @@ impl Engine {
                 _ = reconcile.tick() => {
                     self.tolerate(self.resolve_intents().await)?;
                     self.tolerate(self.reconcile().await)?;
+                    // Transient failures heal here; an unchanged invalid record fails the same
+                    // way again and writes nothing.
+                    self.tolerate(self.replay_dead_letters().await)?;
                 }
             }
         }
