@@ -928,3 +928,46 @@ async fn the_schema_check_lists_missing_columns() {
     );
     assert!(!report.missing.iter().any(|(_, c)| c == "estimatedvalue"));
 }
+
+#[tokio::test]
+async fn the_running_engine_syncs_on_its_own_and_stops_cleanly() {
+    use cosell::sync::Schedule;
+    let h = Harness::start().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = h.engine.clone();
+    let running = tokio::spawn(async move {
+        engine
+            .run(
+                Schedule {
+                    inbox: Duration::from_millis(20),
+                    crm_changes: Duration::from_millis(50),
+                    reconcile: Duration::from_secs(3600),
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+    });
+    let referral = h.pc_referral().await;
+    let id = id_of(&referral);
+    let synced = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if h.opportunity_by_referral(&id).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        synced.is_ok(),
+        "the webhook reached the CRM without any call from the test"
+    );
+    stop.send(()).unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("run returns after shutdown")
+        .unwrap();
+    assert!(result.is_ok());
+}
