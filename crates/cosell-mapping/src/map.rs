@@ -997,9 +997,9 @@ impl FieldMap {
             .and_then(|b| b.get(FieldId::VisibleToMicrosoft))
             .and_then(FieldValue::as_bool)
             == Some(true);
-        let visible = target
-            .get(FieldId::VisibleToMicrosoft)
-            .and_then(FieldValue::as_bool);
+        // A co-sell record is visible by implication: a CRM row with help requested and the
+        // visibility column left empty is not a withdrawal.
+        let visible = Self::visible(target);
         if was_visible && visible != Some(true) {
             errors.push(MappingError::new(
                 FieldId::VisibleToMicrosoft.referral_path(),

@@ -443,6 +443,10 @@ mod rules {
                 r#"consent.consentToShareReferralWithMicrosoftSellers: "" visibility to Microsoft sellers cannot be withdrawn once granted"#,
             ],
         );
+        // Help requested implies visibility: an empty column on a co-sell record is no withdrawal.
+        let mut implied = co_sell();
+        implied.remove(FieldId::VisibleToMicrosoft);
+        check(Some(&visible), &implied, &[]);
         // An update that tries is an error, not a silent change.
         let err = FieldMap::default()
             .referral_update(&visible, &hidden)
