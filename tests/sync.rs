@@ -439,6 +439,39 @@ async fn a_lost_webhook_is_healed_by_reconcile() {
 }
 
 #[tokio::test]
+async fn a_backfill_checkpoint_moves_the_reconcile_window() {
+    let h = Harness::start().await;
+    let old = h.pc_referral().await;
+    h.deliveries_settled().await;
+    // A backfill synced everything up to now: reconcile starts from the checkpoint (minus the
+    // overlap), so a referral updated long before it is not listed again.
+    let until = Utc::now() + chrono::Duration::hours(1);
+    h.engine.set_reconcile_checkpoint(until).await.unwrap();
+    let stored = h.store.checkpoint("pc.reconcile").await.unwrap().unwrap();
+    assert_eq!(DateTime::parse_from_rfc3339(&stored).unwrap(), until);
+    let report = h.engine.reconcile().await.unwrap();
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .all(|o| o.referral_id.as_deref() != Some(id_of(&old).as_str())),
+        "{report:#?}"
+    );
+    assert!(h.opportunity_by_referral(&id_of(&old)).is_none());
+
+    // A dry-run engine never moves it.
+    let dry = h.engine_with(EngineConfig {
+        dry_run: true,
+        ..EngineConfig::default()
+    });
+    dry.set_reconcile_checkpoint(Utc::now()).await.unwrap();
+    assert_eq!(
+        h.store.checkpoint("pc.reconcile").await.unwrap().unwrap(),
+        stored
+    );
+}
+
+#[tokio::test]
 async fn invalid_data_gets_a_cross_and_audit_text_while_the_rest_goes_on() {
     let h = Harness::start().await;
     let bad_country = h.crm_opportunity("Bad Country Deal", "USA", true);
@@ -813,6 +846,15 @@ async fn a_field_can_flow_one_way_or_be_paused() {
 async fn dead_letters_replay_after_the_data_is_fixed() {
     let h = Harness::start().await;
     let opp = h.crm_opportunity("Needs A Contact", "US", false);
+    // Visibility left empty: help requested implies it, so the created referral (visible) and
+    // the row must not look like a withdrawal afterwards.
+    h.dv()
+        .update_as_user(
+            "opportunity",
+            opp,
+            json!({"cosell_visibletomicrosoft": null}),
+        )
+        .unwrap();
     let report = h.engine.pull_crm_changes().await.unwrap();
     assert_eq!(report.failures().count(), 1);
     assert_eq!(h.store.dead_letters().await.unwrap().len(), 1);

@@ -1070,13 +1070,14 @@ impl Engine {
         kind: RecordKind,
         id: &str,
     ) -> Result<Outcome, EngineError> {
+        // Boxed: a caller's future stays small (the reconcile future is several KB).
         if let Some(link) = self.inner.store.link_by_crm(entity_name(kind), id).await? {
-            return self.reconcile_link(link).await;
+            return Box::pin(self.reconcile_link(link)).await;
         }
         let _guard = self.lock_pair(Some(id), None).await;
         if let Some(link) = self.inner.store.link_by_crm(entity_name(kind), id).await? {
             drop(_guard);
-            return self.reconcile_link(link).await;
+            return Box::pin(self.reconcile_link(link)).await;
         }
         match Box::pin(self.create_referral_from_crm(kind, id)).await {
             Ok(o) => Ok(o),
@@ -1353,6 +1354,21 @@ impl Engine {
                 .await?;
         }
         Ok(report)
+    }
+
+    /// Records that every referral updated up to `until` has been synced, so the next
+    /// [`reconcile`](Self::reconcile) lists from there (minus the overlap). For a backfill that
+    /// applied referrals itself; moving it forward past unsynced referrals would skip them, so
+    /// call it only after the work is done. Ignored in a dry run.
+    pub async fn set_reconcile_checkpoint(&self, until: DateTime<Utc>) -> Result<(), EngineError> {
+        if self.inner.config.dry_run {
+            return Ok(());
+        }
+        self.inner
+            .store
+            .commit(Commit::new().checkpoint(RECONCILE_CHECKPOINT, until.to_rfc3339()))
+            .await?;
+        Ok(())
     }
 
     /// Reads the CRM change feed of opportunities and leads, syncs every changed row, then moves
