@@ -1,0 +1,555 @@
+//! Sync throughput, API cost and webhook-to-CRM latency against the embedded sandbox.
+//!
+//! ```text
+//! cargo run --release --example bench                      # 500 referrals, in-memory store
+//! cargo run --release --example bench -- --store sqlite    # the durable store
+//! cargo run --release --example bench -- --referrals 2000 --burst 20 --burst-interval-ms 100
+//! ```
+//!
+//! Everything is real except the two services: the engine, both clients (with Entra sign-in),
+//! the signed webhook deliveries, their verification and the state store all run as in
+//! production, over HTTP on 127.0.0.1. The emulators keep Dataverse's documented
+//! service-protection limits; their windows are reset between phases and any 429 is reported.
+//!
+//! Phases:
+//!
+//! 1. **Partner Center → CRM.** `N` incoming referrals are created on Microsoft's side; each
+//!    fires a signed `referral-created` webhook to the receiver; the engine drains the inbox in a
+//!    loop until every referral has its CRM row. Time: first referral created → last CRM row
+//!    committed (audit timestamp).
+//! 2. **CRM → Partner Center.** `N` opportunities marked *Sync with Partner Center = Yes*
+//!    (account, contact, a solution, co-sell) are inserted; the engine reads the change feed in a
+//!    loop until every one has its referral. Time: start of the first pass → last pair committed.
+//! 3. **Echo round.** Once the webhooks of phase 2 have arrived, one `run_once`: everything it
+//!    sees is the echo of the engine's own writes, so it must write nothing.
+//! 4. **Latency.** The engine runs as the service does (`Engine::run` with the default
+//!    [`Schedule`]) while referrals arrive in bursts. For each referral: from `createdDateTime`
+//!    on Microsoft's side (the callback is queued at that instant) to the audit entry the engine
+//!    stamps right after writing the CRM row (before its store commit), both from this process's
+//!    wall clock; split at the moment the receiver answered the webhook (from the emulator's
+//!    delivery log).
+//!
+//! API calls are counted by the emulators themselves, reset before each phase.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::error::Error;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use clap::{Parser, ValueEnum};
+use cosell::sandbox::Service;
+use cosell::sandboxed::{Sandboxed, StoreChoice};
+use cosell::sync::store::{AuditOutcome, AuditQuery, Direction};
+use cosell::sync::{Action, Schedule};
+use serde_json::{Value, json};
+
+type BoxResult<T> = Result<T, Box<dyn Error>>;
+
+/// How long any phase may take before the bench gives up.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StoreKind {
+    Memory,
+    Sqlite,
+}
+
+/// Sync benchmark against the embedded sandbox.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Referrals per phase (each direction, and the latency phase).
+    #[arg(long, default_value_t = 500)]
+    referrals: usize,
+    /// The state store.
+    #[arg(long, value_enum, default_value = "memory")]
+    store: StoreKind,
+    /// Referrals per burst in the latency phase.
+    #[arg(long, default_value_t = 10)]
+    burst: usize,
+    /// Pause between bursts in the latency phase (ms).
+    #[arg(long, default_value_t = 200)]
+    burst_interval_ms: u64,
+    /// The engine's inbox interval in the latency phase (ms; the service default is 250).
+    #[arg(long)]
+    inbox_ms: Option<u64>,
+    /// Also print every API operation counted, per phase.
+    #[arg(long)]
+    verbose: bool,
+}
+
+/// Requests per service during one phase, and by operation.
+#[derive(Debug, Default)]
+struct Calls {
+    partner_center: u64,
+    dataverse: u64,
+    entra: u64,
+    writes: u64,
+    by_operation: BTreeMap<(Service, String, String), u64>,
+}
+
+impl Calls {
+    fn read(s: &Sandboxed) -> Calls {
+        let by_operation = s.sandbox.faults().counters();
+        let mut calls = Calls::default();
+        for ((service, method, _), n) in &by_operation {
+            match service {
+                Service::Referrals | Service::Webhooks => calls.partner_center += n,
+                Service::Dataverse => calls.dataverse += n,
+                Service::Entra => calls.entra += n,
+            }
+            // A write to either service (`$batch` counts: the engine batches writes only).
+            if *service != Service::Entra && method != "GET" {
+                calls.writes += n;
+            }
+        }
+        calls.by_operation = by_operation;
+        calls
+    }
+
+    fn per(&self, n: usize) -> (f64, f64, f64) {
+        let n = n.max(1) as f64;
+        (
+            self.partner_center as f64 / n,
+            self.dataverse as f64 / n,
+            self.entra as f64 / n,
+        )
+    }
+}
+
+/// One measured phase.
+#[derive(Debug)]
+struct Throughput {
+    records: usize,
+    elapsed: Duration,
+    calls: Calls,
+    throttled: u64,
+    failures: usize,
+    /// When the last webhook was answered (PC → CRM only).
+    delivered: Option<Duration>,
+}
+
+impl Throughput {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn reset(s: &Sandboxed) {
+    s.sandbox.faults().reset_counters();
+    s.sandbox.dataverse().reset_limit_windows();
+}
+
+fn throttled(s: &Sandboxed) -> u64 {
+    let t = s.sandbox.dataverse().throttle_counts();
+    t.requests + t.execution_time + t.concurrency
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> BoxResult<&'a str> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("`{key}` missing in {v}").into())
+}
+
+fn timestamp(v: &Value, key: &str) -> BoxResult<DateTime<Utc>> {
+    Ok(DateTime::parse_from_rfc3339(str_of(v, key)?)?.with_timezone(&Utc))
+}
+
+fn since(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
+    (to - from).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// When the engine wrote each referral's CRM row (its `Created` audit entry towards the CRM).
+async fn crm_written_at(
+    s: &Sandboxed,
+    direction: Direction,
+) -> BoxResult<HashMap<String, DateTime<Utc>>> {
+    let entries = s.store.audit(&AuditQuery::default()).await?;
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.direction == direction && e.outcome == AuditOutcome::Created)
+        .filter_map(|e| e.referral_id.map(|r| (r, e.at)))
+        .collect())
+}
+
+/// Phase 1: N incoming referrals, delivered by webhook, drained until all are in the CRM.
+async fn pc_to_crm(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
+    let pc = s.sandbox.partner_center();
+    reset(s);
+    let throttled_before = throttled(s);
+    let base = s.engine.stats().synced_to_crm;
+    let started = Instant::now();
+    let mut first = None;
+    let mut ids = HashSet::with_capacity(n);
+    for i in 0..n {
+        let r = pc.create_incoming_referral(json!({"name": format!("Bench incoming {i}")}))?;
+        first.get_or_insert(timestamp(&r, "createdDateTime")?);
+        ids.insert(str_of(&r, "id")?.to_string());
+    }
+    let first = first.ok_or("no referral created")?;
+    let mut failures = 0;
+    while s.engine.stats().synced_to_crm < base + n as u64 {
+        let report = s.engine.drain_inbox().await?;
+        failures += report.count(Action::Failed);
+        if report.outcomes.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if started.elapsed() > PHASE_TIMEOUT {
+            return Err("PC → CRM: timed out".into());
+        }
+    }
+    let calls = Calls::read(s);
+    let delivered = pc
+        .deliveries()
+        .into_iter()
+        .filter(|d| ids.contains(&d.resource_id))
+        .filter_map(|d| {
+            d.attempts
+                .iter()
+                .find(|a| a.status == Some(200))
+                .map(|a| a.at)
+        })
+        .max()
+        .map(|t| since(first, t));
+    let written = crm_written_at(s, Direction::ToCrm).await?;
+    let last = ids
+        .iter()
+        .filter_map(|id| written.get(id))
+        .max()
+        .copied()
+        .ok_or("no CRM row written")?;
+    Ok(Throughput {
+        records: n,
+        elapsed: since(first, last),
+        calls,
+        throttled: throttled(s) - throttled_before,
+        failures,
+        delivered,
+    })
+}
+
+/// Phase 2: N opportunities marked for sync, pulled from the change feed until all are
+/// referrals.
+async fn crm_to_pc(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
+    let dv = s.sandbox.dataverse();
+    let usd = dv.currency_id("USD").ok_or("no USD currency")?;
+    let solution = dv.insert_row(
+        "cosell_partnercentersolution",
+        json!({"cosell_solutionid": "SOL-BENCH-0001", "cosell_name": "Bench Accelerator"}),
+    )?;
+    for i in 0..n {
+        let account = dv.insert_row(
+            "account",
+            json!({"name": format!("Bench Customer {i}"), "address1_line1": "1 Main St",
+                   "address1_city": "Seattle", "address1_postalcode": "98101",
+                   "address1_country": "US"}),
+        )?;
+        let contact = dv.insert_row(
+            "contact",
+            json!({"firstname": "Sue", "lastname": format!("Smith {i}"),
+                   "emailaddress1": format!("sue{i}@customer{i}.example"),
+                   "parentcustomerid_account@odata.bind": format!("/accounts({account})")}),
+        )?;
+        let opportunity = dv.insert_row(
+            "opportunity",
+            json!({"name": format!("Bench opportunity {i}"), "estimatedvalue": 120000.0,
+                   "estimatedclosedate": "2027-06-30", "description": "Needs a proof of concept.",
+                   "cosell_syncwithpartnercenter": true, "cosell_helprequired": 100000003,
+                   "cosell_visibletomicrosoft": true,
+                   "customerid_account@odata.bind": format!("/accounts({account})"),
+                   "parentcontactid@odata.bind": format!("/contacts({contact})"),
+                   "transactioncurrencyid@odata.bind": format!("/transactioncurrencies({usd})")}),
+        )?;
+        dv.associate(
+            "opportunity",
+            opportunity,
+            "cosell_opportunity_partnercentersolution",
+            solution,
+        )?;
+    }
+    reset(s);
+    let throttled_before = throttled(s);
+    let base = s.engine.stats().synced_to_partner_center;
+    let first = Utc::now();
+    let started = Instant::now();
+    let mut failures = 0;
+    while s.engine.stats().synced_to_partner_center < base + n as u64 {
+        let report = s.engine.pull_crm_changes().await?;
+        failures += report.count(Action::Failed);
+        if report.outcomes.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if started.elapsed() > PHASE_TIMEOUT {
+            return Err("CRM → PC: timed out".into());
+        }
+    }
+    let calls = Calls::read(s);
+    let last = crm_written_at(s, Direction::ToPartnerCenter)
+        .await?
+        .values()
+        .max()
+        .copied()
+        .ok_or("no referral created")?;
+    Ok(Throughput {
+        records: n,
+        elapsed: since(first, last),
+        calls,
+        throttled: throttled(s) - throttled_before,
+        failures,
+        delivered: None,
+    })
+}
+
+/// Phase 3: a full round after the sync; returns (outcomes by action, calls).
+async fn echo_round(s: &Sandboxed) -> BoxResult<(BTreeMap<String, usize>, Calls)> {
+    s.deliveries_settled().await;
+    reset(s);
+    let report = s.engine.run_once().await?;
+    let mut actions = BTreeMap::new();
+    for o in &report.outcomes {
+        *actions.entry(format!("{:?}", o.action)).or_insert(0) += 1;
+    }
+    Ok((actions, Calls::read(s)))
+}
+
+/// Latency percentiles of one series.
+#[derive(Debug)]
+struct Percentiles {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn percentiles(mut v: Vec<Duration>) -> Option<Percentiles> {
+    v.sort();
+    let rank = |q: f64| {
+        let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+        v[i]
+    };
+    Some(Percentiles {
+        p50: rank(0.50),
+        p99: rank(0.99),
+        max: *v.last()?,
+    })
+}
+
+#[derive(Debug)]
+struct Latency {
+    n: usize,
+    schedule: Schedule,
+    total: Percentiles,
+    delivery: Percentiles,
+    engine: Percentiles,
+    elapsed: Duration,
+    calls: Calls,
+}
+
+/// Phase 4: the engine running on its schedule while referrals arrive in bursts.
+async fn latency(s: &Sandboxed, args: &Args) -> BoxResult<Latency> {
+    let pc = s.sandbox.partner_center();
+    let n = args.referrals;
+    let mut schedule = Schedule::default();
+    if let Some(ms) = args.inbox_ms {
+        schedule.inbox = Duration::from_millis(ms);
+    }
+    pc.clear_deliveries();
+    reset(s);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let engine = s.engine.clone();
+    let running = tokio::spawn(async move {
+        engine
+            .run(schedule, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // Let the first full round (intents, inbox, change feed, reconcile) pass.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = s.engine.stats().synced_to_crm;
+    let started = Instant::now();
+    let mut created: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(n);
+    let burst = args.burst.max(1);
+    let mut i = 0;
+    while i < n {
+        for _ in 0..burst.min(n - i) {
+            let r = pc.create_incoming_referral(json!({"name": format!("Bench latency {i}")}))?;
+            created.insert(
+                str_of(&r, "id")?.to_string(),
+                timestamp(&r, "createdDateTime")?,
+            );
+            i += 1;
+        }
+        if i < n {
+            tokio::time::sleep(Duration::from_millis(args.burst_interval_ms)).await;
+        }
+    }
+    while s.engine.stats().synced_to_crm < base + n as u64 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if started.elapsed() > PHASE_TIMEOUT {
+            return Err("latency: timed out".into());
+        }
+    }
+    let elapsed = started.elapsed();
+    let _ = stop.send(());
+    running.await??;
+    let calls = Calls::read(s);
+    let written = crm_written_at(s, Direction::ToCrm).await?;
+    let mut answered: HashMap<String, DateTime<Utc>> = HashMap::new();
+    for d in pc.deliveries() {
+        if d.event_name == "referral-created"
+            && let Some(a) = d.attempts.iter().find(|a| a.status == Some(200))
+        {
+            answered.entry(d.resource_id).or_insert(a.at);
+        }
+    }
+    let (mut total, mut delivery, mut engine) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, at) in &created {
+        let done = *written
+            .get(id)
+            .ok_or_else(|| format!("referral {id} has no CRM row"))?;
+        total.push(since(*at, done));
+        if let Some(sent) = answered.get(id) {
+            delivery.push(since(*at, *sent));
+            engine.push(since(*sent, done));
+        }
+    }
+    Ok(Latency {
+        n,
+        schedule,
+        total: percentiles(total).ok_or("no latency measured")?,
+        delivery: percentiles(delivery).ok_or("no delivery measured")?,
+        engine: percentiles(engine).ok_or("no engine latency measured")?,
+        elapsed,
+        calls,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn print_operations(title: &str, calls: &Calls, n: usize) {
+    println!("\n  {title}: requests by operation (per record)");
+    for ((service, method, path), count) in &calls.by_operation {
+        println!(
+            "    {:<10} {:<6} {:<58} {:>7} {:>7.2}",
+            service.to_string(),
+            method,
+            path,
+            count,
+            *count as f64 / n.max(1) as f64
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> BoxResult<()> {
+    let args = Args::parse();
+    let n = args.referrals;
+    let dir = std::env::temp_dir().join(format!("cosell-bench-{}", std::process::id()));
+    let store = match args.store {
+        StoreKind::Memory => StoreChoice::Memory,
+        StoreKind::Sqlite => {
+            std::fs::create_dir_all(&dir)?;
+            StoreChoice::Sqlite(dir.join("state.sqlite"))
+        }
+    };
+    let s = Sandboxed::builder().store(store).start().await?;
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+
+    let a = pc_to_crm(&s, n).await?;
+    // A running service reads the change feed all along; catch its cursor up (the CRM rows
+    // phase 1 wrote) so that phase 2 measures only the new opportunities.
+    s.deliveries_settled().await;
+    let catch_up = s.engine.pull_crm_changes().await?;
+    let b = crm_to_pc(&s, n).await?;
+    let (echo_actions, echo_calls) = echo_round(&s).await?;
+    let l = latency(&s, &args).await?;
+    if args.store == StoreKind::Sqlite {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    println!(
+        "cosell sync bench — N = {n} referrals per phase, store = {:?}, {cores} cores, engine parallelism {}",
+        args.store,
+        s.engine.config().parallelism
+    );
+    println!();
+    println!(
+        "{:<24} {:>8} {:>10} {:>11} {:>11} {:>9} {:>6} {:>6}",
+        "phase", "records", "time", "records/s", "PC calls/r", "DV calls/r", "Entra", "429s"
+    );
+    for (name, t) in [("PC → CRM (webhooks)", &a), ("CRM → PC (change feed)", &b)] {
+        let (p, d, e) = t.calls.per(t.records);
+        println!(
+            "{:<24} {:>8} {:>10} {:>11.1} {:>11.2} {:>9.2} {:>6.3} {:>6}",
+            name,
+            t.records,
+            format!("{:.2} s", t.elapsed.as_secs_f64()),
+            t.rate(),
+            p,
+            d,
+            e,
+            t.throttled
+        );
+    }
+    println!(
+        "failures: PC → CRM {}, CRM → PC {}; PC → CRM: last webhook answered after {}",
+        a.failures,
+        b.failures,
+        a.delivered
+            .map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
+    );
+    println!();
+    let echoes: Vec<String> = echo_actions
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    println!(
+        "echo round (run_once after the sync): {}; writes = {}; reads: PC {}, DV {}",
+        echoes.join(", "),
+        echo_calls.writes,
+        echo_calls.partner_center,
+        echo_calls.dataverse
+    );
+    println!();
+    println!(
+        "webhook → CRM latency: {} referrals in bursts of {} every {} ms, engine on its schedule (inbox every {} ms), {:.1} s",
+        l.n,
+        args.burst,
+        args.burst_interval_ms,
+        l.schedule.inbox.as_millis(),
+        l.elapsed.as_secs_f64()
+    );
+    println!("{:<36} {:>10} {:>10} {:>10}", "", "p50", "p99", "max");
+    for (name, p) in [
+        ("created → CRM row written", &l.total),
+        ("  created → webhook answered", &l.delivery),
+        ("  webhook answered → CRM row", &l.engine),
+    ] {
+        println!(
+            "{:<36} {:>10} {:>10} {:>10}",
+            name,
+            ms(p.p50),
+            ms(p.p99),
+            ms(p.max)
+        );
+    }
+    let (p, d, e) = l.calls.per(l.n);
+    println!("calls per record while running: PC {p:.2}, DV {d:.2}, Entra {e:.3}");
+    if args.verbose {
+        println!(
+            "\n  change-feed catch-up after phase 1 (not timed): {} outcomes",
+            catch_up.outcomes.len()
+        );
+        for o in &catch_up.outcomes {
+            if !matches!(o.action, Action::Echo | Action::Unchanged) {
+                println!("    {:?} {:?} {}", o.action, o.referral_id, o.detail);
+            }
+        }
+        print_operations("PC → CRM", &a.calls, a.records);
+        print_operations("CRM → PC", &b.calls, b.records);
+        print_operations("echo round", &echo_calls, 1);
+        print_operations("latency phase", &l.calls, l.n);
+    }
+    Ok(())
+}
