@@ -137,7 +137,11 @@ fn bench_store(c: &mut Criterion, rt: &Runtime, name: &str, store: StoreChoice) 
                 let e = engine.clone();
                 async move {
                     match r {
-                        Ok(r) => black_box(e.apply_referral(r).await.map_err(|e| e.to_string())),
+                        Ok(r) => black_box(
+                            Box::pin(e.apply_referral(r))
+                                .await
+                                .map_err(|e| e.to_string()),
+                        ),
                         Err(e) => Err(e),
                     }
                 }
@@ -198,8 +202,13 @@ fn bench_store(c: &mut Criterion, rt: &Runtime, name: &str, store: StoreChoice) 
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
     g.bench_function("apply_unchanged", |b| {
-        b.to_async(rt)
-            .iter(|| async { black_box(engine.apply_referral(linked.clone()).await.is_ok()) });
+        b.to_async(rt).iter(|| async {
+            black_box(
+                Box::pin(engine.apply_referral(linked.clone()))
+                    .await
+                    .is_ok(),
+            )
+        });
     });
     g.bench_function("sync_unchanged", |b| {
         b.to_async(rt)
