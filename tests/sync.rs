@@ -710,6 +710,57 @@ impl Harness {
 }
 
 #[tokio::test]
+async fn a_currency_the_crm_lacks_fails_visibly_and_is_never_written_back() {
+    let h = Harness::start().await;
+    let incoming = h
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"details": {"currency": "SEK", "dealValue": 500000}}))
+        .unwrap();
+    let id = incoming["id"].as_str().unwrap().to_string();
+    h.deliveries_settled().await;
+    let report = h.engine.drain_inbox().await.unwrap();
+    let failed: Vec<_> = report.failures().collect();
+    assert_eq!(failed.len(), 1, "{report:#?}");
+    assert!(failed[0].detail.contains("SEK"), "{}", failed[0].detail);
+    assert!(
+        h.dv()
+            .query("lead", &format!("cosell_referralid eq '{id}'"))
+            .unwrap()
+            .is_empty(),
+        "no lead in the CRM's base currency"
+    );
+    assert_eq!(h.store.dead_letters().await.unwrap().len(), 1);
+
+    // Nothing the CRM did can move Microsoft's currency.
+    h.engine.run_once().await.unwrap();
+    let referral = h.sandbox.partner_center().referral(&id).unwrap();
+    assert_eq!(referral["details"]["currency"], json!("SEK"));
+
+    // The admin enables SEK; the replay creates the lead in SEK.
+    h.dv()
+        .insert_row(
+            "transactioncurrency",
+            json!({"isocurrencycode": "SEK", "currencyname": "Swedish Krona",
+                   "currencysymbol": "kr", "exchangerate": 10.5, "currencyprecision": 2}),
+        )
+        .unwrap();
+    let replay = h.engine.replay_dead_letters().await.unwrap();
+    assert_eq!(replay.count(Action::CreatedInCrm), 1, "{replay:#?}");
+    let lead = h
+        .dv()
+        .query("lead", &format!("cosell_referralid eq '{id}'"))
+        .unwrap()
+        .pop()
+        .unwrap();
+    let sek = h.dv().currency_id("SEK").unwrap().to_string();
+    assert_eq!(lead["_transactioncurrencyid_value"], json!(sek));
+    h.engine.run_once().await.unwrap();
+    let referral = h.sandbox.partner_center().referral(&id).unwrap();
+    assert_eq!(referral["details"]["currency"], json!("SEK"));
+}
+
+#[tokio::test]
 async fn qualifying_an_incoming_lead_accepts_the_referral_and_related_referrals_stay_out() {
     let h = Harness::start().await;
     let incoming = h

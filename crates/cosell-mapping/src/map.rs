@@ -655,7 +655,9 @@ impl FieldMap {
             },
             record: r,
             binds: self
-                .currency_bind(s, &l.currency_bind, false)
+                // Required like the opportunity's: a lead silently left in the CRM's base
+                // currency would misstate the deal value and write that currency back to Microsoft.
+                .currency_bind(s, &l.currency_bind, true)
                 .into_iter()
                 .collect(),
             status,
