@@ -101,6 +101,46 @@ async fn links_are_a_bijection_and_commits_are_atomic(store: &dyn StateStore) {
     );
     assert_eq!(store.link_by_referral("r2").await.unwrap(), None);
 
+    // Two referrals claiming one record in the same commit: refused as well.
+    let err = store
+        .commit(
+            Commit::new()
+                .link(link("r3", "opportunity", "o9"))
+                .link(link("r4", "opportunity", "o9")),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert_eq!(store.link_by_crm("opportunity", "o9").await.unwrap(), None);
+
+    // Unlinking the holder in the same commit frees the record for another referral.
+    store
+        .commit(
+            Commit::new()
+                .remove_link("r1")
+                .link(link("r5", "opportunity", "o1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.link_by_referral("r1").await.unwrap(), None);
+    assert_eq!(
+        store
+            .link_by_crm("opportunity", "o1")
+            .await
+            .unwrap()
+            .unwrap()
+            .referral_id,
+        "r5"
+    );
+    store
+        .commit(
+            Commit::new()
+                .remove_link("r5")
+                .link(link("r1", "opportunity", "o1")),
+        )
+        .await
+        .unwrap();
+
     store
         .commit(Commit::new().link(link("r0", "opportunity", "o0")))
         .await

@@ -10,9 +10,11 @@ use super::{
     StoreError,
 };
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct State {
     links: BTreeMap<String, Link>,
+    /// (CRM entity, CRM id) -> referral id: `links` looked up from the CRM side.
+    by_crm: BTreeMap<(String, String), String>,
     intents: BTreeMap<(String, String), CreateIntent>,
     checkpoints: BTreeMap<String, String>,
     audit: Vec<AuditEntry>,
@@ -38,6 +40,14 @@ pub struct MemoryStore {
     state: Mutex<State>,
 }
 
+impl State {
+    fn remove_link(&mut self, referral_id: &str) {
+        if let Some(old) = self.links.remove(referral_id) {
+            self.by_crm.remove(&(old.crm_entity, old.crm_id));
+        }
+    }
+}
+
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -51,51 +61,67 @@ impl MemoryStore {
 
 /// Applies `commit` to `state` or leaves it untouched and reports the conflict.
 fn apply(state: &mut State, commit: Commit) -> Result<(), StoreError> {
-    // Work on a copy so a conflict found half-way leaves nothing applied.
-    let mut next = state.clone();
-    for id in &commit.remove_links {
-        next.links.remove(id);
-    }
-    for link in commit.links {
-        if let Some(other) = next.links.values().find(|l| {
-            l.crm_entity == link.crm_entity
-                && l.crm_id == link.crm_id
-                && l.referral_id != link.referral_id
-        }) {
+    // Check first, then change in place: a CRM record already linked to another referral is
+    // the only way a commit can fail, and copying the whole state per commit made every write
+    // cost O(state).
+    let mut claimed: BTreeMap<(&str, &str), &str> = BTreeMap::new();
+    for link in &commit.links {
+        let key = (link.crm_entity.as_str(), link.crm_id.as_str());
+        let holder = claimed.get(&key).copied().or_else(|| {
+            state
+                .by_crm
+                .get(&(link.crm_entity.clone(), link.crm_id.clone()))
+                .map(String::as_str)
+                .filter(|r| !commit.remove_links.iter().any(|x| x == r))
+        });
+        if let Some(other) = holder
+            && other != link.referral_id
+        {
             return Err(StoreError::Conflict(format!(
-                "{} {} is already linked to referral {}, cannot link it to {}",
-                link.crm_entity, link.crm_id, other.referral_id, link.referral_id
+                "{} {} is already linked to referral {other}, cannot link it to {}",
+                link.crm_entity, link.crm_id, link.referral_id
             )));
         }
-        next.links.insert(link.referral_id.clone(), link);
+        claimed.insert(key, &link.referral_id);
+    }
+    for id in &commit.remove_links {
+        state.remove_link(id);
+    }
+    for link in commit.links {
+        state.remove_link(&link.referral_id);
+        state.by_crm.insert(
+            (link.crm_entity.clone(), link.crm_id.clone()),
+            link.referral_id.clone(),
+        );
+        state.links.insert(link.referral_id.clone(), link);
     }
     for key in &commit.resolved_intents {
-        next.intents.remove(key);
+        state.intents.remove(key);
     }
     for intent in commit.intents {
-        next.intents
+        state
+            .intents
             .insert((intent.crm_entity.clone(), intent.crm_id.clone()), intent);
     }
     for (name, value) in commit.checkpoints {
-        next.checkpoints.insert(name, value);
+        state.checkpoints.insert(name, value);
     }
     for mut entry in commit.audit {
-        entry.id = next.audit.len() as i64 + 1;
-        next.audit.push(entry);
+        entry.id = state.audit.len() as i64 + 1;
+        state.audit.push(entry);
     }
     for key in &commit.clear_dead_letters {
-        next.dead_letters.remove(key);
+        state.dead_letters.remove(key);
     }
     for mut letter in commit.dead_letters {
-        if let Some(existing) = next.dead_letters.get(&letter.key) {
+        if let Some(existing) = state.dead_letters.get(&letter.key) {
             letter.first_failed_at = existing.first_failed_at;
         }
-        next.dead_letters.insert(letter.key.clone(), letter);
+        state.dead_letters.insert(letter.key.clone(), letter);
     }
     for seq in &commit.ack_hints {
-        next.inbox.remove(seq);
+        state.inbox.remove(seq);
     }
-    *state = next;
     Ok(())
 }
 
@@ -110,11 +136,11 @@ impl StateStore for MemoryStore {
         crm_entity: &str,
         crm_id: &str,
     ) -> Result<Option<Link>, StoreError> {
-        Ok(self
-            .lock()
-            .links
-            .values()
-            .find(|l| l.crm_entity == crm_entity && l.crm_id == crm_id)
+        let state = self.lock();
+        Ok(state
+            .by_crm
+            .get(&(crm_entity.to_string(), crm_id.to_string()))
+            .and_then(|r| state.links.get(r))
             .cloned())
     }
 
