@@ -109,6 +109,14 @@ impl Default for EngineConfig {
     }
 }
 
+/// A pass of [`Engine::run`] that is due.
+#[derive(Debug, Clone, Copy)]
+enum Pass {
+    Inbox,
+    CrmChanges,
+    Reconcile,
+}
+
 /// How often [`Engine::run`] does each pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Schedule {
@@ -1577,12 +1585,26 @@ impl Engine {
         tokio::pin!(shutdown);
         self.tolerate(self.resolve_intents().await)?;
         loop {
-            tokio::select! {
+            // Shutdown is looked at first; among the passes that are due, the pick is fair
+            // (not biased): under load a drain can outlast the inbox interval, and a fixed order
+            // would then never let the change feed or reconcile run.
+            let due = async {
+                tokio::select! {
+                    _ = inbox.tick() => Pass::Inbox,
+                    _ = crm.tick() => Pass::CrmChanges,
+                    _ = reconcile.tick() => Pass::Reconcile,
+                }
+            };
+            let pass = tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
-                _ = inbox.tick() => self.tolerate(self.drain_inbox().await)?,
-                _ = crm.tick() => self.tolerate(self.pull_crm_changes().await)?,
-                _ = reconcile.tick() => {
+                pass = due => pass,
+            };
+            // The pass runs outside the select, so shutdown never cuts it off half-way.
+            match pass {
+                Pass::Inbox => self.tolerate(self.drain_inbox().await)?,
+                Pass::CrmChanges => self.tolerate(self.pull_crm_changes().await)?,
+                Pass::Reconcile => {
                     self.tolerate(self.resolve_intents().await)?;
                     self.tolerate(self.reconcile().await)?;
                     // Transient failures heal here; an unchanged invalid record fails the same
