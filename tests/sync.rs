@@ -710,6 +710,26 @@ impl Harness {
 }
 
 #[tokio::test]
+async fn a_currency_id_is_looked_up_once() {
+    let h = Harness::start().await;
+    for name in ["First in euros", "Second in euros", "Third in euros"] {
+        h.sandbox
+            .partner_center()
+            .create_incoming_referral(json!({"name": name, "details": {"currency": "EUR"}}))
+            .unwrap();
+    }
+    h.deliveries_settled().await;
+    let report = h.engine.drain_inbox().await.unwrap();
+    assert_eq!(report.count(Action::CreatedInCrm), 3, "{report:#?}");
+    let lookups = h.sandbox.faults().calls_matching(
+        Service::Dataverse,
+        &http::Method::GET,
+        "transactioncurrencies",
+    );
+    assert_eq!(lookups, 1);
+}
+
+#[tokio::test]
 async fn a_currency_the_crm_lacks_fails_visibly_and_is_never_written_back() {
     let h = Harness::start().await;
     let incoming = h

@@ -5,6 +5,9 @@
 //! under retries and crashes), finds accounts by the mapping's matching rule before creating
 //! one, and reads changes through Dataverse change tracking.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use cosell_mapping::{
     AccountPayload, BindTarget, ContactPayload, CrmPayload, CrmRecords, FieldMap, MappingError,
@@ -68,12 +71,19 @@ fn parse_id(id: &str) -> Result<Uuid, RemoteError> {
 pub struct DataverseCrm {
     client: DataverseClient,
     map: FieldMap,
+    /// ISO code -> `transactioncurrencyid`. Only hits are kept (a currency enabled later is
+    /// found on the next write); dropped when a write fails, in case a currency was removed.
+    currencies: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl DataverseCrm {
     /// An adapter writing through `client` with the names of `map`.
     pub fn new(client: DataverseClient, map: FieldMap) -> Self {
-        DataverseCrm { client, map }
+        DataverseCrm {
+            client,
+            map,
+            currencies: Arc::default(),
+        }
     }
 
     /// The client.
@@ -253,7 +263,14 @@ impl DataverseCrm {
         Ok(self.client.create(&c.entity_set, &body).await?.to_string())
     }
 
+    fn cached_currencies(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.currencies.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn currency_id(&self, code: &str) -> Result<Option<String>, RemoteError> {
+        if let Some(id) = self.cached_currencies().get(code) {
+            return Ok(Some(id.clone()));
+        }
         let found: Vec<Map<String, Value>> = self
             .client
             .query::<Map<String, Value>>(
@@ -267,11 +284,16 @@ impl DataverseCrm {
             .map_ok(|e| e.value)
             .try_collect()
             .await?;
-        Ok(found
+        let id = found
             .first()
             .and_then(|r| r.get("transactioncurrencyid"))
             .and_then(Value::as_str)
-            .map(str::to_string))
+            .map(str::to_string);
+        if let Some(id) = &id {
+            self.cached_currencies()
+                .insert(code.to_string(), id.clone());
+        }
+        Ok(id)
     }
 
     async fn link_solutions(
@@ -407,7 +429,13 @@ impl Crm for DataverseCrm {
                     .mode(mode)
                     .return_representation([pk.as_str()]),
             )
-            .await?;
+            .await
+            .inspect_err(|_| {
+                // A cached currency id may be what the service refused.
+                if ids.currency.is_some() {
+                    self.cached_currencies().clear();
+                }
+            })?;
         let id = up
             .id(&pk)
             .ok_or_else(|| {
