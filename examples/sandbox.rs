@@ -2,20 +2,26 @@
 //! certificate host) and Dataverse — and prints what a client needs to talk to it.
 //!
 //! ```text
-//! cargo run --example sandbox -- --referrals-port 7001 --webhooks-port 7002 --seed-referrals 250
+//! cargo run --example sandbox                          # the well-known ports 7100–7104
+//! cargo run --example sandbox -- --seed-referrals 250  # with generated referrals
+//! cargo run --example sandbox -- --entra-port 0 ...    # 0 = any free port
 //! ```
 //!
-//! Runs until Ctrl-C.
+//! The fixed ports and the well-known refresh token [`SANDBOX_REFRESH_TOKEN`] are what
+//! `examples/sync_service.toml` expects, so `cargo run --example sync_service` in another
+//! terminal works with nothing but that file (see `docs/sync-service.md`). Runs until Ctrl-C.
 
 use std::net::IpAddr;
 
 use clap::Parser;
 use cosell::sandbox::entra::{
-    REFERRALS_AUDIENCE, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT, WEBHOOKS_AUDIENCE,
+    REFERRALS_AUDIENCE, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN,
+    SANDBOX_TENANT, WEBHOOKS_AUDIENCE,
 };
 use cosell::sandbox::{Sandbox, SandboxPorts};
 
-/// Command-line options (0 = any free port).
+/// Command-line options (0 = any free port). The default ports are the ones
+/// `examples/sync_service.toml` names.
 #[derive(Debug, Parser)]
 #[command(about = "Run the cosell sandbox (Entra ID, Partner Center, Dataverse) on loopback")]
 struct Args {
@@ -23,19 +29,19 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Port of the Entra ID token endpoint.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 7100)]
     entra_port: u16,
     /// Port of the Partner Center referrals API.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 7101)]
     referrals_port: u16,
     /// Port of the Partner Center webhook API.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 7102)]
     webhooks_port: u16,
     /// Port of the certificate host.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 7103)]
     certificates_port: u16,
     /// Port of the Dataverse Web API.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 7104)]
     dataverse_port: u16,
     /// Seed for generated data and probabilistic faults.
     #[arg(long, default_value_t = 42)]
@@ -70,7 +76,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pc.seed_referrals(args.seed_referrals);
     }
     let urls = sandbox.urls();
-    let refresh_token = sandbox.entra().issue_refresh_token(SANDBOX_CLIENT_ID);
+    // A fixed token instead of a fresh one, so a service started later needs no copy-paste.
+    sandbox
+        .entra()
+        .register_refresh_token(SANDBOX_CLIENT_ID, SANDBOX_REFRESH_TOKEN);
+    let refresh_token = SANDBOX_REFRESH_TOKEN;
     let referrals_token = sandbox.entra().issue_access_token(REFERRALS_AUDIENCE);
     let token_url = format!("{}{SANDBOX_TENANT}/oauth2/v2.0/token", urls.entra);
 
@@ -119,6 +129,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  curl -s -X POST {origin}_sandbox/referrals/incoming");
     println!("  curl -s -X POST {origin}_sandbox/referrals/<id>/accept");
     println!("  curl -s {origin}_sandbox/deliveries");
+    println!();
+    println!("Run the sync service against it (its config names these ports and this token):");
+    println!();
+    println!("  cargo run --example sync_service");
     println!();
     println!("Ctrl-C stops it.");
 

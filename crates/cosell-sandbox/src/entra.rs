@@ -21,6 +21,10 @@ pub const SANDBOX_CLIENT_ID: &str = "cosell-sandbox-app";
 pub const SANDBOX_CLIENT_SECRET: &str = "cosell-sandbox-secret";
 /// The tenant the sandbox answers for (any tenant path segment is accepted).
 pub const SANDBOX_TENANT: &str = "sandbox.onmicrosoft.com";
+/// A well-known refresh token of the default app that `examples/sandbox.rs` registers with
+/// [`EntraStandIn::register_refresh_token`], so a separately started service can sign in with
+/// nothing but its configuration. Not registered by [`EntraStandIn::new`].
+pub const SANDBOX_REFRESH_TOKEN: &str = "cosell-sandbox-refresh-token";
 /// The audience (resource) of the Partner Center referrals API.
 pub const REFERRALS_AUDIENCE: &str = "https://api.partner.microsoft.com";
 /// The audience of the Partner Center webhook API.
@@ -118,6 +122,16 @@ impl EntraStandIn {
             .refresh_tokens
             .insert(token.clone(), client_id.to_string());
         token
+    }
+
+    /// Registers `token` as a valid refresh token of `client_id`, as if a user had signed in
+    /// and Entra ID had issued it. Lets a standalone sandbox accept a fixed, documented token,
+    /// so a separately started service needs no copy-pasted secret. Like every sandbox refresh
+    /// token it stays valid when the grant rotates it.
+    pub fn register_refresh_token(&self, client_id: &str, token: &str) {
+        self.lock()
+            .refresh_tokens
+            .insert(token.to_string(), client_id.to_string());
     }
 
     /// Issues an app+user access token for `audience` directly (for tests that skip the grant).
@@ -350,6 +364,46 @@ mod tests {
         assert_eq!(e.check(&h, WEBHOOKS_AUDIENCE), Ok(()));
         e.revoke_access_tokens();
         assert_eq!(e.check(&h, WEBHOOKS_AUDIENCE), Err(AuthFailure::Unknown));
+    }
+
+    #[tokio::test]
+    async fn a_registered_refresh_token_is_redeemed_only_by_its_client() {
+        let e = EntraStandIn::default();
+        e.register_refresh_token(SANDBOX_CLIENT_ID, SANDBOX_REFRESH_TOKEN);
+        let grant = |client_id: &str, refresh_token: &str| {
+            let mut form = HashMap::new();
+            form.insert("grant_type".to_string(), "refresh_token".to_string());
+            form.insert("client_id".to_string(), client_id.to_string());
+            form.insert(
+                "client_secret".to_string(),
+                SANDBOX_CLIENT_SECRET.to_string(),
+            );
+            form.insert("refresh_token".to_string(), refresh_token.to_string());
+            form.insert(
+                "scope".to_string(),
+                format!("{REFERRALS_AUDIENCE}/.default offline_access"),
+            );
+            token(State(e.clone()), Path("t".to_string()), Form(form))
+        };
+        assert_eq!(
+            grant(SANDBOX_CLIENT_ID, SANDBOX_REFRESH_TOKEN)
+                .await
+                .status(),
+            200
+        );
+        // Still valid after being redeemed once (the service restarts with the same token).
+        assert_eq!(
+            grant(SANDBOX_CLIENT_ID, SANDBOX_REFRESH_TOKEN)
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(grant(SANDBOX_CLIENT_ID, "sbx-rt-other").await.status(), 400);
+        e.register_app("other-app", SANDBOX_CLIENT_SECRET);
+        assert_eq!(
+            grant("other-app", SANDBOX_REFRESH_TOKEN).await.status(),
+            400
+        );
     }
 
     #[test]
