@@ -481,6 +481,10 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
 fn log_refused(e: &IntakeError) {
     match e {
         IntakeError::Store(_) => tracing::error!(error = %e, "callback not stored; answered 503"),
+        // The verifier already logged it, with a reason code and the body's hash.
+        IntakeError::Verification(_) => {
+            tracing::debug!(error = %e, status = e.http_status(), "callback refused");
+        }
         _ => tracing::warn!(error = %e, status = e.http_status(), "callback refused"),
     }
 }
