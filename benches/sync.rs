@@ -48,39 +48,6 @@ fn id_of(v: &Value, key: &str) -> BoxResult<String> {
         .to_string())
 }
 
-/// An opportunity marked for sync, with account, contact and a solution (valid co-sell).
-fn new_opportunity(s: &Sandboxed, solution: uuid::Uuid) -> BoxResult<String> {
-    let dv = s.sandbox.dataverse();
-    let usd = dv.currency_id("USD").ok_or("no USD currency")?;
-    let account = dv.insert_row(
-        "account",
-        json!({"name": "Bench Customer", "address1_line1": "1 Main St", "address1_city": "Seattle",
-               "address1_postalcode": "98101", "address1_country": "US"}),
-    )?;
-    let contact = dv.insert_row(
-        "contact",
-        json!({"firstname": "Sue", "lastname": "Smith", "emailaddress1": "sue@bench.example",
-               "parentcustomerid_account@odata.bind": format!("/accounts({account})")}),
-    )?;
-    let id = dv.insert_row(
-        "opportunity",
-        json!({"name": "Bench opportunity", "estimatedvalue": 120000.0,
-               "estimatedclosedate": "2027-06-30", "description": "Needs a proof of concept.",
-               "cosell_syncwithpartnercenter": true, "cosell_helprequired": 100000003,
-               "cosell_visibletomicrosoft": true,
-               "customerid_account@odata.bind": format!("/accounts({account})"),
-               "parentcontactid@odata.bind": format!("/contacts({contact})"),
-               "transactioncurrencyid@odata.bind": format!("/transactioncurrencies({usd})")}),
-    )?;
-    dv.associate(
-        "opportunity",
-        id,
-        "cosell_opportunity_partnercentersolution",
-        solution,
-    )?;
-    Ok(id.to_string())
-}
-
 fn expect(outcome: &Outcome, action: Action) -> BoxResult<()> {
     if outcome.action == action {
         Ok(())
@@ -93,10 +60,6 @@ fn bench_store(c: &mut Criterion, rt: &Runtime, name: &str, store: StoreChoice) 
     let s = rt.block_on(Sandboxed::builder().store(store).webhooks(false).start())?;
     s.sandbox.dataverse().set_limits(ServiceLimits::unlimited());
     let engine = s.engine.clone();
-    let solution = s.sandbox.dataverse().insert_row(
-        "cosell_partnercentersolution",
-        json!({"cosell_solutionid": "SOL-BENCH-0001", "cosell_name": "Bench Accelerator"}),
-    )?;
 
     // Check each path does what its name says before timing it.
     let linked = new_referral(&s)?;
@@ -120,7 +83,7 @@ fn bench_store(c: &mut Criterion, rt: &Runtime, name: &str, store: StoreChoice) 
         &rt.block_on(engine.reconcile_link(link.clone()))?,
         Action::Echo,
     )?;
-    let opportunity = new_opportunity(&s, solution)?;
+    let opportunity = s.seed_co_sell_opportunity("Bench opportunity")?.to_string();
     expect(
         &rt.block_on(engine.sync_crm_record(RecordKind::Opportunity, &opportunity))?,
         Action::CreatedReferral,
@@ -178,7 +141,11 @@ fn bench_store(c: &mut Criterion, rt: &Runtime, name: &str, store: StoreChoice) 
         .measurement_time(Duration::from_secs(3));
     g.bench_function("sync_new_opportunity", |b| {
         b.to_async(rt).iter_batched(
-            || new_opportunity(&s, solution).map_err(|e| e.to_string()),
+            || {
+                s.seed_co_sell_opportunity("Bench opportunity")
+                    .map(|id| id.to_string())
+                    .map_err(|e| e.to_string())
+            },
             |id| {
                 let e = engine.clone();
                 async move {

@@ -187,7 +187,9 @@ async fn pc_to_crm(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
     }
     let first = first.ok_or("no referral created")?;
     let mut failures = 0;
-    while s.engine.stats().synced_to_crm < base + n as u64 {
+    // Failed referrals count as done (they are dead-lettered and reported), so a bad record
+    // cannot hang the bench.
+    while s.engine.stats().synced_to_crm + (failures as u64) < base + n as u64 {
         let report = s.engine.drain_inbox().await?;
         failures += report.count(Action::Failed);
         if report.outcomes.is_empty() {
@@ -230,41 +232,8 @@ async fn pc_to_crm(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
 /// Phase 2: N opportunities marked for sync, pulled from the change feed until all are
 /// referrals.
 async fn crm_to_pc(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
-    let dv = s.sandbox.dataverse();
-    let usd = dv.currency_id("USD").ok_or("no USD currency")?;
-    let solution = dv.insert_row(
-        "cosell_partnercentersolution",
-        json!({"cosell_solutionid": "SOL-BENCH-0001", "cosell_name": "Bench Accelerator"}),
-    )?;
     for i in 0..n {
-        let account = dv.insert_row(
-            "account",
-            json!({"name": format!("Bench Customer {i}"), "address1_line1": "1 Main St",
-                   "address1_city": "Seattle", "address1_postalcode": "98101",
-                   "address1_country": "US"}),
-        )?;
-        let contact = dv.insert_row(
-            "contact",
-            json!({"firstname": "Sue", "lastname": format!("Smith {i}"),
-                   "emailaddress1": format!("sue{i}@customer{i}.example"),
-                   "parentcustomerid_account@odata.bind": format!("/accounts({account})")}),
-        )?;
-        let opportunity = dv.insert_row(
-            "opportunity",
-            json!({"name": format!("Bench opportunity {i}"), "estimatedvalue": 120000.0,
-                   "estimatedclosedate": "2027-06-30", "description": "Needs a proof of concept.",
-                   "cosell_syncwithpartnercenter": true, "cosell_helprequired": 100000003,
-                   "cosell_visibletomicrosoft": true,
-                   "customerid_account@odata.bind": format!("/accounts({account})"),
-                   "parentcontactid@odata.bind": format!("/contacts({contact})"),
-                   "transactioncurrencyid@odata.bind": format!("/transactioncurrencies({usd})")}),
-        )?;
-        dv.associate(
-            "opportunity",
-            opportunity,
-            "cosell_opportunity_partnercentersolution",
-            solution,
-        )?;
+        s.seed_co_sell_opportunity(&format!("Bench opportunity {i}"))?;
     }
     reset(s);
     let throttled_before = throttled(s);
@@ -272,7 +241,7 @@ async fn crm_to_pc(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
     let first = Utc::now();
     let started = Instant::now();
     let mut failures = 0;
-    while s.engine.stats().synced_to_partner_center < base + n as u64 {
+    while s.engine.stats().synced_to_partner_center + (failures as u64) < base + n as u64 {
         let report = s.engine.pull_crm_changes().await?;
         failures += report.count(Action::Failed);
         if report.outcomes.is_empty() {
@@ -365,6 +334,7 @@ async fn latency(s: &Sandboxed, args: &Args) -> BoxResult<Latency> {
     // Let the first full round (intents, inbox, change feed, reconcile) pass.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = s.engine.stats().synced_to_crm;
+    let failed_before = s.engine.stats().failures;
     let started = Instant::now();
     let mut created: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(n);
     let burst = args.burst.max(1);
@@ -382,7 +352,9 @@ async fn latency(s: &Sandboxed, args: &Args) -> BoxResult<Latency> {
             tokio::time::sleep(Duration::from_millis(args.burst_interval_ms)).await;
         }
     }
-    while s.engine.stats().synced_to_crm < base + n as u64 {
+    while s.engine.stats().synced_to_crm + (s.engine.stats().failures - failed_before)
+        < base + n as u64
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
         if started.elapsed() > PHASE_TIMEOUT {
             return Err("latency: timed out".into());
@@ -454,6 +426,23 @@ async fn main() -> BoxResult<()> {
         }
     };
     let s = Sandboxed::builder().store(store).start().await?;
+    // The emulator's generator uses a few currencies the sandbox CRM does not enable by
+    // default; a real org syncing those referrals would have them (without, those referrals
+    // fail visibly and are dead-lettered: see examples/backfill.rs).
+    for (code, name) in [
+        ("SEK", "Swedish Krona"),
+        ("SGD", "Singapore Dollar"),
+        ("ZAR", "Rand"),
+        ("MXN", "Mexican Peso"),
+    ] {
+        if s.sandbox.dataverse().currency_id(code).is_none() {
+            s.sandbox.dataverse().insert_row(
+                "transactioncurrency",
+                json!({"isocurrencycode": code, "currencyname": name, "currencysymbol": code,
+                       "exchangerate": 1.0, "currencyprecision": 2}),
+            )?;
+        }
+    }
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
 
     let a = pc_to_crm(&s, n).await?;

@@ -21,11 +21,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use serde_json::json;
 
 use crate::dataverse::DataverseClient;
 use crate::http::{ClientSecretCredential, RefreshTokenCredential, RetryPolicy};
 use crate::mapping::FieldMap;
 use crate::partner_center::PartnerCenterClient;
+use crate::sandbox::dataverse::ControlError;
 use crate::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
 use crate::sandbox::{Sandbox, SandboxBuilder};
 use crate::sync::store::{MemoryStore, SqliteStore, StateStore};
@@ -257,6 +259,83 @@ impl Sandboxed {
             self.store.clone(),
             self.engine.field_map().clone(),
             config,
+        )
+    }
+
+    /// A seller's opportunity marked for sync, written straight into the emulated CRM (as a
+    /// CRM user would; not counted as an API call): a valid co-sell deal in USD (when the CRM has it) with its own
+    /// customer account (Seattle, US), one contact, and the solution `SOL-34104-EBB` linked.
+    /// Column names are the default field map's. Returns the opportunity id.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// let s = cosell::sandboxed::Sandboxed::builder().webhooks(false).start().await.unwrap();
+    /// let id = s.seed_co_sell_opportunity("Northwind — data platform").unwrap();
+    /// let report = s.engine.pull_crm_changes().await.unwrap();
+    /// assert_eq!(report.count(cosell::sync::Action::CreatedReferral), 1);
+    /// # let _ = id;
+    /// # });
+    /// ```
+    pub fn seed_co_sell_opportunity(&self, name: &str) -> Result<uuid::Uuid, ControlError> {
+        let dv = self.sandbox.dataverse();
+        let slug: String = name
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect::<String>()
+            .to_lowercase();
+        let account = dv.insert_row(
+            "account",
+            json!({"name": format!("{name} Customer"), "address1_line1": "1 Main St",
+                   "address1_city": "Seattle", "address1_postalcode": "98101",
+                   "address1_country": "US"}),
+        )?;
+        let contact = dv.insert_row(
+            "contact",
+            json!({"firstname": "Sue", "lastname": "Smith",
+                   "emailaddress1": format!("sue@{slug}.example"),
+                   "parentcustomerid_account@odata.bind": format!("/accounts({account})")}),
+        )?;
+        let mut row = json!({"name": name, "estimatedvalue": 120000.0,
+               "estimatedclosedate": "2027-06-30", "description": "Needs a proof of concept.",
+               "cosell_syncwithpartnercenter": true, "cosell_helprequired": 100000003,
+               "cosell_visibletomicrosoft": true,
+               "customerid_account@odata.bind": format!("/accounts({account})"),
+               "parentcontactid@odata.bind": format!("/contacts({contact})")});
+        // Without a USD row (a custom schema), Dataverse's base currency applies.
+        if let Some(usd) = dv.currency_id("USD") {
+            row["transactioncurrencyid@odata.bind"] =
+                json!(format!("/transactioncurrencies({usd})"));
+        }
+        let opportunity = dv.insert_row("opportunity", row)?;
+        let solution = self.seed_solution("SOL-34104-EBB", "Contoso Supply Chain Suite")?;
+        dv.associate(
+            "opportunity",
+            opportunity,
+            "cosell_opportunity_partnercentersolution",
+            solution,
+        )?;
+        Ok(opportunity)
+    }
+
+    /// The solution row with `solution_id`, created when missing.
+    fn seed_solution(&self, solution_id: &str, name: &str) -> Result<uuid::Uuid, ControlError> {
+        let dv = self.sandbox.dataverse();
+        let existing = dv.query(
+            "cosell_partnercentersolution",
+            &format!("cosell_solutionid eq '{}'", solution_id.replace('\'', "''")),
+        )?;
+        if let Some(id) = existing
+            .first()
+            .and_then(|r| r.get("cosell_partnercentersolutionid"))
+            .and_then(|v| v.as_str())
+            .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        {
+            return Ok(id);
+        }
+        dv.insert_row(
+            "cosell_partnercentersolution",
+            json!({"cosell_solutionid": solution_id, "cosell_name": name}),
         )
     }
 
