@@ -1353,13 +1353,8 @@ impl Engine {
             )
             .await?;
         // Every referral above is now linked, unchanged or dead-lettered: all durable.
-        if let Some(t) = newest
-            && !inner.config.dry_run
-        {
-            inner
-                .store
-                .commit(Commit::new().checkpoint(RECONCILE_CHECKPOINT, t.to_rfc3339()))
-                .await?;
+        if let Some(t) = newest {
+            self.set_reconcile_checkpoint(t).await?;
         }
         Ok(report)
     }
