@@ -14,7 +14,7 @@
 //! failures land in the dead-letter list instead of stopping the run. Afterwards the reconcile
 //! checkpoint is set so the running service continues from here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::error::Error;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .progress_chars("=> "),
     );
     let newest = referrals.iter().filter_map(|r| r.updated_date_time).max();
+    let currency_of: HashMap<String, String> = referrals
+        .iter()
+        .filter_map(|r| {
+            let currency = r.details.as_ref()?.currency.clone()?;
+            Some((r.id.clone()?, currency))
+        })
+        .collect();
     let engine = &s.engine;
     let mut by_action: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures = Vec::new();
@@ -116,16 +123,18 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // The usual fix in a real org: enable the currencies the referrals use. Then the dead
     // letters are replayed, and only what failed is retried.
     let dv = s.sandbox.dataverse();
-    let mut missing: Vec<&str> = reasons
-        .keys()
-        .filter_map(|r| r.split('"').nth(1))
-        .filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()))
+    // The currencies of the failed referrals that the CRM does not have.
+    let missing: BTreeSet<&str> = failures
+        .iter()
+        .filter_map(|f| currency_of.get(f.referral_id.as_deref()?))
+        .map(String::as_str)
+        .filter(|code| dv.currency_id(code).is_none())
         .collect();
-    missing.dedup();
     if !missing.is_empty() {
+        let list: Vec<&str> = missing.iter().copied().collect();
         println!(
             "\nThe CRM admin enables {}; replaying the dead letters",
-            missing.join(", ")
+            list.join(", ")
         );
         for code in &missing {
             dv.insert_row(
