@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
-use cosell::sandbox::Service;
+use cosell::sandbox::dataverse::SeedCurrency;
+use cosell::sandbox::{DataverseSchema, Sandbox, Service};
 use cosell::sandboxed::{Sandboxed, StoreChoice};
 use cosell::sync::store::{AuditOutcome, AuditQuery, Direction};
 use cosell::sync::{Action, Schedule};
@@ -171,12 +172,46 @@ async fn crm_written_at(
         .collect())
 }
 
+/// Where a throughput phase's work comes from.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    /// Webhook hints: `drain_inbox`, records to the CRM.
+    Inbox,
+    /// The CRM change feed: `pull_crm_changes`, records to Partner Center.
+    ChangeFeed,
+}
+
+/// Runs `feed`'s pass until `n` more records are synced or failed; returns the failures.
+/// Failed records count as done (they are dead-lettered and reported), so a bad record cannot
+/// hang the bench.
+async fn drive(s: &Sandboxed, feed: Feed, n: usize, started: Instant) -> BoxResult<usize> {
+    let synced = |s: &Sandboxed| match feed {
+        Feed::Inbox => s.engine.stats().synced_to_crm,
+        Feed::ChangeFeed => s.engine.stats().synced_to_partner_center,
+    };
+    let target = synced(s) + n as u64;
+    let mut failures = 0;
+    while synced(s) + (failures as u64) < target {
+        let report = match feed {
+            Feed::Inbox => s.engine.drain_inbox().await?,
+            Feed::ChangeFeed => s.engine.pull_crm_changes().await?,
+        };
+        failures += report.count(Action::Failed);
+        if report.outcomes.is_empty() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if started.elapsed() > PHASE_TIMEOUT {
+            return Err(format!("{feed:?}: timed out").into());
+        }
+    }
+    Ok(failures)
+}
+
 /// Phase 1: N incoming referrals, delivered by webhook, drained until all are in the CRM.
 async fn pc_to_crm(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
     let pc = s.sandbox.partner_center();
     reset(s);
     let throttled_before = throttled(s);
-    let base = s.engine.stats().synced_to_crm;
     let started = Instant::now();
     let mut first = None;
     let mut ids = HashSet::with_capacity(n);
@@ -186,19 +221,7 @@ async fn pc_to_crm(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
         ids.insert(str_of(&r, "id")?.to_string());
     }
     let first = first.ok_or("no referral created")?;
-    let mut failures = 0;
-    // Failed referrals count as done (they are dead-lettered and reported), so a bad record
-    // cannot hang the bench.
-    while s.engine.stats().synced_to_crm + (failures as u64) < base + n as u64 {
-        let report = s.engine.drain_inbox().await?;
-        failures += report.count(Action::Failed);
-        if report.outcomes.is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if started.elapsed() > PHASE_TIMEOUT {
-            return Err("PC → CRM: timed out".into());
-        }
-    }
+    let failures = drive(s, Feed::Inbox, n, started).await?;
     let calls = Calls::read(s);
     let delivered = pc
         .deliveries()
@@ -237,20 +260,8 @@ async fn crm_to_pc(s: &Sandboxed, n: usize) -> BoxResult<Throughput> {
     }
     reset(s);
     let throttled_before = throttled(s);
-    let base = s.engine.stats().synced_to_partner_center;
     let first = Utc::now();
-    let started = Instant::now();
-    let mut failures = 0;
-    while s.engine.stats().synced_to_partner_center + (failures as u64) < base + n as u64 {
-        let report = s.engine.pull_crm_changes().await?;
-        failures += report.count(Action::Failed);
-        if report.outcomes.is_empty() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if started.elapsed() > PHASE_TIMEOUT {
-            return Err("CRM → PC: timed out".into());
-        }
-    }
+    let failures = drive(s, Feed::ChangeFeed, n, Instant::now()).await?;
     let calls = Calls::read(s);
     let last = crm_written_at(s, Direction::ToPartnerCenter)
         .await?
@@ -425,24 +436,30 @@ async fn main() -> BoxResult<()> {
             StoreChoice::Sqlite(dir.join("state.sqlite"))
         }
     };
-    let s = Sandboxed::builder().store(store).start().await?;
-    // The emulator's generator uses a few currencies the sandbox CRM does not enable by
-    // default; a real org syncing those referrals would have them (without, those referrals
-    // fail visibly and are dead-lettered: see examples/backfill.rs).
+    // The emulator's generator uses a few currencies the sandbox CRM does not seed by default;
+    // a real org syncing those referrals has them (without, those referrals fail visibly and
+    // are dead-lettered: see examples/backfill.rs).
+    let schema = DataverseSchema::default();
+    let mut currencies = schema.currencies().to_vec();
     for (code, name) in [
         ("SEK", "Swedish Krona"),
         ("SGD", "Singapore Dollar"),
         ("ZAR", "Rand"),
         ("MXN", "Mexican Peso"),
     ] {
-        if s.sandbox.dataverse().currency_id(code).is_none() {
-            s.sandbox.dataverse().insert_row(
-                "transactioncurrency",
-                json!({"isocurrencycode": code, "currencyname": name, "currencysymbol": code,
-                       "exchangerate": 1.0, "currencyprecision": 2}),
-            )?;
-        }
+        currencies.push(SeedCurrency {
+            iso_code: code.into(),
+            name: name.into(),
+            symbol: code.into(),
+            exchange_rate: 1.0,
+            precision: 2,
+        });
     }
+    let s = Sandboxed::builder()
+        .sandbox(Sandbox::builder().dataverse_schema(schema.with_currencies(currencies)))
+        .store(store)
+        .start()
+        .await?;
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
 
     let a = pc_to_crm(&s, n).await?;
