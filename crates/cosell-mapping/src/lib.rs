@@ -23,7 +23,8 @@ pub use map::{FieldMap, ReferralIdentity, ReferralUpdate};
 pub use mark::{FAILURE_MARK, SUCCESS_MARK, SyncOutcome, apply_mark, audit_entry, strip_mark};
 pub use snapshot::{
     Conflict, ContactValue, FieldChange, FieldId, FieldValue, MappedSnapshot, Merge,
-    OwnershipPolicy, Policy, ReferralState, Side, SolutionValue, diff, merge,
+    OwnershipPolicy, PairState, Policy, ReferralState, Side, SolutionValue, diff, merge,
+    merge_sides,
 };
 pub use status::{
     CrmStatus, RecordKind, ReferralAction, STATE_LOST, STATE_OPEN, STATE_WON, StatusStep,

@@ -695,34 +695,91 @@ pub fn merge(
     partner_center: &MappedSnapshot,
     policy: &OwnershipPolicy,
 ) -> Merge {
+    merge_sides(&PairState::settled(base), crm, partner_center, policy)
+}
+
+/// What the engine knows of a pair before a pass: the target both sides should hold (the
+/// durable plan) and, per side, what that side was last known to hold. When the pair is in sync
+/// all three are equal; after a partial write (one side written, the other not) they differ, and
+/// the difference is pending work, not anybody's edit.
+#[derive(Debug, Clone, Copy)]
+pub struct PairState<'a> {
+    /// What both sides should hold.
+    pub target: &'a MappedSnapshot,
+    /// What the CRM side was last known to hold.
+    pub crm_known: &'a MappedSnapshot,
+    /// What Partner Center was last known to hold.
+    pub partner_center_known: &'a MappedSnapshot,
+}
+
+impl<'a> PairState<'a> {
+    /// A pair in sync at `base`: target and both sides equal.
+    pub fn settled(base: &'a MappedSnapshot) -> Self {
+        PairState {
+            target: base,
+            crm_known: base,
+            partner_center_known: base,
+        }
+    }
+}
+
+/// The per-side generalisation of [`merge`]: for each field, an **edit** on a side is a value
+/// that differs both from what that side was last known to hold and from the target (a side
+/// that reached the target, for example because a write whose answer was lost did land, has not
+/// been edited). No edit keeps the target, an edit on one side takes it, edits on both sides to
+/// different values are a [`Conflict`] resolved by `policy`.
+///
+/// With all three of `state` equal this is exactly [`merge`].
+///
+/// ```
+/// use cosell_mapping::{merge_sides, FieldId, FieldValue, MappedSnapshot, OwnershipPolicy, PairState};
+/// let notes = |s: &str| -> MappedSnapshot { [(FieldId::Notes, FieldValue::Text(s.into()))].into_iter().collect() };
+/// // Microsoft changed the notes to "b"; the CRM was written, Partner Center's answer was lost...
+/// let (target, crm_known, pc_known) = (notes("b"), notes("b"), notes("a"));
+/// let state = PairState { target: &target, crm_known: &crm_known, partner_center_known: &pc_known };
+/// // ...and the seller has since typed "c": a one-sided edit, nothing else.
+/// let m = merge_sides(&state, &notes("c"), &notes("b"), &OwnershipPolicy::default());
+/// assert_eq!(m.merged.text(FieldId::Notes), Some("c"));
+/// assert!(m.conflicts.is_empty());
+/// ```
+pub fn merge_sides(
+    state: &PairState<'_>,
+    crm: &MappedSnapshot,
+    partner_center: &MappedSnapshot,
+    policy: &OwnershipPolicy,
+) -> Merge {
     let mut merged = MappedSnapshot::new();
     let mut conflicts = Vec::new();
     for field in FieldId::ALL {
-        let b = base.get(field);
+        let t = state.target.get(field);
         let c = crm.get(field);
         let p = partner_center.get(field);
-        let value = if c == p || p == b {
-            c
-        } else if c == b {
-            p
-        } else {
-            let pol = policy.policy(field);
-            let winner = match pol {
-                Policy::Crm => Side::Crm,
-                Policy::PartnerCenter => Side::PartnerCenter,
-                Policy::Furthest => furthest(c, p),
-            };
-            conflicts.push(Conflict {
-                field,
-                base: b.cloned(),
-                crm: c.cloned(),
-                partner_center: p.cloned(),
-                policy: pol,
-                winner,
-            });
-            match winner {
-                Side::Crm => c,
-                Side::PartnerCenter => p,
+        let crm_edit = c != state.crm_known.get(field) && c != t;
+        let pc_edit = p != state.partner_center_known.get(field) && p != t;
+        let value = match (crm_edit, pc_edit) {
+            (false, false) => t,
+            (true, false) => c,
+            (false, true) => p,
+            (true, true) if c == p => c,
+            (true, true) => {
+                let pol = policy.policy(field);
+                let winner = match pol {
+                    Policy::Crm => Side::Crm,
+                    Policy::PartnerCenter => Side::PartnerCenter,
+                    Policy::Furthest => furthest(c, p),
+                };
+                conflicts.push(Conflict {
+                    field,
+                    base: t.cloned(),
+                    crm: c.cloned(),
+                    partner_center: p.cloned(),
+                    policy: pol,
+                    winner,
+                });
+                match winner {
+                    Side::Crm => c,
+                    Side::PartnerCenter => p,
+                }
             }
         };
         merged.set_opt(field, value.cloned());

@@ -34,6 +34,23 @@ pub struct CrmWritten {
     pub created: bool,
 }
 
+/// Which row a [`Crm::write`] goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteTarget<'a> {
+    /// Create or update the record by its alternate key (the referral id): idempotent, for a
+    /// record created from a referral.
+    ByKey,
+    /// Update the existing row `id` (never create it), under `If-Match: etag` when given. The
+    /// row need not carry the referral id yet (an opportunity a seller's QualifyLead created,
+    /// a record a referral was created from).
+    Row {
+        /// Row id.
+        id: &'a str,
+        /// The ETag it was read with.
+        etag: Option<&'a str>,
+    },
+}
+
 /// One entry of the CRM change feed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CrmChange {
@@ -78,16 +95,16 @@ pub trait Crm: Send + Sync + fmt::Debug {
     async fn read(&self, kind: RecordKind, id: &str) -> Result<Option<CrmRow>, RemoteError>;
 
     /// Writes a mapped payload: finds or creates the account and contacts, resolves the
-    /// currency, upserts the primary record by its alternate key (idempotent), links the
-    /// solutions. `extra` columns (the outcome mark and audit text) are written with the primary
-    /// record. With `etag`, the primary record is written under `If-Match` (a concurrent edit
-    /// answers [`PreconditionFailed`](crate::RemoteErrorKind::PreconditionFailed) and the
-    /// engine re-reads and merges again). Does not apply status steps.
+    /// currency, writes the primary record to `target`, links the solutions. `extra` columns
+    /// (the outcome mark and audit text) are written with the primary record. A row written
+    /// under `If-Match` that changed meanwhile answers
+    /// [`PreconditionFailed`](crate::RemoteErrorKind::PreconditionFailed) (the engine re-reads
+    /// and merges again). Does not apply status steps.
     async fn write(
         &self,
         payload: &CrmPayload,
         extra: &Map<String, Value>,
-        etag: Option<&str>,
+        target: WriteTarget<'_>,
     ) -> Result<CrmWritten, RemoteError>;
 
     /// Patches columns of a row, under `If-Match` when `etag` is given; returns the new ETag.

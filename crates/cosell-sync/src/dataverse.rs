@@ -22,7 +22,7 @@ use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten};
+use crate::crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, WriteTarget};
 use crate::remote::{RemoteError, RemoteErrorKind};
 
 const SERVICE: &str = "dataverse";
@@ -394,7 +394,7 @@ impl Crm for DataverseCrm {
         &self,
         payload: &CrmPayload,
         extra: &Map<String, Value>,
-        etag: Option<&str>,
+        target: WriteTarget<'_>,
     ) -> Result<CrmWritten, RemoteError> {
         let mut ids = ResolvedIds::default();
         if let Some(account) = &payload.account {
@@ -414,11 +414,20 @@ impl Crm for DataverseCrm {
         let mut body = payload.body(&ids).map_err(mapping)?;
         body.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         let pk = self.primary_key(payload.kind);
-        let mode = match etag {
-            Some(e) => UpsertMode::UpdateIfMatch(ETag::new(e)),
-            None => UpsertMode::CreateOrUpdate,
+        let (key, mode) = match target {
+            WriteTarget::ByKey => (
+                Key::alternate(payload.key.column.clone(), payload.key.value.clone()),
+                UpsertMode::CreateOrUpdate,
+            ),
+            WriteTarget::Row { id, etag } => (
+                Key::id(parse_id(id)?),
+                match etag {
+                    Some(e) => UpsertMode::UpdateIfMatch(ETag::new(e)),
+                    // Update only: a write to a known row must never resurrect a deleted one.
+                    None => UpsertMode::UpdateOnly,
+                },
+            ),
         };
-        let key = Key::alternate(payload.key.column.clone(), payload.key.value.clone());
         let up = self
             .client
             .upsert(

@@ -1,10 +1,21 @@
 //! The sync engine.
 //!
 //! Both triggers — a Partner Center change (webhook or reconcile) and a CRM change (the change
-//! feed) — end in the same place for a linked pair: read both sides, map both into snapshots,
-//! three-way merge against the link's base, write each side only what it lacks, and commit the
-//! new base with the audit entry in one store transaction. Our own writes come back as changes
-//! whose snapshot equals the base: echoes, recognised without writing anything.
+//! feed) — end in the same place for a linked pair: read both sides, map both into snapshots and
+//! merge them against the pair's **per-side state** (the target both sides should hold, and what
+//! each side was last known to hold). The merged target is committed as the pair's plan *before*
+//! either side is written; each side is recorded as soon as it is written; the pair is marked in
+//! sync once both sides were verified. A pass that wrote one side and then failed (or crashed) is
+//! therefore known for what it is, pending work, and the next pass finishes it; it is never
+//! mistaken for a user's edit. Our own writes come back as changes equal to what we recorded:
+//! echoes, recognised without writing anything.
+//!
+//! A lead becoming an opportunity is a transition of the pair: the opportunity a seller's
+//! QualifyLead created is found by the referral id and adopted with its own ETag (what it lacks
+//! is carried over from the target, not read as a removal), or the engine creates it and closes
+//! the lead; a failure at any step is resumed by the next pass. A closed CRM row that must take a
+//! change is reopened, written and closed again; a closed referral takes no more changes, and a
+//! CRM edit it cannot take is audited as such.
 //!
 //! Creation is where duplicates are born, so it gets the most care:
 //! - Partner Center → CRM upserts by the alternate key over the referral id: idempotent.
@@ -23,16 +34,19 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use cosell_mapping::{
-    CrmStatus, FieldId, FieldMap, MappedSnapshot, MappingError, RecordKind, ReferralIdentity,
-    StatusStep, SyncOutcome, merge,
+    CrmPayload, CrmStatus, FieldId, FieldMap, FieldValue, MappedSnapshot, MappingError, PairState,
+    RecordKind, ReferralIdentity, ReferralState, ReferralUpdate, StatusStep, SyncOutcome,
+    merge_sides,
 };
 use futures::stream::{self, StreamExt};
-use partner_center_client::models::{Referral, check_transition};
+use partner_center_client::models::{
+    Referral, ReferralStatus, ReferralSubstatus, check_transition,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::crm::{Crm, CrmChange, CrmRow};
+use crate::crm::{Crm, CrmChange, CrmRow, WriteTarget};
 use crate::partner_center::PartnerCenter;
 use crate::remote::{RemoteError, RemoteErrorKind};
 use crate::store::{
@@ -366,17 +380,90 @@ fn current_status(row: &CrmRow) -> Option<CrmStatus> {
     })
 }
 
-fn base_of(link: &Link) -> Result<MappedSnapshot, Failure> {
-    serde_json::from_value(link.base.clone()).map_err(|e| {
+fn decode(what: &'static str, v: &Value) -> Result<MappedSnapshot, Failure> {
+    serde_json::from_value(v.clone()).map_err(|e| {
         Failure::Store(StoreError::Corrupt {
-            what: "link base snapshot",
+            what,
             detail: e.to_string(),
         })
     })
 }
 
-fn snapshot_value(s: &MappedSnapshot) -> Value {
+fn encode(s: &MappedSnapshot) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
+}
+
+/// A side's snapshot as stored on the link: nothing when it holds the target.
+fn known_value(known: &MappedSnapshot, target: &MappedSnapshot) -> Option<Value> {
+    (known != target).then(|| encode(known))
+}
+
+/// The pair's state decoded from its link.
+#[derive(Debug, Clone)]
+struct Sides {
+    target: MappedSnapshot,
+    crm: MappedSnapshot,
+    pc: MappedSnapshot,
+}
+
+impl Sides {
+    fn of(link: &Link) -> Result<Sides, Failure> {
+        let target = decode("link target snapshot", &link.target)?;
+        let side = |v: &Option<Value>, what| match v {
+            Some(v) => decode(what, v),
+            None => Ok(target.clone()),
+        };
+        Ok(Sides {
+            crm: side(&link.crm_known, "link CRM snapshot")?,
+            pc: side(&link.pc_known, "link Partner Center snapshot")?,
+            target,
+        })
+    }
+
+    fn state(&self) -> PairState<'_> {
+        PairState {
+            target: &self.target,
+            crm_known: &self.crm,
+            partner_center_known: &self.pc,
+        }
+    }
+
+    /// Writes this state into `link` (sides equal to the target are not stored).
+    fn store_in(&self, link: &mut Link) {
+        link.target = encode(&self.target);
+        link.crm_known = known_value(&self.crm, &self.target);
+        link.pc_known = known_value(&self.pc, &self.target);
+    }
+}
+
+/// Whether two snapshots differ in anything but the status (which moves by status steps).
+fn differs_beyond_status(a: &MappedSnapshot, b: &MappedSnapshot) -> bool {
+    FieldId::ALL
+        .iter()
+        .any(|&f| f != FieldId::Status && a.get(f) != b.get(f))
+}
+
+/// Whether a value is empty (absent, blank text, an empty list).
+fn is_empty_value(v: Option<&FieldValue>) -> bool {
+    match v {
+        None => true,
+        Some(FieldValue::Text(t)) => t.trim().is_empty(),
+        Some(FieldValue::Contacts(c)) => c.is_empty(),
+        Some(FieldValue::Solutions(s)) => s.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// The CRM side of a pass: the row (if it exists yet) and what it was last known to hold.
+struct CrmSide {
+    /// The row the pair's CRM side is now (`None`: not created yet).
+    row: Option<CrmRow>,
+    /// What that row was last known to hold (for a row not created yet: the target).
+    known: MappedSnapshot,
+    /// An open lead the opportunity replaces, to be closed once the opportunity is written.
+    lead_to_close: Option<CrmRow>,
+    /// The lead the pair was on, when it is becoming an opportunity.
+    lead: Option<CrmRow>,
 }
 
 impl Engine {
@@ -444,6 +531,23 @@ impl Engine {
         }
     }
 
+    async fn commit(&self, commit: Commit) -> Result<(), Failure> {
+        if self.inner.config.dry_run || commit.is_empty() {
+            return Ok(());
+        }
+        Ok(self.inner.store.commit(commit).await?)
+    }
+
+    fn count_synced(&self, direction: Direction) {
+        let s = &self.inner.stats;
+        match direction {
+            Direction::ToCrm => s.to_crm.fetch_add(1, Ordering::Relaxed),
+            Direction::ToPartnerCenter => s.to_pc.fetch_add(1, Ordering::Relaxed),
+        };
+        metrics::counter!("cosell_sync_records_synced_total", "direction" => direction.as_str())
+            .increment(1);
+    }
+
     // ------------------------------------------------------------------ Partner Center side
 
     /// Syncs one referral now ("sync this referral now"): reads it and applies it.
@@ -461,7 +565,8 @@ impl Engine {
     }
 
     /// Applies a referral read from Partner Center: creates its CRM record, or reconciles the
-    /// pair. An unchanged eTag costs no CRM call.
+    /// pair. A pair in sync whose referral eTag did not move costs no CRM call (CRM-side edits
+    /// arrive through the change feed).
     pub async fn apply_referral(&self, referral: Referral) -> Result<Outcome, EngineError> {
         let Some(id) = referral.id.clone().filter(|s| !s.is_empty()) else {
             return Ok(Outcome::new(Action::Failed, "referral without an id"));
@@ -470,13 +575,17 @@ impl Engine {
         let link = store.link_by_referral(&id).await?;
         let crm_key = link
             .as_ref()
-            .map(|l| l.crm_id.clone())
+            .and_then(|l| l.crm_id.clone())
             .or_else(|| referral.external_reference_id.clone());
         let _guard = self.lock_pair(crm_key.as_deref(), Some(&id)).await;
         // Re-read under the lock: another task may have linked it meanwhile.
         let link = store.link_by_referral(&id).await?;
         let result = match link {
-            Some(link) if link.pc_etag.is_some() && link.pc_etag == referral.e_tag => {
+            // Only a pair verified in sync may take the short-cut: a pair with pending work
+            // (a side written, the other not) is reconciled whatever the referral's eTag says.
+            Some(link)
+                if link.in_sync && link.pc_etag.is_some() && link.pc_etag == referral.e_tag =>
+            {
                 return Ok(
                     Outcome::new(Action::Unchanged, "eTag unchanged since last sync").referral(&id),
                 );
@@ -491,197 +600,127 @@ impl Engine {
         }
     }
 
+    /// A referral with no link: adopt the CRM record it came from, or create its CRM record.
     async fn create_in_crm(&self, id: &str, referral: Referral) -> Result<Outcome, Failure> {
         let inner = &self.inner;
         let map = &inner.map;
-        // A referral created from one of our CRM records carries its id: adopt the pair.
+        // A referral created from one of our CRM records carries its id: adopt the pair,
+        // merging against what was sent when we still know it.
         if let Some(ext) = referral.external_reference_id.as_deref()
             && let Some(row) = inner.crm.read(RecordKind::Opportunity, ext).await?
             && map
                 .referral_id_of(row.kind, &row.records.primary)
                 .is_none_or(|r| r == id)
         {
-            return self.adopt(referral, row).await;
+            let intent = self.intent_of(row.kind, &row.id).await?;
+            return self.adopt(referral, row, intent.as_ref()).await;
         }
         let snapshot = map.snapshot_from_referral(&referral)?;
-        let identity = ReferralIdentity::of(&referral)
-            .ok_or_else(|| Failure::Rule("referral without an id".into()))?;
-        // A row may exist from an earlier attempt whose link write was lost.
-        let existing = match inner
-            .crm
-            .find_by_referral(RecordKind::Opportunity, id)
-            .await?
-        {
-            Some(row) => Some(row),
-            None => inner.crm.find_by_referral(RecordKind::Lead, id).await?,
-        };
-        let payload = map.to_crm(&snapshot, &identity, existing.as_ref().map(|r| r.kind))?;
-        let at = now();
-        let extra = map.outcome_columns(
-            payload.kind,
-            &payload.record,
-            SyncOutcome::Success,
-            "synced from Partner Center",
-            at,
-        );
+        let kind = map
+            .to_crm(&snapshot, &self.identity(&referral)?, None)?
+            .kind;
         if inner.config.dry_run {
             return Ok(Outcome::new(
                 Action::Planned,
-                format!(
-                    "would create a CRM {} for the referral",
-                    entity_name(payload.kind)
-                ),
+                format!("would create a CRM {} for the referral", entity_name(kind)),
             )
             .referral(id));
         }
-        let written = inner.crm.write(&payload, &extra, None).await?;
-        let kind = payload.kind;
-        let crm_id = written.id.clone();
-        let mut etag = written.etag.clone();
-        let from = existing.as_ref().and_then(current_status);
-        if self
-            .apply_steps(existing.as_ref(), kind, &crm_id, from, payload.status)
-            .await?
-        {
-            etag = None;
-        }
-        if etag.is_none()
-            && let Some(row) = inner.crm.read(kind, &crm_id).await?
-        {
-            etag = row.etag;
-        }
+        // The plan is durable before the CRM is written: a crash after the upsert is recovered
+        // by finding the row by its referral id and merging against what was sent.
         let link = Link {
             referral_id: id.to_string(),
             engagement_id: referral.engagement_id.clone(),
             crm_entity: entity_name(kind).to_string(),
-            crm_id: crm_id.clone(),
+            crm_id: None,
             pc_etag: referral.e_tag.clone(),
             pc_updated_at: referral.updated_date_time,
-            crm_etag: etag,
-            base: snapshot_value(&snapshot),
-            synced_at: at,
+            crm_etag: None,
+            target: encode(&snapshot),
+            crm_known: None,
+            pc_known: None,
+            in_sync: false,
+            synced_at: now(),
         };
-        let message = format!(
-            "{} {} {} from referral",
-            if written.created {
-                "created"
-            } else {
-                "updated"
-            },
-            entity_name(kind),
-            crm_id
-        );
-        inner
+        self.commit(Commit::new().link(link.clone())).await?;
+        Box::pin(self.reconcile_once(&link, Some(referral))).await
+    }
+
+    /// The create intent recorded for a CRM record, if any.
+    async fn intent_of(
+        &self,
+        kind: RecordKind,
+        id: &str,
+    ) -> Result<Option<CreateIntent>, StoreError> {
+        Ok(self
+            .inner
             .store
-            .commit(
-                Commit::new()
-                    .link(link)
-                    .clear_dead_letter(format!("referral:{id}"))
-                    .audit(
-                        AuditEntry::new(Direction::ToCrm, AuditOutcome::Created, &message)
-                            .referral(id)
-                            .crm(entity_name(kind), &crm_id),
-                    ),
-            )
-            .await?;
-        inner.stats.to_crm.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("cosell_sync_records_synced_total", "direction" => "to_crm").increment(1);
-        Ok(Outcome::new(Action::CreatedInCrm, message)
-            .referral(id)
-            .crm(kind, &crm_id))
+            .intents()
+            .await?
+            .into_iter()
+            .find(|i| i.crm_entity == entity_name(kind) && i.crm_id == id))
+    }
+
+    fn identity(&self, referral: &Referral) -> Result<ReferralIdentity, Failure> {
+        ReferralIdentity::of(referral).ok_or_else(|| Failure::Rule("referral without an id".into()))
     }
 
     /// Links a referral to the CRM row it was created from (after a lost link write or a
-    /// create whose response was lost).
-    async fn adopt(&self, referral: Referral, row: CrmRow) -> Result<Outcome, Failure> {
-        let inner = &self.inner;
+    /// create whose response was lost), then reconciles the new pair at once. With the create
+    /// intent's plan, both sides are taken to hold what was sent, so whatever changed since on
+    /// either side is that side's edit; without one (state lost), every difference is decided
+    /// by ownership.
+    async fn adopt(
+        &self,
+        referral: Referral,
+        row: CrmRow,
+        intent: Option<&CreateIntent>,
+    ) -> Result<Outcome, Failure> {
         let id = referral.id.clone().unwrap_or_default();
-        let snapshot = inner.map.snapshot_from_referral(&referral)?;
-        let identity = ReferralIdentity::of(&referral)
-            .ok_or_else(|| Failure::Rule("referral without an id".into()))?;
-        // Write the referral's identity back to the CRM row, then reconcile from the referral
-        // as the base: whatever the CRM holds differently is merged on the next pass.
-        // The identity columns (referral id, link, engagement, Microsoft's CRM id) are what
-        // ties the row to the referral; the rest is merged on the next pass.
-        let payload = inner.map.to_crm(&snapshot, &identity, Some(row.kind))?;
-        let cfg = &inner.map.config().columns;
-        let identity_columns: Vec<&String> = match row.kind {
-            RecordKind::Opportunity => vec![
-                &cfg.opportunity.referral_id,
-                &cfg.opportunity.referral_link,
-                &cfg.opportunity.engagement_id,
-                &cfg.opportunity.microsoft_crm_id,
-            ],
-            RecordKind::Lead => vec![&cfg.lead.referral_id],
+        let plan = match intent.and_then(|i| i.target.as_ref()) {
+            Some(t) => decode("intent target snapshot", t)?,
+            None => MappedSnapshot::new(),
         };
-        let mut columns: Map<String, Value> = identity_columns
-            .into_iter()
-            .filter_map(|c| {
-                payload
-                    .record
-                    .get(c)
-                    .filter(|v| !v.is_null() && row.records.primary.get(c) != Some(*v))
-                    .map(|v| (c.clone(), v.clone()))
-            })
-            .collect();
-        columns.extend(inner.map.outcome_columns(
-            row.kind,
-            &row.records.primary,
-            SyncOutcome::Success,
-            "linked to Partner Center referral",
-            now(),
-        ));
-        if inner.config.dry_run {
+        if self.inner.config.dry_run {
             return Ok(
                 Outcome::new(Action::Planned, "would link the CRM record to the referral")
                     .referral(&id)
                     .crm(row.kind, &row.id),
             );
         }
-        let etag = inner
-            .crm
-            .update_columns(row.kind, &row.id, &columns, None)
-            .await?;
         let link = Link {
             referral_id: id.clone(),
             engagement_id: referral.engagement_id.clone(),
             crm_entity: entity_name(row.kind).to_string(),
-            crm_id: row.id.clone(),
-            pc_etag: referral.e_tag.clone(),
+            crm_id: Some(row.id.clone()),
+            pc_etag: None,
             pc_updated_at: referral.updated_date_time,
-            crm_etag: etag,
-            base: snapshot_value(&snapshot),
+            crm_etag: intent.and_then(|i| i.crm_etag.clone()),
+            target: encode(&plan),
+            crm_known: None,
+            pc_known: None,
+            in_sync: false,
             synced_at: now(),
         };
         let message = format!("linked referral to {} {}", entity_name(row.kind), row.id);
-        inner
-            .store
-            .commit(
-                Commit::new()
-                    .link(link)
-                    .resolve_intent(entity_name(row.kind), &row.id)
-                    .clear_dead_letter(format!("{}:{}", entity_name(row.kind), row.id))
-                    .audit(
-                        AuditEntry::new(
-                            Direction::ToPartnerCenter,
-                            AuditOutcome::Created,
-                            &message,
-                        )
+        self.commit(
+            Commit::new()
+                .link(link.clone())
+                .resolve_intent(entity_name(row.kind), &row.id)
+                .clear_dead_letter(format!("{}:{}", entity_name(row.kind), row.id))
+                .audit(
+                    AuditEntry::new(Direction::ToPartnerCenter, AuditOutcome::Created, &message)
                         .referral(&id)
                         .crm(entity_name(row.kind), &row.id),
-                    ),
-            )
-            .await?;
+                ),
+        )
+        .await?;
         let adopted = Outcome::new(Action::CreatedReferral, message.clone())
             .referral(&id)
             .crm(row.kind, &row.id);
-        // The row may already differ from the referral (the opportunity of a qualified lead is
-        // open while the referral is still pending): reconcile the new pair right away rather
-        // than one pass later.
-        let Some(link_now) = inner.store.link_by_referral(&id).await? else {
-            return Ok(adopted);
-        };
-        let followed = self.reconcile_once(&link_now, Some(referral)).await?;
+        // The row may differ from the referral (identity columns to write back, edits made
+        // while the create was in flight): reconcile the new pair right away.
+        let followed = Box::pin(self.reconcile_once(&link, Some(referral))).await?;
         Ok(match followed.action {
             Action::UpdatedReferral | Action::UpdatedCrm | Action::UpdatedBoth => Outcome {
                 detail: format!("{message}; {}", followed.detail),
@@ -692,64 +731,27 @@ impl Engine {
         })
     }
 
-    /// Moves a record's status with the CRM's actions. `existing` is the row that was there
-    /// before the write (a lead being converted); steps on the lead go to it, the rest to the
-    /// written record. Returns whether any step ran (the ETag changed).
-    async fn apply_steps(
-        &self,
-        existing: Option<&CrmRow>,
-        kind: RecordKind,
-        id: &str,
-        from: Option<CrmStatus>,
-        to: CrmStatus,
-    ) -> Result<bool, Failure> {
-        let steps = self.inner.map.config().status.steps(from, to);
-        let ran = !steps.is_empty();
-        for step in steps {
-            let lead_step = matches!(step, StatusStep::QualifyLead { .. })
-                || matches!(
-                    step,
-                    StatusStep::SetState {
-                        kind: RecordKind::Lead,
-                        ..
-                    }
-                );
-            let (k, target) = match existing {
-                Some(row) if lead_step && row.kind == RecordKind::Lead => {
-                    (RecordKind::Lead, row.id.as_str())
-                }
-                _ => (kind, id),
-            };
-            self.inner.crm.apply_status(k, target, &step).await?;
-        }
-        Ok(ran)
-    }
-
     // ------------------------------------------------------------------ the pair
 
-    /// Reconciles a linked pair (both sides read fresh). Locks the pair.
+    /// Reconciles a linked pair (both sides read fresh, no short-cut). Locks the pair.
     pub async fn reconcile_link(&self, link: Link) -> Result<Outcome, EngineError> {
         let _guard = self
-            .lock_pair(Some(&link.crm_id), Some(&link.referral_id))
+            .lock_pair(link.crm_id.as_deref(), Some(&link.referral_id))
             .await;
         let link = match self.inner.store.link_by_referral(&link.referral_id).await? {
             Some(l) => l,
             None => return Ok(Outcome::new(Action::Skipped, "link removed meanwhile")),
         };
         let referral_id = link.referral_id.clone();
-        let kind = kind_of(&link.crm_entity);
-        let crm_id = link.crm_id.clone();
+        let crm = kind_of(&link.crm_entity).zip(link.crm_id.clone());
         match self.reconcile_locked(link, None).await {
             Ok(o) => Ok(o),
             Err(Failure::Store(e)) => Err(e.into()),
-            Err(f) => {
-                self.fail_referral(&referral_id, kind.map(|k| (k, crm_id)), f)
-                    .await
-            }
+            Err(f) => self.fail_referral(&referral_id, crm, f).await,
         }
     }
 
-    /// The three-way merge of a linked pair, redone on a 412 from either side.
+    /// Reconciles a pair, redone on a 412 from either side.
     async fn reconcile_locked(
         &self,
         link: Link,
@@ -764,7 +766,7 @@ impl Engine {
                 .link_by_referral(&link.referral_id)
                 .await?
                 .unwrap_or_else(|| link.clone());
-            match self.reconcile_once(&link_now, referral.take()).await {
+            match Box::pin(self.reconcile_once(&link_now, referral.take())).await {
                 Err(Failure::Remote(e))
                     if e.kind() == RemoteErrorKind::PreconditionFailed
                         && attempt < self.inner.config.max_precondition_retries =>
@@ -777,26 +779,106 @@ impl Engine {
         }
     }
 
-    fn apply_directions(
-        &self,
-        base: &MappedSnapshot,
-        crm: &mut MappedSnapshot,
-        pc: &mut MappedSnapshot,
-    ) {
-        for (field, direction) in &self.inner.config.directions {
-            let keep = base.get(*field).cloned();
-            match direction {
-                FieldDirection::Both => {}
-                FieldDirection::ToCrm => crm.set_opt(*field, keep),
-                FieldDirection::ToPartnerCenter => pc.set_opt(*field, keep),
-                FieldDirection::Paused => {
-                    crm.set_opt(*field, keep.clone());
-                    pc.set_opt(*field, keep);
-                }
+    /// Finds the CRM side of a pair: its row, or the opportunity that replaces its lead, and
+    /// what that row was last known to hold.
+    async fn crm_side(&self, link: &Link, sides: &Sides) -> Result<CrmSide, Failure> {
+        let inner = &self.inner;
+        let map = &inner.map;
+        let kind = kind_of(&link.crm_entity)
+            .ok_or_else(|| Failure::Rule(format!("unknown CRM entity `{}`", link.crm_entity)))?;
+        let row = match &link.crm_id {
+            Some(id) => inner.crm.read(kind, id).await?,
+            // The plan was committed but the create's answer never recorded: the upsert is
+            // keyed by the referral id, so the row is found by it if it was written.
+            None => inner.crm.find_by_referral(kind, &link.referral_id).await?,
+        };
+        let Some(row) = row else {
+            return Ok(CrmSide {
+                row: None,
+                known: sides.target.clone(),
+                lead_to_close: None,
+                lead: None,
+            });
+        };
+        if row.kind != RecordKind::Lead {
+            return Ok(CrmSide {
+                row: Some(row),
+                known: sides.crm.clone(),
+                lead_to_close: None,
+                lead: None,
+            });
+        }
+        // A lead becomes an opportunity when the seller qualifies it, or when the plan says
+        // the referral was accepted (an earlier pass may have created the opportunity).
+        let status = current_status(&row);
+        let qualified = status.is_some_and(|s| s.statecode == cosell_mapping::STATE_WON);
+        let planned_opportunity = map
+            .config()
+            .status
+            .crm_status(
+                sides.target.status().unwrap_or(&ReferralState::new(
+                    ReferralStatus::New,
+                    ReferralSubstatus::Pending,
+                )),
+                Some(RecordKind::Lead),
+            )
+            .is_ok_and(|s| s.kind == RecordKind::Opportunity);
+        if !qualified && !planned_opportunity {
+            return Ok(CrmSide {
+                row: Some(row),
+                known: sides.crm.clone(),
+                lead_to_close: None,
+                lead: None,
+            });
+        }
+        let mut opportunity = inner
+            .crm
+            .find_by_referral(RecordKind::Opportunity, &link.referral_id)
+            .await?;
+        if opportunity.is_none()
+            && let Some(opp_id) = row
+                .records
+                .primary
+                .get("_qualifyingopportunityid_value")
+                .and_then(Value::as_str)
+        {
+            opportunity = inner.crm.read(RecordKind::Opportunity, opp_id).await?;
+        }
+        let lead_to_close =
+            (!qualified && status.is_some_and(|s| s.is_open())).then(|| row.clone());
+        let Some(opp) = opportunity else {
+            // No opportunity yet: the lead stays the CRM side; the pass creates the opportunity
+            // if the merged target still asks for one.
+            return Ok(CrmSide {
+                row: Some(row.clone()),
+                known: sides.crm.clone(),
+                lead_to_close,
+                lead: Some(row),
+            });
+        };
+        // The opportunity is new to the pair. What it holds that the lead held too is compared
+        // with what the lead was last known to hold (a seller's edit after qualifying shows);
+        // what it lacks (help, visibility, solutions, Microsoft's CRM id, a customer the
+        // qualification did not copy) is not a removal: the target carries Microsoft's values
+        // over.
+        let opp_snapshot = map.snapshot_from_crm(&opp.records, Some(&sides.crm))?;
+        let mut known = sides.crm.clone();
+        for field in FieldId::ALL {
+            if is_empty_value(opp_snapshot.get(field)) {
+                known.set_opt(field, opp_snapshot.get(field).cloned());
             }
         }
+        Ok(CrmSide {
+            row: Some(opp),
+            known,
+            lead_to_close,
+            lead: Some(row),
+        })
     }
 
+    /// One pass over a pair: read both sides, merge against the per-side state, commit the
+    /// plan, write each side what it lacks (recording each side as soon as it is written),
+    /// then record the pair as verified.
     async fn reconcile_once(
         &self,
         link: &Link,
@@ -804,67 +886,104 @@ impl Engine {
     ) -> Result<Outcome, Failure> {
         let inner = &self.inner;
         let map = &inner.map;
-        let kind = kind_of(&link.crm_entity)
-            .ok_or_else(|| Failure::Rule(format!("unknown CRM entity `{}`", link.crm_entity)))?;
-        let base = base_of(link)?;
-        let Some(row) = inner.crm.read(kind, &link.crm_id).await? else {
+        let dry_run = inner.config.dry_run;
+        let mut sides = Sides::of(link)?;
+        let crm_side = self.crm_side(link, &sides).await?;
+        if link.crm_id.is_some() && crm_side.row.is_none() {
             return Ok(Outcome::new(
                 Action::Skipped,
                 "the CRM record was deleted; Partner Center referrals cannot be deleted, left as is",
             )
-            .referral(&link.referral_id)
-            .crm(kind, &link.crm_id));
+            .referral(&link.referral_id));
+        }
+        let CrmSide {
+            row,
+            known: crm_known,
+            lead_to_close,
+            lead,
+        } = crm_side;
+        let switched = lead.is_some()
+            && row
+                .as_ref()
+                .is_some_and(|r| r.kind == RecordKind::Opportunity);
+        sides.crm = crm_known;
+        let raw_crm = match &row {
+            Some(r) => map.snapshot_from_crm(&r.records, Some(&sides.crm))?,
+            // Not created yet: nothing on the CRM side to merge; the target is what it gets.
+            None => sides.target.clone(),
         };
-        let raw_crm = map.snapshot_from_crm(&row.records, Some(&base))?;
-        let crm_unchanged = raw_crm == base;
         // An echo of our own CRM write costs no Partner Center call.
         let referral = match referral {
             Some(r) => r,
-            None if crm_unchanged => {
+            None if link.in_sync && raw_crm == sides.crm && !switched && row.is_some() => {
                 inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
-                return Ok(
-                    Outcome::new(Action::Echo, "CRM change matches what was last synced")
-                        .referral(&link.referral_id)
-                        .crm(kind, &row.id),
-                );
+                let row = row.as_ref().map(|r| (r.kind, r.id.clone()));
+                let mut o = Outcome::new(Action::Echo, "CRM change matches what was last synced")
+                    .referral(&link.referral_id);
+                if let Some((k, id)) = row {
+                    o = o.crm(k, &id);
+                }
+                return Ok(o);
             }
             None => inner.pc.get_referral(&link.referral_id).await?,
         };
+        let identity = self.identity(&referral)?;
         let raw_pc = map.snapshot_from_referral(&referral)?;
-        let mut crm_snap = raw_crm.clone();
-        let mut pc_snap = raw_pc.clone();
-        self.apply_directions(&base, &mut crm_snap, &mut pc_snap);
-        if crm_snap == base && pc_snap == base {
-            inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
-            // Remember the versions so the next identical event short-circuits on the eTag.
-            if !inner.config.dry_run
-                && (link.pc_etag != referral.e_tag || link.crm_etag != row.etag)
-            {
-                let mut updated = link.clone();
-                updated.pc_etag = referral.e_tag.clone();
-                updated.pc_updated_at = referral.updated_date_time;
-                updated.crm_etag = row.etag.clone();
-                inner.store.commit(Commit::new().link(updated)).await?;
-            }
-            return Ok(
-                Outcome::new(Action::Echo, "no mapped field changed since last sync")
-                    .referral(&link.referral_id)
-                    .crm(kind, &row.id),
-            );
-        }
-        let merged = merge(&base, &crm_snap, &pc_snap, map.ownership());
-        // Fields held back by direction keep each side's own value on that side.
-        let mut crm_target = merged.merged.clone();
-        let mut pc_target = merged.merged.clone();
+
+        // Per-field direction: a held side's edits are masked from the merge.
+        let mut crm_in = raw_crm.clone();
+        let mut pc_in = raw_pc.clone();
         for (field, direction) in &inner.config.directions {
+            if matches!(direction, FieldDirection::ToCrm | FieldDirection::Paused) {
+                crm_in.set_opt(*field, sides.crm.get(*field).cloned());
+            }
             if matches!(
                 direction,
                 FieldDirection::ToPartnerCenter | FieldDirection::Paused
             ) {
-                crm_target.set_opt(*field, raw_crm.get(*field).cloned());
+                pc_in.set_opt(*field, sides.pc.get(*field).cloned());
             }
-            if matches!(direction, FieldDirection::ToCrm | FieldDirection::Paused) {
-                pc_target.set_opt(*field, raw_pc.get(*field).cloned());
+        }
+        let merged = merge_sides(&sides.state(), &crm_in, &pc_in, map.ownership());
+        let mut target = merged.merged;
+        // An opportunity never goes back to being a lead.
+        let crm_kind_now = row
+            .as_ref()
+            .map(|r| r.kind)
+            .unwrap_or(kind_of(&link.crm_entity).unwrap_or(RecordKind::Opportunity));
+        if crm_kind_now == RecordKind::Opportunity
+            && let Some(st) = target.status().cloned()
+            && map
+                .config()
+                .status
+                .crm_status(&st, Some(RecordKind::Opportunity))?
+                .kind
+                == RecordKind::Lead
+        {
+            target.set_opt(FieldId::Status, raw_crm.get(FieldId::Status).cloned());
+        }
+        let mut crm_target = target.clone();
+        let mut pc_target = target.clone();
+        for (field, direction) in &inner.config.directions {
+            let moved = target.get(*field) != sides.target.get(*field);
+            match direction {
+                FieldDirection::Both => {}
+                FieldDirection::ToCrm => {
+                    pc_target.set_opt(*field, raw_pc.get(*field).cloned());
+                    if !moved {
+                        crm_target.set_opt(*field, raw_crm.get(*field).cloned());
+                    }
+                }
+                FieldDirection::ToPartnerCenter => {
+                    crm_target.set_opt(*field, raw_crm.get(*field).cloned());
+                    if !moved {
+                        pc_target.set_opt(*field, raw_pc.get(*field).cloned());
+                    }
+                }
+                FieldDirection::Paused => {
+                    crm_target.set_opt(*field, raw_crm.get(*field).cloned());
+                    pc_target.set_opt(*field, raw_pc.get(*field).cloned());
+                }
             }
         }
         let conflicts: Vec<String> = merged
@@ -872,58 +991,121 @@ impl Engine {
             .iter()
             .map(|c| format!("{}: {:?} wins ({:?})", c.field.as_str(), c.winner, c.policy))
             .collect();
-        let write_crm = crm_target != raw_crm;
-        let write_pc = pc_target != raw_pc;
 
-        // Partner Center side first: it is the side with rules that can refuse the change.
+        // ---- what Partner Center lacks
+        let mut notes: Vec<String> = Vec::new();
         let mut pc_update = None;
-        if write_pc {
-            let errors = map.check_outgoing(&pc_target, Some(&base));
-            if !errors.is_empty() {
-                return Err(Failure::Mapping(errors));
-            }
-            let update = map.referral_update(&raw_pc, &pc_target)?;
-            if let (Some(from), Some(to)) = (raw_pc.status(), pc_target.status())
-                && from != to
-                && let Err(e) = check_transition(
-                    (from.status.clone(), from.substatus.clone()),
-                    (to.status.clone(), to.substatus.clone()),
-                )
-            {
-                return Err(Failure::Rule(format!(
-                    "Partner Center refuses this change: {e}"
-                )));
-            }
-            if !update.is_empty() {
-                pc_update = Some(update);
+        let mut pc_refusal: Option<Failure> = None;
+        let pc_terminal = raw_pc.status().is_some_and(ReferralState::is_terminal);
+        if pc_target != raw_pc {
+            let fresh_crm_edit = raw_crm != sides.crm;
+            if pc_terminal {
+                // A closed referral takes no more changes: a deliberate, audited drop.
+                if fresh_crm_edit {
+                    notes.push("not written to Partner Center: the referral is closed".to_string());
+                }
+            } else {
+                match self.referral_update(&raw_pc, &pc_target) {
+                    Ok(update) => {
+                        if !update.not_writable.is_empty() && fresh_crm_edit {
+                            let fields: Vec<&str> =
+                                update.not_writable.iter().map(|f| f.as_str()).collect();
+                            notes.push(format!(
+                                "not writable in Partner Center: {}",
+                                fields.join(", ")
+                            ));
+                        }
+                        if !update.is_empty() {
+                            pc_update = Some(update);
+                        }
+                    }
+                    Err(f) => pc_refusal = Some(f),
+                }
             }
         }
-        let identity = ReferralIdentity::of(&referral)
-            .ok_or_else(|| Failure::Rule("referral without an id".into()))?;
-        let crm_payload = if write_crm {
-            Some(map.to_crm(&crm_target, &identity, Some(kind))?)
-        } else {
-            None
-        };
 
-        let mut wrote = Vec::new();
-        if inner.config.dry_run {
+        // ---- what the CRM lacks
+        let creating = row.is_none();
+        let current_kind = row.as_ref().map(|r| r.kind);
+        let payload = map.to_crm(&crm_target, &identity, current_kind)?;
+        let row_status = row.as_ref().and_then(current_status);
+        let needs_identity = row.as_ref().is_some_and(|r| {
+            map.referral_id_of(r.kind, &r.records.primary).as_deref()
+                != Some(link.referral_id.as_str())
+        });
+        let write_fields = creating
+            || differs_beyond_status(&crm_target, &raw_crm)
+            || needs_identity
+            || current_kind != Some(payload.kind);
+        // A lead the new opportunity replaces is closed once the opportunity is written.
+        let lead_to_close = lead_to_close.or_else(|| {
+            row.as_ref()
+                .filter(|r| {
+                    r.kind == RecordKind::Lead
+                        && payload.kind == RecordKind::Opportunity
+                        && current_status(r).is_some_and(|s| s.is_open())
+                })
+                .cloned()
+        });
+        let status_moves = row_status.is_some_and(|s| s != payload.status);
+        let write_crm = write_fields || status_moves || lead_to_close.is_some();
+
+        if dry_run {
+            let mut planned = Vec::new();
             if let Some(u) = &pc_update {
-                wrote.push(format!(
+                planned.push(format!(
                     "would patch the referral ({} operations)",
                     u.operations.len()
                 ));
             }
-            if crm_payload.is_some() {
-                wrote.push(format!("would update the CRM {}", entity_name(kind)));
+            if write_crm {
+                planned.push(format!("would write the CRM {}", entity_name(payload.kind)));
             }
-            let mut o = Outcome::new(Action::Planned, wrote.join("; "))
-                .referral(&link.referral_id)
-                .crm(kind, &row.id);
+            if planned.is_empty() {
+                planned.push("nothing to write".into());
+            }
+            let mut o =
+                Outcome::new(Action::Planned, planned.join("; ")).referral(&link.referral_id);
+            if let Some(r) = &row {
+                o = o.crm(r.kind, &r.id);
+            }
             o.conflicts = conflicts;
             return Ok(o);
         }
 
+        let mut updated = link.clone();
+        updated.engagement_id = referral
+            .engagement_id
+            .clone()
+            .or(link.engagement_id.clone());
+        updated.pc_etag = referral.e_tag.clone();
+        updated.pc_updated_at = referral.updated_date_time;
+        if let Some(r) = &row
+            && !switched
+        {
+            updated.crm_id = Some(r.id.clone());
+            updated.crm_etag = r.etag.clone();
+        }
+        let mut now_sides = Sides {
+            target: target.clone(),
+            crm: if switched {
+                sides.crm.clone()
+            } else {
+                raw_crm.clone()
+            },
+            pc: raw_pc.clone(),
+        };
+        let writes_pending = pc_update.is_some() || write_crm;
+        if writes_pending {
+            // The plan: durable before either side is written.
+            updated.in_sync = false;
+            now_sides.store_in(&mut updated);
+            updated.synced_at = now();
+            self.commit(Commit::new().link(updated.clone())).await?;
+        }
+
+        // ---- Partner Center first: it is the side with rules that can refuse.
+        let mut wrote = Vec::new();
         let mut referral_after = referral.clone();
         if let Some(update) = pc_update {
             let etag = referral.e_tag.clone().unwrap_or_default();
@@ -932,71 +1114,91 @@ impl Engine {
                 .update_referral(&link.referral_id, &etag, update.operations)
                 .await?;
             wrote.push("referral updated".to_string());
-            inner.stats.to_pc.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("cosell_sync_records_synced_total", "direction" => "to_partner_center")
-                .increment(1);
+            self.count_synced(Direction::ToPartnerCenter);
+            now_sides.pc = map.snapshot_from_referral(&referral_after)?;
+            updated.pc_etag = referral_after.e_tag.clone();
+            updated.pc_updated_at = referral_after.updated_date_time;
+            updated.engagement_id = referral_after
+                .engagement_id
+                .clone()
+                .or(updated.engagement_id.clone());
+            if write_crm {
+                // Recorded at once: a CRM failure next must not make this write look like
+                // Microsoft's edit.
+                now_sides.store_in(&mut updated);
+                self.commit(Commit::new().link(updated.clone())).await?;
+            }
         }
-        let mut crm_kind = kind;
-        let mut crm_id = row.id.clone();
-        let mut crm_etag = row.etag.clone();
-        let message = if conflicts.is_empty() {
+
+        // ---- then the CRM
+        let message = if let Some(f) = &pc_refusal {
+            format!("Partner Center refuses the change: {f}")
+        } else if conflicts.is_empty() {
             "synced".to_string()
         } else {
             format!("synced; conflicts resolved: {}", conflicts.join(", "))
         };
-        if let Some(payload) = crm_payload {
-            let extra = map.outcome_columns(
-                kind,
-                &row.records.primary,
-                SyncOutcome::Success,
+        let mut crm_written: Option<(RecordKind, String, Option<String>)> = None;
+        if write_crm {
+            let written = Box::pin(self.write_crm_side(
+                row.as_ref(),
+                &payload,
+                lead_to_close.as_ref(),
+                write_fields,
                 &message,
-                now(),
-            );
-            // The row's ETag guards the write only when it is the same row (a lead being
-            // turned into an opportunity writes a different table).
-            let guard = if payload.kind == kind {
-                row.etag.as_deref()
-            } else {
-                None
-            };
-            let written = inner.crm.write(&payload, &extra, guard).await?;
-            crm_etag = written.etag;
-            crm_kind = payload.kind;
-            crm_id = written.id.clone();
-            if self
-                .apply_steps(
-                    Some(&row),
-                    crm_kind,
-                    &crm_id,
-                    current_status(&row),
-                    payload.status,
-                )
-                .await?
-            {
-                crm_etag = None;
+            ))
+            .await?;
+            wrote.push(format!("{} updated", entity_name(written.0)));
+            // Writing back only the referral's identity is linking, not syncing a change.
+            if creating || crm_target != raw_crm || lead_to_close.is_some() {
+                self.count_synced(Direction::ToCrm);
             }
-            wrote.push(format!("{} updated", entity_name(crm_kind)));
-            inner.stats.to_crm.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("cosell_sync_records_synced_total", "direction" => "to_crm")
-                .increment(1);
-        } else if !wrote.is_empty() {
-            // Only Partner Center changed: record the outcome on the CRM row (mark and audit).
+            now_sides.crm = crm_target.clone();
+            crm_written = Some(written);
+        } else if !wrote.is_empty()
+            && let Some(r) = &row
+            && row_status.is_none_or(|s| s.is_open())
+        {
+            // Only Partner Center changed: record the outcome on the open CRM row (mark and
+            // audit text).
             let columns = map.outcome_columns(
-                kind,
-                &row.records.primary,
+                r.kind,
+                &r.records.primary,
                 SyncOutcome::Success,
                 &message,
                 now(),
             );
-            crm_etag = inner
+            let etag = inner
                 .crm
-                .update_columns(kind, &row.id, &columns, None)
+                .update_columns(r.kind, &r.id, &columns, None)
+                .await?;
+            updated.crm_etag = etag;
+        } else if pc_refusal.is_none()
+            && let Some(r) = &row
+            && row_status.is_none_or(|s| s.is_open())
+            && self.mark_is_stale(r)
+        {
+            // In sync, but an earlier failure left ✖ (or a rename dropped ✔): mark it.
+            let columns = map.outcome_columns(
+                r.kind,
+                &r.records.primary,
+                SyncOutcome::Success,
+                "in sync",
+                now(),
+            );
+            updated.crm_etag = inner
+                .crm
+                .update_columns(r.kind, &r.id, &columns, r.etag.as_deref())
                 .await?;
         }
-        if crm_etag.is_none()
-            && let Some(r) = inner.crm.read(crm_kind, &crm_id).await?
-        {
-            crm_etag = r.etag;
+        if let Some((kind, id, etag)) = &crm_written {
+            updated.crm_entity = entity_name(*kind).to_string();
+            updated.crm_id = Some(id.clone());
+            updated.crm_etag = etag.clone();
+        } else if switched && let Some(r) = &row {
+            updated.crm_entity = entity_name(r.kind).to_string();
+            updated.crm_id = Some(r.id.clone());
+            updated.crm_etag = r.etag.clone();
         }
         if !conflicts.is_empty() {
             inner
@@ -1005,68 +1207,262 @@ impl Engine {
                 .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
             metrics::counter!("cosell_sync_conflicts_total").increment(conflicts.len() as u64);
         }
-        // The new base is what both sides hold for the fields that flow; held-back fields keep
-        // the old base so their side-local changes stay side-local.
-        let mut new_base = merged.merged;
-        for (field, direction) in &inner.config.directions {
-            if *direction != FieldDirection::Both {
-                new_base.set_opt(*field, base.get(*field).cloned());
-            }
-        }
-        let updated_link = Link {
-            referral_id: link.referral_id.clone(),
-            engagement_id: referral_after
-                .engagement_id
-                .clone()
-                .or(link.engagement_id.clone()),
-            crm_entity: entity_name(crm_kind).to_string(),
-            crm_id: crm_id.clone(),
-            pc_etag: referral_after.e_tag.clone(),
-            pc_updated_at: referral_after.updated_date_time,
-            crm_etag,
-            base: snapshot_value(&new_base),
-            synced_at: now(),
+
+        // ---- the pair as verified
+        now_sides.target = target;
+        now_sides.store_in(&mut updated);
+        updated.in_sync = pc_refusal.is_none();
+        updated.synced_at = now();
+        let crm_entity = updated.crm_entity.clone();
+        let crm_id = updated.crm_id.clone().unwrap_or_default();
+        let action = match (
+            referral_after.e_tag != referral.e_tag,
+            crm_written.is_some(),
+        ) {
+            (true, true) => Action::UpdatedBoth,
+            (true, false) => Action::UpdatedReferral,
+            (false, true) if creating => Action::CreatedInCrm,
+            (false, true) => Action::UpdatedCrm,
+            (false, false) => Action::Unchanged,
         };
-        let outcome = if conflicts.is_empty() {
-            AuditOutcome::Updated
-        } else {
-            AuditOutcome::Merged
-        };
-        let direction = if write_pc && !write_crm {
-            Direction::ToPartnerCenter
-        } else {
-            Direction::ToCrm
-        };
-        let detail = if wrote.is_empty() {
+        let mut detail = if wrote.is_empty() {
             "nothing to write".to_string()
         } else {
             wrote.join("; ")
         };
-        inner
-            .store
-            .commit(
-                Commit::new()
-                    .link(updated_link)
-                    .clear_dead_letter(format!("referral:{}", link.referral_id))
-                    .audit(
-                        AuditEntry::new(direction, outcome, &detail)
-                            .referral(&link.referral_id)
-                            .crm(entity_name(crm_kind), &crm_id)
-                            .conflicts(conflicts.clone()),
-                    ),
-            )
-            .await?;
-        let action = match (write_pc, write_crm) {
-            (true, true) => Action::UpdatedBoth,
-            (true, false) => Action::UpdatedReferral,
-            (false, true) => Action::UpdatedCrm,
-            (false, false) => Action::Unchanged,
+        for n in &notes {
+            detail.push_str("; ");
+            detail.push_str(n);
+        }
+        let mut commit = Commit::new().link(updated.clone());
+        let changed_something = !wrote.is_empty() || !notes.is_empty() || !conflicts.is_empty();
+        if changed_something {
+            let direction = if action == Action::UpdatedReferral {
+                Direction::ToPartnerCenter
+            } else {
+                Direction::ToCrm
+            };
+            let outcome = match action {
+                Action::CreatedInCrm => AuditOutcome::Created,
+                _ if !conflicts.is_empty() => AuditOutcome::Merged,
+                Action::Unchanged => AuditOutcome::Skipped,
+                _ => AuditOutcome::Updated,
+            };
+            commit = commit.audit(
+                AuditEntry::new(direction, outcome, &detail)
+                    .referral(&link.referral_id)
+                    .crm(&crm_entity, &crm_id)
+                    .conflicts(conflicts.clone()),
+            );
+        }
+        if pc_refusal.is_none() {
+            commit = commit.clear_dead_letter(link.dead_letter_key());
+        }
+        // A pure echo commits nothing, unless it heals a dead letter left by an earlier pass.
+        if updated != *link
+            || changed_something
+            || (pc_refusal.is_none()
+                && inner
+                    .store
+                    .dead_letter(&link.dead_letter_key())
+                    .await?
+                    .is_some())
+        {
+            self.commit(commit).await?;
+        }
+        if let Some(f) = pc_refusal {
+            return Err(f);
+        }
+        if action == Action::Unchanged && !writes_pending {
+            inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
+        }
+        let action = if action == Action::Unchanged && !writes_pending && notes.is_empty() {
+            Action::Echo
+        } else {
+            action
         };
-        let mut o = Outcome::new(action, detail)
-            .referral(&link.referral_id)
-            .crm(crm_kind, &crm_id);
+        let mut o = Outcome::new(action, detail).referral(&link.referral_id);
+        if let Some(kind) = kind_of(&crm_entity) {
+            o = o.crm(kind, &crm_id);
+        }
         o.conflicts = conflicts;
         Ok(o)
+    }
+
+    /// The patch that takes the referral from what it holds to `target`, after the rules of
+    /// the original solution and Partner Center's transition table.
+    fn referral_update(
+        &self,
+        raw_pc: &MappedSnapshot,
+        target: &MappedSnapshot,
+    ) -> Result<ReferralUpdate, Failure> {
+        let map = &self.inner.map;
+        // Only a violation the change introduces refuses it: a co-sell referral Microsoft sent
+        // without a contact must still take the seller's acceptance or deal value.
+        let already = map.check_outgoing(raw_pc, Some(raw_pc));
+        let errors: Vec<MappingError> = map
+            .check_outgoing(target, Some(raw_pc))
+            .into_iter()
+            .filter(|e| !already.contains(e))
+            .collect();
+        if !errors.is_empty() {
+            return Err(Failure::Mapping(errors));
+        }
+        if let (Some(from), Some(to)) = (raw_pc.status(), target.status())
+            && from != to
+            && let Err(e) = check_transition(
+                (from.status.clone(), from.substatus.clone()),
+                (to.status.clone(), to.substatus.clone()),
+            )
+        {
+            return Err(Failure::Rule(format!(
+                "Partner Center refuses this change: {e}"
+            )));
+        }
+        Ok(map.referral_update(raw_pc, target)?)
+    }
+
+    /// Whether an open row's name carries the wrong mark for a pair in sync.
+    fn mark_is_stale(&self, row: &CrmRow) -> bool {
+        let cfg = self.inner.map.config();
+        if !cfg.display_check_mark {
+            return false;
+        }
+        let name_col = match row.kind {
+            RecordKind::Opportunity => &cfg.columns.opportunity.name,
+            RecordKind::Lead => &cfg.columns.lead.subject,
+        };
+        row.records
+            .primary
+            .get(name_col)
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.starts_with(cosell_mapping::SUCCESS_MARK))
+    }
+
+    /// Writes the CRM side: reopens a closed row that must take field changes, writes the
+    /// payload (created by its alternate key when there is no row, or when a lead becomes an
+    /// opportunity; otherwise to the row under `If-Match`), then moves the status (closing a
+    /// replaced lead, re-closing a reopened row). Returns the record written and its ETag.
+    async fn write_crm_side(
+        &self,
+        row: Option<&CrmRow>,
+        payload: &CrmPayload,
+        lead_to_close: Option<&CrmRow>,
+        write_fields: bool,
+        message: &str,
+    ) -> Result<(RecordKind, String, Option<String>), Failure> {
+        let inner = &self.inner;
+        let map = &inner.map;
+        let open = |kind: RecordKind| CrmStatus {
+            kind,
+            statecode: cosell_mapping::STATE_OPEN,
+            statuscode: match kind {
+                RecordKind::Lead => map.config().status.lead.open,
+                RecordKind::Opportunity => map.config().status.opportunity.open,
+            },
+        };
+        let same_row = row.filter(|r| r.kind == payload.kind);
+        let mut from = same_row.and_then(current_status);
+        let mut etag = same_row.and_then(|r| r.etag.clone());
+        let mut id = same_row.map(|r| r.id.clone());
+        if write_fields {
+            // A closed row is read-only: reopen, write, close again (the status table allows it).
+            if let (Some(r), Some(st)) = (same_row, from)
+                && !st.is_open()
+            {
+                let reopen = open(r.kind);
+                inner
+                    .crm
+                    .apply_status(
+                        r.kind,
+                        &r.id,
+                        &StatusStep::SetState {
+                            kind: r.kind,
+                            statecode: reopen.statecode,
+                            statuscode: reopen.statuscode,
+                        },
+                    )
+                    .await?;
+                from = Some(reopen);
+                etag = None;
+            }
+            let basis = match same_row {
+                Some(r) => &r.records.primary,
+                None => &payload.record,
+            };
+            let mut extra =
+                map.outcome_columns(payload.kind, basis, SyncOutcome::Success, message, now());
+            // The payload carries the name with its mark already.
+            extra.retain(|k, _| !payload.record.contains_key(k));
+            let target = match &id {
+                Some(id) => WriteTarget::Row {
+                    id,
+                    etag: etag.as_deref(),
+                },
+                None => WriteTarget::ByKey,
+            };
+            let written = inner.crm.write(payload, &extra, target).await?;
+            etag = written.etag;
+            id = Some(written.id);
+        }
+        let id = id.ok_or_else(|| Failure::Rule("no CRM record to write".into()))?;
+        // Status: from where the written row stands (a new opportunity starts open; a replaced
+        // lead is closed by QualifyLead, which never creates a second opportunity).
+        let from = match (same_row, lead_to_close) {
+            (Some(_), _) => from,
+            (None, Some(lead)) => current_status(lead),
+            (None, None) => None,
+        };
+        let steps = map.config().status.steps(from, payload.status);
+        let ran = !steps.is_empty();
+        for step in steps {
+            let lead_step = matches!(step, StatusStep::QualifyLead { .. })
+                || matches!(
+                    step,
+                    StatusStep::SetState {
+                        kind: RecordKind::Lead,
+                        ..
+                    }
+                );
+            match lead_to_close {
+                Some(lead) if lead_step => {
+                    inner
+                        .crm
+                        .apply_status(RecordKind::Lead, &lead.id, &step)
+                        .await?;
+                }
+                _ if lead_step && payload.kind == RecordKind::Opportunity => {
+                    // The lead is already closed (qualified by the seller).
+                }
+                _ => {
+                    inner.crm.apply_status(payload.kind, &id, &step).await?;
+                }
+            }
+        }
+        if same_row.is_some()
+            && let Some(lead) = lead_to_close
+        {
+            // The opportunity existed already (a seller's QualifyLead, or an earlier attempt):
+            // close the lead it replaces.
+            inner
+                .crm
+                .apply_status(
+                    RecordKind::Lead,
+                    &lead.id,
+                    &StatusStep::QualifyLead {
+                        status: map.config().status.lead.qualified,
+                    },
+                )
+                .await?;
+        }
+        if ran || etag.is_none() {
+            etag = inner
+                .crm
+                .read(payload.kind, &id)
+                .await?
+                .and_then(|r| r.etag);
+        }
+        Ok((payload.kind, id, etag))
     }
 
     // ------------------------------------------------------------------ CRM side
@@ -1082,52 +1478,72 @@ impl Engine {
         if let Some(link) = self.inner.store.link_by_crm(entity_name(kind), id).await? {
             return Box::pin(self.reconcile_link(link)).await;
         }
-        let _guard = self.lock_pair(Some(id), None).await;
+        let guard = self.lock_pair(Some(id), None).await;
         if let Some(link) = self.inner.store.link_by_crm(entity_name(kind), id).await? {
-            drop(_guard);
+            drop(guard);
             return Box::pin(self.reconcile_link(link)).await;
         }
         match Box::pin(self.create_referral_from_crm(kind, id)).await {
-            Ok(o) => Ok(o),
+            Ok(Some(o)) => Ok(o),
+            Ok(None) => {
+                // The row belongs to a pair linked elsewhere (the opportunity a seller's
+                // QualifyLead made of a linked lead): that pair takes it over.
+                drop(guard);
+                let referral_id = match self.inner.crm.read(kind, id).await {
+                    Ok(Some(row)) => self.inner.map.referral_id_of(kind, &row.records.primary),
+                    _ => None,
+                };
+                match referral_id {
+                    Some(r) => match self.inner.store.link_by_referral(&r).await? {
+                        Some(link) => Box::pin(self.reconcile_link(link)).await,
+                        None => Ok(Outcome::new(Action::Skipped, "link removed meanwhile")),
+                    },
+                    None => Ok(Outcome::new(Action::Skipped, "CRM record not found")),
+                }
+            }
             Err(Failure::Store(e)) => Err(e.into()),
             Err(f) => self.fail_crm(kind, id, f).await,
         }
     }
 
+    /// Creates the referral of a CRM record with sync on (or adopts the one it names).
+    /// `None`: the record names a referral whose pair is linked to another record.
     async fn create_referral_from_crm(
         &self,
         kind: RecordKind,
         id: &str,
-    ) -> Result<Outcome, Failure> {
+    ) -> Result<Option<Outcome>, Failure> {
         let inner = &self.inner;
         let map = &inner.map;
         let Some(row) = inner.crm.read(kind, id).await? else {
-            return Ok(Outcome::new(Action::Skipped, "CRM record not found").crm(kind, id));
+            return Ok(Some(
+                Outcome::new(Action::Skipped, "CRM record not found").crm(kind, id),
+            ));
         };
+        if let Some(referral_id) = map.referral_id_of(kind, &row.records.primary)
+            && inner.store.link_by_referral(&referral_id).await?.is_some()
+        {
+            return Ok(None);
+        }
         if !map.sync_enabled(kind, &row.records.primary) {
-            return Ok(
+            return Ok(Some(
                 Outcome::new(Action::Skipped, "Sync with Partner Center is off").crm(kind, id),
-            );
+            ));
         }
         if kind == RecordKind::Lead {
             // Leads only come from Partner Center; a lead with sync on and no link is not ours.
-            return Ok(
+            return Ok(Some(
                 Outcome::new(Action::Skipped, "leads are created by Partner Center only")
                     .crm(kind, id),
-            );
+            ));
         }
+        let pending = self.intent_of(kind, id).await?;
         if let Some(referral_id) = map.referral_id_of(kind, &row.records.primary) {
             // It names a referral but has no link (state lost or restored): adopt the pair.
             let referral = inner.pc.get_referral(&referral_id).await?;
-            return self.adopt(referral, row).await;
+            return self.adopt(referral, row, pending.as_ref()).await.map(Some);
         }
         // An earlier attempt may have created the referral before we lost track of it.
-        let pending = inner
-            .store
-            .intents()
-            .await?
-            .into_iter()
-            .find(|i| i.crm_entity == entity_name(kind) && i.crm_id == id);
         if let Some(intent) = &pending {
             let since = intent.recorded_at - chrono::Duration::minutes(10);
             if let Some(found) = inner
@@ -1135,7 +1551,7 @@ impl Engine {
                 .find_by_external_reference(&intent.external_reference_id, since)
                 .await?
             {
-                return self.adopt(found, row).await;
+                return self.adopt(found, row, Some(intent)).await.map(Some);
             }
         }
         let snapshot = map.snapshot_from_crm(&row.records, None)?;
@@ -1145,7 +1561,9 @@ impl Engine {
         }
         let body = map.referral_create(&snapshot, id)?;
         if inner.config.dry_run {
-            return Ok(Outcome::new(Action::Planned, "would create a referral").crm(kind, id));
+            return Ok(Some(
+                Outcome::new(Action::Planned, "would create a referral").crm(kind, id),
+            ));
         }
         let intent = CreateIntent {
             crm_entity: entity_name(kind).to_string(),
@@ -1153,10 +1571,12 @@ impl Engine {
             external_reference_id: id.to_string(),
             recorded_at: pending.as_ref().map(|i| i.recorded_at).unwrap_or_else(now),
             attempts: pending.as_ref().map(|i| i.attempts).unwrap_or(0) + 1,
+            target: Some(encode(&snapshot)),
+            crm_etag: row.etag.clone(),
         };
         let recorded_at = intent.recorded_at;
         // Durable before the POST: this is what makes the create recoverable.
-        inner.store.commit(Commit::new().intent(intent)).await?;
+        self.commit(Commit::new().intent(intent.clone())).await?;
         let created = match inner.pc.create_referral(&body).await {
             Ok(r) => r,
             Err(e) if e.kind() == RemoteErrorKind::UnknownOutcome => {
@@ -1170,18 +1590,14 @@ impl Engine {
             }
             Err(e) => {
                 if !e.is_retryable() {
-                    inner
-                        .store
-                        .commit(Commit::new().resolve_intent(entity_name(kind), id))
+                    self.commit(Commit::new().resolve_intent(entity_name(kind), id))
                         .await?;
                 }
                 return Err(Failure::Remote(e));
             }
         };
-        inner.stats.to_pc.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("cosell_sync_records_synced_total", "direction" => "to_partner_center")
-            .increment(1);
-        self.adopt(created, row).await
+        self.count_synced(Direction::ToPartnerCenter);
+        self.adopt(created, row, Some(&intent)).await.map(Some)
     }
 
     // ------------------------------------------------------------------ failures
@@ -1207,12 +1623,7 @@ impl Engine {
             inner.stats.failures.fetch_add(1, Ordering::Relaxed);
             return Ok(outcome);
         }
-        let previous = inner
-            .store
-            .dead_letters()
-            .await?
-            .into_iter()
-            .find(|d| d.key == key);
+        let previous = inner.store.dead_letter(&key).await?;
         let repeated = previous.as_ref().is_some_and(|d| d.error == message);
         // The same error again (the record is unchanged in substance) is not a new failure.
         if !repeated {
@@ -1226,6 +1637,7 @@ impl Engine {
         if let Some((kind, id)) = &crm
             && !repeated
             && let Ok(Some(row)) = inner.crm.read(*kind, id).await
+            && current_status(&row).is_none_or(|s| s.is_open())
         {
             let columns = inner.map.outcome_columns(
                 *kind,
@@ -1275,7 +1687,7 @@ impl Engine {
                 .store
                 .link_by_referral(referral_id)
                 .await?
-                .and_then(|l| kind_of(&l.crm_entity).map(|k| (k, l.crm_id))),
+                .and_then(|l| kind_of(&l.crm_entity).zip(l.crm_id)),
         };
         self.record_failure(
             format!("referral:{referral_id}"),
@@ -1469,8 +1881,11 @@ impl Engine {
                             } else {
                                 Box::pin(self.sync_referral(&id)).await?
                             };
-                            // Failures are dead-lettered above, so the hint can go.
-                            self.inner.store.commit(Commit::new().ack(seqs)).await?;
+                            // Failures are dead-lettered above, so the hint can go; a dry run
+                            // consumes nothing.
+                            if !self.inner.config.dry_run {
+                                self.inner.store.commit(Commit::new().ack(seqs)).await?;
+                            }
                             Ok(outcome)
                         }
                     })
@@ -1542,7 +1957,12 @@ impl Engine {
         let mut report = Report::default();
         for letter in letters {
             let outcome = match letter.key.split_once(':') {
-                Some(("referral", id)) => Box::pin(self.sync_referral(id)).await?,
+                // A linked pair is reconciled in full: its referral's eTag may not have moved
+                // while a write to it is still pending.
+                Some(("referral", id)) => match self.inner.store.link_by_referral(id).await? {
+                    Some(link) => Box::pin(self.reconcile_link(link)).await?,
+                    None => Box::pin(self.sync_referral(id)).await?,
+                },
                 Some((entity, id)) => match kind_of(entity) {
                     Some(kind) => Box::pin(self.sync_crm_record(kind, id)).await?,
                     None => continue,

@@ -10,7 +10,7 @@ pub mod remote;
 pub mod setup;
 pub mod store;
 
-pub use crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten};
+pub use crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, WriteTarget};
 pub use dataverse::{DataverseCrm, required_columns};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, Report,

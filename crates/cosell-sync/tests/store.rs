@@ -19,11 +19,14 @@ fn link(referral: &str, entity: &str, crm: &str) -> Link {
         referral_id: referral.into(),
         engagement_id: Some(format!("eng-{referral}")),
         crm_entity: entity.into(),
-        crm_id: crm.into(),
+        crm_id: Some(crm.into()),
         pc_etag: Some("\"e1\"".into()),
         pc_updated_at: Some(t(10)),
         crm_etag: Some("W/\"100\"".into()),
-        base: json!({"name": "Contoso", "deal_value": "50000.00", "solutions": ["SOL-1"]}),
+        target: json!({"name": "Contoso", "deal_value": "50000.00", "solutions": ["SOL-1"]}),
+        crm_known: None,
+        pc_known: None,
+        in_sync: true,
         synced_at: t(11),
     }
 }
@@ -157,6 +160,51 @@ async fn links_are_a_bijection_and_commits_are_atomic(store: &dyn StateStore) {
     assert_eq!(store.links().await.unwrap().len(), 1);
 }
 
+async fn a_pair_keeps_its_per_side_state_and_a_pending_create(store: &dyn StateStore) {
+    // A plan whose sides differ (one written, the other not) comes back exactly.
+    let mut partial = link("r1", "opportunity", "o1");
+    partial.target = json!({"notes": "b"});
+    partial.crm_known = Some(json!({"notes": "b", "deal_value": "1.00"}));
+    partial.pc_known = Some(json!({"notes": "a"}));
+    partial.in_sync = false;
+    store
+        .commit(Commit::new().link(partial.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.link_by_referral("r1").await.unwrap(), Some(partial));
+
+    // Two creates whose CRM records are not confirmed yet claim no CRM record.
+    for r in ["r2", "r3"] {
+        let mut pending = link(r, "lead", "unused");
+        pending.crm_id = None;
+        store.commit(Commit::new().link(pending)).await.unwrap();
+    }
+    assert_eq!(
+        store.link_by_referral("r2").await.unwrap().unwrap().crm_id,
+        None
+    );
+    assert_eq!(store.links().await.unwrap().len(), 3);
+    // Confirming one claims its record like any link.
+    store
+        .commit(Commit::new().link(link("r2", "lead", "l2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .link_by_crm("lead", "l2")
+            .await
+            .unwrap()
+            .unwrap()
+            .referral_id,
+        "r2"
+    );
+    let err = store
+        .commit(Commit::new().link(link("r3", "lead", "l2")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+}
+
 async fn intents_resolve_with_their_link(store: &dyn StateStore) {
     let intent = |id: &str, secs| CreateIntent {
         crm_entity: "opportunity".into(),
@@ -164,6 +212,8 @@ async fn intents_resolve_with_their_link(store: &dyn StateStore) {
         external_reference_id: id.into(),
         recorded_at: t(secs),
         attempts: 1,
+        target: Some(json!({"name": format!("deal {id}")})),
+        crm_etag: Some("W/\"7\"".into()),
     };
     store
         .commit(
@@ -295,6 +345,16 @@ async fn checkpoints_audit_and_dead_letters(store: &dyn StateStore) {
     assert_eq!(letters[0].attempts, 2);
     assert_eq!(letters[0].first_failed_at, t(100), "first failure is kept");
     assert_eq!(letters[0].last_failed_at, t(200));
+    assert_eq!(
+        store
+            .dead_letter("referral:r9")
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts,
+        2
+    );
+    assert_eq!(store.dead_letter("referral:nope").await.unwrap(), None);
     store
         .commit(Commit::new().clear_dead_letter("referral:r9"))
         .await
@@ -333,6 +393,7 @@ async fn the_inbox_deduplicates_deliveries(store: &dyn StateStore) {
 
 async fn suite(make: impl AsyncFn() -> Box<dyn StateStore>) {
     links_are_a_bijection_and_commits_are_atomic(&*make().await).await;
+    a_pair_keeps_its_per_side_state_and_a_pending_create(&*make().await).await;
     intents_resolve_with_their_link(&*make().await).await;
     checkpoints_audit_and_dead_letters(&*make().await).await;
     the_inbox_deduplicates_deliveries(&*make().await).await;
@@ -355,7 +416,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     assert!(!path.exists());
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1);
+        assert_eq!(store.schema_version().await.unwrap(), 2);
         store
             .commit(
                 Commit::new()
@@ -376,7 +437,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(
         store.schema_version().await.unwrap(),
-        1,
+        2,
         "migrations run once"
     );
     assert_eq!(

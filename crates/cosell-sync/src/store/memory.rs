@@ -42,8 +42,10 @@ pub struct MemoryStore {
 
 impl State {
     fn remove_link(&mut self, referral_id: &str) {
-        if let Some(old) = self.links.remove(referral_id) {
-            self.by_crm.remove(&(old.crm_entity, old.crm_id));
+        if let Some(old) = self.links.remove(referral_id)
+            && let Some(crm_id) = old.crm_id
+        {
+            self.by_crm.remove(&(old.crm_entity, crm_id));
         }
     }
 }
@@ -66,11 +68,15 @@ fn apply(state: &mut State, commit: Commit) -> Result<(), StoreError> {
     // cost O(state).
     let mut claimed: BTreeMap<(&str, &str), &str> = BTreeMap::new();
     for link in &commit.links {
-        let key = (link.crm_entity.as_str(), link.crm_id.as_str());
+        // A link whose CRM record is not yet confirmed claims nothing.
+        let Some(crm_id) = link.crm_id.as_deref() else {
+            continue;
+        };
+        let key = (link.crm_entity.as_str(), crm_id);
         let holder = claimed.get(&key).copied().or_else(|| {
             state
                 .by_crm
-                .get(&(link.crm_entity.clone(), link.crm_id.clone()))
+                .get(&(link.crm_entity.clone(), crm_id.to_string()))
                 .map(String::as_str)
                 .filter(|r| !commit.remove_links.iter().any(|x| x == r))
         });
@@ -78,8 +84,8 @@ fn apply(state: &mut State, commit: Commit) -> Result<(), StoreError> {
             && other != link.referral_id
         {
             return Err(StoreError::Conflict(format!(
-                "{} {} is already linked to referral {other}, cannot link it to {}",
-                link.crm_entity, link.crm_id, link.referral_id
+                "{} {crm_id} is already linked to referral {other}, cannot link it to {}",
+                link.crm_entity, link.referral_id
             )));
         }
         claimed.insert(key, &link.referral_id);
@@ -89,10 +95,12 @@ fn apply(state: &mut State, commit: Commit) -> Result<(), StoreError> {
     }
     for link in commit.links {
         state.remove_link(&link.referral_id);
-        state.by_crm.insert(
-            (link.crm_entity.clone(), link.crm_id.clone()),
-            link.referral_id.clone(),
-        );
+        if let Some(crm_id) = &link.crm_id {
+            state.by_crm.insert(
+                (link.crm_entity.clone(), crm_id.clone()),
+                link.referral_id.clone(),
+            );
+        }
         state.links.insert(link.referral_id.clone(), link);
     }
     for key in &commit.resolved_intents {
@@ -181,6 +189,10 @@ impl StateStore for MemoryStore {
         let mut all: Vec<_> = self.lock().dead_letters.values().cloned().collect();
         all.sort_by_key(|d| d.first_failed_at);
         Ok(all)
+    }
+
+    async fn dead_letter(&self, key: &str) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.lock().dead_letters.get(key).cloned())
     }
 
     async fn push_hint(&self, body_hash: &str, mut hint: InboxHint) -> Result<bool, StoreError> {

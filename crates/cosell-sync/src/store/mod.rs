@@ -1,7 +1,7 @@
 //! The state store: everything the engine must remember to be correct across restarts.
 //!
-//! - **Links**: one row per referral, tying it to its CRM record, with each side's last seen
-//!   version and the last synced snapshot of the mapped fields (the merge base). Links are a
+//! - **Links**: one row per referral, tying it to its CRM record, with the pair's plan (the
+//!   target snapshot) and what each side was last known to hold at which version. Links are a
 //!   bijection: one referral ↔ one CRM record.
 //! - **Create intents**: written *before* a referral is created in Partner Center (which has no
 //!   idempotency key), so an unknown outcome can be resolved by looking the referral up instead of
@@ -65,7 +65,14 @@ impl fmt::Display for Direction {
     }
 }
 
-/// The link between one referral and one CRM record.
+/// The link between one referral and one CRM record, and what the engine knows of the pair.
+///
+/// The pair's state is kept **per side**: `target` is the durable plan (what both sides should
+/// hold, committed before either side is written), and `crm_known` / `pc_known` are what each
+/// side was last known to hold (at `crm_etag` / `pc_etag`). After each side's write the engine
+/// records that side alone, so a pass that wrote one side and then failed is known for what it
+/// is: pending work, never mistaken for a user's edit. When a side holds the target its
+/// snapshot is not stored (`None`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Link {
     /// Partner Center referral id.
@@ -74,22 +81,37 @@ pub struct Link {
     pub engagement_id: Option<String>,
     /// CRM entity logical name (`opportunity`, `lead`).
     pub crm_entity: String,
-    /// CRM record id.
-    pub crm_id: String,
-    /// The referral's eTag when last synced.
+    /// CRM record id. `None` while the record being created from the referral is not yet
+    /// confirmed (the plan is durable, the create's answer is not): recovery finds it by the
+    /// referral id, which the create writes as its alternate key.
+    pub crm_id: Option<String>,
+    /// The referral's eTag when last read or written.
     pub pc_etag: Option<String>,
-    /// The referral's `updatedDateTime` when last synced.
+    /// The referral's `updatedDateTime` when last read or written.
     pub pc_updated_at: Option<DateTime<Utc>>,
-    /// The CRM record's `@odata.etag` when last synced.
+    /// The CRM record's `@odata.etag` when last read or written.
     pub crm_etag: Option<String>,
-    /// The last synced snapshot of the mapped fields: the merge base and the echo detector.
-    pub base: serde_json::Value,
+    /// The plan: the mapped snapshot both sides should hold.
+    pub target: serde_json::Value,
+    /// What the CRM side held at `crm_etag`, when that differs from `target`.
+    pub crm_known: Option<serde_json::Value>,
+    /// What Partner Center held at `pc_etag`, when that differs from `target`.
+    pub pc_known: Option<serde_json::Value>,
+    /// Whether the last pass verified both sides and left nothing to write.
+    pub in_sync: bool,
     /// When the link was last written.
     pub synced_at: DateTime<Utc>,
 }
 
+impl Link {
+    /// The key of the pair's dead letter (`referral:<id>`).
+    pub fn dead_letter_key(&self) -> String {
+        format!("referral:{}", self.referral_id)
+    }
+}
+
 /// A referral create that was decided but whose outcome is not yet known to be durable.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateIntent {
     /// CRM entity logical name.
     pub crm_entity: String,
@@ -102,6 +124,13 @@ pub struct CreateIntent {
     pub recorded_at: DateTime<Utc>,
     /// How many create attempts were made under this intent.
     pub attempts: u32,
+    /// The mapped snapshot the create was made from: once the referral is found, the pair is
+    /// merged against what was actually sent, never against the current other side.
+    #[serde(default)]
+    pub target: Option<serde_json::Value>,
+    /// The CRM record's ETag when the create was decided.
+    #[serde(default)]
+    pub crm_etag: Option<String>,
 }
 
 /// What a sync decision came to.
@@ -389,6 +418,15 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
     /// Every dead letter, oldest failure first.
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    /// The dead letter with `key`, if any. The default scans [`dead_letters`](Self::dead_letters);
+    /// stores override it with a point lookup.
+    async fn dead_letter(&self, key: &str) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self
+            .dead_letters()
+            .await?
+            .into_iter()
+            .find(|d| d.key == key))
+    }
     /// Adds a webhook hint unless a delivery with the same body hash was seen before; returns
     /// whether it was new.
     async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError>;

@@ -97,6 +97,35 @@ impl SqliteStore {
             .map_err(backend)
     }
 
+    /// Dead letters, all of them or the one with `key`.
+    async fn dead_letters_where(&self, key: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT key, direction, error, attempts, first_failed_at, last_failed_at \
+             FROM dead_letters WHERE (?1 IS NULL OR key = ?1) ORDER BY first_failed_at",
+        )
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+                let direction = get("direction")?;
+                Ok(DeadLetter {
+                    key: get("key")?,
+                    direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
+                        what: "dead letter",
+                        detail: format!("direction `{direction}`"),
+                    })?,
+                    error: get("error")?,
+                    attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
+                    first_failed_at: parse_ts("dead letter", &get("first_failed_at")?)?,
+                    last_failed_at: parse_ts("dead letter", &get("last_failed_at")?)?,
+                })
+            })
+            .collect()
+    }
+
     /// Closes the pool (waits for connections to finish).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -106,19 +135,31 @@ impl SqliteStore {
 fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
     let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
     let get_opt = |c: &str| row.try_get::<Option<String>, _>(c).map_err(backend);
-    let base = get("base")?;
+    let snapshot = |c: &str| -> Result<Option<serde_json::Value>, StoreError> {
+        get_opt(c)?
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    what: "link",
+                    detail: format!("{c} snapshot: {e}"),
+                })
+            })
+            .transpose()
+    };
     Ok(Link {
         referral_id: get("referral_id")?,
         engagement_id: get_opt("engagement_id")?,
         crm_entity: get("crm_entity")?,
-        crm_id: get("crm_id")?,
+        crm_id: get_opt("crm_id")?,
         pc_etag: get_opt("pc_etag")?,
         pc_updated_at: opt_ts("link", get_opt("pc_updated_at")?)?,
         crm_etag: get_opt("crm_etag")?,
-        base: serde_json::from_str(&base).map_err(|e| StoreError::Corrupt {
+        target: snapshot("target")?.ok_or_else(|| StoreError::Corrupt {
             what: "link",
-            detail: format!("base snapshot: {e}"),
+            detail: "no target snapshot".into(),
         })?,
+        crm_known: snapshot("crm_known")?,
+        pc_known: snapshot("pc_known")?,
+        in_sync: row.try_get::<bool, _>("in_sync").map_err(backend)?,
         synced_at: parse_ts("link", &get("synced_at")?)?,
     })
 }
@@ -126,7 +167,7 @@ fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
 /// The link columns, as a macro so queries stay `&'static str` (sqlx refuses dynamic SQL).
 macro_rules! link_columns {
     () => {
-        "referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, base, synced_at"
+        "referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, synced_at"
     };
 }
 
@@ -185,7 +226,7 @@ impl StateStore for SqliteStore {
 
     async fn intents(&self) -> Result<Vec<CreateIntent>, StoreError> {
         let rows = sqlx::query(
-            "SELECT crm_entity, crm_id, external_reference_id, recorded_at, attempts \
+            "SELECT crm_entity, crm_id, external_reference_id, recorded_at, attempts, target, crm_etag \
              FROM create_intents ORDER BY recorded_at",
         )
         .fetch_all(&self.pool)
@@ -200,6 +241,19 @@ impl StateStore for SqliteStore {
                     external_reference_id: get("external_reference_id")?,
                     recorded_at: parse_ts("intent", &get("recorded_at")?)?,
                     attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
+                    target: row
+                        .try_get::<Option<String>, _>("target")
+                        .map_err(backend)?
+                        .map(|t| {
+                            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
+                                what: "intent",
+                                detail: format!("target snapshot: {e}"),
+                            })
+                        })
+                        .transpose()?,
+                    crm_etag: row
+                        .try_get::<Option<String>, _>("crm_etag")
+                        .map_err(backend)?,
                 })
             })
             .collect()
@@ -255,30 +309,11 @@ impl StateStore for SqliteStore {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT key, direction, error, attempts, first_failed_at, last_failed_at \
-             FROM dead_letters ORDER BY first_failed_at",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
-                let direction = get("direction")?;
-                Ok(DeadLetter {
-                    key: get("key")?,
-                    direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
-                        what: "dead letter",
-                        detail: format!("direction `{direction}`"),
-                    })?,
-                    error: get("error")?,
-                    attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
-                    first_failed_at: parse_ts("dead letter", &get("first_failed_at")?)?,
-                    last_failed_at: parse_ts("dead letter", &get("last_failed_at")?)?,
-                })
-            })
-            .collect()
+        self.dead_letters_where(None).await
+    }
+
+    async fn dead_letter(&self, key: &str) -> Result<Option<DeadLetter>, StoreError> {
+        Ok(self.dead_letters_where(Some(key)).await?.into_iter().next())
     }
 
     async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError> {
@@ -353,23 +388,27 @@ impl StateStore for SqliteStore {
                 .map_err(backend)?;
         }
         for link in &commit.links {
-            let base = serde_json::to_string(&link.base).map_err(backend)?;
+            let json = |v: &serde_json::Value| serde_json::to_string(v).map_err(backend);
             let result = sqlx::query(
-                "INSERT INTO links (referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, base, synced_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO links (referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, synced_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (referral_id) DO UPDATE SET engagement_id = excluded.engagement_id, \
                  crm_entity = excluded.crm_entity, crm_id = excluded.crm_id, pc_etag = excluded.pc_etag, \
-                 pc_updated_at = excluded.pc_updated_at, crm_etag = excluded.crm_etag, base = excluded.base, \
+                 pc_updated_at = excluded.pc_updated_at, crm_etag = excluded.crm_etag, target = excluded.target, \
+                 crm_known = excluded.crm_known, pc_known = excluded.pc_known, in_sync = excluded.in_sync, \
                  synced_at = excluded.synced_at",
             )
             .bind(&link.referral_id)
             .bind(link.engagement_id.as_deref())
             .bind(&link.crm_entity)
-            .bind(&link.crm_id)
+            .bind(link.crm_id.as_deref())
             .bind(link.pc_etag.as_deref())
             .bind(link.pc_updated_at.as_ref().map(ts))
             .bind(link.crm_etag.as_deref())
-            .bind(base)
+            .bind(json(&link.target)?)
+            .bind(link.crm_known.as_ref().map(json).transpose()?)
+            .bind(link.pc_known.as_ref().map(json).transpose()?)
+            .bind(link.in_sync)
             .bind(ts(&link.synced_at))
             .execute(&mut *tx)
             .await;
@@ -378,7 +417,9 @@ impl StateStore for SqliteStore {
                 return Err(match e.as_database_error() {
                     Some(db) if db.is_unique_violation() => StoreError::Conflict(format!(
                         "{} {} is already linked to another referral, cannot link it to {}",
-                        link.crm_entity, link.crm_id, link.referral_id
+                        link.crm_entity,
+                        link.crm_id.as_deref().unwrap_or("?"),
+                        link.referral_id
                     )),
                     _ => backend(e),
                 });
@@ -394,16 +435,25 @@ impl StateStore for SqliteStore {
         }
         for intent in &commit.intents {
             sqlx::query(
-                "INSERT INTO create_intents (crm_entity, crm_id, external_reference_id, recorded_at, attempts) \
-                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (crm_entity, crm_id) DO UPDATE SET \
+                "INSERT INTO create_intents (crm_entity, crm_id, external_reference_id, recorded_at, attempts, target, crm_etag) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (crm_entity, crm_id) DO UPDATE SET \
                  external_reference_id = excluded.external_reference_id, recorded_at = excluded.recorded_at, \
-                 attempts = excluded.attempts",
+                 attempts = excluded.attempts, target = excluded.target, crm_etag = excluded.crm_etag",
             )
             .bind(&intent.crm_entity)
             .bind(&intent.crm_id)
             .bind(&intent.external_reference_id)
             .bind(ts(&intent.recorded_at))
             .bind(i64::from(intent.attempts))
+            .bind(
+                intent
+                    .target
+                    .as_ref()
+                    .map(serde_json::to_string)
+                    .transpose()
+                    .map_err(backend)?,
+            )
+            .bind(intent.crm_etag.as_deref())
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
