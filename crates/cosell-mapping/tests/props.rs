@@ -284,6 +284,52 @@ proptest! {
         }
     }
 
+    /// With the pair in sync (target and both sides equal) the per-side merge is the
+    /// three-way merge.
+    #[test]
+    fn merge_sides_of_a_settled_pair_is_merge(b in snapshot(), x in snapshot(), y in snapshot(), p in policy()) {
+        let m = merge_sides(&PairState::settled(&b), &x, &y, &p);
+        prop_assert_eq!(m, merge(&b, &x, &y, &p));
+    }
+
+    /// After a partial write (one side holds the target, the other its old value), a side
+    /// that is read back unchanged from what it was known to hold has made no edit: the target
+    /// stands and no conflict is reported. This is what keeps the engine's own half-finished
+    /// write from beating a newer edit.
+    #[test]
+    fn pending_work_is_not_an_edit(t in snapshot(), old in snapshot(), p in policy()) {
+        let state = PairState { target: &t, crm_known: &t, partner_center_known: &old };
+        let m = merge_sides(&state, &t, &old, &p);
+        prop_assert_eq!(&m.merged, &t);
+        prop_assert!(m.conflicts.is_empty());
+        // The answer of the pending write was lost but it landed: still nothing to decide.
+        let m = merge_sides(&state, &t, &t, &p);
+        prop_assert_eq!(&m.merged, &t);
+        prop_assert!(m.conflicts.is_empty());
+    }
+
+    /// A field edited on one side only (differs from what that side was known to hold and from
+    /// the target) always takes that side's value, whatever state the pair was in.
+    #[test]
+    fn merge_sides_never_loses_a_one_sided_edit(
+        t in snapshot(), kc in snapshot(), kp in snapshot(), x in snapshot(), y in snapshot(), p in policy()
+    ) {
+        let state = PairState { target: &t, crm_known: &kc, partner_center_known: &kp };
+        let m = merge_sides(&state, &x, &y, &p);
+        for f in FieldId::ALL {
+            let crm_edit = x.get(f) != kc.get(f) && x.get(f) != t.get(f);
+            let pc_edit = y.get(f) != kp.get(f) && y.get(f) != t.get(f);
+            match (crm_edit, pc_edit) {
+                (true, false) => prop_assert_eq!(m.merged.get(f), x.get(f)),
+                (false, true) => prop_assert_eq!(m.merged.get(f), y.get(f)),
+                (false, false) => prop_assert_eq!(m.merged.get(f), t.get(f)),
+                (true, true) => prop_assert!(
+                    m.merged.get(f) == x.get(f) || m.merged.get(f) == y.get(f)
+                ),
+            }
+        }
+    }
+
     /// Snapshots survive storage.
     #[test]
     fn snapshot_serde_round_trip(r in referral()) {
