@@ -685,7 +685,16 @@ impl FieldMap {
             kind: payload.kind,
             primary,
             account: payload.account.as_ref().map(|a| a.record.clone()),
-            contacts: is_opp.then(|| payload.contacts.iter().map(|c| c.record.clone()).collect()),
+            // The opportunity is bound to its first contact (`parentcontactid`); that is the
+            // contact a read brings back.
+            contacts: is_opp.then(|| {
+                payload
+                    .contacts
+                    .iter()
+                    .take(1)
+                    .map(|c| c.record.clone())
+                    .collect()
+            }),
             solutions: is_opp.then(|| payload.solutions.iter().map(|s| s.record.clone()).collect()),
             currency_code,
         }

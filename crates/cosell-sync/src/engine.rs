@@ -1033,8 +1033,12 @@ impl Engine {
             map.referral_id_of(r.kind, &r.records.primary).as_deref()
                 != Some(link.referral_id.as_str())
         });
+        // What the CRM would hold once written: the target as far as the CRM can represent it
+        // (an opportunity keeps one contact, a lead no solutions), so an unrepresentable
+        // difference is never written again and again.
+        let crm_view = map.snapshot_from_crm(&map.written_records(&payload), Some(&crm_target))?;
         let write_fields = creating
-            || differs_beyond_status(&crm_target, &raw_crm)
+            || differs_beyond_status(&crm_view, &raw_crm)
             || needs_identity
             || current_kind != Some(payload.kind);
         // A lead the new opportunity replaces is closed once the opportunity is written.
@@ -1150,10 +1154,10 @@ impl Engine {
             .await?;
             wrote.push(format!("{} updated", entity_name(written.0)));
             // Writing back only the referral's identity is linking, not syncing a change.
-            if creating || crm_target != raw_crm || lead_to_close.is_some() {
+            if creating || crm_view != raw_crm || lead_to_close.is_some() {
                 self.count_synced(Direction::ToCrm);
             }
-            now_sides.crm = crm_target.clone();
+            now_sides.crm = crm_view.clone();
             crm_written = Some(written);
         } else if !wrote.is_empty()
             && let Some(r) = &row
