@@ -946,6 +946,11 @@ impl Engine {
         }
         let merged = merge_sides(&sides.state(), &crm_in, &pc_in, map.ownership());
         let mut target = merged.merged;
+        // Help requested makes a referral visible to Microsoft sellers (Partner Center shares it):
+        // the CRM shows it so rather than contradict Partner Center with an empty or "No" column.
+        if target.is_co_sell() {
+            target.set(FieldId::VisibleToMicrosoft, FieldValue::Bool(true));
+        }
         // An opportunity never goes back to being a lead.
         let crm_kind_now = row
             .as_ref()
@@ -1259,19 +1264,22 @@ impl Engine {
                     .conflicts(conflicts.clone()),
             );
         }
+        // Verified in sync: the pair's letters go, whichever path left them (the pair's, or the
+        // record's from before it was linked).
+        let letters = [link.dead_letter_key(), format!("{crm_entity}:{crm_id}")];
+        let mut heals = false;
         if pc_refusal.is_none() {
-            commit = commit.clear_dead_letter(link.dead_letter_key());
+            for key in &letters {
+                commit = commit.clear_dead_letter(key.clone());
+            }
+            // A pure echo commits nothing, unless it heals a letter left by an earlier pass.
+            if updated == *link && !changed_something {
+                for key in &letters {
+                    heals |= inner.store.dead_letter(key).await?.is_some();
+                }
+            }
         }
-        // A pure echo commits nothing, unless it heals a dead letter left by an earlier pass.
-        if updated != *link
-            || changed_something
-            || (pc_refusal.is_none()
-                && inner
-                    .store
-                    .dead_letter(&link.dead_letter_key())
-                    .await?
-                    .is_some())
-        {
+        if updated != *link || changed_something || heals {
             self.commit(commit).await?;
         }
         if let Some(f) = pc_refusal {
@@ -1506,7 +1514,17 @@ impl Engine {
                 }
             }
             Err(Failure::Store(e)) => Err(e.into()),
-            Err(f) => self.fail_crm(kind, id, f).await,
+            Err(f) => {
+                // Once the record is linked (the referral was created and adopted, then a
+                // later step failed), the failure belongs to the pair.
+                match self.inner.store.link_by_crm(entity_name(kind), id).await? {
+                    Some(link) => {
+                        let crm = Some((kind, id.to_string()));
+                        self.fail_referral(&link.referral_id, crm, f).await
+                    }
+                    None => self.fail_crm(kind, id, f).await,
+                }
+            }
         }
     }
 
