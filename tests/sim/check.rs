@@ -117,7 +117,10 @@ async fn no_duplicates(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
         out.push(v(
             "a-no-duplicates",
             pair,
-            format!("{} referrals with externalReferenceId {ext}: {ids:?}", ids.len()),
+            format!(
+                "{} referrals with externalReferenceId {ext}: {ids:?}",
+                ids.len()
+            ),
         ));
     }
     for (i, f) in found.iter().enumerate() {
@@ -137,7 +140,11 @@ async fn no_duplicates(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
             ));
         }
         if f.leads.len() > 1 {
-            out.push(v("a-no-duplicates", Some(i), format!("{} leads", f.leads.len())));
+            out.push(v(
+                "a-no-duplicates",
+                Some(i),
+                format!("{} leads", f.leads.len()),
+            ));
         }
     }
     let links = sim.world.store.links().await.unwrap_or_default();
@@ -152,7 +159,10 @@ async fn no_duplicates(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
         out.push(v(
             "a-no-duplicates",
             None,
-            format!("{entity} {id} is linked to {} referrals: {refs:?}", refs.len()),
+            format!(
+                "{entity} {id} is linked to {} referrals: {refs:?}",
+                refs.len()
+            ),
         ));
     }
 }
@@ -162,10 +172,17 @@ async fn no_duplicates(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
 /// store links exactly those two. Invalid records must have no referral.
 async fn linked(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
     for (i, (pair, f)) in sim.pairs.iter().zip(found).enumerate() {
-        let referral_id = f.referral().and_then(|r| r["id"].as_str()).map(str::to_string);
+        let referral_id = f
+            .referral()
+            .and_then(|r| r["id"].as_str())
+            .map(str::to_string);
         if pair.invalid.is_some() {
             if let Some(r) = &referral_id {
-                out.push(v("b-linked", Some(i), format!("an invalid record got referral {r}")));
+                out.push(v(
+                    "b-linked",
+                    Some(i),
+                    format!("an invalid record got referral {r}"),
+                ));
             }
             continue;
         }
@@ -229,14 +246,22 @@ async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
         let referral: Referral = match serde_json::from_value(r.clone()) {
             Ok(r) => r,
             Err(e) => {
-                out.push(v("c-fields-agree", Some(i), format!("unreadable referral: {e}")));
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!("unreadable referral: {e}"),
+                ));
                 continue;
             }
         };
         let pc_snap = match map.snapshot_from_referral(&referral) {
             Ok(s) => s,
             Err(e) => {
-                out.push(v("c-fields-agree", Some(i), format!("referral does not map: {e}")));
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!("referral does not map: {e}"),
+                ));
                 continue;
             }
         };
@@ -255,7 +280,11 @@ async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
         let crm_snap = match map.snapshot_from_crm(&row.records, Some(&pc_snap)) {
             Ok(s) => s,
             Err(e) => {
-                out.push(v("c-fields-agree", Some(i), format!("CRM record does not map: {e}")));
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!("CRM record does not map: {e}"),
+                ));
                 continue;
             }
         };
@@ -331,7 +360,10 @@ fn last_writes_survive(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
                     if seen { vec![later] } else { vec![a, b] }
                 }
             };
-            if expected.iter().any(|w| final_pc.as_deref() == Some(w.value.as_str())) {
+            if expected
+                .iter()
+                .any(|w| final_pc.as_deref() == Some(w.value.as_str()))
+            {
                 continue;
             }
             let wanted: Vec<String> = expected
@@ -368,7 +400,8 @@ async fn dead_letters(sim: &Sim, out: &mut Vec<Violation>) {
     for d in sim.world.store.dead_letters().await.unwrap_or_default() {
         if !invalid.contains(&d.key) {
             let pair = sim.pairs.iter().position(|p| {
-                p.opportunity.is_some_and(|o| d.key.ends_with(&o.to_string()))
+                p.opportunity
+                    .is_some_and(|o| d.key.ends_with(&o.to_string()))
                     || p.referral_id.as_deref().is_some_and(|r| d.key.ends_with(r))
             });
             out.push(v(

@@ -42,7 +42,10 @@ impl fmt::Display for CrashPoint {
             CrashPoint::Request { n, processed: true } => {
                 write!(f, "request #{n} processed, answer lost")
             }
-            CrashPoint::Request { n, processed: false } => write!(f, "request #{n} not sent"),
+            CrashPoint::Request {
+                n,
+                processed: false,
+            } => write!(f, "request #{n} not sent"),
             CrashPoint::Commit { n, applied: true } => write!(f, "after commit #{n}"),
             CrashPoint::Commit { n, applied: false } => write!(f, "before commit #{n}"),
         }

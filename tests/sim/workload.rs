@@ -127,7 +127,14 @@ impl History {
         h.events.push(line);
     }
 
-    pub(crate) fn write(&self, pair: usize, side: Side, field: Field, value: String, mid_pass: bool) {
+    pub(crate) fn write(
+        &self,
+        pair: usize,
+        side: Side,
+        field: Field,
+        value: String,
+        mid_pass: bool,
+    ) {
         let clock = self.tick();
         let mut h = self.lock();
         let step = h.step;
@@ -231,13 +238,7 @@ fn records(dv: &DataverseEmulator, table: &'static str, filter: &str) -> Vec<Crm
     dv.query(table, filter)
         .unwrap_or_default()
         .into_iter()
-        .filter_map(|row| {
-            uuid_of(&row, &pk).map(|id| CrmRecord {
-                table,
-                id,
-                row,
-            })
-        })
+        .filter_map(|row| uuid_of(&row, &pk).map(|id| CrmRecord { table, id, row }))
         .collect()
 }
 
@@ -263,14 +264,13 @@ pub(crate) fn find(world: &World, pair: &Pair) -> Found {
                 .into_iter()
                 .filter(|r| is_ours(r) && r["externalReferenceId"].as_str() == Some(&opp))
                 .collect();
-            found.opportunities.extend(
-                pair.opportunity
-                    .and_then(|o| dv.row("opportunity", o).map(|row| CrmRecord {
-                        table: "opportunity",
-                        id: o,
-                        row,
-                    })),
-            );
+            found.opportunities.extend(pair.opportunity.and_then(|o| {
+                dv.row("opportunity", o).map(|row| CrmRecord {
+                    table: "opportunity",
+                    id: o,
+                    row,
+                })
+            }));
         }
     }
     for r in found.referrals.clone() {
@@ -324,9 +324,9 @@ pub(crate) fn crm_value(rec: &CrmRecord, field: Field) -> Option<String> {
             .as_str()
             .map(|s| s.chars().take(10).collect()),
         Field::Notes => r["description"].as_str().map(str::to_string),
-        Field::MicrosoftCrmId if rec.table == "opportunity" => r["cosell_microsoftcrmid"]
-            .as_str()
-            .map(str::to_string),
+        Field::MicrosoftCrmId if rec.table == "opportunity" => {
+            r["cosell_microsoftcrmid"].as_str().map(str::to_string)
+        }
         _ => None,
     }
 }
@@ -347,7 +347,7 @@ pub(crate) enum PassKind {
 }
 
 /// Runs one pass (the engine's public API only).
-pub(crate) async fn run_pass(engine: Engine, kind: PassKind) -> Result<usize, String> {
+pub(crate) async fn run_pass(engine: Engine, kind: PassKind) -> Result<Vec<String>, String> {
     let r = match kind {
         PassKind::ResolveIntents => engine.resolve_intents().await,
         PassKind::DrainInbox => engine.drain_inbox().await,
@@ -356,7 +356,20 @@ pub(crate) async fn run_pass(engine: Engine, kind: PassKind) -> Result<usize, St
         PassKind::ReplayDeadLetters => engine.replay_dead_letters().await,
         PassKind::RunOnce => engine.run_once().await,
     };
-    r.map(|rep| rep.failures().count()).map_err(|e| e.to_string())
+    r.map(|rep| {
+        rep.failures()
+            .map(|o| {
+                let who = o
+                    .referral_id
+                    .clone()
+                    .or_else(|| o.crm.as_ref().map(|(e, id)| format!("{e} {id}")))
+                    .unwrap_or_default();
+                let detail: String = o.detail.chars().take(160).collect();
+                format!("{who}: {detail}")
+            })
+            .collect()
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// The most crashes one seed injects.
@@ -473,10 +486,14 @@ impl Sim {
         };
         match outcome {
             None => self.restart(kind).await,
-            Some(Ok(0)) => self.history.event(format!("pass {kind:?}")),
-            Some(Ok(n)) => self
-                .history
-                .event(format!("pass {kind:?}: {n} failed outcome(s)")),
+            Some(Ok(failures)) if failures.is_empty() => {
+                self.history.event(format!("pass {kind:?}"));
+            }
+            Some(Ok(failures)) => self.history.event(format!(
+                "pass {kind:?}: {} failed outcome(s): {}",
+                failures.len(),
+                failures.join(" | ")
+            )),
             Some(Err(e)) => self.history.event(format!("pass {kind:?} failed: {e}")),
         }
         if self.world.crasher.clear_hook() {
@@ -523,7 +540,12 @@ impl Sim {
             let (Some(r), Some(c)) = (found.referral(), found.crm()) else {
                 continue;
             };
-            for field in [Field::DealValue, Field::CloseDate, Field::Notes, Field::MicrosoftCrmId] {
+            for field in [
+                Field::DealValue,
+                Field::CloseDate,
+                Field::Notes,
+                Field::MicrosoftCrmId,
+            ] {
                 if let (Some(a), Some(b)) = (pc_value(r, field), crm_value(c, field))
                     && a == b
                 {
@@ -538,7 +560,9 @@ impl Sim {
     /// A webhook for `referral_id`: delivered, delivered twice, held back (reordered) or lost.
     async fn deliver_hint(&mut self, referral_id: String, event: &'static str) {
         match self.rng.random_range(0..100) {
-            0..10 => self.history.event(format!("hint {event} {referral_id}: lost")),
+            0..10 => self
+                .history
+                .event(format!("hint {event} {referral_id}: lost")),
             10..25 => self.held_hints.push((referral_id, event)),
             25..35 => {
                 let fresh = self.rng.random_bool(0.5);
@@ -611,11 +635,15 @@ impl Sim {
                 let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
                     return;
                 };
-                let id = found.referral().and_then(|r| r["id"].as_str()).unwrap_or_default();
+                let id = found
+                    .referral()
+                    .and_then(|r| r["id"].as_str())
+                    .unwrap_or_default();
                 let value = self.value_for(field);
                 let target = Target::Referral(id.to_string());
                 if apply_edit(&self.pc(), &self.dv(), &target, field, &value).is_ok() {
-                    self.history.write(i, Side::PartnerCenter, field, value, false);
+                    self.history
+                        .write(i, Side::PartnerCenter, field, value, false);
                     self.deliver_hint(id.to_string(), "referral-updated").await;
                 }
             }
@@ -625,7 +653,10 @@ impl Sim {
                 let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
                     return;
                 };
-                let id = found.referral().and_then(|r| r["id"].as_str()).unwrap_or_default();
+                let id = found
+                    .referral()
+                    .and_then(|r| r["id"].as_str())
+                    .unwrap_or_default();
                 let msx = format!("7-SIM{:05}", self.fresh());
                 if self.pc().set_microsoft_crm_id(id, Some(&msx)).is_ok() {
                     self.history
@@ -669,7 +700,10 @@ impl Sim {
         let Some((i, found)) = self.pick_pair(|p, f| p.co_sell && open_referral(f)) else {
             return;
         };
-        let id = found.referral().and_then(|r| r["id"].as_str()).unwrap_or_default();
+        let id = found
+            .referral()
+            .and_then(|r| r["id"].as_str())
+            .unwrap_or_default();
         let pc = self.pc();
         let result = if accept {
             pc.microsoft_accept(id)
@@ -682,7 +716,9 @@ impl Sim {
             if accept { "accepts" } else { "declines" }
         ));
         if accept
-            && let Some(msx) = pc.referral(id).and_then(|r| pc_value(&r, Field::MicrosoftCrmId))
+            && let Some(msx) = pc
+                .referral(id)
+                .and_then(|r| pc_value(&r, Field::MicrosoftCrmId))
         {
             self.history
                 .write(i, Side::PartnerCenter, Field::MicrosoftCrmId, msx, false);
@@ -736,7 +772,8 @@ impl Sim {
             }
             0..62 => {
                 let field = Field::EDITABLE[self.rng.random_range(0..3)];
-                let Some((i, found)) = self.pick_pair(|_, f| f.crm().is_some_and(|c| c.state() == 0))
+                let Some((i, found)) =
+                    self.pick_pair(|_, f| f.crm().is_some_and(|c| c.state() == 0))
                 else {
                     return;
                 };
@@ -759,7 +796,8 @@ impl Sim {
     fn crm_opportunity(&mut self, invalid: Option<&'static str>) {
         let dv = self.dv();
         let n = self.fresh();
-        let co_sell = invalid == Some("co-sell without a customer contact") || self.rng.random_bool(0.7);
+        let co_sell =
+            invalid == Some("co-sell without a customer contact") || self.rng.random_bool(0.7);
         let country = if invalid == Some("country is not ISO 3166 alpha-2") {
             "Narnia"
         } else {
@@ -782,11 +820,13 @@ impl Sim {
             "customerid_account@odata.bind": format!("/accounts({account})"),
         });
         if let Some(cur) = dv.currency_id(currency) {
-            row["transactioncurrencyid@odata.bind"] = json!(format!("/transactioncurrencies({cur})"));
+            row["transactioncurrencyid@odata.bind"] =
+                json!(format!("/transactioncurrencies({cur})"));
         }
+        // A Yes/No column always holds a value in Dataverse (the form's default is No).
+        row["cosell_visibletomicrosoft"] = json!(co_sell);
         if co_sell {
             row["cosell_helprequired"] = json!(100000003);
-            row["cosell_visibletomicrosoft"] = json!(true);
         }
         if invalid != Some("co-sell without a customer contact")
             && let Ok(contact) = dv.insert_row(
@@ -813,13 +853,20 @@ impl Sim {
                 .ok()
             });
         if let Some(s) = solution {
-            let _ = dv.associate("opportunity", opp, "cosell_opportunity_partnercentersolution", s);
+            let _ = dv.associate(
+                "opportunity",
+                opp,
+                "cosell_opportunity_partnercentersolution",
+                s,
+            );
         }
         self.history.event(format!(
             "pair {}: CRM seller creates opportunity {opp} ({}{})",
             self.pairs.len(),
             if co_sell { "co-sell" } else { "plain" },
-            invalid.map(|w| format!(", invalid: {w}")).unwrap_or_default()
+            invalid
+                .map(|w| format!(", invalid: {w}"))
+                .unwrap_or_default()
         ));
         self.pairs.push(Pair {
             origin: Side::Crm,
@@ -833,8 +880,8 @@ impl Sim {
 
     /// Qualifies (QualifyLead, as a seller does in the app) or disqualifies an open lead.
     async fn qualify_or_disqualify(&mut self, qualify: bool) {
-        let Some((i, found)) =
-            self.pick_pair(|_, f| f.opportunities.is_empty() && f.leads.iter().any(|l| l.state() == 0))
+        let Some((i, found)) = self
+            .pick_pair(|_, f| f.opportunities.is_empty() && f.leads.iter().any(|l| l.state() == 0))
         else {
             return;
         };
@@ -857,15 +904,24 @@ impl Sim {
                 .is_ok()
         };
         if ok {
-            let value = if qualify { "Active/Accepted" } else { "Closed/Declined" };
-            self.history.write(i, Side::Crm, Field::Status, value.into(), false);
+            let value = if qualify {
+                "Active/Accepted"
+            } else {
+                "Closed/Declined"
+            };
+            self.history
+                .write(i, Side::Crm, Field::Status, value.into(), false);
         }
     }
 
     /// Wins or loses an open opportunity (WinOpportunity / LoseOpportunity).
     async fn close_opportunity(&mut self, win: bool) {
+        // Deals are mostly closed after they reached Partner Center; now and then before.
+        let early = self.rng.random_bool(0.1);
         let Some((i, found)) = self.pick_pair(|p, f| {
-            p.invalid.is_none() && f.opportunities.iter().any(|o| o.state() == 0)
+            p.invalid.is_none()
+                && (early || f.referral().is_some())
+                && f.opportunities.iter().any(|o| o.state() == 0)
         }) else {
             return;
         };
@@ -878,18 +934,27 @@ impl Sim {
             .unfaulted(async move {
                 if win {
                     seller
-                        .win_opportunity(opp.id, &OpportunityClose::new("Won"), OpportunityStatus::Won)
+                        .win_opportunity(
+                            opp.id,
+                            &OpportunityClose::new("Won"),
+                            OpportunityStatus::Won,
+                        )
                         .await
                 } else {
                     seller
-                        .lose_opportunity(opp.id, &OpportunityClose::new("Lost"), OpportunityStatus::OutSold)
+                        .lose_opportunity(
+                            opp.id,
+                            &OpportunityClose::new("Lost"),
+                            OpportunityStatus::OutSold,
+                        )
                         .await
                 }
             })
             .await;
         if result.is_ok() {
             let value = if win { "Closed/Won" } else { "Closed/Lost" };
-            self.history.write(i, Side::Crm, Field::Status, value.into(), false);
+            self.history
+                .write(i, Side::Crm, Field::Status, value.into(), false);
         }
     }
 
@@ -899,9 +964,9 @@ impl Sim {
     /// before one of the engine's requests in the next pass, so it lands between the engine's
     /// read and its write.
     async fn concurrent_edit(&mut self) {
-        let Some((i, found)) = self.pick_pair(|_, f| {
-            open_referral(f) && f.crm().is_some_and(|c| c.state() == 0)
-        }) else {
+        let Some((i, found)) =
+            self.pick_pair(|_, f| open_referral(f) && f.crm().is_some_and(|c| c.state() == 0))
+        else {
             return;
         };
         let (Some(r), Some(c)) = (found.referral().cloned(), found.crm().cloned()) else {
@@ -917,8 +982,17 @@ impl Sim {
         };
         let pc_v = self.value_for(pc_field);
         let crm_v = self.value_for(crm_field);
-        if apply_edit(&self.pc(), &self.dv(), &Target::Referral(id.clone()), pc_field, &pc_v).is_ok() {
-            self.history.write(i, Side::PartnerCenter, pc_field, pc_v, false);
+        if apply_edit(
+            &self.pc(),
+            &self.dv(),
+            &Target::Referral(id.clone()),
+            pc_field,
+            &pc_v,
+        )
+        .is_ok()
+        {
+            self.history
+                .write(i, Side::PartnerCenter, pc_field, pc_v, false);
             self.deliver_hint(id.clone(), "referral-updated").await;
         }
         let target = Target::Row(c.table, c.id);
@@ -980,8 +1054,14 @@ fn apply_edit(
     match target {
         Target::Referral(id) => {
             let (path, v) = match field {
-                Field::DealValue => ("/details/dealValue", json!(value.parse::<f64>().unwrap_or(0.0))),
-                Field::CloseDate => ("/details/closingDateTime", json!(format!("{value}T00:00:00Z"))),
+                Field::DealValue => (
+                    "/details/dealValue",
+                    json!(value.parse::<f64>().unwrap_or(0.0)),
+                ),
+                Field::CloseDate => (
+                    "/details/closingDateTime",
+                    json!(format!("{value}T00:00:00Z")),
+                ),
                 Field::Notes => ("/details/notes", json!(value)),
                 _ => return Err("not editable".into()),
             };

@@ -97,11 +97,12 @@ fn retry() -> RetryPolicy {
 
 fn dataverse_client(sandbox: &Sandbox, transport: Arc<dyn HttpTransport>) -> DataverseClient {
     let urls = sandbox.urls();
-    let app = ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
-        .authority_host(urls.entra.as_str())
-        .transport(transport.clone())
-        .build()
-        .expect("credential");
+    let app =
+        ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
+            .authority_host(urls.entra.as_str())
+            .transport(transport.clone())
+            .build()
+            .expect("credential");
     DataverseClient::builder()
         .environment_url(urls.dataverse.clone())
         .credential(Arc::new(app))
@@ -119,7 +120,8 @@ impl World {
             .expect("in-process sandbox");
         let map = FieldMap::default();
         let seller = dataverse_client(&sandbox, sandbox.transport());
-        let reader = DataverseCrm::new(dataverse_client(&sandbox, sandbox.transport()), map.clone());
+        let reader =
+            DataverseCrm::new(dataverse_client(&sandbox, sandbox.transport()), map.clone());
         World {
             seed,
             sandbox,
@@ -149,11 +151,15 @@ impl World {
             .transport(transport.clone())
             .build()
             .expect("credential");
-        let app = ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
-            .authority_host(urls.entra.as_str())
-            .transport(transport.clone())
-            .build()
-            .expect("credential");
+        let app = ClientSecretCredential::builder(
+            SANDBOX_TENANT,
+            SANDBOX_CLIENT_ID,
+            SANDBOX_CLIENT_SECRET,
+        )
+        .authority_host(urls.entra.as_str())
+        .transport(transport.clone())
+        .build()
+        .expect("credential");
         let pc = PartnerCenterClient::builder()
             .referrals_endpoint(urls.referrals.clone())
             .webhooks_endpoint(urls.webhooks.clone())
@@ -187,7 +193,10 @@ impl World {
         let throttle = || Fault::throttle(Duration::from_secs(1));
         for svc in [Service::Referrals, Service::Dataverse] {
             for m in [Method::POST, Method::PATCH, Method::PUT, Method::DELETE] {
-                f.inject(svc, Fault::drop_after().on_method(m).probability(p.drop_after));
+                f.inject(
+                    svc,
+                    Fault::drop_after().on_method(m).probability(p.drop_after),
+                );
             }
             f.inject(svc, throttle().probability(p.throttle));
             f.inject(svc, Fault::status(503).probability(p.status));
@@ -200,7 +209,10 @@ impl World {
         }
         f.inject(Service::Entra, Fault::status(503).probability(p.token));
         f.inject(Service::Entra, throttle().probability(p.token / 2.0));
-        f.inject(Service::Entra, Fault::status(500).probability(p.token / 2.0));
+        f.inject(
+            Service::Entra,
+            Fault::status(500).probability(p.token / 2.0),
+        );
     }
 
     /// Runs a user's HTTP action with the faults off (users are not the system under test).
