@@ -4,10 +4,12 @@
 pub mod dataverse;
 pub mod entra;
 pub mod faults;
+pub mod in_process;
 pub mod partner_center;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -18,6 +20,7 @@ use url::Url;
 pub use dataverse::{DataverseEmulator, DataverseSchema};
 pub use entra::EntraStandIn;
 pub use faults::{Fault, FaultKind, Faults, Service};
+pub use in_process::InProcessTransport;
 pub use partner_center::PartnerCenterEmulator;
 
 /// The base URLs of a running sandbox, one listener per emulated host.
@@ -47,6 +50,17 @@ pub struct EmulatorContext {
     /// Seed for generated data.
     pub seed: u64,
 }
+
+/// The ports an in-process sandbox names in its URLs when none are given: low, privileged ports
+/// nothing on a developer machine listens on, so a request that escaped the in-process transport
+/// fails to connect instead of reaching something real.
+pub const IN_PROCESS_PORTS: SandboxPorts = SandboxPorts {
+    entra: 1,
+    referrals: 2,
+    webhooks: 3,
+    certificates: 4,
+    dataverse: 5,
+};
 
 /// Fixed ports for a standalone sandbox (0 = any free port).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,17 +139,98 @@ impl SandboxBuilder {
         let webhooks_l = bind(self.ports.webhooks).await?;
         let certificates_l = bind(self.ports.certificates).await?;
         let dataverse_l = bind(self.ports.dataverse).await?;
-        let base = |l: &TcpListener, path: &str| -> io::Result<Url> {
-            let addr = l.local_addr()?;
+        let port = |l: &TcpListener| l.local_addr().map(|a| a.port());
+        let ports = SandboxPorts {
+            entra: port(&entra_l)?,
+            referrals: port(&referrals_l)?,
+            webhooks: port(&webhooks_l)?,
+            certificates: port(&certificates_l)?,
+            dataverse: port(&dataverse_l)?,
+        };
+        let mut sandbox = self.assemble(ports)?;
+        let routers = sandbox.transport.routers();
+        let mut tasks = JoinSet::new();
+        for listener in [
+            entra_l,
+            referrals_l,
+            webhooks_l,
+            certificates_l,
+            dataverse_l,
+        ] {
+            let Some(router) = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| routers.get(&a.port()).cloned())
+            else {
+                continue;
+            };
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "sandbox listener stopped");
+                }
+            });
+        }
+        sandbox.partner_center.start_background(&mut tasks);
+        sandbox.tasks = tasks;
+        Ok(sandbox)
+    }
+
+    /// Builds the sandbox without sockets and without background tasks: its URLs name
+    /// `http://<ip>:<port>/…` on ports that are never bound (the [`ports`](Self::ports) given,
+    /// else [`IN_PROCESS_PORTS`]), and [`Sandbox::transport`] serves them in process, through
+    /// the same fault middleware and counters as the listeners. Safe under paused tokio time and
+    /// deterministic for a given seed; needs no runtime to build.
+    ///
+    /// Webhook deliveries are not sent in this mode (there is no delivery worker): push inbox
+    /// hints yourself, or call [`PartnerCenterEmulator::start_background`] on a task set whose
+    /// deliveries go through [`PartnerCenterEmulator::set_delivery_transport`].
+    ///
+    /// ```
+    /// let sandbox = cosell_sandbox::Sandbox::builder().seed(7).start_in_process().unwrap();
+    /// assert_eq!(sandbox.urls().dataverse.as_str(), "http://127.0.0.1:5/");
+    /// ```
+    pub fn start_in_process(self) -> io::Result<Sandbox> {
+        let given = self.ports;
+        let pick = |p: u16, default: u16| if p == 0 { default } else { p };
+        let d = IN_PROCESS_PORTS;
+        let ports = SandboxPorts {
+            entra: pick(given.entra, d.entra),
+            referrals: pick(given.referrals, d.referrals),
+            webhooks: pick(given.webhooks, d.webhooks),
+            certificates: pick(given.certificates, d.certificates),
+            dataverse: pick(given.dataverse, d.dataverse),
+        };
+        self.assemble(ports)
+    }
+
+    /// The emulators, their URLs on `ports` and the in-process transport over their routers.
+    fn assemble(self, ports: SandboxPorts) -> io::Result<Sandbox> {
+        let mut seen = std::collections::BTreeSet::new();
+        for p in [
+            ports.entra,
+            ports.referrals,
+            ports.webhooks,
+            ports.certificates,
+            ports.dataverse,
+        ] {
+            if !seen.insert(p) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("port {p} is given to two emulated hosts"),
+                ));
+            }
+        }
+        let base = |port: u16, path: &str| -> io::Result<Url> {
+            let addr = SocketAddr::new(self.ip, port);
             Url::parse(&format!("http://{addr}/{path}"))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
         };
         let urls = SandboxUrls {
-            entra: base(&entra_l, "")?,
-            referrals: base(&referrals_l, "v1.0/engagements/")?,
-            webhooks: base(&webhooks_l, "webhooks/v1/")?,
-            certificates: base(&certificates_l, "")?,
-            dataverse: base(&dataverse_l, "")?,
+            entra: base(ports.entra, "")?,
+            referrals: base(ports.referrals, "v1.0/engagements/")?,
+            webhooks: base(ports.webhooks, "webhooks/v1/")?,
+            certificates: base(ports.certificates, "")?,
+            dataverse: base(ports.dataverse, "")?,
         };
         let entra = EntraStandIn::new(self.token_lifetime);
         let faults = Faults::new(self.seed);
@@ -157,38 +252,45 @@ impl SandboxBuilder {
                 faults::middleware,
             ))
         };
-        let mut tasks = JoinSet::new();
-        for (listener, router) in [
-            (entra_l, with_faults(entra.router(), Service::Entra)),
-            (
-                referrals_l,
-                with_faults(partner_center.referrals_router(), Service::Referrals),
-            ),
-            (
-                webhooks_l,
-                with_faults(partner_center.webhooks_router(), Service::Webhooks),
-            ),
-            // The certificate host is Microsoft's storage, not an API: no faults, not counted.
-            (certificates_l, partner_center.certificates_router()),
-            (
-                dataverse_l,
-                with_faults(dataverse.router(), Service::Dataverse),
-            ),
-        ] {
-            tasks.spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    tracing::error!(error = %e, "sandbox listener stopped");
-                }
-            });
-        }
-        partner_center.start_background(&mut tasks);
+        let transport = InProcessTransport::new(
+            self.ip.to_string(),
+            [
+                (
+                    ports.entra,
+                    "entra",
+                    with_faults(entra.router(), Service::Entra),
+                ),
+                (
+                    ports.referrals,
+                    "referrals",
+                    with_faults(partner_center.referrals_router(), Service::Referrals),
+                ),
+                (
+                    ports.webhooks,
+                    "webhooks",
+                    with_faults(partner_center.webhooks_router(), Service::Webhooks),
+                ),
+                // The certificate host is Microsoft's storage, not an API: no faults, not counted.
+                (
+                    ports.certificates,
+                    "certificates",
+                    partner_center.certificates_router(),
+                ),
+                (
+                    ports.dataverse,
+                    "dataverse",
+                    with_faults(dataverse.router(), Service::Dataverse),
+                ),
+            ],
+        );
         Ok(Sandbox {
             urls,
             entra,
             faults,
             partner_center,
             dataverse,
-            tasks,
+            transport: Arc::new(transport),
+            tasks: JoinSet::new(),
         })
     }
 }
@@ -211,6 +313,7 @@ pub struct Sandbox {
     faults: Faults,
     partner_center: PartnerCenterEmulator,
     dataverse: DataverseEmulator,
+    transport: Arc<InProcessTransport>,
     tasks: JoinSet<()>,
 }
 
@@ -248,6 +351,14 @@ impl Sandbox {
     /// The Dataverse emulator: tables, rows, limits.
     pub fn dataverse(&self) -> &DataverseEmulator {
         &self.dataverse
+    }
+
+    /// A transport that serves every emulated host in process (no socket), through the fault
+    /// middleware and counters: give it to the clients and credentials with their
+    /// `.transport(…)` builder methods. The only way to reach an in-process sandbox
+    /// ([`SandboxBuilder::start_in_process`]); with listeners it skips the sockets.
+    pub fn transport(&self) -> Arc<dyn cosell_http::HttpTransport> {
+        self.transport.clone()
     }
 
     /// Stops every listener and background task.

@@ -1,0 +1,437 @@
+//! The invariants, checked against the emulators' own state after quiescence.
+//!
+//! What each checker cannot see is said next to it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use cosell::mapping::{FieldId, RecordKind};
+use cosell::partner_center::models::Referral;
+use cosell::sync::Crm;
+use cosell::sync::store::StateStore;
+
+use super::workload::{Field, Found, Side, Sim, Write, crm_value, find, is_ours, pc_value};
+
+/// One broken invariant.
+#[derive(Debug, Clone)]
+pub(crate) struct Violation {
+    /// `a-no-duplicates`, `b-linked`, `c-fields-agree`, `d-last-write-survives`,
+    /// `e-dead-letters`, `f-idle-round`, `quiescence`.
+    pub(crate) invariant: &'static str,
+    /// The pair concerned (index into the seed's pairs).
+    pub(crate) pair: Option<usize>,
+    pub(crate) detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pair {
+            Some(p) => write!(f, "{} (pair {p}): {}", self.invariant, self.detail),
+            None => write!(f, "{}: {}", self.invariant, self.detail),
+        }
+    }
+}
+
+fn v(invariant: &'static str, pair: Option<usize>, detail: impl Into<String>) -> Violation {
+    Violation {
+        invariant,
+        pair,
+        detail: detail.into(),
+    }
+}
+
+/// The fields compared in (c): those the mapping syncs both ways and Partner Center can change
+/// after creation. Not compared: the name (Partner Center cannot rename), the customer and
+/// address (not writable in Partner Center after creation), contacts and solutions (lists
+/// merged by the engine's own rules; not part of this workload).
+fn compared(kind: RecordKind) -> &'static [FieldId] {
+    match kind {
+        RecordKind::Opportunity => &[
+            FieldId::Status,
+            FieldId::DealValue,
+            FieldId::Currency,
+            FieldId::CloseDate,
+            FieldId::Notes,
+            FieldId::HelpRequired,
+            FieldId::VisibleToMicrosoft,
+            FieldId::MicrosoftCrmId,
+        ],
+        // A lead carries no help, visibility or Microsoft CRM id columns.
+        RecordKind::Lead => &[
+            FieldId::Status,
+            FieldId::DealValue,
+            FieldId::Currency,
+            FieldId::CloseDate,
+            FieldId::Notes,
+        ],
+    }
+}
+
+/// Every invariant; `idle_writes` are the writes of the final idle round.
+pub(crate) async fn check(sim: &Sim, quiet: bool, idle_writes: &[String]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    if !quiet {
+        out.push(v(
+            "quiescence",
+            None,
+            "eight fault-free rounds still wrote something",
+        ));
+    }
+    let found: Vec<Found> = sim.pairs.iter().map(|p| find(&sim.world, p)).collect();
+    no_duplicates(sim, &found, &mut out).await;
+    linked(sim, &found, &mut out).await;
+    fields_agree(sim, &found, &mut out).await;
+    last_writes_survive(sim, &found, &mut out);
+    dead_letters(sim, &mut out).await;
+    if !idle_writes.is_empty() {
+        out.push(v(
+            "f-idle-round",
+            None,
+            format!("a final idle round wrote: {}", idle_writes.join(", ")),
+        ));
+    }
+    out
+}
+
+/// (a) No duplicates, counted on the emulators: one referral per `externalReferenceId`, one
+/// opportunity and one lead per pair, and the store's links a bijection onto real rows.
+/// Cannot see: a duplicate the engine made and then lost all trace of *and* that names
+/// neither the pair's referral id nor its CRM id (a referral with no `externalReferenceId` is
+/// caught only by the per-pair referral count of CRM-born pairs).
+async fn no_duplicates(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
+    let pc = sim.world.sandbox.partner_center();
+    let mut by_ext: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in pc.referrals().iter().filter(|r| is_ours(r)) {
+        if let Some(ext) = r["externalReferenceId"].as_str() {
+            by_ext
+                .entry(ext.to_string())
+                .or_default()
+                .push(r["id"].as_str().unwrap_or("?").to_string());
+        }
+    }
+    for (ext, ids) in by_ext.iter().filter(|(_, ids)| ids.len() > 1) {
+        let pair = sim
+            .pairs
+            .iter()
+            .position(|p| p.opportunity.map(|o| o.to_string()).as_deref() == Some(ext));
+        out.push(v(
+            "a-no-duplicates",
+            pair,
+            format!(
+                "{} referrals with externalReferenceId {ext}: {ids:?}",
+                ids.len()
+            ),
+        ));
+    }
+    for (i, f) in found.iter().enumerate() {
+        if f.referrals.len() > 1 && sim.pairs[i].origin == Side::PartnerCenter {
+            out.push(v("a-no-duplicates", Some(i), "several referrals"));
+        }
+        if f.opportunities.len() > 1 {
+            let ids: Vec<String> = f
+                .opportunities
+                .iter()
+                .map(|o| format!("{} (state {})", o.id, o.state()))
+                .collect();
+            out.push(v(
+                "a-no-duplicates",
+                Some(i),
+                format!("{} opportunities: {}", ids.len(), ids.join(", ")),
+            ));
+        }
+        if f.leads.len() > 1 {
+            out.push(v(
+                "a-no-duplicates",
+                Some(i),
+                format!("{} leads", f.leads.len()),
+            ));
+        }
+    }
+    let links = sim.world.store.links().await.unwrap_or_default();
+    let mut by_crm: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for l in &links {
+        let Some(crm_id) = l.crm_id.clone() else {
+            continue;
+        };
+        by_crm
+            .entry((l.crm_entity.clone(), crm_id))
+            .or_default()
+            .push(l.referral_id.clone());
+    }
+    for ((entity, id), refs) in by_crm.iter().filter(|(_, r)| r.len() > 1) {
+        out.push(v(
+            "a-no-duplicates",
+            None,
+            format!(
+                "{entity} {id} is linked to {} referrals: {refs:?}",
+                refs.len()
+            ),
+        ));
+    }
+}
+
+/// (b) Every eligible record linked: every referral Microsoft sent has its CRM record, every
+/// valid opportunity with sync on has its referral, both carry each other's identity, and the
+/// store links exactly those two. Invalid records must have no referral.
+async fn linked(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
+    for (i, (pair, f)) in sim.pairs.iter().zip(found).enumerate() {
+        let referral_id = f
+            .referral()
+            .and_then(|r| r["id"].as_str())
+            .map(str::to_string);
+        if pair.invalid.is_some() {
+            if let Some(r) = &referral_id {
+                out.push(v(
+                    "b-linked",
+                    Some(i),
+                    format!("an invalid record got referral {r}"),
+                ));
+            }
+            continue;
+        }
+        let (Some(referral_id), Some(crm)) = (referral_id, f.crm()) else {
+            out.push(v(
+                "b-linked",
+                Some(i),
+                format!(
+                    "{}: {} referral(s), {} opportunity(ies), {} lead(s)",
+                    pair.label,
+                    f.referrals.len(),
+                    f.opportunities.len(),
+                    f.leads.len()
+                ),
+            ));
+            continue;
+        };
+        if crm.row["cosell_referralid"].as_str() != Some(referral_id.as_str()) {
+            out.push(v(
+                "b-linked",
+                Some(i),
+                format!(
+                    "{} {} carries referral id {} instead of {referral_id}",
+                    crm.table, crm.id, crm.row["cosell_referralid"]
+                ),
+            ));
+        }
+        match sim.world.store.link_by_referral(&referral_id).await {
+            Ok(Some(l)) if l.crm_entity == crm.table && l.crm_id == Some(crm.id.to_string()) => {}
+            Ok(Some(l)) => out.push(v(
+                "b-linked",
+                Some(i),
+                format!(
+                    "the store links referral {referral_id} to {} {}, the CRM record is {} {}",
+                    l.crm_entity,
+                    l.crm_id.as_deref().unwrap_or("(unconfirmed)"),
+                    crm.table,
+                    crm.id
+                ),
+            )),
+            _ => out.push(v(
+                "b-linked",
+                Some(i),
+                format!("no link for referral {referral_id}"),
+            )),
+        }
+    }
+}
+
+/// (c) Mapped fields agree: both sides mapped through the engine's own `FieldMap`, the CRM
+/// record read with the engine's adapter. The CRM snapshot takes the referral's snapshot as its
+/// base, so fields a CRM table does not carry are carried over (and agree by construction) and
+/// a CRM state that maps to several referral states resolves to the referral's when compatible.
+/// Cannot see: fields outside [`compared`].
+async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
+    let map = &sim.world.map;
+    for (i, (pair, f)) in sim.pairs.iter().zip(found).enumerate() {
+        if pair.invalid.is_some() {
+            continue;
+        }
+        let (Some(r), Some(crm)) = (f.referral(), f.crm()) else {
+            continue;
+        };
+        let referral: Referral = match serde_json::from_value(r.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!("unreadable referral: {e}"),
+                ));
+                continue;
+            }
+        };
+        let pc_snap = match map.snapshot_from_referral(&referral) {
+            Ok(s) => s,
+            Err(e) => {
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!("referral does not map: {e}"),
+                ));
+                continue;
+            }
+        };
+        let kind = if crm.table == "lead" {
+            RecordKind::Lead
+        } else {
+            RecordKind::Opportunity
+        };
+        let row = match sim.world.reader.read(kind, &crm.id.to_string()).await {
+            Ok(Some(row)) => row,
+            other => {
+                out.push(v("c-fields-agree", Some(i), format!("CRM read: {other:?}")));
+                continue;
+            }
+        };
+        let crm_snap = match map.snapshot_from_crm(&row.records, Some(&pc_snap)) {
+            Ok(s) => s,
+            Err(e) => {
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!("CRM record does not map: {e}"),
+                ));
+                continue;
+            }
+        };
+        for field in compared(kind) {
+            let (a, b) = (pc_snap.get(*field), crm_snap.get(*field));
+            if a != b {
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!(
+                        "{}: Partner Center {} ≠ CRM {} {}",
+                        field.as_str(),
+                        show(a),
+                        crm.table,
+                        show(b)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn show<T: fmt::Debug>(v: Option<&T>) -> String {
+    match v {
+        Some(v) => format!("{v:?}"),
+        None => "(none)".into(),
+    }
+}
+
+/// (d) For each field, the last write of a side survives: if only one side wrote it, that
+/// side's last value is the final one; if both did, the final value is one of their last
+/// values, and it must be the *later* one when the earlier write had been seen on both sides
+/// before the later write happened (a sequence, not a conflict: ownership decides only true
+/// conflicts). The final value is read from Partner Center ((c) holds the CRM to it).
+/// Cannot see: agreements between two observations (they are taken after every finished pass),
+/// so a write synced and overwritten within one pass counts as a conflict (the weaker check).
+fn last_writes_survive(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
+    let writes = sim.history.writes();
+    let agreements = sim.history.agreements();
+    for (i, (pair, f)) in sim.pairs.iter().zip(found).enumerate() {
+        if pair.invalid.is_some() {
+            continue;
+        }
+        let Some(r) = f.referral() else { continue };
+        for field in [
+            Field::DealValue,
+            Field::CloseDate,
+            Field::Notes,
+            Field::MicrosoftCrmId,
+            Field::Status,
+        ] {
+            let last = |side: Side| -> Option<&Write> {
+                writes
+                    .iter()
+                    .filter(|w| w.pair == i && w.field == field && w.side == side)
+                    .max_by_key(|w| w.clock)
+            };
+            let (crm, pc) = (last(Side::Crm), last(Side::PartnerCenter));
+            let final_pc = pc_value(r, field);
+            let final_crm = f.crm().and_then(|c| crm_value(c, field));
+            let expected: Vec<&Write> = match (crm, pc) {
+                (None, None) => continue,
+                (Some(w), None) | (None, Some(w)) => vec![w],
+                (Some(a), Some(b)) => {
+                    let (earlier, later) = if a.clock < b.clock { (a, b) } else { (b, a) };
+                    let seen = agreements.iter().any(|g| {
+                        g.pair == i
+                            && g.field == field
+                            && g.value == earlier.value
+                            && g.clock > earlier.clock
+                            && g.clock < later.clock
+                    });
+                    if seen { vec![later] } else { vec![a, b] }
+                }
+            };
+            if expected
+                .iter()
+                .any(|w| final_pc.as_deref() == Some(w.value.as_str()))
+            {
+                continue;
+            }
+            let wanted: Vec<String> = expected
+                .iter()
+                .map(|w| {
+                    let when = if w.mid_pass { ", during a pass" } else { "" };
+                    format!("{} {} (step {}{when})", w.side, w.value, w.step)
+                })
+                .collect();
+            out.push(v(
+                "d-last-write-survives",
+                Some(i),
+                format!(
+                    "{field:?}: Partner Center holds {}, CRM {}; expected {}",
+                    final_pc.as_deref().unwrap_or("(none)"),
+                    final_crm.as_deref().unwrap_or("(none)"),
+                    wanted.join(" or ")
+                ),
+            ));
+        }
+    }
+}
+
+/// (e) Nothing dead-lettered but the deliberately invalid records, and no create intent left
+/// unresolved. Cannot see: an invalid record that was never even tried (caught by (b) only if
+/// it got a referral).
+async fn dead_letters(sim: &Sim, out: &mut Vec<Violation>) {
+    let invalid: Vec<String> = sim
+        .pairs
+        .iter()
+        .filter(|p| p.invalid.is_some())
+        .filter_map(|p| p.opportunity.map(|o| format!("opportunity:{o}")))
+        .collect();
+    for d in sim.world.store.dead_letters().await.unwrap_or_default() {
+        if !invalid.contains(&d.key) {
+            let pair = sim.pairs.iter().position(|p| {
+                p.opportunity
+                    .is_some_and(|o| d.key.ends_with(&o.to_string()))
+                    || p.referral_id.as_deref().is_some_and(|r| d.key.ends_with(r))
+            });
+            out.push(v(
+                "e-dead-letters",
+                pair,
+                format!("{} ({} attempts): {}", d.key, d.attempts, d.error),
+            ));
+        }
+    }
+    for intent in sim.world.store.intents().await.unwrap_or_default() {
+        let pair = sim
+            .pairs
+            .iter()
+            .position(|p| p.opportunity.map(|o| o.to_string()) == Some(intent.crm_id.clone()));
+        let invalid = pair.is_some_and(|p| sim.pairs[p].invalid.is_some());
+        if !invalid {
+            out.push(v(
+                "e-dead-letters",
+                pair,
+                format!(
+                    "create intent for {} {} still unresolved after {} attempt(s)",
+                    intent.crm_entity, intent.crm_id, intent.attempts
+                ),
+            ));
+        }
+    }
+}
