@@ -294,7 +294,15 @@ async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
                 continue;
             }
         };
+        // A closed referral takes no more updates ("terminal states from which no further
+        // updates to the deal are possible", Partner Center's co-sell docs): a seller's edit the
+        // engine had not carried over before Microsoft closed it stays in the CRM alone (the
+        // engine audits it as not written). Only the status must agree then; (d) checks the CRM.
+        let pc_terminal = pc_snap.status().is_some_and(|s| s.is_terminal());
         for field in compared(kind) {
+            if pc_terminal && *field != FieldId::Status {
+                continue;
+            }
             let (a, b) = (pc_snap.get(*field), crm_snap.get(*field));
             if a != b {
                 out.push(v(
@@ -366,9 +374,18 @@ fn last_writes_survive(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
                     if seen { vec![later] } else { vec![a, b] }
                 }
             };
+            // Once the referral is closed Partner Center is frozen; the CRM must then hold the
+            // value that survives (see (c)).
+            let held_by_crm = f
+                .crm()
+                .is_some_and(|c| c.table == "opportunity" || field != Field::MicrosoftCrmId);
+            let frozen = field != Field::Status
+                && held_by_crm
+                && final_pc_status(r).is_some_and(|s| s.starts_with("Closed"));
+            let final_value = if frozen { &final_crm } else { &final_pc };
             if expected
                 .iter()
-                .any(|w| final_pc.as_deref() == Some(w.value.as_str()))
+                .any(|w| final_value.as_deref() == Some(w.value.as_str()))
             {
                 continue;
             }
@@ -391,6 +408,10 @@ fn last_writes_survive(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
             ));
         }
     }
+}
+
+fn final_pc_status(r: &serde_json::Value) -> Option<String> {
+    pc_value(r, Field::Status)
 }
 
 /// (e) Nothing dead-lettered but the deliberately invalid records, and no create intent left

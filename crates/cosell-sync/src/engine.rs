@@ -454,6 +454,15 @@ fn is_empty_value(v: Option<&FieldValue>) -> bool {
     }
 }
 
+/// Where an adopted referral came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The answer of our own create: exactly what Partner Center holds.
+    Created,
+    /// Found afterwards (a lost answer, a crash, lost state): it may have changed since.
+    Found,
+}
+
 /// The CRM side of a pass: the row (if it exists yet) and what it was last known to hold.
 struct CrmSide {
     /// The row the pair's CRM side is now (`None`: not created yet).
@@ -613,7 +622,9 @@ impl Engine {
                 .is_none_or(|r| r == id)
         {
             let intent = self.intent_of(row.kind, &row.id).await?;
-            return self.adopt(referral, row, intent.as_ref()).await;
+            return self
+                .adopt(referral, row, intent.as_ref(), Origin::Found)
+                .await;
         }
         let snapshot = map.snapshot_from_referral(&referral)?;
         let kind = map
@@ -675,11 +686,27 @@ impl Engine {
         referral: Referral,
         row: CrmRow,
         intent: Option<&CreateIntent>,
+        origin: Origin,
     ) -> Result<Outcome, Failure> {
         let id = referral.id.clone().unwrap_or_default();
         let plan = match intent.and_then(|i| i.target.as_ref()) {
             Some(t) => decode("intent target snapshot", t)?,
             None => MappedSnapshot::new(),
+        };
+        // What Partner Center held once the create was done. Straight from the create's answer
+        // it is exact (Partner Center sets a new referral's status itself: that is not
+        // Microsoft's edit). Found later, it is what was sent, with the status Partner Center
+        // gave it unless Microsoft has since closed it.
+        let pc_known = match origin {
+            Origin::Created => self.inner.map.snapshot_from_referral(&referral)?,
+            Origin::Found => {
+                let mut known = plan.clone();
+                let status = self.inner.map.snapshot_from_referral(&referral)?;
+                if let Some(st) = status.status().filter(|s| !s.is_terminal()) {
+                    known.set(FieldId::Status, FieldValue::Status(st.clone()));
+                }
+                known
+            }
         };
         if self.inner.config.dry_run {
             return Ok(
@@ -698,7 +725,7 @@ impl Engine {
             crm_etag: intent.and_then(|i| i.crm_etag.clone()),
             target: encode(&plan),
             crm_known: None,
-            pc_known: None,
+            pc_known: known_value(&pc_known, &plan),
             in_sync: false,
             synced_at: now(),
         };
@@ -800,6 +827,23 @@ impl Engine {
                 lead: None,
             });
         };
+        if link.crm_id.is_none() {
+            // Our create landed but its answer was lost: the row holds what was sent, in the
+            // state a create starts in (open); the status steps after it are still pending.
+            let mut known = sides.crm.clone();
+            let open = self.open_status(row.kind);
+            let state = map
+                .config()
+                .status
+                .referral_state(open, sides.target.status())?;
+            known.set(FieldId::Status, FieldValue::Status(state));
+            return Ok(CrmSide {
+                row: Some(row),
+                known,
+                lead_to_close: None,
+                lead: None,
+            });
+        }
         if row.kind != RecordKind::Lead {
             return Ok(CrmSide {
                 row: Some(row),
@@ -867,6 +911,12 @@ impl Engine {
             if is_empty_value(opp_snapshot.get(field)) {
                 known.set_opt(field, opp_snapshot.get(field).cloned());
             }
+        }
+        if lead_to_close.is_some() {
+            // The lead is still open, so no seller qualified it: the opportunity is ours, from
+            // an earlier attempt of this transition, and where its status stands is our pending
+            // work.
+            known.set_opt(FieldId::Status, opp_snapshot.get(FieldId::Status).cloned());
         }
         Ok(CrmSide {
             row: Some(opp),
@@ -990,6 +1040,24 @@ impl Engine {
                     pc_target.set_opt(*field, raw_pc.get(*field).cloned());
                 }
             }
+        }
+        if std::env::var("COSELL_DEBUG").is_ok() {
+            eprintln!(
+                "DEBUG pair {} link {}:{:?} in_sync={} row={:?} switched={} lead_to_close={:?}\n   T={:?}\n   Lc={:?} Rc={:?}\n   Lp={:?} Rp={:?}\n   T'={:?}",
+                link.referral_id,
+                link.crm_entity,
+                link.crm_id,
+                link.in_sync,
+                row.as_ref().map(|r| (r.kind, r.id.clone())),
+                switched,
+                lead_to_close.as_ref().map(|r| r.id.clone()),
+                sides.target.status(),
+                sides.crm.status(),
+                raw_crm.status(),
+                sides.pc.status(),
+                raw_pc.status(),
+                target.status()
+            );
         }
         let conflicts: Vec<String> = merged
             .conflicts
@@ -1155,6 +1223,8 @@ impl Engine {
                 lead_to_close.as_ref(),
                 write_fields,
                 &message,
+                &crm_view,
+                (&mut updated, &mut now_sides),
             ))
             .await?;
             wrote.push(format!("{} updated", entity_name(written.0)));
@@ -1362,17 +1432,13 @@ impl Engine {
         lead_to_close: Option<&CrmRow>,
         write_fields: bool,
         message: &str,
+        crm_view: &MappedSnapshot,
+        progress: (&mut Link, &mut Sides),
     ) -> Result<(RecordKind, String, Option<String>), Failure> {
         let inner = &self.inner;
         let map = &inner.map;
-        let open = |kind: RecordKind| CrmStatus {
-            kind,
-            statecode: cosell_mapping::STATE_OPEN,
-            statuscode: match kind {
-                RecordKind::Lead => map.config().status.lead.open,
-                RecordKind::Opportunity => map.config().status.opportunity.open,
-            },
-        };
+        let (link, sides) = progress;
+        let open = |kind| self.open_status(kind);
         let same_row = row.filter(|r| r.kind == payload.kind);
         let mut from = same_row.and_then(current_status);
         let mut etag = same_row.and_then(|r| r.etag.clone());
@@ -1397,6 +1463,7 @@ impl Engine {
                     .await?;
                 from = Some(reopen);
                 etag = None;
+                self.record_crm(link, sides, reopen, None).await?;
             }
             let basis = match same_row {
                 Some(r) => &r.records.primary,
@@ -1426,8 +1493,19 @@ impl Engine {
             (None, None) => None,
         };
         let steps = map.config().status.steps(from, payload.status);
-        let ran = !steps.is_empty();
-        for step in steps {
+        let close_lead_after = same_row.is_some() && lead_to_close.is_some();
+        let ran = !steps.is_empty() || close_lead_after;
+        // Where the written row stands now, recorded whenever more steps follow: if one of them
+        // fails, the next pass must see the row's interim state as our pending work, never as
+        // the seller reopening, qualifying or closing the deal.
+        let mut at = from
+            .filter(|s| s.kind == payload.kind)
+            .unwrap_or_else(|| open(payload.kind));
+        if write_fields && ran {
+            self.record_crm(link, sides, at, Some(crm_view)).await?;
+        }
+        let last = steps.len();
+        for (i, step) in steps.into_iter().enumerate() {
             let lead_step = matches!(step, StatusStep::QualifyLead { .. })
                 || matches!(
                     step,
@@ -1442,18 +1520,44 @@ impl Engine {
                         .crm
                         .apply_status(RecordKind::Lead, &lead.id, &step)
                         .await?;
+                    if matches!(step, StatusStep::QualifyLead { .. }) {
+                        at = open(RecordKind::Opportunity);
+                    }
                 }
                 _ if lead_step && payload.kind == RecordKind::Opportunity => {
                     // The lead is already closed (qualified by the seller).
                 }
                 _ => {
                     inner.crm.apply_status(payload.kind, &id, &step).await?;
+                    at = match step {
+                        StatusStep::QualifyLead { .. } => open(RecordKind::Opportunity),
+                        StatusStep::WinOpportunity { status } => CrmStatus {
+                            kind: RecordKind::Opportunity,
+                            statecode: cosell_mapping::STATE_WON,
+                            statuscode: status,
+                        },
+                        StatusStep::LoseOpportunity { status } => CrmStatus {
+                            kind: RecordKind::Opportunity,
+                            statecode: cosell_mapping::STATE_LOST,
+                            statuscode: status,
+                        },
+                        StatusStep::SetState {
+                            kind,
+                            statecode,
+                            statuscode,
+                        } => CrmStatus {
+                            kind,
+                            statecode,
+                            statuscode,
+                        },
+                    };
                 }
             }
+            if i + 1 < last || close_lead_after {
+                self.record_crm(link, sides, at, None).await?;
+            }
         }
-        if same_row.is_some()
-            && let Some(lead) = lead_to_close
-        {
+        if close_lead_after && let Some(lead) = lead_to_close {
             // The opportunity existed already (a seller's QualifyLead, or an earlier attempt):
             // close the lead it replaces.
             inner
@@ -1475,6 +1579,43 @@ impl Engine {
                 .and_then(|r| r.etag);
         }
         Ok((payload.kind, id, etag))
+    }
+
+    /// The open status of a record kind (where a create lands, what a reopen sets).
+    fn open_status(&self, kind: RecordKind) -> CrmStatus {
+        let codes = &self.inner.map.config().status;
+        CrmStatus {
+            kind,
+            statecode: cosell_mapping::STATE_OPEN,
+            statuscode: match kind {
+                RecordKind::Lead => codes.lead.open,
+                RecordKind::Opportunity => codes.opportunity.open,
+            },
+        }
+    }
+
+    /// Records what the CRM side holds part-way through its writes: `fields` once written, and
+    /// the status the row stands at.
+    async fn record_crm(
+        &self,
+        link: &mut Link,
+        sides: &mut Sides,
+        status: CrmStatus,
+        fields: Option<&MappedSnapshot>,
+    ) -> Result<(), Failure> {
+        if let Some(f) = fields {
+            sides.crm = f.clone();
+        }
+        let state = self
+            .inner
+            .map
+            .config()
+            .status
+            .referral_state(status, sides.target.status())?;
+        sides.crm.set(FieldId::Status, FieldValue::Status(state));
+        sides.store_in(link);
+        link.crm_etag = None;
+        self.commit(Commit::new().link(link.clone())).await
     }
 
     // ------------------------------------------------------------------ CRM side
@@ -1563,7 +1704,10 @@ impl Engine {
         if let Some(referral_id) = map.referral_id_of(kind, &row.records.primary) {
             // It names a referral but has no link (state lost or restored): adopt the pair.
             let referral = inner.pc.get_referral(&referral_id).await?;
-            return self.adopt(referral, row, pending.as_ref()).await.map(Some);
+            return self
+                .adopt(referral, row, pending.as_ref(), Origin::Found)
+                .await
+                .map(Some);
         }
         // An earlier attempt may have created the referral before we lost track of it.
         if let Some(intent) = &pending {
@@ -1573,7 +1717,10 @@ impl Engine {
                 .find_by_external_reference(&intent.external_reference_id, since)
                 .await?
             {
-                return self.adopt(found, row, Some(intent)).await.map(Some);
+                return self
+                    .adopt(found, row, Some(intent), Origin::Found)
+                    .await
+                    .map(Some);
             }
         }
         let snapshot = map.snapshot_from_crm(&row.records, None)?;
@@ -1599,13 +1746,13 @@ impl Engine {
         let recorded_at = intent.recorded_at;
         // Durable before the POST: this is what makes the create recoverable.
         self.commit(Commit::new().intent(intent.clone())).await?;
-        let created = match inner.pc.create_referral(&body).await {
-            Ok(r) => r,
+        let (created, origin) = match inner.pc.create_referral(&body).await {
+            Ok(r) => (r, Origin::Created),
             Err(e) if e.kind() == RemoteErrorKind::UnknownOutcome => {
                 tracing::warn!(error = %e, "create outcome unknown; looking the referral up");
                 let since = recorded_at - chrono::Duration::minutes(10);
                 match inner.pc.find_by_external_reference(id, since).await? {
-                    Some(found) => found,
+                    Some(found) => (found, Origin::Found),
                     // Not there: the intent stays, and the next pass tries again.
                     None => return Err(Failure::Remote(e)),
                 }
@@ -1619,7 +1766,9 @@ impl Engine {
             }
         };
         self.count_synced(Direction::ToPartnerCenter);
-        self.adopt(created, row, Some(&intent)).await.map(Some)
+        self.adopt(created, row, Some(&intent), origin)
+            .await
+            .map(Some)
     }
 
     // ------------------------------------------------------------------ failures
