@@ -297,10 +297,11 @@ async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
         // A closed referral takes no more updates ("terminal states from which no further
         // updates to the deal are possible", Partner Center's co-sell docs): a seller's edit the
         // engine had not carried over before Microsoft closed it stays in the CRM alone (the
-        // engine audits it as not written). Only the status must agree then; (d) checks the CRM.
+        // engine audits it as not written), as does a status the seller set after seeing the
+        // close. (d) checks that the CRM holds what survives.
         let pc_terminal = pc_snap.status().is_some_and(|s| s.is_terminal());
         for field in compared(kind) {
-            if pc_terminal && *field != FieldId::Status {
+            if pc_terminal {
                 continue;
             }
             let (a, b) = (pc_snap.get(*field), crm_snap.get(*field));
@@ -379,10 +380,12 @@ fn last_writes_survive(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
             let held_by_crm = f
                 .crm()
                 .is_some_and(|c| c.table == "opportunity" || field != Field::MicrosoftCrmId);
-            let frozen = field != Field::Status
-                && held_by_crm
-                && final_pc_status(r).is_some_and(|s| s.starts_with("Closed"));
-            let final_value = if frozen { &final_crm } else { &final_pc };
+            let frozen = held_by_crm && final_pc_status(r).is_some_and(|s| s.starts_with("Closed"));
+            let final_value = match (frozen, field) {
+                (false, _) => &final_pc,
+                (true, Field::Status) => &f.crm().and_then(|c| crm_status(c, r)),
+                (true, _) => &final_crm,
+            };
             if expected
                 .iter()
                 .any(|w| final_value.as_deref() == Some(w.value.as_str()))
@@ -412,6 +415,30 @@ fn last_writes_survive(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
 
 fn final_pc_status(r: &serde_json::Value) -> Option<String> {
     pc_value(r, Field::Status)
+}
+
+/// The referral state a CRM record's status stands for (as the engine's status table reads it,
+/// keeping Partner Center's exact state where the CRM status maps to it).
+fn crm_status(rec: &super::workload::CrmRecord, referral: &serde_json::Value) -> Option<String> {
+    use cosell::mapping::{CrmStatus, FieldMap, ReferralState};
+    use cosell::partner_center::models::{ReferralStatus, ReferralSubstatus};
+    let kind = if rec.table == "lead" {
+        RecordKind::Lead
+    } else {
+        RecordKind::Opportunity
+    };
+    let crm = CrmStatus {
+        kind,
+        statecode: rec.row["statecode"].as_i64()?,
+        statuscode: rec.row["statuscode"].as_i64()?,
+    };
+    let prev = ReferralState::new(
+        ReferralStatus::from(referral["status"].as_str()?),
+        ReferralSubstatus::from(referral["substatus"].as_str()?),
+    );
+    let map = FieldMap::default();
+    let state = map.config().status.referral_state(crm, Some(&prev)).ok()?;
+    Some(format!("{}/{}", state.status, state.substatus))
 }
 
 /// (e) Nothing dead-lettered but the deliberately invalid records, and no create intent left

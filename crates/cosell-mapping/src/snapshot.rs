@@ -727,9 +727,7 @@ impl<'a> PairState<'a> {
 /// that differs both from what that side was last known to hold and from the target (a side
 /// that reached the target, for example because a write whose answer was lost did land, has not
 /// been edited). No edit keeps the target, an edit on one side takes it, edits on both sides to
-/// different values are a [`Conflict`] resolved by `policy`. So is an edit on a side that the
-/// target's value had not reached yet (its user could not have seen the other side's change):
-/// the target's value then stands for the other side.
+/// different values are a [`Conflict`] resolved by `policy`.
 ///
 /// With all three of `state` equal this is exactly [`merge`].
 ///
@@ -756,24 +754,14 @@ pub fn merge_sides(
         let t = state.target.get(field);
         let c = crm.get(field);
         let p = partner_center.get(field);
-        let kc = state.crm_known.get(field);
-        let kp = state.partner_center_known.get(field);
-        let crm_edit = c != kc && c != t;
-        let pc_edit = p != kp && p != t;
-        // A side edited while the target's value had not reached it yet (a write to it still
-        // pending) edited without seeing the other side's change: that is a conflict too, with
-        // the target's value standing for the other side.
-        let (c_vs, p_vs) = match (crm_edit, pc_edit) {
-            (true, false) if t != kc => (c, t),
-            (false, true) if t != kp => (t, p),
-            _ => (c, p),
-        };
-        let conflict = (crm_edit && pc_edit && c != p)
-            || (crm_edit && !pc_edit && t != kc)
-            || (pc_edit && !crm_edit && t != kp);
+        let crm_edit = c != state.crm_known.get(field) && c != t;
+        let pc_edit = p != state.partner_center_known.get(field) && p != t;
         let value = match (crm_edit, pc_edit) {
-            _ if conflict => {
-                let (c, p) = (c_vs, p_vs);
+            (false, false) => t,
+            (true, false) => c,
+            (false, true) => p,
+            (true, true) if c == p => c,
+            (true, true) => {
                 let pol = policy.policy(field);
                 let winner = match pol {
                     Policy::Crm => Side::Crm,
@@ -793,10 +781,6 @@ pub fn merge_sides(
                     Side::PartnerCenter => p,
                 }
             }
-            (false, false) => t,
-            (true, false) => c,
-            (false, true) => p,
-            (true, true) => c,
         };
         merged.set_opt(field, value.cloned());
     }

@@ -996,6 +996,16 @@ impl Engine {
         }
         let merged = merge_sides(&sides.state(), &crm_in, &pc_in, map.ownership());
         let mut target = merged.merged;
+        // A closed referral's status is final in Partner Center ("terminal states from which no
+        // further updates to the deal are possible"): a CRM status decided before the close had
+        // reached the CRM cannot win, so the CRM follows. One the seller set after seeing the
+        // close stays theirs (Partner Center cannot take it; audited below).
+        if let Some(closed) = raw_pc.status().filter(|s| s.is_terminal())
+            && target.status() != Some(closed)
+            && sides.crm.status() != Some(closed)
+        {
+            target.set(FieldId::Status, FieldValue::Status(closed.clone()));
+        }
         // Help requested makes a referral visible to Microsoft sellers (Partner Center shares it):
         // the CRM shows it so rather than contradict Partner Center with an empty or "No" column.
         if target.is_co_sell() {
@@ -1051,12 +1061,12 @@ impl Engine {
                 row.as_ref().map(|r| (r.kind, r.id.clone())),
                 switched,
                 lead_to_close.as_ref().map(|r| r.id.clone()),
-                sides.target.status(),
-                sides.crm.status(),
-                raw_crm.status(),
-                sides.pc.status(),
-                raw_pc.status(),
-                target.status()
+                (sides.target.status(), sides.target.get(FieldId::DealValue)),
+                (sides.crm.status(), sides.crm.get(FieldId::DealValue)),
+                (raw_crm.status(), raw_crm.get(FieldId::DealValue)),
+                (sides.pc.status(), sides.pc.get(FieldId::DealValue)),
+                (raw_pc.status(), raw_pc.get(FieldId::DealValue)),
+                (target.status(), target.get(FieldId::DealValue)),
             );
         }
         let conflicts: Vec<String> = merged
