@@ -651,6 +651,7 @@ impl Engine {
             crm_known: None,
             pc_known: None,
             in_sync: false,
+            crm_status_in_transit: false,
             synced_at: now(),
         };
         self.commit(Commit::new().link(link.clone())).await?;
@@ -727,6 +728,7 @@ impl Engine {
             crm_known: None,
             pc_known: known_value(&pc_known, &plan),
             in_sync: false,
+            crm_status_in_transit: false,
             synced_at: now(),
         };
         let message = format!("linked referral to {} {}", entity_name(row.kind), row.id);
@@ -962,6 +964,17 @@ impl Engine {
             // Not created yet: nothing on the CRM side to merge; the target is what it gets.
             None => sides.target.clone(),
         };
+        // A write with status steps was cut short: an open row is where our steps left it.
+        if link.crm_status_in_transit
+            && row
+                .as_ref()
+                .and_then(current_status)
+                .is_some_and(|s| s.is_open())
+        {
+            sides
+                .crm
+                .set_opt(FieldId::Status, raw_crm.get(FieldId::Status).cloned());
+        }
         // An echo of our own CRM write costs no Partner Center call.
         let referral = match referral {
             Some(r) => r,
@@ -1186,6 +1199,7 @@ impl Engine {
         if writes_pending {
             // The plan: durable before either side is written.
             updated.in_sync = false;
+            updated.crm_status_in_transit = write_crm;
             now_sides.store_in(&mut updated);
             updated.synced_at = now();
             self.commit(Commit::new().link(updated.clone())).await?;
@@ -1301,6 +1315,7 @@ impl Engine {
         now_sides.target = target;
         now_sides.store_in(&mut updated);
         updated.in_sync = pc_refusal.is_none();
+        updated.crm_status_in_transit = false;
         updated.synced_at = now();
         let crm_entity = updated.crm_entity.clone();
         let crm_id = updated.crm_id.clone().unwrap_or_default();

@@ -27,6 +27,7 @@ fn link(referral: &str, entity: &str, crm: &str) -> Link {
         crm_known: None,
         pc_known: None,
         in_sync: true,
+        crm_status_in_transit: false,
         synced_at: t(11),
     }
 }
@@ -167,6 +168,7 @@ async fn a_pair_keeps_its_per_side_state_and_a_pending_create(store: &dyn StateS
     partial.crm_known = Some(json!({"notes": "b", "deal_value": "1.00"}));
     partial.pc_known = Some(json!({"notes": "a"}));
     partial.in_sync = false;
+    partial.crm_status_in_transit = true;
     store
         .commit(Commit::new().link(partial.clone()))
         .await

@@ -99,6 +99,10 @@ pub struct Link {
     pub pc_known: Option<serde_json::Value>,
     /// Whether the last pass verified both sides and left nothing to write.
     pub in_sync: bool,
+    /// Whether a CRM write with status steps was under way when the link was last written: an
+    /// open CRM row is then our interim state (reopened to be written, created before being
+    /// closed), not the seller reopening the deal.
+    pub crm_status_in_transit: bool,
     /// When the link was last written.
     pub synced_at: DateTime<Utc>,
 }

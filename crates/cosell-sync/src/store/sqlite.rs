@@ -160,6 +160,9 @@ fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
         crm_known: snapshot("crm_known")?,
         pc_known: snapshot("pc_known")?,
         in_sync: row.try_get::<bool, _>("in_sync").map_err(backend)?,
+        crm_status_in_transit: row
+            .try_get::<bool, _>("crm_status_in_transit")
+            .map_err(backend)?,
         synced_at: parse_ts("link", &get("synced_at")?)?,
     })
 }
@@ -167,7 +170,7 @@ fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
 /// The link columns, as a macro so queries stay `&'static str` (sqlx refuses dynamic SQL).
 macro_rules! link_columns {
     () => {
-        "referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, synced_at"
+        "referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, crm_status_in_transit, synced_at"
     };
 }
 
@@ -390,12 +393,13 @@ impl StateStore for SqliteStore {
         for link in &commit.links {
             let json = |v: &serde_json::Value| serde_json::to_string(v).map_err(backend);
             let result = sqlx::query(
-                "INSERT INTO links (referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, synced_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO links (referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, crm_status_in_transit, synced_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (referral_id) DO UPDATE SET engagement_id = excluded.engagement_id, \
                  crm_entity = excluded.crm_entity, crm_id = excluded.crm_id, pc_etag = excluded.pc_etag, \
                  pc_updated_at = excluded.pc_updated_at, crm_etag = excluded.crm_etag, target = excluded.target, \
                  crm_known = excluded.crm_known, pc_known = excluded.pc_known, in_sync = excluded.in_sync, \
+                 crm_status_in_transit = excluded.crm_status_in_transit, \
                  synced_at = excluded.synced_at",
             )
             .bind(&link.referral_id)
@@ -409,6 +413,7 @@ impl StateStore for SqliteStore {
             .bind(link.crm_known.as_ref().map(json).transpose()?)
             .bind(link.pc_known.as_ref().map(json).transpose()?)
             .bind(link.in_sync)
+            .bind(link.crm_status_in_transit)
             .bind(ts(&link.synced_at))
             .execute(&mut *tx)
             .await;
