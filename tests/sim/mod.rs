@@ -19,6 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use check::Violation;
+use cosell::sync::store::{AuditQuery, StateStore};
 use workload::{PassKind, Sim};
 use world::FaultProfile;
 
@@ -123,12 +124,12 @@ async fn simulate(seed: u64) -> SeedRun {
         report: String::new(),
     };
     if !run.passed() {
-        run.report = failure_report(&sim, &run);
+        run.report = failure_report(&sim, &run).await;
     }
     run
 }
 
-fn failure_report(sim: &Sim, run: &SeedRun) -> String {
+async fn failure_report(sim: &Sim, run: &SeedRun) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -147,6 +148,32 @@ fn failure_report(sim: &Sim, run: &SeedRun) -> String {
         let tag = format!("pair {p}:");
         for e in run.events.iter().filter(|e| e.contains(&tag)) {
             let _ = writeln!(s, "    {e}");
+        }
+        // The engine's own account of the pair (its audit trail, oldest first).
+        let referral = workload::find(&sim.world, pair)
+            .referral()
+            .and_then(|r| r["id"].as_str().map(str::to_string));
+        if let Some(referral_id) = referral {
+            let query = AuditQuery {
+                referral_id: Some(referral_id),
+                ..AuditQuery::default()
+            };
+            let mut audit = sim.world.store.audit(&query).await.unwrap_or_default();
+            audit.reverse();
+            let _ = writeln!(s, "  engine audit of pair {p}:");
+            for a in audit.iter().take(40) {
+                let conflicts = if a.conflicts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [conflicts: {}]", a.conflicts.join(", "))
+                };
+                let message: String = a.message.chars().take(160).collect();
+                let _ = writeln!(
+                    s,
+                    "    {:?} {:?}: {message}{conflicts}",
+                    a.direction, a.outcome
+                );
+            }
         }
     }
     if !sim.crashes().is_empty() {

@@ -509,10 +509,9 @@ impl Sim {
         loop {
             self.crashes += 1;
             let what = format!(
-                "crash #{} during {during:?} ({} requests, {} commits so far)",
+                "crash #{} during {during:?}: {}",
                 self.crashes,
-                self.world.crasher.requests(),
-                self.world.crasher.commits()
+                self.world.crasher.last_crash().unwrap_or_default()
             );
             self.history.event(&what);
             self.crash_log.push(what);
