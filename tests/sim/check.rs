@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use cosell::mapping::{FieldId, RecordKind};
+use cosell::mapping::{FieldId, FieldValue, RecordKind};
 use cosell::partner_center::models::Referral;
 use cosell::sync::Crm;
 use cosell::sync::store::StateStore;
@@ -288,8 +288,15 @@ async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
                 continue;
             }
         };
+        // Dataverse Yes/No columns always hold a value (No by default); the emulator leaves
+        // them null when a row is created without them (an opportunity made by QualifyLead).
+        let no = FieldValue::Bool(false);
         for field in compared(kind) {
-            let (a, b) = (pc_snap.get(*field), crm_snap.get(*field));
+            let a = pc_snap.get(*field);
+            let b = match crm_snap.get(*field) {
+                None if *field == FieldId::VisibleToMicrosoft => Some(&no),
+                b => b,
+            };
             if a != b {
                 out.push(v(
                     "c-fields-agree",
