@@ -35,6 +35,8 @@ const REGRESSION_SEEDS: &[u64] = &[
     213, // a qualified lead stays linked: the opportunity is upserted from the lead's values
     81,  // both sides closed differently: a terminal-state conflict dead-letters
     27,  // a seller-qualified co-sell opportunity has no solution: refused as co-sell
+    198, // a dead letter replayed on an unchanged eTag is cleared: the CRM win never syncs
+    185, // after a lost link commit, the existing lead is overwritten from the referral
 ];
 
 fn env_u64(name: &str) -> Option<u64> {
