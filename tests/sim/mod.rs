@@ -103,6 +103,8 @@ async fn simulate(seed: u64) -> SeedRun {
             break;
         }
     }
+    // (f): a "write" is any POST/PATCH/PUT/DELETE either emulator receives, refused ones
+    // included: an engine that retries a write it can never make is not idle.
     sim.history.event("---- idle round");
     let before = sim.world.write_counters();
     full_round(&mut sim).await;
