@@ -10,7 +10,9 @@ use cosell::partner_center::models::Referral;
 use cosell::sync::Crm;
 use cosell::sync::store::StateStore;
 
-use super::workload::{Field, Found, Side, Sim, Write, crm_value, find, is_ours, pc_value};
+use super::history::{Field, Side, Write};
+use super::pairs::{Found, crm_value, find, is_ours, pc_value};
+use super::workload::Sim;
 
 /// One broken invariant.
 #[derive(Debug, Clone)]

@@ -4,11 +4,15 @@
 //!
 //! - [`crash`]: the crash-injecting transport and store wrappers.
 //! - [`world`]: sandbox + store + fault profile + the engine factory (one engine per process).
-//! - [`workload`]: the users, the webhooks, the passes, restarts, and the history.
+//! - [`history`]: what users wrote, what both sides were seen agreeing on, the event log.
+//! - [`pairs`]: the seed's deals and how to find their records in the emulators.
+//! - [`workload`]: the users, the webhooks, the passes, restarts.
 //! - [`check`]: the invariants.
 
 pub(crate) mod check;
 pub(crate) mod crash;
+pub(crate) mod history;
+pub(crate) mod pairs;
 pub(crate) mod workload;
 pub(crate) mod world;
 
@@ -152,7 +156,7 @@ async fn failure_report(sim: &Sim, run: &SeedRun) -> String {
             let _ = writeln!(s, "    {e}");
         }
         // The engine's own account of the pair (its audit trail, oldest first).
-        let referral = workload::find(&sim.world, pair)
+        let referral = pairs::find(&sim.world, pair)
             .referral()
             .and_then(|r| r["id"].as_str().map(str::to_string));
         if let Some(referral_id) = referral {
