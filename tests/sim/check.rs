@@ -84,7 +84,7 @@ pub(crate) async fn check(sim: &Sim, quiet: bool, idle_writes: &[String]) -> Vec
     linked(sim, &found, &mut out).await;
     fields_agree(sim, &found, &mut out).await;
     last_writes_survive(sim, &found, &mut out);
-    dead_letters(sim, &mut out).await;
+    dead_letters(sim, &found, &mut out).await;
     if !idle_writes.is_empty() {
         out.push(v(
             "f-idle-round",
@@ -399,7 +399,7 @@ fn last_writes_survive(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
 /// (e) Nothing dead-lettered but the deliberately invalid records (and each of those is), and
 /// no create intent left unresolved. Cannot see: whether the error text names the right field
 /// (the audit column on the CRM row is not read).
-async fn dead_letters(sim: &Sim, out: &mut Vec<Violation>) {
+async fn dead_letters(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
     let invalid: Vec<String> = sim
         .pairs
         .iter()
@@ -423,10 +423,16 @@ async fn dead_letters(sim: &Sim, out: &mut Vec<Violation>) {
     }
     for d in letters {
         if !invalid.contains(&d.key) {
-            let pair = sim.pairs.iter().position(|p| {
+            // The pair whose referral or CRM record the letter names.
+            let pair = sim.pairs.iter().zip(found).position(|(p, f)| {
+                let referral = f.referral().and_then(|r| r["id"].as_str());
                 p.opportunity
                     .is_some_and(|o| d.key.ends_with(&o.to_string()))
-                    || p.referral_id.as_deref().is_some_and(|r| d.key.ends_with(r))
+                    || referral.is_some_and(|r| d.key.ends_with(r))
+                    || f.opportunities
+                        .iter()
+                        .chain(&f.leads)
+                        .any(|c| d.key.ends_with(&c.id.to_string()))
             });
             out.push(v(
                 "e-dead-letters",
