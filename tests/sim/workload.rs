@@ -310,6 +310,12 @@ impl Sim {
         candidates.into_iter().nth(k)
     }
 
+    /// A pair with an open referral of ours (co-sell ones only if asked), and that referral.
+    fn pick_open_referral(&mut self, co_sell_only: bool) -> Option<(usize, serde_json::Value)> {
+        let (i, found) = self.pick_pair(|p, f| (p.co_sell || !co_sell_only) && open_referral(f))?;
+        found.referral().cloned().map(|r| (i, r))
+    }
+
     fn pc(&self) -> PartnerCenterEmulator {
         self.world.sandbox.partner_center().clone()
     }
@@ -323,13 +329,10 @@ impl Sim {
             0..25 if self.pairs.len() < MAX_PAIRS => self.incoming_referral().await,
             0..60 => {
                 let field = Field::EDITABLE[self.rng.random_range(0..3)];
-                let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
+                let Some((i, referral)) = self.pick_open_referral(false) else {
                     return;
                 };
-                let id = found
-                    .referral()
-                    .and_then(|r| r["id"].as_str())
-                    .unwrap_or_default();
+                let id = referral["id"].as_str().unwrap_or_default();
                 let value = self.value_for(field);
                 let target = Target::Referral(id.to_string());
                 if apply_edit(&self.pc(), &self.dv(), &target, field, &value).is_ok() {
@@ -341,13 +344,10 @@ impl Sim {
             60..72 => self.microsoft_answers(true).await,
             72..78 => self.microsoft_answers(false).await,
             78..86 => {
-                let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
+                let Some((i, referral)) = self.pick_open_referral(false) else {
                     return;
                 };
-                let id = found
-                    .referral()
-                    .and_then(|r| r["id"].as_str())
-                    .unwrap_or_default();
+                let id = referral["id"].as_str().unwrap_or_default();
                 let msx = format!("7-SIM{:05}", self.fresh());
                 if self.pc().set_microsoft_crm_id(id, Some(&msx)).is_ok() {
                     self.history
@@ -388,13 +388,10 @@ impl Sim {
 
     /// Microsoft accepts (its CRM id lands on ours) or declines our co-sell referral.
     async fn microsoft_answers(&mut self, accept: bool) {
-        let Some((i, found)) = self.pick_pair(|p, f| p.co_sell && open_referral(f)) else {
+        let Some((i, referral)) = self.pick_open_referral(true) else {
             return;
         };
-        let id = found
-            .referral()
-            .and_then(|r| r["id"].as_str())
-            .unwrap_or_default();
+        let id = referral["id"].as_str().unwrap_or_default();
         let pc = self.pc();
         let result = if accept {
             pc.microsoft_accept(id)
@@ -424,10 +421,9 @@ impl Sim {
     /// A partner seller moves the referral in Partner Center: accepts or declines an incoming
     /// one, wins or loses an active one.
     async fn partner_center_status(&mut self) {
-        let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
+        let Some((i, r)) = self.pick_open_referral(false) else {
             return;
         };
-        let r = found.referral().cloned().unwrap_or_default();
         let id = r["id"].as_str().unwrap_or_default().to_string();
         let to = match r["status"].as_str() {
             Some("New") if self.rng.random_bool(0.75) => ("Active", "Accepted"),
