@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use cosell::mapping::{FieldId, RecordKind};
+use cosell::mapping::{FieldId, FieldValue, RecordKind};
 use cosell::partner_center::models::Referral;
 use cosell::sync::Crm;
 use cosell::sync::store::StateStore;
 
-use super::workload::{Field, Found, Side, Sim, Write, crm_value, find, is_ours, pc_value};
+use super::history::{Field, Side, Write};
+use super::pairs::{Found, crm_value, find, is_ours, pc_value};
+use super::workload::Sim;
 
 /// One broken invariant.
 #[derive(Debug, Clone)]
@@ -82,7 +84,7 @@ pub(crate) async fn check(sim: &Sim, quiet: bool, idle_writes: &[String]) -> Vec
     linked(sim, &found, &mut out).await;
     fields_agree(sim, &found, &mut out).await;
     last_writes_survive(sim, &found, &mut out);
-    dead_letters(sim, &mut out).await;
+    dead_letters(sim, &found, &mut out).await;
     if !idle_writes.is_empty() {
         out.push(v(
             "f-idle-round",
@@ -300,11 +302,18 @@ async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
         // engine audits it as not written), as does a status the seller set after seeing the
         // close. (d) checks that the CRM holds what survives.
         let pc_terminal = pc_snap.status().is_some_and(|s| s.is_terminal());
+        // Dataverse Yes/No columns always hold a value (No by default); the emulator leaves
+        // them null when a row is created without them (an opportunity made by QualifyLead).
+        let no = FieldValue::Bool(false);
         for field in compared(kind) {
             if pc_terminal {
                 continue;
             }
-            let (a, b) = (pc_snap.get(*field), crm_snap.get(*field));
+            let a = pc_snap.get(*field);
+            let b = match crm_snap.get(*field) {
+                None if *field == FieldId::VisibleToMicrosoft => Some(&no),
+                b => b,
+            };
             if a != b {
                 out.push(v(
                     "c-fields-agree",
@@ -419,7 +428,7 @@ fn final_pc_status(r: &serde_json::Value) -> Option<String> {
 
 /// The referral state a CRM record's status stands for (as the engine's status table reads it,
 /// keeping Partner Center's exact state where the CRM status maps to it).
-fn crm_status(rec: &super::workload::CrmRecord, referral: &serde_json::Value) -> Option<String> {
+fn crm_status(rec: &super::pairs::CrmRecord, referral: &serde_json::Value) -> Option<String> {
     use cosell::mapping::{CrmStatus, FieldMap, ReferralState};
     use cosell::partner_center::models::{ReferralStatus, ReferralSubstatus};
     let kind = if rec.table == "lead" {
@@ -441,22 +450,43 @@ fn crm_status(rec: &super::workload::CrmRecord, referral: &serde_json::Value) ->
     Some(format!("{}/{}", state.status, state.substatus))
 }
 
-/// (e) Nothing dead-lettered but the deliberately invalid records, and no create intent left
-/// unresolved. Cannot see: an invalid record that was never even tried (caught by (b) only if
-/// it got a referral).
-async fn dead_letters(sim: &Sim, out: &mut Vec<Violation>) {
+/// (e) Nothing dead-lettered but the deliberately invalid records (and each of those is), and
+/// no create intent left unresolved. Cannot see: whether the error text names the right field
+/// (the audit column on the CRM row is not read).
+async fn dead_letters(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
     let invalid: Vec<String> = sim
         .pairs
         .iter()
         .filter(|p| p.invalid.is_some())
         .filter_map(|p| p.opportunity.map(|o| format!("opportunity:{o}")))
         .collect();
-    for d in sim.world.store.dead_letters().await.unwrap_or_default() {
+    let letters = sim.world.store.dead_letters().await.unwrap_or_default();
+    // Bad input is never dropped silently: each invalid record is dead-lettered.
+    for key in &invalid {
+        if !letters.iter().any(|d| &d.key == key) {
+            let pair = sim
+                .pairs
+                .iter()
+                .position(|p| p.opportunity.is_some_and(|o| key.ends_with(&o.to_string())));
+            out.push(v(
+                "e-dead-letters",
+                pair,
+                format!("the invalid record {key} is not dead-lettered"),
+            ));
+        }
+    }
+    for d in letters {
         if !invalid.contains(&d.key) {
-            let pair = sim.pairs.iter().position(|p| {
+            // The pair whose referral or CRM record the letter names.
+            let pair = sim.pairs.iter().zip(found).position(|(p, f)| {
+                let referral = f.referral().and_then(|r| r["id"].as_str());
                 p.opportunity
                     .is_some_and(|o| d.key.ends_with(&o.to_string()))
-                    || p.referral_id.as_deref().is_some_and(|r| d.key.ends_with(r))
+                    || referral.is_some_and(|r| d.key.ends_with(r))
+                    || f.opportunities
+                        .iter()
+                        .chain(&f.leads)
+                        .any(|c| d.key.ends_with(&c.id.to_string()))
             });
             out.push(v(
                 "e-dead-letters",

@@ -67,6 +67,7 @@ struct Inner {
     commits: AtomicU64,
     hook: Mutex<Option<(u64, Hook)>>,
     trace: Mutex<Vec<String>>,
+    last_crash: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for Crasher {
@@ -89,6 +90,7 @@ impl Crasher {
                 commits: AtomicU64::new(0),
                 hook: Mutex::new(None),
                 trace: Mutex::new(Vec::new()),
+                last_crash: Mutex::new(None),
             }),
         }
     }
@@ -126,9 +128,16 @@ impl Crasher {
         self.inner.crashed.send_replace(false);
     }
 
-    fn crash(&self) {
-        *lock(&self.inner.armed) = None;
+    fn crash(&self, at: String) {
+        if let Some(point) = lock(&self.inner.armed).take() {
+            *lock(&self.inner.last_crash) = Some(format!("{point}: {at}"));
+        }
         self.inner.crashed.send_replace(true);
+    }
+
+    /// Where the last crash hit (`request #n processed, answer lost: PATCH /…`).
+    pub(crate) fn last_crash(&self) -> Option<String> {
+        lock(&self.inner.last_crash).clone()
     }
 
     /// Runs `hook` just before the engine's request `n` goes out (once).
@@ -178,11 +187,12 @@ impl HttpTransport for CrashTransport {
             return pending().await;
         }
         let n = c.inner.requests.fetch_add(1, Ordering::SeqCst);
-        lock(&c.inner.trace).push(format!(
+        let line = format!(
             "{} {}",
             request.method(),
             cosell::sandbox::faults::path_shape(request.uri().path())
-        ));
+        );
+        lock(&c.inner.trace).push(line.clone());
         if let Some(hook) = c.take_hook(n) {
             hook();
         }
@@ -191,7 +201,7 @@ impl HttpTransport for CrashTransport {
                 if processed {
                     let _ = self.inner.send(request).await;
                 }
-                c.crash();
+                c.crash(line);
                 pending().await
             }
             _ => {
@@ -279,13 +289,41 @@ impl StateStore for CrashStore {
         let n = c.inner.commits.fetch_add(1, Ordering::SeqCst);
         match c.armed() {
             Some(CrashPoint::Commit { n: at, applied }) if at <= n => {
+                let what = describe(&commit);
                 if applied {
                     let _ = self.inner.commit(commit).await;
                 }
-                c.crash();
+                c.crash(what);
                 pending().await
             }
             _ => self.inner.commit(commit).await,
         }
     }
+}
+
+/// A commit in a few words, for the crash log.
+fn describe(c: &Commit) -> String {
+    let mut parts = Vec::new();
+    if !c.links.is_empty() {
+        parts.push(format!("{} link(s)", c.links.len()));
+    }
+    if !c.intents.is_empty() {
+        parts.push("create intent".to_string());
+    }
+    if !c.resolved_intents.is_empty() {
+        parts.push("intent resolved".to_string());
+    }
+    for (name, _) in &c.checkpoints {
+        parts.push(format!("checkpoint {name}"));
+    }
+    if !c.dead_letters.is_empty() {
+        parts.push("dead letter".to_string());
+    }
+    if !c.ack_hints.is_empty() {
+        parts.push("inbox ack".to_string());
+    }
+    if parts.is_empty() {
+        parts.push("audit only".to_string());
+    }
+    format!("commit of {}", parts.join(", "))
 }

@@ -4,11 +4,15 @@
 //!
 //! - [`crash`]: the crash-injecting transport and store wrappers.
 //! - [`world`]: sandbox + store + fault profile + the engine factory (one engine per process).
-//! - [`workload`]: the users, the webhooks, the passes, restarts, and the history.
+//! - [`history`]: what users wrote, what both sides were seen agreeing on, the event log.
+//! - [`pairs`]: the seed's deals and how to find their records in the emulators.
+//! - [`workload`]: the users, the webhooks, the passes, restarts.
 //! - [`check`]: the invariants.
 
 pub(crate) mod check;
 pub(crate) mod crash;
+pub(crate) mod history;
+pub(crate) mod pairs;
 pub(crate) mod workload;
 pub(crate) mod world;
 
@@ -19,6 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use check::Violation;
+use cosell::sync::store::{AuditQuery, StateStore};
 use workload::{PassKind, Sim};
 use world::FaultProfile;
 
@@ -102,6 +107,8 @@ async fn simulate(seed: u64) -> SeedRun {
             break;
         }
     }
+    // (f): a "write" is any POST/PATCH/PUT/DELETE either emulator receives, refused ones
+    // included: an engine that retries a write it can never make is not idle.
     sim.history.event("---- idle round");
     let before = sim.world.write_counters();
     full_round(&mut sim).await;
@@ -123,12 +130,12 @@ async fn simulate(seed: u64) -> SeedRun {
         report: String::new(),
     };
     if !run.passed() {
-        run.report = failure_report(&sim, &run);
+        run.report = failure_report(&sim, &run).await;
     }
     run
 }
 
-fn failure_report(sim: &Sim, run: &SeedRun) -> String {
+async fn failure_report(sim: &Sim, run: &SeedRun) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -147,6 +154,32 @@ fn failure_report(sim: &Sim, run: &SeedRun) -> String {
         let tag = format!("pair {p}:");
         for e in run.events.iter().filter(|e| e.contains(&tag)) {
             let _ = writeln!(s, "    {e}");
+        }
+        // The engine's own account of the pair (its audit trail, oldest first).
+        let referral = pairs::find(&sim.world, pair)
+            .referral()
+            .and_then(|r| r["id"].as_str().map(str::to_string));
+        if let Some(referral_id) = referral {
+            let query = AuditQuery {
+                referral_id: Some(referral_id),
+                ..AuditQuery::default()
+            };
+            let mut audit = sim.world.store.audit(&query).await.unwrap_or_default();
+            audit.reverse();
+            let _ = writeln!(s, "  engine audit of pair {p}:");
+            for a in audit.iter().take(40) {
+                let conflicts = if a.conflicts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [conflicts: {}]", a.conflicts.join(", "))
+                };
+                let message: String = a.message.chars().take(160).collect();
+                let _ = writeln!(
+                    s,
+                    "    {:?} {:?}: {message}{conflicts}",
+                    a.direction, a.outcome
+                );
+            }
         }
     }
     if !sim.crashes().is_empty() {

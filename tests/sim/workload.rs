@@ -1,338 +1,30 @@
 //! The seeded workload: users on both sides (Microsoft and partner sellers in Partner Center,
 //! CRM sellers in Dynamics), webhook hints that arrive late, twice or never, engine passes, and
 //! crashes with restarts. Everything users do goes around the engine (the emulators' control
-//! API, or the seller's own Dataverse client with faults off) and is written to the [`History`].
-
-use std::fmt;
-use std::sync::{Arc, Mutex};
+//! API, or the seller's own Dataverse client with faults off) and is written to the
+//! [`History`].
 
 use chrono::{Duration as Days, NaiveDate, Utc};
 use cosell::dataverse::{OpportunityClose, OpportunityStatus, QualifyLead};
 use cosell::sandbox::dataverse::DataverseEmulator;
-use cosell::sandbox::partner_center::{PartnerCenterEmulator, SANDBOX_ORGANIZATION_ID};
+use cosell::sandbox::partner_center::PartnerCenterEmulator;
 use cosell::sync::Engine;
 use cosell::sync::store::{InboxHint, StateStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 use super::crash::CrashPoint;
+use super::history::{Field, History, Side};
+use super::pairs::{Found, Pair, crm_value, find, money, pc_value, uuid_of};
 use super::world::{FaultProfile, World};
-
-/// Which side a user write happened on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Side {
-    Crm,
-    PartnerCenter,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Crm => "CRM",
-            Side::PartnerCenter => "PC",
-        })
-    }
-}
-
-/// The fields users write and the checkers follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Field {
-    DealValue,
-    CloseDate,
-    Notes,
-    MicrosoftCrmId,
-    /// In Partner Center terms: `status/substatus`.
-    Status,
-}
-
-impl Field {
-    pub(crate) const EDITABLE: [Field; 3] = [Field::DealValue, Field::CloseDate, Field::Notes];
-}
-
-/// One user write: what the checkers hold the final state to.
-#[derive(Debug, Clone)]
-pub(crate) struct Write {
-    /// Global order of writes and observations.
-    pub(crate) clock: u64,
-    /// The workload step it happened in.
-    pub(crate) step: usize,
-    pub(crate) pair: usize,
-    pub(crate) side: Side,
-    pub(crate) field: Field,
-    pub(crate) value: String,
-    /// During an engine pass (a concurrent edit), not between passes.
-    pub(crate) mid_pass: bool,
-}
-
-/// A moment where both sides were seen holding the same value of a field.
-#[derive(Debug, Clone)]
-pub(crate) struct Agreement {
-    pub(crate) clock: u64,
-    pub(crate) pair: usize,
-    pub(crate) field: Field,
-    pub(crate) value: String,
-}
-
-/// One co-sell deal, however it started.
-#[derive(Debug, Clone)]
-pub(crate) struct Pair {
-    pub(crate) origin: Side,
-    /// Known from the start for a referral Microsoft sent.
-    pub(crate) referral_id: Option<String>,
-    /// Known from the start for a CRM seller's opportunity.
-    pub(crate) opportunity: Option<Uuid>,
-    /// A deliberately invalid CRM record, and why.
-    pub(crate) invalid: Option<&'static str>,
-    /// A co-sell ("shared, with help") referral or opportunity.
-    pub(crate) co_sell: bool,
-    pub(crate) label: String,
-}
-
-#[derive(Debug, Default)]
-struct HistoryInner {
-    clock: u64,
-    step: usize,
-    writes: Vec<Write>,
-    agreements: Vec<Agreement>,
-    events: Vec<String>,
-}
-
-/// The record of a seed: user writes, observed agreements, a readable event log. Shared with
-/// the concurrent-edit hooks, which run inside the engine's requests.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct History {
-    inner: Arc<Mutex<HistoryInner>>,
-}
-
-impl History {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HistoryInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn tick(&self) -> u64 {
-        let mut h = self.lock();
-        h.clock += 1;
-        h.clock
-    }
-
-    pub(crate) fn set_step(&self, step: usize) {
-        self.lock().step = step;
-    }
-
-    pub(crate) fn event(&self, text: impl Into<String>) {
-        let mut h = self.lock();
-        let line = format!("[{:>2}] {}", h.step, text.into());
-        h.events.push(line);
-    }
-
-    pub(crate) fn write(
-        &self,
-        pair: usize,
-        side: Side,
-        field: Field,
-        value: String,
-        mid_pass: bool,
-    ) {
-        let clock = self.tick();
-        let mut h = self.lock();
-        let step = h.step;
-        h.events.push(format!(
-            "[{step:>2}] pair {pair}: {side} writes {field:?} = {value}{}",
-            if mid_pass { " (during a pass)" } else { "" }
-        ));
-        h.writes.push(Write {
-            clock,
-            step,
-            pair,
-            side,
-            field,
-            value,
-            mid_pass,
-        });
-    }
-
-    fn agree(&self, pair: usize, field: Field, value: String) {
-        let last = self
-            .lock()
-            .agreements
-            .iter()
-            .rev()
-            .find(|a| a.pair == pair && a.field == field)
-            .map(|a| a.value.clone());
-        if last.as_deref() != Some(value.as_str()) {
-            let clock = self.tick();
-            self.lock().agreements.push(Agreement {
-                clock,
-                pair,
-                field,
-                value,
-            });
-        }
-    }
-
-    pub(crate) fn writes(&self) -> Vec<Write> {
-        self.lock().writes.clone()
-    }
-
-    pub(crate) fn agreements(&self) -> Vec<Agreement> {
-        self.lock().agreements.clone()
-    }
-
-    pub(crate) fn events(&self) -> Vec<String> {
-        self.lock().events.clone()
-    }
-}
 
 /// Where a user edit lands.
 #[derive(Debug, Clone)]
 enum Target {
     Referral(String),
     Row(&'static str, Uuid),
-}
-
-/// The CRM side of a pair as found in the emulator.
-#[derive(Debug, Clone)]
-pub(crate) struct CrmRecord {
-    pub(crate) table: &'static str,
-    pub(crate) id: Uuid,
-    pub(crate) row: Value,
-}
-
-impl CrmRecord {
-    pub(crate) fn state(&self) -> i64 {
-        self.row["statecode"].as_i64().unwrap_or(-1)
-    }
-}
-
-/// A pair as found in the emulators: our referrals and CRM rows that belong to it.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Found {
-    pub(crate) referrals: Vec<Value>,
-    pub(crate) opportunities: Vec<CrmRecord>,
-    pub(crate) leads: Vec<CrmRecord>,
-}
-
-impl Found {
-    pub(crate) fn referral(&self) -> Option<&Value> {
-        self.referrals.first()
-    }
-
-    /// The record a seller works on: the open opportunity, else any opportunity, else the lead.
-    pub(crate) fn crm(&self) -> Option<&CrmRecord> {
-        self.opportunities
-            .iter()
-            .find(|o| o.state() == 0)
-            .or_else(|| self.opportunities.first())
-            .or_else(|| self.leads.first())
-    }
-}
-
-fn uuid_of(row: &Value, column: &str) -> Option<Uuid> {
-    row[column].as_str().and_then(|s| Uuid::parse_str(s).ok())
-}
-
-fn records(dv: &DataverseEmulator, table: &'static str, filter: &str) -> Vec<CrmRecord> {
-    let pk = format!("{table}id");
-    dv.query(table, filter)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|row| uuid_of(&row, &pk).map(|id| CrmRecord { table, id, row }))
-        .collect()
-}
-
-/// Whether a referral is one of ours (not Microsoft's related referral).
-pub(crate) fn is_ours(r: &Value) -> bool {
-    r["organizationId"].as_str() == Some(SANDBOX_ORGANIZATION_ID)
-}
-
-/// Finds a pair's records in the emulators (their own state, not the engine's).
-pub(crate) fn find(world: &World, pair: &Pair) -> Found {
-    let pc = world.sandbox.partner_center();
-    let dv = world.sandbox.dataverse();
-    let mut found = Found::default();
-    match pair.origin {
-        Side::PartnerCenter => {
-            let id = pair.referral_id.clone().unwrap_or_default();
-            found.referrals.extend(pc.referral(&id));
-        }
-        Side::Crm => {
-            let opp = pair.opportunity.map(|o| o.to_string()).unwrap_or_default();
-            found.referrals = pc
-                .referrals()
-                .into_iter()
-                .filter(|r| is_ours(r) && r["externalReferenceId"].as_str() == Some(&opp))
-                .collect();
-            found.opportunities.extend(pair.opportunity.and_then(|o| {
-                dv.row("opportunity", o).map(|row| CrmRecord {
-                    table: "opportunity",
-                    id: o,
-                    row,
-                })
-            }));
-        }
-    }
-    for r in found.referrals.clone() {
-        let Some(id) = r["id"].as_str() else { continue };
-        let filter = format!("cosell_referralid eq '{id}'");
-        for rec in records(dv, "opportunity", &filter) {
-            if !found.opportunities.iter().any(|o| o.id == rec.id) {
-                found.opportunities.push(rec);
-            }
-        }
-        found.leads.extend(records(dv, "lead", &filter));
-    }
-    // Opportunities a seller made from the pair's lead (before the engine stamped them).
-    for lead in found.leads.clone() {
-        let filter = format!("_originatingleadid_value eq {}", lead.id);
-        for rec in records(dv, "opportunity", &filter) {
-            if !found.opportunities.iter().any(|o| o.id == rec.id) {
-                found.opportunities.push(rec);
-            }
-        }
-    }
-    found
-}
-
-/// The raw value of a followed field on the Partner Center side.
-pub(crate) fn pc_value(referral: &Value, field: Field) -> Option<String> {
-    let d = &referral["details"];
-    match field {
-        Field::DealValue => d["dealValue"].as_f64().map(money),
-        Field::CloseDate => d["closingDateTime"]
-            .as_str()
-            .map(|s| s.chars().take(10).collect()),
-        Field::Notes => d["notes"].as_str().map(str::to_string),
-        Field::MicrosoftCrmId => referral["trackingInfo"]["microsoftMsxId"]
-            .as_str()
-            .map(str::to_string),
-        Field::Status => Some(format!(
-            "{}/{}",
-            referral["status"].as_str().unwrap_or("?"),
-            referral["substatus"].as_str().unwrap_or("?")
-        )),
-    }
-}
-
-/// The raw value of a followed field on the CRM side (`None` where the table has no column).
-pub(crate) fn crm_value(rec: &CrmRecord, field: Field) -> Option<String> {
-    let r = &rec.row;
-    match field {
-        Field::DealValue => r["estimatedvalue"].as_f64().map(money),
-        Field::CloseDate => r["estimatedclosedate"]
-            .as_str()
-            .map(|s| s.chars().take(10).collect()),
-        Field::Notes => r["description"].as_str().map(str::to_string),
-        Field::MicrosoftCrmId if rec.table == "opportunity" => {
-            r["cosell_microsoftcrmid"].as_str().map(str::to_string)
-        }
-        _ => None,
-    }
-}
-
-fn money(v: f64) -> String {
-    format!("{v:.2}")
 }
 
 /// Which pass of the engine to run.
@@ -509,10 +201,9 @@ impl Sim {
         loop {
             self.crashes += 1;
             let what = format!(
-                "crash #{} during {during:?} ({} requests, {} commits so far)",
+                "crash #{} during {during:?}: {}",
                 self.crashes,
-                self.world.crasher.requests(),
-                self.world.crasher.commits()
+                self.world.crasher.last_crash().unwrap_or_default()
             );
             self.history.event(&what);
             self.crash_log.push(what);
@@ -619,6 +310,12 @@ impl Sim {
         candidates.into_iter().nth(k)
     }
 
+    /// A pair with an open referral of ours (co-sell ones only if asked), and that referral.
+    fn pick_open_referral(&mut self, co_sell_only: bool) -> Option<(usize, serde_json::Value)> {
+        let (i, found) = self.pick_pair(|p, f| (p.co_sell || !co_sell_only) && open_referral(f))?;
+        found.referral().cloned().map(|r| (i, r))
+    }
+
     fn pc(&self) -> PartnerCenterEmulator {
         self.world.sandbox.partner_center().clone()
     }
@@ -632,13 +329,10 @@ impl Sim {
             0..25 if self.pairs.len() < MAX_PAIRS => self.incoming_referral().await,
             0..60 => {
                 let field = Field::EDITABLE[self.rng.random_range(0..3)];
-                let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
+                let Some((i, referral)) = self.pick_open_referral(false) else {
                     return;
                 };
-                let id = found
-                    .referral()
-                    .and_then(|r| r["id"].as_str())
-                    .unwrap_or_default();
+                let id = referral["id"].as_str().unwrap_or_default();
                 let value = self.value_for(field);
                 let target = Target::Referral(id.to_string());
                 if apply_edit(&self.pc(), &self.dv(), &target, field, &value).is_ok() {
@@ -650,13 +344,10 @@ impl Sim {
             60..72 => self.microsoft_answers(true).await,
             72..78 => self.microsoft_answers(false).await,
             78..86 => {
-                let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
+                let Some((i, referral)) = self.pick_open_referral(false) else {
                     return;
                 };
-                let id = found
-                    .referral()
-                    .and_then(|r| r["id"].as_str())
-                    .unwrap_or_default();
+                let id = referral["id"].as_str().unwrap_or_default();
                 let msx = format!("7-SIM{:05}", self.fresh());
                 if self.pc().set_microsoft_crm_id(id, Some(&msx)).is_ok() {
                     self.history
@@ -697,13 +388,10 @@ impl Sim {
 
     /// Microsoft accepts (its CRM id lands on ours) or declines our co-sell referral.
     async fn microsoft_answers(&mut self, accept: bool) {
-        let Some((i, found)) = self.pick_pair(|p, f| p.co_sell && open_referral(f)) else {
+        let Some((i, referral)) = self.pick_open_referral(true) else {
             return;
         };
-        let id = found
-            .referral()
-            .and_then(|r| r["id"].as_str())
-            .unwrap_or_default();
+        let id = referral["id"].as_str().unwrap_or_default();
         let pc = self.pc();
         let result = if accept {
             pc.microsoft_accept(id)
@@ -733,10 +421,9 @@ impl Sim {
     /// A partner seller moves the referral in Partner Center: accepts or declines an incoming
     /// one, wins or loses an active one.
     async fn partner_center_status(&mut self) {
-        let Some((i, found)) = self.pick_pair(|_, f| open_referral(f)) else {
+        let Some((i, r)) = self.pick_open_referral(false) else {
             return;
         };
-        let r = found.referral().cloned().unwrap_or_default();
         let id = r["id"].as_str().unwrap_or_default().to_string();
         let to = match r["status"].as_str() {
             Some("New") if self.rng.random_bool(0.75) => ("Active", "Accepted"),

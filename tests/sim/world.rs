@@ -95,17 +95,19 @@ fn retry() -> RetryPolicy {
         .with_jitter(false)
 }
 
+/// The app-only credential (client secret) the service uses for Dataverse and webhooks.
+fn app_credential(sandbox: &Sandbox, transport: Arc<dyn HttpTransport>) -> ClientSecretCredential {
+    ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
+        .authority_host(sandbox.urls().entra.as_str())
+        .transport(transport)
+        .build()
+        .expect("credential")
+}
+
 fn dataverse_client(sandbox: &Sandbox, transport: Arc<dyn HttpTransport>) -> DataverseClient {
-    let urls = sandbox.urls();
-    let app =
-        ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
-            .authority_host(urls.entra.as_str())
-            .transport(transport.clone())
-            .build()
-            .expect("credential");
     DataverseClient::builder()
-        .environment_url(urls.dataverse.clone())
-        .credential(Arc::new(app))
+        .environment_url(sandbox.urls().dataverse.clone())
+        .credential(Arc::new(app_credential(sandbox, transport.clone())))
         .transport(transport)
         .retry(retry())
         .build()
@@ -151,15 +153,7 @@ impl World {
             .transport(transport.clone())
             .build()
             .expect("credential");
-        let app = ClientSecretCredential::builder(
-            SANDBOX_TENANT,
-            SANDBOX_CLIENT_ID,
-            SANDBOX_CLIENT_SECRET,
-        )
-        .authority_host(urls.entra.as_str())
-        .transport(transport.clone())
-        .build()
-        .expect("credential");
+        let app = app_credential(&self.sandbox, transport.clone());
         let pc = PartnerCenterClient::builder()
             .referrals_endpoint(urls.referrals.clone())
             .webhooks_endpoint(urls.webhooks.clone())
