@@ -830,9 +830,11 @@ impl Engine {
             });
         };
         if link.crm_id.is_none() {
-            // Our create landed but its answer was lost: the row holds what was sent, in the
-            // state a create starts in (open); the status steps after it are still pending.
-            let mut known = sides.crm.clone();
+            // Our create landed but its answer was lost, maybe part-way (the row written, its
+            // solutions not yet linked): take the row to have held nothing, in the state a
+            // create starts in (open). What it holds of the target is then no edit, what it
+            // lacks is still to write, and anything else is the seller's edit.
+            let mut known = MappedSnapshot::new();
             let open = self.open_status(row.kind);
             let state = map
                 .config()
@@ -1074,12 +1076,12 @@ impl Engine {
                 row.as_ref().map(|r| (r.kind, r.id.clone())),
                 switched,
                 lead_to_close.as_ref().map(|r| r.id.clone()),
-                (sides.target.status(), sides.target.get(FieldId::DealValue)),
-                (sides.crm.status(), sides.crm.get(FieldId::DealValue)),
-                (raw_crm.status(), raw_crm.get(FieldId::DealValue)),
-                (sides.pc.status(), sides.pc.get(FieldId::DealValue)),
-                (raw_pc.status(), raw_pc.get(FieldId::DealValue)),
-                (target.status(), target.get(FieldId::DealValue)),
+                (sides.target.status(), sides.target.get(FieldId::Solutions)),
+                (sides.crm.status(), sides.crm.get(FieldId::Solutions)),
+                (raw_crm.status(), raw_crm.get(FieldId::Solutions)),
+                (sides.pc.status(), sides.pc.get(FieldId::Solutions)),
+                (raw_pc.status(), raw_pc.get(FieldId::Solutions)),
+                (target.status(), target.get(FieldId::Solutions)),
             );
         }
         let conflicts: Vec<String> = merged
