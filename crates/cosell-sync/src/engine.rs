@@ -1011,16 +1011,6 @@ impl Engine {
         }
         let merged = merge_sides(&sides.state(), &crm_in, &pc_in, map.ownership());
         let mut target = merged.merged;
-        // A closed referral's status is final in Partner Center ("terminal states from which no
-        // further updates to the deal are possible"): a CRM status decided before the close had
-        // reached the CRM cannot win, so the CRM follows. One the seller set after seeing the
-        // close stays theirs (Partner Center cannot take it; audited below).
-        if let Some(closed) = raw_pc.status().filter(|s| s.is_terminal())
-            && target.status() != Some(closed)
-            && sides.crm.status() != Some(closed)
-        {
-            target.set(FieldId::Status, FieldValue::Status(closed.clone()));
-        }
         // Help requested makes a referral visible to Microsoft sellers (Partner Center shares it):
         // the CRM shows it so rather than contradict Partner Center with an empty or "No" column.
         if target.is_co_sell() {
@@ -1190,11 +1180,9 @@ impl Engine {
         }
         let mut now_sides = Sides {
             target: target.clone(),
-            crm: if switched {
-                sides.crm.clone()
-            } else {
-                raw_crm.clone()
-            },
+            // What the CRM side was read holding (for a lead becoming an opportunity: the
+            // opportunity); its edits are in the target now.
+            crm: raw_crm.clone(),
             pc: raw_pc.clone(),
         };
         let writes_pending = pc_update.is_some() || write_crm;
