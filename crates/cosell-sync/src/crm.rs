@@ -125,6 +125,16 @@ pub trait Crm: Send + Sync + fmt::Debug {
         step: &StatusStep,
     ) -> Result<Option<String>, RemoteError>;
 
+    /// Qualifies an open lead and lets the CRM create the opportunity that replaces it from the
+    /// lead's current values (atomically: an edit made to the lead a moment ago is carried
+    /// over, and the opportunity keeps the lead as its origin). Returns the opportunity's id
+    /// when the CRM reports it.
+    async fn convert_lead(
+        &self,
+        lead_id: &str,
+        qualified_status: i64,
+    ) -> Result<Option<String>, RemoteError>;
+
     /// Changes to rows of `kind` since `cursor` (`None`: start tracking; every current row
     /// counts as a change).
     async fn changes(

@@ -554,6 +554,27 @@ impl Crm for DataverseCrm {
         }
     }
 
+    async fn convert_lead(
+        &self,
+        lead_id: &str,
+        qualified_status: i64,
+    ) -> Result<Option<String>, RemoteError> {
+        // No account or contact from the lead: the engine matches or creates the customer with
+        // the mapping's rules when it writes the opportunity.
+        let options = QualifyLead {
+            create_account: false,
+            create_contact: false,
+            create_opportunity: true,
+            status: LeadStatus::from_code(qualified_status as i32),
+            ..QualifyLead::default()
+        };
+        let qualified = self
+            .client
+            .qualify_lead(parse_id(lead_id)?, &options)
+            .await?;
+        Ok(qualified.opportunity_id.map(|id| id.to_string()))
+    }
+
     async fn changes(
         &self,
         kind: RecordKind,

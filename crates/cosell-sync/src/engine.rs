@@ -333,6 +333,8 @@ enum Failure {
     Remote(RemoteError),
     Store(StoreError),
     Rule(String),
+    /// The pair moved on under the pass (a lead became an opportunity): run it again now.
+    Again,
 }
 
 impl fmt::Display for Failure {
@@ -345,6 +347,7 @@ impl fmt::Display for Failure {
             Failure::Remote(e) => write!(f, "{e}"),
             Failure::Store(e) => write!(f, "{e}"),
             Failure::Rule(s) => f.write_str(s),
+            Failure::Again => f.write_str("the pair changed during the pass; not finished"),
         }
     }
 }
@@ -452,6 +455,22 @@ fn is_empty_value(v: Option<&FieldValue>) -> bool {
         Some(FieldValue::Solutions(s)) => s.is_empty(),
         Some(_) => false,
     }
+}
+
+/// What one pass writes to the CRM side.
+struct CrmWrite<'a> {
+    /// The CRM side's row (`None`: create it by its alternate key).
+    row: Option<&'a CrmRow>,
+    /// What to write.
+    payload: &'a CrmPayload,
+    /// An open lead the written opportunity replaces.
+    lead_to_close: Option<&'a CrmRow>,
+    /// Whether columns are written (or only the status moved).
+    write_fields: bool,
+    /// The outcome text for the audit column.
+    message: &'a str,
+    /// What the CRM holds once written.
+    crm_view: &'a MappedSnapshot,
 }
 
 /// Where an adopted referral came from.
@@ -655,7 +674,7 @@ impl Engine {
             synced_at: now(),
         };
         self.commit(Commit::new().link(link.clone())).await?;
-        Box::pin(self.reconcile_once(&link, Some(referral))).await
+        Box::pin(self.reconcile_locked(link, Some(referral))).await
     }
 
     /// The create intent recorded for a CRM record, if any.
@@ -749,7 +768,7 @@ impl Engine {
             .crm(row.kind, &row.id);
         // The row may differ from the referral (identity columns to write back, edits made
         // while the create was in flight): reconcile the new pair right away.
-        let followed = Box::pin(self.reconcile_once(&link, Some(referral))).await?;
+        let followed = Box::pin(self.reconcile_locked(link, Some(referral))).await?;
         Ok(match followed.action {
             Action::UpdatedReferral | Action::UpdatedCrm | Action::UpdatedBoth => Outcome {
                 detail: format!("{message}; {}", followed.detail),
@@ -802,6 +821,9 @@ impl Engine {
                 {
                     attempt += 1;
                     tracing::debug!(attempt, "concurrent edit (412); re-reading both sides");
+                }
+                Err(Failure::Again) if attempt < self.inner.config.max_precondition_retries => {
+                    attempt += 1;
                 }
                 other => return other,
             }
@@ -1056,24 +1078,6 @@ impl Engine {
                 }
             }
         }
-        if std::env::var("COSELL_DEBUG").is_ok() {
-            eprintln!(
-                "DEBUG pair {} link {}:{:?} in_sync={} row={:?} switched={} lead_to_close={:?}\n   T={:?}\n   Lc={:?} Rc={:?}\n   Lp={:?} Rp={:?}\n   T'={:?}",
-                link.referral_id,
-                link.crm_entity,
-                link.crm_id,
-                link.in_sync,
-                row.as_ref().map(|r| (r.kind, r.id.clone())),
-                switched,
-                lead_to_close.as_ref().map(|r| r.id.clone()),
-                (sides.target.status(), sides.target.get(FieldId::Solutions)),
-                (sides.crm.status(), sides.crm.get(FieldId::Solutions)),
-                (raw_crm.status(), raw_crm.get(FieldId::Solutions)),
-                (sides.pc.status(), sides.pc.get(FieldId::Solutions)),
-                (raw_pc.status(), raw_pc.get(FieldId::Solutions)),
-                (target.status(), target.get(FieldId::Solutions)),
-            );
-        }
         let conflicts: Vec<String> = merged
             .conflicts
             .iter()
@@ -1230,14 +1234,30 @@ impl Engine {
             format!("synced; conflicts resolved: {}", conflicts.join(", "))
         };
         let mut crm_written: Option<(RecordKind, String, Option<String>)> = None;
+        if write_crm
+            && !switched
+            && let Some(lead) = lead_to_close
+                .as_ref()
+                .filter(|l| row.as_ref().is_some_and(|r| r.id == l.id))
+        {
+            // The lead becomes an opportunity: QualifyLead makes it from the lead's current
+            // values (a seller's edit of a moment ago included); the pass then starts again
+            // and adopts it with its own ETag, writing what it lacks.
+            let qualified = map.config().status.lead.qualified;
+            inner.crm.convert_lead(&lead.id, qualified).await?;
+            self.count_synced(Direction::ToCrm);
+            return Err(Failure::Again);
+        }
         if write_crm {
             let written = Box::pin(self.write_crm_side(
-                row.as_ref(),
-                &payload,
-                lead_to_close.as_ref(),
-                write_fields,
-                &message,
-                &crm_view,
+                CrmWrite {
+                    row: row.as_ref(),
+                    payload: &payload,
+                    lead_to_close: lead_to_close.as_ref(),
+                    write_fields,
+                    message: &message,
+                    crm_view: &crm_view,
+                },
                 (&mut updated, &mut now_sides),
             ))
             .await?;
@@ -1442,17 +1462,20 @@ impl Engine {
     /// replaced lead, re-closing a reopened row). Returns the record written and its ETag.
     async fn write_crm_side(
         &self,
-        row: Option<&CrmRow>,
-        payload: &CrmPayload,
-        lead_to_close: Option<&CrmRow>,
-        write_fields: bool,
-        message: &str,
-        crm_view: &MappedSnapshot,
+        w: CrmWrite<'_>,
         progress: (&mut Link, &mut Sides),
     ) -> Result<(RecordKind, String, Option<String>), Failure> {
         let inner = &self.inner;
         let map = &inner.map;
         let (link, sides) = progress;
+        let CrmWrite {
+            row,
+            payload,
+            lead_to_close,
+            write_fields,
+            message,
+            crm_view,
+        } = w;
         let open = |kind| self.open_status(kind);
         let same_row = row.filter(|r| r.kind == payload.kind);
         let mut from = same_row.and_then(current_status);
