@@ -467,6 +467,8 @@ struct CrmWrite<'a> {
     lead_to_close: Option<&'a CrmRow>,
     /// Whether columns are written (or only the status moved).
     write_fields: bool,
+    /// Whether the columns to write are only the referral's identity.
+    identity_only: bool,
     /// The outcome text for the audit column.
     message: &'a str,
     /// What the CRM holds once written.
@@ -1255,6 +1257,10 @@ impl Engine {
                     payload: &payload,
                     lead_to_close: lead_to_close.as_ref(),
                     write_fields,
+                    identity_only: needs_identity
+                        && !creating
+                        && current_kind == Some(payload.kind)
+                        && !differs_beyond_status(&crm_view, &raw_crm),
                     message: &message,
                     crm_view: &crm_view,
                 },
@@ -1473,6 +1479,7 @@ impl Engine {
             payload,
             lead_to_close,
             write_fields,
+            identity_only,
             message,
             crm_view,
         } = w;
@@ -1518,9 +1525,35 @@ impl Engine {
                 },
                 None => WriteTarget::ByKey,
             };
-            let written = inner.crm.write(payload, &extra, target).await?;
-            etag = written.etag;
-            id = Some(written.id);
+            match (target, identity_only) {
+                // Only the referral's identity is missing (a record a referral was created
+                // from): write those columns alone, not the whole record with its lookups.
+                (
+                    WriteTarget::Row {
+                        id: row_id,
+                        etag: guard,
+                    },
+                    true,
+                ) => {
+                    let mut columns = self.identity_columns(payload);
+                    columns.extend(map.outcome_columns(
+                        payload.kind,
+                        basis,
+                        SyncOutcome::Success,
+                        message,
+                        now(),
+                    ));
+                    etag = inner
+                        .crm
+                        .update_columns(payload.kind, row_id, &columns, guard)
+                        .await?;
+                }
+                (target, _) => {
+                    let written = inner.crm.write(payload, &extra, target).await?;
+                    etag = written.etag;
+                    id = Some(written.id);
+                }
+            }
         }
         let id = id.ok_or_else(|| Failure::Rule("no CRM record to write".into()))?;
         // Status: from where the written row stands (a new opportunity starts open; a replaced
@@ -1617,6 +1650,24 @@ impl Engine {
                 .and_then(|r| r.etag);
         }
         Ok((payload.kind, id, etag))
+    }
+
+    /// The identity columns of a payload: what ties the CRM record to its referral.
+    fn identity_columns(&self, payload: &CrmPayload) -> serde_json::Map<String, Value> {
+        let c = &self.inner.map.config().columns;
+        let names: Vec<&String> = match payload.kind {
+            RecordKind::Opportunity => vec![
+                &c.opportunity.referral_id,
+                &c.opportunity.referral_link,
+                &c.opportunity.engagement_id,
+                &c.opportunity.sync_with_partner_center,
+            ],
+            RecordKind::Lead => vec![&c.lead.referral_id, &c.lead.sync_with_partner_center],
+        };
+        names
+            .into_iter()
+            .filter_map(|n| payload.record.get(n).map(|v| (n.clone(), v.clone())))
+            .collect()
     }
 
     /// The open status of a record kind (where a create lands, what a reopen sets).
