@@ -38,13 +38,15 @@ const REGRESSION_SEEDS: &[u64] = &[
     198, // a dead letter replayed on an unchanged eTag is cleared: the CRM win never syncs
     185, // after a lost link commit, the existing lead is overwritten from the referral
     // Found in the redesigned engine while it was being written:
-    2,   // a closed referral cannot take a CRM edit made before the close (checker: frozen)
-    30,  // our own reopen of a won opportunity, cut short, read as the seller reopening it
-    25,  // the opportunity created for a lead, not yet closed, read as the seller's Active
-    92,  // a crash between our reopen and its record: the open row read as the seller's edit
-    312, // a create found after a lost answer taken to hold its solutions: they read as removed
-    89,  // a status the seller set after seeing the close was overridden by Partner Center's
-    35,  // a seller's edit of the lead during the pass was lost when we made the opportunity
+    2,    // a closed referral cannot take a CRM edit made before the close (checker: frozen)
+    30,   // our own reopen of a won opportunity, cut short, read as the seller reopening it
+    25,   // the opportunity created for a lead, not yet closed, read as the seller's Active
+    92,   // a crash between our reopen and its record: the open row read as the seller's edit
+    312,  // a create found after a lost answer taken to hold its solutions: they read as removed
+    89,   // a status the seller set after seeing the close was overridden by Partner Center's
+    35,   // a seller's edit of the lead during the pass was lost when we made the opportunity
+    1592, // an interim-state flag left by a failed pass on the lead masked the seller's opportunity
+    1116, // a pending create looked up in the lead table after the referral moved on: upserted again
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

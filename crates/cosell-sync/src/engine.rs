@@ -842,8 +842,18 @@ impl Engine {
         let row = match &link.crm_id {
             Some(id) => inner.crm.read(kind, id).await?,
             // The plan was committed but the create's answer never recorded: the upsert is
-            // keyed by the referral id, so the row is found by it if it was written.
-            None => inner.crm.find_by_referral(kind, &link.referral_id).await?,
+            // keyed by the referral id, so the row is found by it if it was written, in the
+            // table the plan was made for or the one the referral has moved to since.
+            None => match inner.crm.find_by_referral(kind, &link.referral_id).await? {
+                Some(row) => Some(row),
+                None => {
+                    let other = match kind {
+                        RecordKind::Lead => RecordKind::Opportunity,
+                        RecordKind::Opportunity => RecordKind::Lead,
+                    };
+                    inner.crm.find_by_referral(other, &link.referral_id).await?
+                }
+            },
         };
         let Some(row) = row else {
             return Ok(CrmSide {
@@ -990,12 +1000,14 @@ impl Engine {
             // Not created yet: nothing on the CRM side to merge; the target is what it gets.
             None => sides.target.clone(),
         };
-        // A write with status steps was cut short: an open row is where our steps left it.
+        // A write with status steps was cut short: the linked row, open, is where our steps
+        // left it. (Another row, such as the opportunity a seller made of the lead since, is
+        // the seller's.)
         if link.crm_status_in_transit
-            && row
-                .as_ref()
-                .and_then(current_status)
-                .is_some_and(|s| s.is_open())
+            && row.as_ref().is_some_and(|r| {
+                link.crm_id.as_deref() == Some(r.id.as_str())
+                    && current_status(r).is_some_and(|s| s.is_open())
+            })
         {
             sides
                 .crm
