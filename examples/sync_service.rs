@@ -6,6 +6,7 @@
 //! # terminal 2: the service, configured by examples/sync_service.toml (the sandbox config)
 //! cargo run --example sync_service
 //! cargo run --example sync_service -- --check            # CRM schema check only
+//! cargo run --example sync_service -- --plan             # what a sync would write, per record
 //! cargo run --example sync_service -- --config prod.toml # real endpoints, same binary
 //! ```
 //!
@@ -77,6 +78,10 @@ struct Args {
     /// replaced); same as `webhook.take_over_registration = true`.
     #[arg(long)]
     take_over_registration: bool,
+    /// Dry run once and print, per record, what would be written to which side (field and
+    /// value); consumes nothing (no webhook hint, no cursor) and writes nothing.
+    #[arg(long)]
+    plan: bool,
 }
 
 fn main() -> ExitCode {
@@ -114,7 +119,36 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn Error>> {
     if args.check {
         return check_schema(&settings).await;
     }
+    if args.plan {
+        settings.engine.dry_run = true;
+        return plan(settings).await;
+    }
     serve(settings).await
+}
+
+/// `--plan`: one dry-run round, printed per record.
+async fn plan(s: Settings) -> Result<ExitCode, Box<dyn Error>> {
+    let (_, _, engine) = build_engine(&s).await?;
+    let report = engine.run_once().await?;
+    let mut writes = 0;
+    for o in &report.outcomes {
+        let who = match (&o.referral_id, &o.crm) {
+            (Some(r), Some((entity, id))) => format!("referral {r} ↔ {entity} {id}"),
+            (Some(r), None) => format!("referral {r}"),
+            (None, Some((entity, id))) => format!("{entity} {id}"),
+            (None, None) => "(unknown)".into(),
+        };
+        println!("{:?}  {who}  {}", o.action, o.detail);
+        for w in &o.writes {
+            println!("    {w}");
+        }
+        writes += o.writes.len();
+    }
+    println!(
+        "plan: {} record(s), {writes} field write(s); nothing was written or consumed",
+        report.outcomes.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The app-only credential (webhook API, Dataverse).
@@ -256,8 +290,11 @@ impl AppState {
     }
 }
 
-async fn serve(s: Settings) -> Result<ExitCode, Box<dyn Error>> {
-    let app = app_credential(&s)?;
+/// The clients, the state store and the engine of a configuration.
+async fn build_engine(
+    s: &Settings,
+) -> Result<(PartnerCenterClient, Arc<dyn StateStore>, Engine), Box<dyn Error>> {
+    let app = app_credential(s)?;
     let refresh = s.refresh_token()?;
     let user = RefreshTokenCredential::builder(
         s.tenant.as_str(),
@@ -276,7 +313,7 @@ async fn serve(s: Settings) -> Result<ExitCode, Box<dyn Error>> {
         .credential(Arc::new(user))
         .webhooks_credential(Arc::new(app.clone()))
         .build()?;
-    let dataverse = dataverse_client(&s, app)?;
+    let dataverse = dataverse_client(s, app)?;
 
     if let Some(dir) = s.store_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -291,7 +328,11 @@ async fn serve(s: Settings) -> Result<ExitCode, Box<dyn Error>> {
         s.map.clone(),
         s.engine.clone(),
     );
+    Ok((partner_center, store, engine))
+}
 
+async fn serve(s: Settings) -> Result<ExitCode, Box<dyn Error>> {
+    let (partner_center, store, engine) = build_engine(&s).await?;
     let verifier = build_verifier(&s).await?;
     let mut intake = WebhookIntake::new(Arc::new(verifier), store.clone());
     if !s.resource_hosts.is_empty() {

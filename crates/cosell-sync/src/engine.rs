@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use cosell_mapping::{
     CrmPayload, CrmStatus, FieldId, FieldMap, FieldValue, MappedSnapshot, MappingError, PairState,
-    RecordKind, ReferralIdentity, ReferralState, ReferralUpdate, StatusStep, SyncOutcome,
-    merge_sides,
+    RecordKind, ReferralIdentity, ReferralState, ReferralUpdate, Side, StatusStep, SyncOutcome,
+    diff, merge_sides,
 };
 use futures::stream::{self, StreamExt};
 use partner_center_client::models::{
@@ -179,6 +179,28 @@ pub enum Action {
     Planned,
 }
 
+/// One write a dry run would make (see [`EngineConfig::dry_run`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedWrite {
+    /// The side written.
+    pub side: Side,
+    /// The mapped field (`deal_value`), or for Partner Center the JSON Patch path
+    /// (`/details/dealValue`) that would be sent.
+    pub field: String,
+    /// The value it would hold (`null`: cleared).
+    pub value: Value,
+}
+
+impl fmt::Display for PlannedWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = match self.side {
+            Side::PartnerCenter => "Partner Center",
+            Side::Crm => "CRM",
+        };
+        write!(f, "{side} {} = {}", self.field, self.value)
+    }
+}
+
 /// The result of syncing one referral or CRM record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -192,6 +214,9 @@ pub struct Outcome {
     pub conflicts: Vec<String>,
     /// A readable account (the error text on failure).
     pub detail: String,
+    /// In a dry run, what would be written to which side, field by field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<PlannedWrite>,
 }
 
 impl Outcome {
@@ -202,7 +227,13 @@ impl Outcome {
             action,
             conflicts: Vec::new(),
             detail: detail.into(),
+            writes: Vec::new(),
         }
+    }
+
+    fn planning(mut self, writes: Vec<PlannedWrite>) -> Self {
+        self.writes = writes;
+        self
     }
 
     fn referral(mut self, id: &str) -> Self {
@@ -439,6 +470,45 @@ impl Sides {
     }
 }
 
+/// The CRM writes that take `from` to `to`, field by field.
+fn crm_writes(from: &MappedSnapshot, to: &MappedSnapshot) -> Vec<PlannedWrite> {
+    diff(from, to)
+        .into_iter()
+        .map(|c| PlannedWrite {
+            side: Side::Crm,
+            field: c.field.as_str().to_string(),
+            value: c.after.as_ref().map_or(Value::Null, plain),
+        })
+        .collect()
+}
+
+/// A mapped value as plain JSON (`"Active/Accepted"`, `120000`, `"2027-06-30"`).
+fn plain(v: &FieldValue) -> Value {
+    match v {
+        FieldValue::Status(s) => Value::String(s.to_string()),
+        other => {
+            let tagged = serde_json::to_value(other).unwrap_or(Value::Null);
+            match tagged {
+                Value::Object(mut o) => o.remove("value").unwrap_or(Value::Null),
+                v => v,
+            }
+        }
+    }
+}
+
+/// The Partner Center writes of a patch.
+fn pc_writes(update: &ReferralUpdate) -> Vec<PlannedWrite> {
+    update
+        .operations
+        .iter()
+        .map(|op| PlannedWrite {
+            side: Side::PartnerCenter,
+            field: op.path.clone(),
+            value: op.value.clone(),
+        })
+        .collect()
+}
+
 /// Whether two snapshots differ in anything but the status (which moves by status steps).
 fn differs_beyond_status(a: &MappedSnapshot, b: &MappedSnapshot) -> bool {
     FieldId::ALL
@@ -656,7 +726,8 @@ impl Engine {
                 Action::Planned,
                 format!("would create a CRM {} for the referral", entity_name(kind)),
             )
-            .referral(id));
+            .referral(id)
+            .planning(crm_writes(&MappedSnapshot::new(), &snapshot)));
         }
         // The plan is durable before the CRM is written: a crash after the upsert is recovered
         // by finding the row by its referral id and merging against what was sent.
@@ -1162,20 +1233,30 @@ impl Engine {
 
         if dry_run {
             let mut planned = Vec::new();
+            let mut writes = Vec::new();
             if let Some(u) = &pc_update {
                 planned.push(format!(
                     "would patch the referral ({} operations)",
                     u.operations.len()
                 ));
+                writes.extend(pc_writes(u));
             }
             if write_crm {
                 planned.push(format!("would write the CRM {}", entity_name(payload.kind)));
+                let from = if creating {
+                    MappedSnapshot::new()
+                } else {
+                    raw_crm.clone()
+                };
+                writes.extend(crm_writes(&from, &crm_view));
             }
             if planned.is_empty() {
                 planned.push("nothing to write".into());
             }
-            let mut o =
-                Outcome::new(Action::Planned, planned.join("; ")).referral(&link.referral_id);
+            planned.extend(notes.iter().cloned());
+            let mut o = Outcome::new(Action::Planned, planned.join("; "))
+                .referral(&link.referral_id)
+                .planning(writes);
             if let Some(r) = &row {
                 o = o.crm(r.kind, &r.id);
             }
@@ -1831,8 +1912,17 @@ impl Engine {
         }
         let body = map.referral_create(&snapshot, id)?;
         if inner.config.dry_run {
+            let writes = crm_writes(&MappedSnapshot::new(), &snapshot)
+                .into_iter()
+                .map(|w| PlannedWrite {
+                    side: Side::PartnerCenter,
+                    ..w
+                })
+                .collect();
             return Ok(Some(
-                Outcome::new(Action::Planned, "would create a referral").crm(kind, id),
+                Outcome::new(Action::Planned, "would create a referral")
+                    .crm(kind, id)
+                    .planning(writes),
             ));
         }
         let intent = CreateIntent {

@@ -13,8 +13,8 @@ pub mod store;
 pub use crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, WriteTarget};
 pub use dataverse::{DataverseCrm, required_columns};
 pub use engine::{
-    Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, Report,
-    Schedule,
+    Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, PlannedWrite,
+    Report, Schedule,
 };
 pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;

@@ -1,0 +1,260 @@
+//! Workflows of the original solution as a seller and Microsoft perform them (issue 10), each a
+//! user story against both emulators over loopback: the seller's and Microsoft's actions, the
+//! service's passes, then both sides' final state read from the emulators themselves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use cosell::http::RetryPolicy;
+use cosell::mapping::Side;
+use cosell::sandbox::Service;
+use cosell::sandboxed::Sandboxed;
+use cosell::sync::store::AuditQuery;
+use cosell::sync::{Action, Engine, EngineConfig};
+use http::Method;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+struct Harness {
+    s: Sandboxed,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let s = Sandboxed::builder()
+            .retry(
+                RetryPolicy::default()
+                    .with_initial_delay(Duration::from_millis(10))
+                    .with_max_attempts(3),
+            )
+            .start()
+            .await
+            .unwrap();
+        Harness { s }
+    }
+
+    fn dry_run_engine(&self) -> Engine {
+        self.s.restart_engine(EngineConfig {
+            dry_run: true,
+            ..EngineConfig::default()
+        })
+    }
+
+    async fn settled(&self) {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.s.sandbox.partner_center().wait_for_deliveries(),
+        )
+        .await
+        .expect("webhook deliveries did not settle");
+    }
+
+    /// What the running service does, once: every pass.
+    async fn service_round(&self) {
+        self.settled().await;
+        self.s.engine.run_once().await.unwrap();
+        self.s.engine.replay_dead_letters().await.unwrap();
+    }
+
+    /// Writes either emulator has taken (Dataverse and the referrals API), by its own counters.
+    fn writes(&self) -> u64 {
+        let f = self.s.sandbox.faults();
+        [Method::POST, Method::PATCH, Method::PUT, Method::DELETE]
+            .iter()
+            .map(|m| {
+                f.calls_matching(Service::Dataverse, m, "/api/data")
+                    + f.calls_matching(Service::Referrals, m, "/v1.0/engagements/referrals")
+            })
+            .sum()
+    }
+
+    fn referral(&self, id: &str) -> Value {
+        self.s.sandbox.partner_center().referral(id).unwrap()
+    }
+
+    fn opportunity(&self, id: Uuid) -> Value {
+        self.s.sandbox.dataverse().row("opportunity", id).unwrap()
+    }
+
+    /// The referral created from a CRM opportunity.
+    fn referral_of(&self, opp: Uuid) -> String {
+        let all: Vec<Value> = self
+            .s
+            .sandbox
+            .partner_center()
+            .referrals()
+            .into_iter()
+            .filter(|r| r["externalReferenceId"] == json!(opp.to_string()))
+            .collect();
+        assert_eq!(all.len(), 1, "one referral for the opportunity");
+        all[0]["id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Issue 10, item 8. The operator turns on a dry run to see what the sync would do: a new
+/// referral from Microsoft and a seller's deal-value change are both listed field by field,
+/// with the side each goes to; nothing is written, no webhook hint and no cursor is consumed,
+/// and the real service afterwards does exactly that.
+#[tokio::test]
+async fn a_dry_run_lists_each_records_writes_and_changes_nothing() {
+    let h = Harness::start().await;
+    // A linked co-sell deal, in sync.
+    let opp = h.s.seed_co_sell_opportunity("Dry Run Deal").unwrap();
+    h.service_round().await;
+    let referral = h.referral_of(opp);
+    h.service_round().await;
+
+    // The seller changes the deal value; Microsoft sends a new referral.
+    h.s.sandbox
+        .dataverse()
+        .update_as_user("opportunity", opp, json!({"estimatedvalue": 424242.0}))
+        .unwrap();
+    let incoming =
+        h.s.sandbox
+            .partner_center()
+            .create_incoming_referral(
+                json!({"name": "Planned Incoming", "details": {"currency": "USD"}}),
+            )
+            .unwrap();
+    let incoming = incoming["id"].as_str().unwrap().to_string();
+    h.settled().await;
+
+    let hints_before = h.s.store.pending_hints(100).await.unwrap().len();
+    assert!(hints_before >= 1, "the new referral's webhook is queued");
+    let cursor_before =
+        h.s.store
+            .checkpoint("crm.changes.opportunity")
+            .await
+            .unwrap();
+    let writes_before = h.writes();
+    let links_before = h.s.store.links().await.unwrap();
+
+    let plan = h.dry_run_engine().run_once().await.unwrap();
+
+    // Per record, what would be written to which side.
+    let edit = plan
+        .outcomes
+        .iter()
+        .find(|o| o.referral_id.as_deref() == Some(referral.as_str()) && !o.writes.is_empty())
+        .unwrap_or_else(|| panic!("the seller's edit is planned: {plan:#?}"));
+    assert_eq!(edit.action, Action::Planned);
+    assert!(
+        edit.writes.iter().any(|w| w.side == Side::PartnerCenter
+            && w.field == "/details/dealValue"
+            && w.value.as_f64() == Some(424242.0)),
+        "{:#?}",
+        edit.writes
+    );
+    let new = plan
+        .outcomes
+        .iter()
+        .find(|o| o.referral_id.as_deref() == Some(incoming.as_str()))
+        .unwrap_or_else(|| panic!("the new referral is planned: {plan:#?}"));
+    assert_eq!(new.action, Action::Planned);
+    assert!(
+        new.writes.iter().any(|w| w.side == Side::Crm
+            && w.field == "name"
+            && w.value == json!("Planned Incoming")),
+        "{:#?}",
+        new.writes
+    );
+    // Readable for a CLI.
+    assert!(
+        edit.writes
+            .iter()
+            .any(|w| w.to_string() == "Partner Center /details/dealValue = 424242"),
+        "{:?}",
+        edit.writes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    );
+
+    // Nothing changed anywhere.
+    assert_eq!(
+        h.writes(),
+        writes_before,
+        "a dry run writes to neither service"
+    );
+    assert_eq!(
+        h.s.store.pending_hints(100).await.unwrap().len(),
+        hints_before
+    );
+    assert_eq!(
+        h.s.store
+            .checkpoint("crm.changes.opportunity")
+            .await
+            .unwrap(),
+        cursor_before
+    );
+    assert_eq!(h.s.store.links().await.unwrap(), links_before);
+    assert_ne!(
+        h.referral(&referral)["details"]["dealValue"].as_f64(),
+        Some(424242.0)
+    );
+
+    // The real service then does what was planned.
+    h.service_round().await;
+    assert_eq!(
+        h.referral(&referral)["details"]["dealValue"].as_f64(),
+        Some(424242.0)
+    );
+    assert!(
+        h.s.store
+            .link_by_referral(&incoming)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Issue 10, item 2. The seller renames the deal in the CRM. Partner Center cannot take a new
+/// name after creation, so the referral keeps its name; the CRM keeps the seller's name (it is
+/// never written back over), and the audit trail says the change is not writable in Partner
+/// Center.
+#[tokio::test]
+async fn a_rename_in_the_crm_stays_the_sellers_and_is_audited_as_not_writable() {
+    let h = Harness::start().await;
+    let opp = h.s.seed_co_sell_opportunity("Original Name").unwrap();
+    h.service_round().await;
+    let referral = h.referral_of(opp);
+    let pc_name = h.referral(&referral)["name"].clone();
+
+    h.s.sandbox
+        .dataverse()
+        .update_as_user("opportunity", opp, json!({"name": "Renamed by the seller"}))
+        .unwrap();
+    for _ in 0..3 {
+        h.service_round().await;
+    }
+
+    let crm_name = h.opportunity(opp)["name"].as_str().unwrap().to_string();
+    assert!(
+        crm_name.ends_with("Renamed by the seller"),
+        "the seller's name stays: {crm_name}"
+    );
+    assert_eq!(
+        h.referral(&referral)["name"],
+        pc_name,
+        "Partner Center keeps its name"
+    );
+    let audit =
+        h.s.store
+            .audit(&AuditQuery {
+                referral_id: Some(referral.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.message.contains("not writable in Partner Center: name")),
+        "{audit:#?}"
+    );
+    // Settled: another round writes nothing.
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before);
+}
