@@ -258,3 +258,60 @@ async fn a_rename_in_the_crm_stays_the_sellers_and_is_audited_as_not_writable() 
     h.service_round().await;
     assert_eq!(h.writes(), before);
 }
+
+/// Issue 10, item 5. Microsoft sends a referral not yet accepted: the seller's lead links to it
+/// like an opportunity does, with the Referral Link to open it in Partner Center and the
+/// engagement id, and keeps them when Microsoft updates the referral.
+#[tokio::test]
+async fn a_lead_carries_the_referral_link_and_engagement_id() {
+    let h = Harness::start().await;
+    let incoming = h
+        .s
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "Linked Lead", "details": {"currency": "USD"}}))
+        .unwrap();
+    let id = incoming["id"].as_str().unwrap().to_string();
+    h.service_round().await;
+
+    let leads =
+        h.s.sandbox
+            .dataverse()
+            .query("lead", &format!("cosell_referralid eq '{id}'"))
+            .unwrap();
+    assert_eq!(leads.len(), 1, "one lead for the referral");
+    let lead = &leads[0];
+    let link = lead["cosell_referrallink"].as_str().unwrap_or_default();
+    assert!(
+        link.ends_with(&id),
+        "the Referral Link opens the referral: {link:?}"
+    );
+    let engagement = h.referral(&id)["engagementId"].clone();
+    assert!(engagement.is_string(), "the referral has an engagement");
+    assert_eq!(lead["cosell_engagementid"], engagement);
+
+    // Microsoft updates the referral; the lead keeps its link.
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace", "path": "/details/notes", "value": "More detail."}]),
+        )
+        .unwrap();
+    h.service_round().await;
+    let lead =
+        h.s.sandbox
+            .dataverse()
+            .query("lead", &format!("cosell_referralid eq '{id}'"))
+            .unwrap()
+            .pop()
+            .unwrap();
+    assert_eq!(lead["description"], json!("More detail."));
+    assert_eq!(lead["cosell_engagementid"], engagement);
+    assert!(
+        lead["cosell_referrallink"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(&id)
+    );
+}

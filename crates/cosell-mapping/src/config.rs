@@ -253,6 +253,11 @@ pub struct LeadColumns {
     pub sync_with_partner_center: String,
     /// "Referral Identifier", the alternate key. Default `cosell_referralid`.
     pub referral_id: String,
+    /// "Referral Link", the referral in Partner Center (as on the opportunity). Default
+    /// `cosell_referrallink`.
+    pub referral_link: String,
+    /// Engagement id (as on the opportunity). Default `cosell_engagementid`.
+    pub engagement_id: String,
     /// Audit column on the lead, if the solution has one. Default: none.
     pub audit: Option<String>,
     /// Navigation property binding the currency. Default `transactioncurrencyid`.
@@ -282,6 +287,8 @@ impl Default for LeadColumns {
             country: "address1_country".into(),
             sync_with_partner_center: "cosell_syncwithpartnercenter".into(),
             referral_id: "cosell_referralid".into(),
+            referral_link: "cosell_referrallink".into(),
+            engagement_id: "cosell_engagementid".into(),
             audit: None,
             currency_bind: "transactioncurrencyid".into(),
         }
@@ -734,6 +741,8 @@ impl MappingConfig {
                 country,
                 sync_with_partner_center,
                 referral_id,
+                referral_link,
+                engagement_id,
             ]
         );
         if let Some(a) = &l.audit {

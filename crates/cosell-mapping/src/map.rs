@@ -644,6 +644,15 @@ impl FieldMap {
             l.referral_id.clone(),
             Value::String(identity.referral_id.clone()),
         );
+        // Like the opportunity, the lead links to its referral and engagement.
+        r.insert(
+            l.referral_link.clone(),
+            Value::String(self.referral_link(identity)),
+        );
+        r.insert(
+            l.engagement_id.clone(),
+            json_text(identity.engagement_id.as_ref()),
+        );
         Self::apply_defaults(&mut r, &cfg.defaults.lead);
         Ok(CrmPayload {
             kind: RecordKind::Lead,

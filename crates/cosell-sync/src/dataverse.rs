@@ -646,9 +646,14 @@ pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
     .collect();
     pairs.push((o.entity.clone(), map.config().deal_value_field.clone()));
     pairs.extend(
-        [&l.sync_with_partner_center, &l.referral_id]
-            .into_iter()
-            .map(|col| (l.entity.clone(), col.clone())),
+        [
+            &l.sync_with_partner_center,
+            &l.referral_id,
+            &l.referral_link,
+            &l.engagement_id,
+        ]
+        .into_iter()
+        .map(|col| (l.entity.clone(), col.clone())),
     );
     if let Some(audit) = &l.audit {
         pairs.push((l.entity.clone(), audit.clone()));

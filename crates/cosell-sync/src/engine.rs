@@ -1755,7 +1755,12 @@ impl Engine {
                 &c.opportunity.engagement_id,
                 &c.opportunity.sync_with_partner_center,
             ],
-            RecordKind::Lead => vec![&c.lead.referral_id, &c.lead.sync_with_partner_center],
+            RecordKind::Lead => vec![
+                &c.lead.referral_id,
+                &c.lead.referral_link,
+                &c.lead.engagement_id,
+                &c.lead.sync_with_partner_center,
+            ],
         };
         names
             .into_iter()
