@@ -315,3 +315,133 @@ async fn a_lead_carries_the_referral_link_and_engagement_id() {
             .ends_with(&id)
     );
 }
+
+/// An incoming referral shared with Microsoft sellers or not, with or without solutions.
+fn incoming_kind(shared: bool, solutions: bool, name: &str) -> Value {
+    let mut body = json!({
+        "name": name,
+        "type": if shared { "Shared" } else { "Independent" },
+        "consent": {"consentToShareReferralWithMicrosoftSellers": shared},
+        "details": {"currency": "USD"},
+    });
+    if !solutions {
+        body["details"]["requirements"] = json!({"solutions": []});
+    }
+    body
+}
+
+/// Issue 10, item 6. For every kind of incoming referral (shared with Microsoft sellers or not,
+/// with or without a help request, with or without solutions), the seller accepts one by
+/// qualifying its lead and declines another by disqualifying it: Partner Center shows Accepted /
+/// Declined, keeps Microsoft's data (help request, solutions, notes, customer contacts), and
+/// nothing is dead-lettered.
+#[tokio::test]
+async fn accept_and_decline_from_the_crm_work_for_every_kind_of_incoming_referral() {
+    let h = Harness::start().await;
+    // The generator decides whether Microsoft asks for help; draw referrals until every kind
+    // has one to accept and one to decline (bounded).
+    let mut kinds: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for n in 0..400 {
+        if kinds.len() == 8 && kinds.values().all(|ids| ids.len() >= 2) {
+            break;
+        }
+        let (shared, solutions) = (n % 2 == 0, n % 4 < 2);
+        let r =
+            h.s.sandbox
+                .partner_center()
+                .create_incoming_referral(incoming_kind(shared, solutions, &format!("Kind {n}")))
+                .unwrap();
+        let help = r["inviteContext"]["assistanceRequestCode"].is_string();
+        let tag = format!("shared={shared} help={help} solutions={solutions}");
+        let ids = kinds.entry(tag).or_default();
+        if ids.len() < 2 {
+            ids.push(r["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(kinds.len(), 8, "every kind drawn: {:?}", kinds.keys());
+    let cases: Vec<(String, Vec<String>)> = kinds.into_iter().collect();
+    h.service_round().await;
+    let before: Vec<(String, Value)> = cases
+        .iter()
+        .flat_map(|(_, ids)| ids.iter())
+        .map(|id| (id.clone(), h.referral(id)))
+        .collect();
+
+    let dv = h.s.sandbox.dataverse();
+    let lead_of = |id: &str| -> Uuid {
+        let lead = dv
+            .query("lead", &format!("cosell_referralid eq '{id}'"))
+            .unwrap()
+            .pop()
+            .unwrap_or_else(|| panic!("a lead for {id}"));
+        Uuid::parse_str(lead["leadid"].as_str().unwrap()).unwrap()
+    };
+    for (_, ids) in &cases {
+        // The seller qualifies the first lead (creating its opportunity) and disqualifies the
+        // second.
+        h.s.crm
+            .client()
+            .qualify_lead(
+                lead_of(&ids[0]),
+                &cosell::dataverse::QualifyLead {
+                    create_opportunity: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        dv.update_as_user(
+            "lead",
+            lead_of(&ids[1]),
+            json!({"statecode": 2, "statuscode": 6}),
+        )
+        .unwrap();
+    }
+    for _ in 0..2 {
+        h.service_round().await;
+    }
+
+    for (tag, ids) in &cases {
+        let accepted = h.referral(&ids[0]);
+        let declined = h.referral(&ids[1]);
+        assert_eq!(
+            (accepted["status"].as_str(), accepted["substatus"].as_str()),
+            (Some("Active"), Some("Accepted")),
+            "{tag}: qualifying the lead accepts"
+        );
+        assert_eq!(
+            (declined["status"].as_str(), declined["substatus"].as_str()),
+            (Some("Closed"), Some("Declined")),
+            "{tag}: disqualifying the lead declines"
+        );
+        // Microsoft's data is kept.
+        for (id, now) in [(&ids[0], &accepted), (&ids[1], &declined)] {
+            let was = &before.iter().find(|(b, _)| b == id).unwrap().1;
+            for path in [
+                "/inviteContext/assistanceRequestCode",
+                "/details/requirements/solutions",
+                "/details/notes",
+                "/customerProfile/team",
+                "/consent/consentToShareReferralWithMicrosoftSellers",
+            ] {
+                assert_eq!(
+                    now.pointer(path),
+                    was.pointer(path),
+                    "{tag} {id}: {path} kept"
+                );
+            }
+        }
+    }
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+    assert_eq!(
+        h.s.store.links().await.unwrap().len(),
+        h.s.sandbox
+            .partner_center()
+            .referrals()
+            .iter()
+            .filter(|r| r["direction"] == json!("Incoming"))
+            .count(),
+        "every incoming referral is linked"
+    );
+}

@@ -1165,13 +1165,22 @@ impl FieldMap {
 
     /// The JSON Patch operations that take a referral from `base` to `target`, after
     /// [`check_outgoing`](Self::check_outgoing) (so withdrawing visibility or a forbidden status
-    /// change is an error, not a patch). Arrays (contacts, solutions) are replaced whole.
+    /// change is an error, not a patch; a rule `base` already breaks does not refuse the
+    /// change). Arrays (contacts, solutions) are replaced whole.
     pub fn referral_update(
         &self,
         base: &MappedSnapshot,
         target: &MappedSnapshot,
     ) -> Result<ReferralUpdate, MappingError> {
-        Self::first_error(self.check_outgoing(target, Some(base)))?;
+        // Only a violation the change introduces refuses it: a co-sell referral Microsoft sent
+        // without a solution still takes the seller's acceptance or deal value.
+        let already = self.check_outgoing(base, Some(base));
+        Self::first_error(
+            self.check_outgoing(target, Some(base))
+                .into_iter()
+                .filter(|e| !already.contains(e))
+                .collect(),
+        )?;
         let mut up = ReferralUpdate::default();
         let visible_before = Self::visible(base);
         for change in diff(base, target) {
