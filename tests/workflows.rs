@@ -445,3 +445,98 @@ async fn accept_and_decline_from_the_crm_work_for_every_kind_of_incoming_referra
         "every incoming referral is linked"
     );
 }
+
+/// Issue 10, item 7. The partner's CRM keeps the deal value in a custom column and requires a
+/// "sales team" column on opportunities, filled by a configured default. Microsoft sends a
+/// referral; the seller qualifies its lead in the CRM (Dataverse's QualifyLead makes the
+/// opportunity). The opportunity gets the configured default and the deal value in the custom
+/// column, and Partner Center keeps the deal value.
+#[tokio::test]
+async fn a_sellers_qualified_lead_gets_the_configured_defaults_and_keeps_its_deal_value() {
+    use cosell::mapping::FieldMap;
+    use cosell::sandbox::dataverse::ColumnDef;
+    use cosell::sandbox::{DataverseSchema, Sandbox};
+
+    let schema = DataverseSchema::default().with_columns(
+        "opportunity",
+        [
+            ColumnDef::money("new_dealvalue"),
+            ColumnDef::text("new_salesteam", 100),
+        ],
+    );
+    let map = FieldMap::from_toml(
+        r#"
+deal_value_field = "new_dealvalue"
+
+[defaults.opportunity]
+isrevenuesystemcalculated = false
+new_salesteam = "Co-sell desk"
+"#,
+    )
+    .unwrap();
+    let s = Sandboxed::builder()
+        .sandbox(Sandbox::builder().dataverse_schema(schema))
+        .field_map(map)
+        .retry(
+            RetryPolicy::default()
+                .with_initial_delay(Duration::from_millis(10))
+                .with_max_attempts(3),
+        )
+        .start()
+        .await
+        .unwrap();
+    let h = Harness { s };
+    let incoming = h
+        .s
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(
+            json!({"name": "Custom Columns", "details": {"currency": "USD", "dealValue": 98765.0}}),
+        )
+        .unwrap();
+    let id = incoming["id"].as_str().unwrap().to_string();
+    h.service_round().await;
+    let dv = h.s.sandbox.dataverse();
+    let lead = dv
+        .query("lead", &format!("cosell_referralid eq '{id}'"))
+        .unwrap()
+        .pop()
+        .expect("a lead");
+    h.s.crm
+        .client()
+        .qualify_lead(
+            Uuid::parse_str(lead["leadid"].as_str().unwrap()).unwrap(),
+            &cosell::dataverse::QualifyLead {
+                create_opportunity: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        h.service_round().await;
+    }
+
+    let opps = dv
+        .query("opportunity", &format!("cosell_referralid eq '{id}'"))
+        .unwrap();
+    assert_eq!(opps.len(), 1, "one opportunity");
+    let opp = &opps[0];
+    assert_eq!(
+        opp["new_salesteam"],
+        json!("Co-sell desk"),
+        "the configured default"
+    );
+    assert_eq!(
+        opp["new_dealvalue"].as_f64(),
+        Some(98765.0),
+        "the deal value column"
+    );
+    let referral = h.referral(&id);
+    assert_eq!(referral["details"]["dealValue"].as_f64(), Some(98765.0));
+    assert_eq!(
+        (referral["status"].as_str(), referral["substatus"].as_str()),
+        (Some("Active"), Some("Accepted"))
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+}
