@@ -47,6 +47,10 @@ const REGRESSION_SEEDS: &[u64] = &[
     35,   // a seller's edit of the lead during the pass was lost when we made the opportunity
     1592, // an interim-state flag left by a failed pass on the lead masked the seller's opportunity
     1116, // a pending create looked up in the lead table after the referral moved on: upserted again
+    521,  // the opportunity our QualifyLead made read as the seller's acceptance
+    1208, // a lost-as-cancelled opportunity read as Lost, not as the Declined it stands for
+    687,  // our reopen of an adopted opportunity not recognised (the link still on the lead)
+    973,  // our conversion's answer lost: its opportunity read as the seller's acceptance
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

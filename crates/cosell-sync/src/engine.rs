@@ -1021,10 +1021,10 @@ impl Engine {
                 known.set_opt(field, opp_snapshot.get(field).cloned());
             }
         }
-        if lead_to_close.is_some() {
-            // The lead is still open, so no seller qualified it: the opportunity is ours, from
-            // an earlier attempt of this transition, and where its status stands is our pending
-            // work.
+        if lead_to_close.is_some() || (planned_opportunity && link.crm_status_in_transit) {
+            // The lead is still open, so no seller qualified it; or our conversion of it was
+            // under way (its answer maybe lost): the opportunity is ours, and where its status
+            // stands is our pending work.
             known.set_opt(FieldId::Status, opp_snapshot.get(FieldId::Status).cloned());
         }
         Ok(CrmSide {
@@ -1066,11 +1066,21 @@ impl Engine {
                 .as_ref()
                 .is_some_and(|r| r.kind == RecordKind::Opportunity);
         sides.crm = crm_known;
-        let raw_crm = match &row {
+        let mut raw_crm = match &row {
             Some(r) => map.snapshot_from_crm(&r.records, Some(&sides.crm))?,
             // Not created yet: nothing on the CRM side to merge; the target is what it gets.
             None => sides.target.clone(),
         };
+        // The CRM status stands for several referral states (a lost opportunity is Lost, or a
+        // Declined or Expired referral's opportunity): when it is the target's, it holds the
+        // target's state.
+        if let (Some(r), Some(t)) = (&row, sides.target.status())
+            && raw_crm.status() != Some(t)
+            && current_status(r)
+                .is_some_and(|st| map.config().status.crm_status(t, Some(r.kind)).ok() == Some(st))
+        {
+            raw_crm.set(FieldId::Status, FieldValue::Status(t.clone()));
+        }
         // A write with status steps was cut short: the linked row, open, is where our steps
         // left it. (Another row, such as the opportunity a seller made of the lead since, is
         // the seller's.)
@@ -1271,9 +1281,12 @@ impl Engine {
             .or(link.engagement_id.clone());
         updated.pc_etag = referral.e_tag.clone();
         updated.pc_updated_at = referral.updated_date_time;
+        // The link follows the CRM side at once, unless a lead it replaces is still to close
+        // (the link stays on the lead until then, so a failed step is resumed).
         if let Some(r) = &row
-            && !switched
+            && (!switched || lead_to_close.is_none())
         {
+            updated.crm_entity = entity_name(r.kind).to_string();
             updated.crm_id = Some(r.id.clone());
             updated.crm_etag = r.etag.clone();
         }
@@ -1341,6 +1354,10 @@ impl Engine {
             let qualified = map.config().status.lead.qualified;
             inner.crm.convert_lead(&lead.id, qualified).await?;
             self.count_synced(Direction::ToCrm);
+            // The opportunity starts open: our step, not the seller accepting the deal.
+            let open = self.open_status(RecordKind::Opportunity);
+            self.record_crm(&mut updated, &mut now_sides, open, None)
+                .await?;
             return Err(Failure::Again);
         }
         if write_crm {
