@@ -66,8 +66,9 @@
 //!
 //! Not checked. webpki can check CRLs it is given but fetches none, and an online check would be
 //! a further request per unknown certificate; Microsoft documents neither the issuer nor any
-//! CRL/OCSP location for the dispatch certificate. A leaf from one of the Azure TLS issuing CAs
-//! would name `oneocsp.microsoft.com` (OCSP) and `www.microsoft.com/pkiops/crl/` (CRL).
+//! CRL/OCSP location for the dispatch certificate. Leaves of Microsoft's Azure TLS issuing CAs
+//! typically name `oneocsp.microsoft.com` (OCSP) and `www.microsoft.com/pkiops/crl/` (CRL); that
+//! the dispatch certificate does is not confirmed.
 //!
 //! ## Fetch size cap
 //!
@@ -123,8 +124,8 @@ use super::callback::{CallbackError, WebhookCallback, body_sha256_hex};
 /// of the Partner Center webhooks page): the default certificate host allow-list.
 pub const PARTNER_CENTER_CERTIFICATE_HOST: &str = "3psostorageacct.blob.core.windows.net";
 /// The default allow-list of issuer (AIA `caIssuers`) hosts: Microsoft's PKI repository
-/// (`http://www.microsoft.com/pkiops/certs/…`), Microsoft's `caissuers` host and DigiCert's,
-/// the AIA hosts Azure's "Certificate Authority details" page lists for its TLS issuing CAs.
+/// (`http://www.microsoft.com/pkiops/certs/…`), Microsoft's `caissuers` host and DigiCert's:
+/// where the issuing CAs on Azure's "Certificate Authority details" page are published.
 pub const DEFAULT_ISSUER_HOSTS: &[&str] = &[
     "www.microsoft.com",
     "caissuers.microsoft.com",
