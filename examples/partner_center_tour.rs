@@ -25,8 +25,8 @@
 //!
 //! To run against Partner Center instead, drop the sandbox: keep the default endpoints, build the
 //! credentials with your tenant, app and refresh token (without `authority_host`), and build the
-//! verifier with the production defaults (`WebhookVerifier::builder()`, adding Microsoft's
-//! issuing CA with `intermediates_pem`).
+//! verifier with the production defaults (`WebhookVerifier::builder()`, which fetches Microsoft's
+//! issuing CA through the leaf's AIA URL).
 
 use std::error::Error;
 use std::sync::Arc;
@@ -212,16 +212,20 @@ async fn main() -> Result<(), BoxError> {
 
     // 2. A webhook receiver that verifies every callback, registered for the referral events ----
     println!("\n2. Start a verifying webhook receiver and register it");
-    // Production: `WebhookVerifier::builder()` as is (Partner Center's certificate host, Mozilla
-    // roots, organization "Microsoft Corporation") plus Microsoft's issuing CA as intermediate.
-    // Here: the sandbox's certificate host (plain http on loopback), its test root CA and its
-    // certificate's organization.
+    // Production: `WebhookVerifier::builder()` as is (Microsoft's certificate host, the leaf's
+    // intermediate fetched through AIA from Microsoft/DigiCert PKI hosts, Mozilla roots,
+    // organization "Microsoft Corporation" on the issuer). Here: those defaults plus the
+    // sandbox's certificate and PKI hosts (plain http on loopback), its test root CA and its
+    // CAs' organization.
     let verifier = WebhookVerifier::builder()
-        .certificate_url_rules([CertificateUrlRule::from_prefix(
+        .allow_certificate_url(CertificateUrlRule::from_prefix(
             &microsoft.certificate_url_prefix(),
-        )?])
+        )?)
+        .allow_issuer_url(CertificateUrlRule::from_prefix(
+            &microsoft.issuer_url_prefix(),
+        )?)
         .allow_http_loopback(true)
-        .trust_anchors_pem(microsoft.root_ca_pem())
+        .additional_trust_anchors_pem(microsoft.root_ca_pem())
         .expected_organization(CERTIFICATE_ORGANIZATION)
         .build()?;
     let (verified_tx, callbacks) = mpsc::unbounded_channel();

@@ -43,6 +43,9 @@ struct Args {
     /// Port of the Dataverse Web API.
     #[arg(long, default_value_t = 7104)]
     dataverse_port: u16,
+    /// Port of the PKI host (the intermediate CA the signing certificate's AIA names).
+    #[arg(long, default_value_t = 7105)]
+    pki_port: u16,
     /// Seed for generated data and probabilistic faults.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -67,6 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             webhooks: args.webhooks_port,
             certificates: args.certificates_port,
             dataverse: args.dataverse_port,
+            pki: args.pki_port,
         })
         .seed(args.seed)
         .start()
@@ -90,6 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  Referrals API            {}", urls.referrals);
     println!("  Webhook API              {}", urls.webhooks);
     println!("  Certificate host         {}", urls.certificates);
+    println!("  PKI host                 {}", urls.pki);
     println!("  Dataverse                {}", urls.dataverse);
     println!("  Signing certificate URL  {}", pc.certificate_url());
     println!(

@@ -240,21 +240,29 @@ async fn read_pem(source: &str) -> Result<Vec<u8>, Box<dyn Error>> {
 
 async fn build_verifier(s: &Settings) -> Result<WebhookVerifier, Box<dyn Error>> {
     let v = &s.verification;
+    // The production defaults (Microsoft's certificate host, Microsoft/DigiCert issuer hosts,
+    // Mozilla roots, organization on the issuer), then what the file adds.
     let mut builder = WebhookVerifier::builder().expected_organization(&v.expected_organization);
-    if !v.certificate_url_prefixes.is_empty() {
-        let mut rules = Vec::new();
-        let mut http = false;
-        for prefix in &v.certificate_url_prefixes {
-            rules.push(CertificateUrlRule::from_prefix(prefix)?);
-            http |= prefix.starts_with("http://");
-        }
-        // The config check admitted plain http only on loopback.
-        builder = builder
-            .certificate_url_rules(rules)
-            .allow_http_loopback(http);
+    if !v.certificate_hosts.is_empty() {
+        builder = builder.certificate_hosts(&v.certificate_hosts);
     }
+    let mut http = false;
+    for prefix in &v.certificate_url_prefixes {
+        builder = builder.allow_certificate_url(CertificateUrlRule::from_prefix(prefix)?);
+        http |= prefix.starts_with("http://");
+    }
+    for prefix in &v.issuer_url_prefixes {
+        builder = builder.allow_issuer_url(CertificateUrlRule::from_prefix(prefix)?);
+    }
+    // The config check admitted plain http certificate URLs only on loopback.
+    builder = builder.allow_http_loopback(http);
     for source in &v.trust_anchors {
-        builder = builder.trust_anchors_pem(read_pem(source).await?);
+        let pem = read_pem(source).await?;
+        builder = if v.default_roots {
+            builder.additional_trust_anchors_pem(pem)
+        } else {
+            builder.trust_anchors_pem(pem)
+        };
     }
     for source in &v.intermediates {
         builder = builder.intermediates_pem(read_pem(source).await?);

@@ -172,6 +172,8 @@ impl SandboxedBuilder {
             self.map,
             self.config,
         );
+        // The production defaults plus the sandbox's certificate host, PKI host and root: the
+        // leaf is fetched alone and its intermediate through its AIA URL, as with Microsoft's.
         let verifier = sandbox
             .partner_center()
             .webhook_verifier_builder()

@@ -37,6 +37,10 @@ fn the_shipped_sandbox_config_loads() {
         s.verification.trust_anchors,
         ["http://127.0.0.1:7103/cert/sandbox-root-ca.pem"]
     );
+    assert_eq!(
+        s.verification.issuer_url_prefixes,
+        ["http://127.0.0.1:7105/pkiops/certs/"]
+    );
     assert!(s.map.config().display_check_mark);
 }
 
@@ -67,6 +71,8 @@ fn a_minimal_production_config_takes_the_defaults() {
     assert_eq!(s.schedule, cosell::sync::Schedule::default());
     assert_eq!(s.engine, cosell::sync::EngineConfig::default());
     assert!(s.verification.certificate_url_prefixes.is_empty());
+    assert!(s.verification.certificate_hosts.is_empty() && s.verification.default_roots);
+    assert!(s.verification.issuer_url_prefixes.is_empty());
     assert_eq!(
         s.verification.expected_organization,
         "Microsoft Corporation"
@@ -115,6 +121,20 @@ fn mistakes_name_their_key() {
         (
             format!("mapping_file = \"m.toml\"\n{SHIPPED}"),
             "`mapping_file`",
+        ),
+        (
+            SHIPPED.replace(
+                "issuer_url_prefixes = [\"http://127.0.0.1:7105/pkiops/certs/\"]",
+                "issuer_url_prefixes = [\"ldap://127.0.0.1/certs/\"]",
+            ),
+            "`webhook.verification.issuer_url_prefixes[0]`",
+        ),
+        (
+            SHIPPED.replace(
+                "[webhook.verification]",
+                "[webhook.verification]\ncertificate_hosts = [\"https://host/cert/\"]",
+            ),
+            "`webhook.verification.certificate_hosts[0]`",
         ),
     ];
     for (text, expected) in cases {

@@ -234,12 +234,23 @@ fn yes() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Verification {
-    /// Allow-listed certificate URL prefixes; empty = Partner Center's certificate host.
+    /// Hosts a signing certificate may be fetched from (https, any path); empty = Microsoft's
+    /// documented storage host.
+    #[serde(default)]
+    pub(crate) certificate_hosts: Vec<String>,
+    /// Further allow-listed certificate URL prefixes, added to `certificate_hosts`.
     #[serde(default)]
     pub(crate) certificate_url_prefixes: Vec<String>,
-    /// PEM files or URLs of root CAs; empty = the default (Mozilla) roots.
+    /// Further allow-listed issuer (AIA `caIssuers`) URL prefixes, added to the default
+    /// Microsoft/DigiCert PKI hosts.
+    #[serde(default)]
+    pub(crate) issuer_url_prefixes: Vec<String>,
+    /// PEM files or URLs of root CAs, added to the default (Mozilla) roots.
     #[serde(default)]
     pub(crate) trust_anchors: Vec<String>,
+    /// Whether the default (Mozilla) roots are trusted; false = `trust_anchors` only.
+    #[serde(default = "yes")]
+    pub(crate) default_roots: bool,
     /// PEM files or URLs of intermediate CAs.
     #[serde(default)]
     pub(crate) intermediates: Vec<String>,
@@ -254,8 +265,11 @@ fn default_organization() -> String {
 impl Default for Verification {
     fn default() -> Self {
         Verification {
+            certificate_hosts: Vec::new(),
             certificate_url_prefixes: Vec::new(),
+            issuer_url_prefixes: Vec::new(),
             trust_anchors: Vec::new(),
+            default_roots: true,
             intermediates: Vec::new(),
             expected_organization: default_organization(),
         }
@@ -483,6 +497,39 @@ impl Settings {
             }
         }
         let v = &c.webhook.verification;
+        for (i, host) in v.certificate_hosts.iter().enumerate() {
+            if host.is_empty() || host.contains(['/', ':', ' ', '@']) {
+                return Err(ConfigError::new(
+                    format!("webhook.verification.certificate_hosts[{i}]"),
+                    format!("`{host}` is not a host name"),
+                ));
+            }
+        }
+        for (i, prefix) in v.issuer_url_prefixes.iter().enumerate() {
+            let key = format!("webhook.verification.issuer_url_prefixes[{i}]");
+            // AIA URLs are plain http by convention: what is fetched must chain to a root.
+            let url = Url::parse(prefix)
+                .map_err(|e| ConfigError::new(&key, format!("`{prefix}` is not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https")
+                || url.query().is_some()
+                || url.fragment().is_some()
+                || url.as_str() != prefix
+                || !prefix.ends_with('/')
+            {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "`{prefix}` must be an http(s) URL prefix ending in `/`, such as `http://host/pkiops/certs/`"
+                    ),
+                ));
+            }
+        }
+        if !v.default_roots && v.trust_anchors.is_empty() {
+            return Err(ConfigError::new(
+                "webhook.verification.default_roots",
+                "false needs at least one `trust_anchors` entry",
+            ));
+        }
         for (i, prefix) in v.certificate_url_prefixes.iter().enumerate() {
             let key = format!("webhook.verification.certificate_url_prefixes[{i}]");
             let url = endpoint(&key, prefix)?;

@@ -34,6 +34,9 @@ pub struct SandboxUrls {
     pub webhooks: Url,
     /// The host serving the webhook signing certificate (stands in for Microsoft's blob storage).
     pub certificates: Url,
+    /// The PKI host serving the intermediate CA the signing certificate's AIA names (stands in
+    /// for Microsoft's `www.microsoft.com/pkiops/certs/`).
+    pub pki: Url,
     /// Dataverse environment URL (the API is under `api/data/v9.2/`).
     pub dataverse: Url,
 }
@@ -60,6 +63,7 @@ pub const IN_PROCESS_PORTS: SandboxPorts = SandboxPorts {
     webhooks: 3,
     certificates: 4,
     dataverse: 5,
+    pki: 6,
 };
 
 /// Fixed ports for a standalone sandbox (0 = any free port).
@@ -75,6 +79,8 @@ pub struct SandboxPorts {
     pub certificates: u16,
     /// Dataverse.
     pub dataverse: u16,
+    /// PKI host (the intermediate CA).
+    pub pki: u16,
 }
 
 /// Configures and starts a [`Sandbox`].
@@ -139,6 +145,7 @@ impl SandboxBuilder {
         let webhooks_l = bind(self.ports.webhooks).await?;
         let certificates_l = bind(self.ports.certificates).await?;
         let dataverse_l = bind(self.ports.dataverse).await?;
+        let pki_l = bind(self.ports.pki).await?;
         let port = |l: &TcpListener| l.local_addr().map(|a| a.port());
         let ports = SandboxPorts {
             entra: port(&entra_l)?,
@@ -146,6 +153,7 @@ impl SandboxBuilder {
             webhooks: port(&webhooks_l)?,
             certificates: port(&certificates_l)?,
             dataverse: port(&dataverse_l)?,
+            pki: port(&pki_l)?,
         };
         let mut sandbox = self.assemble(ports)?;
         let routers = sandbox.transport.routers();
@@ -156,6 +164,7 @@ impl SandboxBuilder {
             webhooks_l,
             certificates_l,
             dataverse_l,
+            pki_l,
         ] {
             let Some(router) = listener
                 .local_addr()
@@ -199,6 +208,7 @@ impl SandboxBuilder {
             webhooks: pick(given.webhooks, d.webhooks),
             certificates: pick(given.certificates, d.certificates),
             dataverse: pick(given.dataverse, d.dataverse),
+            pki: pick(given.pki, d.pki),
         };
         self.assemble(ports)
     }
@@ -212,6 +222,7 @@ impl SandboxBuilder {
             ports.webhooks,
             ports.certificates,
             ports.dataverse,
+            ports.pki,
         ] {
             if !seen.insert(p) {
                 return Err(io::Error::new(
@@ -231,6 +242,7 @@ impl SandboxBuilder {
             webhooks: base(ports.webhooks, "webhooks/v1/")?,
             certificates: base(ports.certificates, "")?,
             dataverse: base(ports.dataverse, "")?,
+            pki: base(ports.pki, "")?,
         };
         let entra = EntraStandIn::new(self.token_lifetime);
         let faults = Faults::new(self.seed);
@@ -281,6 +293,8 @@ impl SandboxBuilder {
                     "dataverse",
                     with_faults(dataverse.router(), Service::Dataverse),
                 ),
+                // Likewise the PKI host.
+                (ports.pki, "pki", partner_center.pki_router()),
             ],
         );
         Ok(Sandbox {
@@ -295,7 +309,7 @@ impl SandboxBuilder {
     }
 }
 
-/// Running emulators of Entra ID, Partner Center (referrals, webhooks, certificate host) and
+/// Running emulators of Entra ID, Partner Center (referrals, webhooks, certificate and PKI hosts) and
 /// Dataverse on loopback. Dropping it stops them.
 ///
 /// ```

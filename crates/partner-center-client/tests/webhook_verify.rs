@@ -50,7 +50,61 @@ struct Pki {
     email_only_der: Vec<u8>,
     /// Intermediate CA (signed by the CA) and a leaf it signed.
     intermediate_pem: String,
+    intermediate_der: Vec<u8>,
     via_intermediate_der: Vec<u8>,
+    /// Issued by the intermediate, AIA `caIssuers` = [`AIA_URL`] (a default issuer host), no
+    /// Organization in its subject: the shape of a Microsoft-issued leaf.
+    aia_leaf_der: Vec<u8>,
+    /// Like `aia_leaf_der`, AIA on a host off the issuer allow-list.
+    evil_aia_leaf_der: Vec<u8>,
+    /// Issued (AIA [`OTHER_ORG_AIA_URL`]) by an intermediate of another organization that
+    /// chains to the trusted root; subject O = ORG.
+    other_org_issuer_leaf_der: Vec<u8>,
+    other_org_intermediate_der: Vec<u8>,
+}
+
+/// Where the test intermediate is published: Microsoft's PKI repository shape, on a default
+/// issuer host, with the `%20` escapes Microsoft's AIA URLs carry.
+const AIA_URL: &str = "http://www.microsoft.com/pkiops/certs/Cosell%20Test%20Issuing%20CA.crt";
+const EVIL_AIA_URL: &str = "http://attacker.example/pki/issuing.crt";
+const OTHER_ORG_AIA_URL: &str = "http://cacerts.digicert.com/ContosoIssuingCA.crt";
+
+/// DER length octets.
+fn der_len(n: usize) -> Vec<u8> {
+    if n < 0x80 {
+        vec![n as u8]
+    } else if n < 0x100 {
+        vec![0x81, n as u8]
+    } else {
+        vec![0x82, (n >> 8) as u8, n as u8]
+    }
+}
+
+fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    [vec![tag], der_len(content.len()), content.to_vec()].concat()
+}
+
+/// An Authority Information Access extension with one `caIssuers` URI.
+fn aia_extension(url: &str) -> rcgen::CustomExtension {
+    let oid_ca_issuers = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x02];
+    let description = der_tlv(
+        0x30,
+        &[oid_ca_issuers.to_vec(), der_tlv(0x86, url.as_bytes())].concat(),
+    );
+    rcgen::CustomExtension::from_oid_content(
+        &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+        der_tlv(0x30, &description),
+    )
+}
+
+/// A leaf as Microsoft's likely is: CN only, issued by an intermediate named by AIA.
+fn aia_leaf_params(aia: &str) -> CertificateParams {
+    let mut p = leaf_params(ORG);
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "pcnotifications-dispatch.sandbox.test");
+    p.custom_extensions = vec![aia_extension(aia)];
+    p
 }
 
 fn rsa_key() -> KeyPair {
@@ -111,6 +165,17 @@ static PKI: LazyLock<Pki> = LazyLock::new(|| {
         CertifiedIssuer::signed_by(ca_params(ORG, "Cosell Test Issuing CA"), rsa_key(), &ca)
             .unwrap();
     let via_intermediate = sign(leaf_params(ORG), &intermediate);
+    let aia_leaf = sign(aia_leaf_params(AIA_URL), &intermediate);
+    let evil_aia_leaf = sign(aia_leaf_params(EVIL_AIA_URL), &intermediate);
+    let other_org_intermediate = CertifiedIssuer::signed_by(
+        ca_params("Contoso Ltd", "Contoso Issuing CA"),
+        rsa_key(),
+        &ca,
+    )
+    .unwrap();
+    let mut other_org_leaf = leaf_params(ORG);
+    other_org_leaf.custom_extensions = vec![aia_extension(OTHER_ORG_AIA_URL)];
+    let other_org_leaf = sign(other_org_leaf, &other_org_intermediate);
     Pki {
         ca_pem: ca.pem(),
         leaf_der: leaf.der().to_vec(),
@@ -123,7 +188,12 @@ static PKI: LazyLock<Pki> = LazyLock::new(|| {
         no_digital_signature_der: no_ds.der().to_vec(),
         email_only_der: email.der().to_vec(),
         intermediate_pem: intermediate.pem(),
+        intermediate_der: intermediate.der().to_vec(),
         via_intermediate_der: via_intermediate.der().to_vec(),
+        aia_leaf_der: aia_leaf.der().to_vec(),
+        evil_aia_leaf_der: evil_aia_leaf.der().to_vec(),
+        other_org_issuer_leaf_der: other_org_leaf.der().to_vec(),
+        other_org_intermediate_der: other_org_intermediate.der().to_vec(),
     }
 });
 
@@ -442,7 +512,8 @@ async fn certificate_urls_off_the_allow_list_are_never_fetched() {
         "https://3psostorageacct.blob.core.windows.net/cert/x.cer?redirect=1",
         "https://3psostorageacct.blob.core.windows.net/cert/x.cer#f",
         "https://me@3psostorageacct.blob.core.windows.net/cert/x.cer",
-        "https://3psostorageacct.blob.core.windows.net/other/x.cer",
+        "https://3psostorageacct.blob.core.windows.net/cert/../x.cer",
+        "https://3psostorageacct.blob.core.windows.net/cert/.hidden/x.cer",
         "https://3psostorageacct.blob.core.windows.net/cert/..%2fx.cer",
         "http://169.254.169.254/latest/meta-data/",
         "http://127.0.0.1:47011/admin/x.cer",
@@ -550,7 +621,15 @@ async fn expired_and_not_yet_valid_certificates_are_rejected() {
 #[tokio::test]
 async fn wrong_organization_is_rejected() {
     let server = Server::serving(&PKI.wrong_org_der);
-    let err = verifier(&server, now())
+    let strict = WebhookVerifier::builder()
+        .transport(server.transport.clone())
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .organization_scope(OrganizationScope::SubjectAndIssuer)
+        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
+        .build()
+        .unwrap();
+    let err = strict
         .verify(&signed_headers(BODY, MS_URL), BODY)
         .await
         .unwrap_err();
@@ -561,16 +640,11 @@ async fn wrong_organization_is_rejected() {
             found: vec!["Contoso Ltd".into()],
         }
     );
-    // The issuer alone does match: the scope decides.
-    let v = WebhookVerifier::builder()
-        .transport(server.transport.clone())
-        .trust_anchors_pem(&PKI.ca_pem)
-        .expected_organization(ORG)
-        .organization_scope(OrganizationScope::Issuer)
-        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
-        .build()
+    // The issuer alone does match: the scope decides, and the default scope is the issuer's.
+    verifier(&server, now())
+        .verify(&signed_headers(BODY, MS_URL), BODY)
+        .await
         .unwrap();
-    v.verify(&signed_headers(BODY, MS_URL), BODY).await.unwrap();
     // A substring is not a match (Microsoft's sample uses Contains).
     let v = WebhookVerifier::builder()
         .transport(Server::serving(&PKI.leaf_der).transport)
@@ -650,10 +724,15 @@ async fn certificates_are_cached_by_url() {
     clock.fetch_add(2 * 3600, Ordering::SeqCst);
     v.verify(&h, BODY).await.unwrap();
     assert_eq!(server.fetches(), 3);
-    // A failed fetch is not cached as a success.
+    // A failed fetch is not cached as a success: it is remembered as a failure for the
+    // negative TTL (30 s by default), then fetched again.
     let bad = Server::new(vec![(MS_URL, 500, Vec::new())]);
-    let v = verifier(&bad, now());
+    let clock = now();
+    let v = verifier(&bad, clock.clone());
     assert!(v.verify(&h, BODY).await.is_err());
+    assert!(v.verify(&h, BODY).await.is_err());
+    assert_eq!(bad.fetches(), 1);
+    clock.fetch_add(31, Ordering::SeqCst);
     assert!(v.verify(&h, BODY).await.is_err());
     assert_eq!(bad.fetches(), 2);
 }
@@ -769,4 +848,299 @@ mod malformed_headers {
             let _ = WebhookCallback::parse(&body);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Microsoft-shaped chains: leaf served alone, intermediate through AIA, root in the trust store.
+
+/// The production defaults (Microsoft's certificate host, Microsoft/DigiCert issuer hosts,
+/// organization on the issuer), with the test root as the anchor and the test organization.
+fn production_verifier(server: &Server, clock: Arc<AtomicU64>) -> WebhookVerifier {
+    WebhookVerifier::builder()
+        .transport(server.transport.clone())
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .clock(move || UNIX_EPOCH + Duration::from_secs(clock.load(Ordering::SeqCst)))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_leaf_served_alone_verifies_with_its_intermediate_fetched_through_aia() {
+    const RENEWED_URL: &str = "https://3psostorageacct.blob.core.windows.net/cert-2027/renewed.cer";
+    let server = Server::new(vec![
+        (MS_URL, 200, PKI.aia_leaf_der.clone()),
+        (RENEWED_URL, 200, PKI.aia_leaf_der.clone()),
+        (AIA_URL, 200, PKI.intermediate_der.clone()),
+    ]);
+    let v = production_verifier(&server, now());
+    // The leaf has no Organization in its subject; its issuer's is checked.
+    let verified = v.verify(&signed_headers(BODY, MS_URL), BODY).await.unwrap();
+    assert_eq!(verified.certificate_url, MS_URL);
+    assert_eq!(
+        server.fetches(),
+        2,
+        "the leaf, then the intermediate via AIA"
+    );
+
+    // Both are cached: a second verification makes no fetch.
+    v.verify(&signed_headers(BODY, MS_URL), BODY).await.unwrap();
+    assert_eq!(server.fetches(), 2);
+
+    // A certificate at another path of the same host (a renewal) costs one fetch: the
+    // intermediate comes from its own cache.
+    v.verify(&signed_headers(BODY, RENEWED_URL), BODY)
+        .await
+        .unwrap();
+    assert_eq!(server.fetches(), 3);
+
+    // Without AIA fetching (empty issuer allow-list) the same leaf does not chain.
+    let server = Server::new(vec![
+        (MS_URL, 200, PKI.aia_leaf_der.clone()),
+        (AIA_URL, 200, PKI.intermediate_der.clone()),
+    ]);
+    let v = WebhookVerifier::builder()
+        .transport(server.transport.clone())
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .issuer_url_rules([])
+        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
+        .build()
+        .unwrap();
+    assert_eq!(
+        v.verify(&signed_headers(BODY, MS_URL), BODY)
+            .await
+            .unwrap_err(),
+        VerificationError::UntrustedChain
+    );
+    assert_eq!(server.fetches(), 1);
+}
+
+#[tokio::test]
+async fn an_aia_url_off_the_issuer_allow_list_is_never_fetched() {
+    let server = Server::new(vec![
+        (MS_URL, 200, PKI.evil_aia_leaf_der.clone()),
+        (EVIL_AIA_URL, 200, PKI.intermediate_der.clone()),
+    ]);
+    let v = production_verifier(&server, now());
+    let err = v
+        .verify(&signed_headers(BODY, MS_URL), BODY)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        VerificationError::IssuerUrlNotAllowed(EVIL_AIA_URL.into())
+    );
+    assert_eq!(err.http_status(), 401);
+    assert_eq!(err.reason_code(), "issuer_url_not_allowed");
+    assert_eq!(server.fetches(), 1, "only the leaf was fetched");
+
+    // Allowing the host explicitly makes the same chain verify.
+    let v = WebhookVerifier::builder()
+        .transport(server.transport.clone())
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .allow_issuer_url(CertificateUrlRule::host(
+            "http",
+            "attacker.example",
+            PortMatch::Default,
+        ))
+        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
+        .build()
+        .unwrap();
+    v.verify(&signed_headers(BODY, MS_URL), BODY).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_issuer_organization_is_what_is_checked() {
+    // Subject O = ORG, issued by a CA of another organization that chains to the trusted root.
+    let server = Server::new(vec![
+        (MS_URL, 200, PKI.other_org_issuer_leaf_der.clone()),
+        (
+            OTHER_ORG_AIA_URL,
+            200,
+            PKI.other_org_intermediate_der.clone(),
+        ),
+    ]);
+    let err = production_verifier(&server, now())
+        .verify(&signed_headers(BODY, MS_URL), BODY)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        VerificationError::OrganizationMismatch {
+            expected: ORG.into(),
+            found: vec!["Contoso Ltd".into()],
+        }
+    );
+    // The subject scope alone would have let it through: the default is not the subject.
+    let v = WebhookVerifier::builder()
+        .transport(server.transport.clone())
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .organization_scope(OrganizationScope::Subject)
+        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
+        .build()
+        .unwrap();
+    v.verify(&signed_headers(BODY, MS_URL), BODY).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_certificate_host_allow_list_is_configurable() {
+    const OTHER_HOST_URL: &str = "https://certs.example.net/dispatch/2027/signing.cer";
+    let server = Server::new(vec![
+        (MS_URL, 200, PKI.leaf_der.clone()),
+        (OTHER_HOST_URL, 200, PKI.leaf_der.clone()),
+    ]);
+    // Default: Microsoft's documented host, any path, refuses the other host unfetched.
+    let v = production_verifier(&server, now());
+    v.verify(&signed_headers(BODY, MS_URL), BODY).await.unwrap();
+    assert!(matches!(
+        v.verify(&signed_headers(BODY, OTHER_HOST_URL), BODY).await,
+        Err(VerificationError::CertificateUrlNotAllowed(_))
+    ));
+    assert_eq!(server.fetches(), 1);
+    // Configured: the other host only.
+    let v = WebhookVerifier::builder()
+        .transport(server.transport.clone())
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .certificate_hosts(["certs.example.net"])
+        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
+        .build()
+        .unwrap();
+    v.verify(&signed_headers(BODY, OTHER_HOST_URL), BODY)
+        .await
+        .unwrap();
+    assert_eq!(server.fetches(), 2);
+    for url in [
+        MS_URL,
+        "http://certs.example.net/a.cer",
+        "https://certs.example.net:8443/a.cer",
+    ] {
+        let err = v
+            .verify(&signed_headers(BODY, url), BODY)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, VerificationError::CertificateUrlNotAllowed(_)),
+            "{url}: {err:?}"
+        );
+    }
+    assert_eq!(server.fetches(), 2, "no fetch for a refused URL");
+}
+
+#[tokio::test]
+async fn failed_intermediate_fetches_are_remembered_for_a_short_time() {
+    let server = Server::new(vec![
+        (MS_URL, 200, PKI.aia_leaf_der.clone()),
+        (AIA_URL, 503, Vec::new()),
+    ]);
+    let clock = now();
+    let v = production_verifier(&server, clock.clone());
+    let expected = VerificationError::IssuerFetch(FetchFailure::Status(503));
+    let err = v
+        .verify(&signed_headers(BODY, MS_URL), BODY)
+        .await
+        .unwrap_err();
+    assert_eq!(err, expected);
+    assert!(err.is_retryable());
+    assert_eq!(server.fetches(), 2);
+    // Forged or repeated callbacks within the negative TTL cause no request.
+    for _ in 0..5 {
+        assert_eq!(
+            v.verify(&signed_headers(BODY, MS_URL), BODY)
+                .await
+                .unwrap_err(),
+            expected
+        );
+    }
+    assert_eq!(server.fetches(), 2);
+    clock.fetch_add(31, Ordering::SeqCst);
+    assert_eq!(
+        v.verify(&signed_headers(BODY, MS_URL), BODY)
+            .await
+            .unwrap_err(),
+        expected
+    );
+    assert_eq!(server.fetches(), 3, "fetched again after the negative TTL");
+}
+
+#[tokio::test]
+async fn certificate_fetches_are_rate_limited() {
+    let server = Server::new(vec![]);
+    let clock = now();
+    let c = clock.clone();
+    let v = WebhookVerifier::builder()
+        .transport(server.transport.clone())
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .fetch_rate_limit(3, Duration::from_secs(60))
+        .clock(move || UNIX_EPOCH + Duration::from_secs(c.load(Ordering::SeqCst)))
+        .build()
+        .unwrap();
+    // Forged callbacks naming ever new allow-listed URLs (each a 404).
+    let url =
+        |i: usize| format!("https://3psostorageacct.blob.core.windows.net/cert/forged-{i}.cer");
+    for i in 0..3 {
+        assert_eq!(
+            v.verify(&signed_headers(BODY, &url(i)), BODY)
+                .await
+                .unwrap_err(),
+            VerificationError::CertificateFetch(FetchFailure::Status(404))
+        );
+    }
+    for i in 3..8 {
+        let err = v
+            .verify(&signed_headers(BODY, &url(i)), BODY)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            VerificationError::CertificateFetch(FetchFailure::RateLimited)
+        );
+        assert_eq!(err.http_status(), 503, "Partner Center retries later");
+    }
+    assert_eq!(server.fetches(), 3);
+    // One token comes back every 20 s.
+    clock.fetch_add(20, Ordering::SeqCst);
+    assert!(matches!(
+        v.verify(&signed_headers(BODY, &url(8)), BODY).await,
+        Err(VerificationError::CertificateFetch(FetchFailure::Status(
+            404
+        )))
+    ));
+    assert!(matches!(
+        v.verify(&signed_headers(BODY, &url(9)), BODY).await,
+        Err(VerificationError::CertificateFetch(
+            FetchFailure::RateLimited
+        ))
+    ));
+    assert_eq!(server.fetches(), 4);
+}
+
+#[tokio::test]
+async fn a_declared_oversized_body_is_refused() {
+    let transport = FnTransport::new(|_req| async {
+        Ok::<_, TransportError>(
+            http::Response::builder()
+                .status(200)
+                .header("content-length", "104857600")
+                .body(Bytes::from(PKI.leaf_der.clone()))
+                .unwrap(),
+        )
+    });
+    let v = WebhookVerifier::builder()
+        .transport(Arc::new(transport))
+        .trust_anchors_pem(&PKI.ca_pem)
+        .expected_organization(ORG)
+        .clock(|| UNIX_EPOCH + Duration::from_secs(NOW))
+        .build()
+        .unwrap();
+    assert_eq!(
+        v.verify(&signed_headers(BODY, MS_URL), BODY)
+            .await
+            .unwrap_err(),
+        VerificationError::CertificateFetch(FetchFailure::TooLarge(64 * 1024))
+    );
 }

@@ -7,7 +7,8 @@
 //! |---|---|
 //! | referrals ([`SandboxUrls::referrals`](crate::SandboxUrls)) | `POST/GET /v1.0/engagements/referrals`, `GET/PATCH/PUT /v1.0/engagements/referrals/{id}`, `GET /v1.0/referrals?$skiptoken=…` (where `@odata.nextLink` points, as in production), control routes under `/_sandbox/` (no auth) |
 //! | webhooks | `GET/POST/PUT /webhooks/v1/registration`, `GET /webhooks/v1/registration/events`, `POST /webhooks/v1/registration/validationEvents`, `GET /webhooks/v1/registration/validationEvents/{correlationId}` |
-//! | certificates | `GET /cert/pcnotifications-dispatch.microsoft.com.cer` (DER), `GET /cert/sandbox-root-ca.pem` |
+//! | certificates | `GET /cert/pcnotifications-dispatch.microsoft.com.cer` (the leaf alone, DER), `GET /cert/sandbox-root-ca.pem` |
+//! | PKI ([`SandboxUrls::pki`](crate::SandboxUrls)) | `GET /pkiops/certs/cosell-sandbox-issuing-ca-01.crt` (the intermediate, DER: the leaf's AIA `caIssuers` URL) |
 //!
 //! The referrals API accepts only app+user tokens for `https://api.partner.microsoft.com`; the
 //! webhook API accepts app-only and app+user tokens for `https://api.partnercenter.microsoft.com`.
@@ -66,7 +67,8 @@ use tokio::task::JoinSet;
 use url::Url;
 
 pub use certs::{
-    CERTIFICATE_COMMON_NAME, CERTIFICATE_FILE, CERTIFICATE_ORGANIZATION, IdentityError,
+    CERTIFICATE_COMMON_NAME, CERTIFICATE_FILE, CERTIFICATE_ORGANIZATION,
+    INTERMEDIATE_CA_COMMON_NAME, INTERMEDIATE_FILE, IdentityError, PKI_CERTS_PATH,
     ROOT_CA_COMMON_NAME,
 };
 pub use delivery::{
@@ -245,7 +247,7 @@ impl PartnerCenterEmulator {
     /// Creates the emulator, generating its webhook signing certificate.
     pub fn new(ctx: EmulatorContext) -> Self {
         let (queue, queue_rx) = mpsc::unbounded_channel();
-        let identity = SigningIdentity::generate();
+        let identity = SigningIdentity::generate(Self::issuer_url_in(&ctx).as_str());
         if let Err(e) = &identity {
             tracing::error!(error = %e, "webhook deliveries will fail");
         }
@@ -299,6 +301,11 @@ impl PartnerCenterEmulator {
     /// Routes of the certificate host.
     pub fn certificates_router(&self) -> Router {
         webhooks::certificates_router(self.clone())
+    }
+
+    /// Routes of the PKI host (the intermediate CA the leaf's AIA names).
+    pub fn pki_router(&self) -> Router {
+        certs::pki_router(self.clone())
     }
 
     /// Starts background work (webhook delivery) on the sandbox's task set. Deliveries queued
@@ -356,15 +363,38 @@ impl PartnerCenterEmulator {
     }
 
     /// The prefix of every certificate URL the sandbox sends, `http://127.0.0.1:<port>/cert/`:
-    /// the one entry a verifier's allow-list needs for sandbox callbacks.
+    /// the entry a verifier's certificate allow-list needs for sandbox callbacks.
     pub fn certificate_url_prefix(&self) -> String {
         format!("{}cert/", self.inner.ctx.urls.certificates)
     }
 
-    /// The real callback verifier, configured for this sandbox's callbacks: the allow-list holds
-    /// only [`certificate_url_prefix`](Self::certificate_url_prefix) (plain http on loopback
-    /// allowed), the trust anchor is the sandbox's root CA, and the expected organization is
-    /// [`CERTIFICATE_ORGANIZATION`]. Add a transport or a clock before `build()` if needed.
+    fn issuer_url_in(ctx: &EmulatorContext) -> Url {
+        let base = &ctx.urls.pki;
+        base.join(&format!("{PKI_CERTS_PATH}{INTERMEDIATE_FILE}"))
+            .unwrap_or_else(|_| base.clone())
+    }
+
+    /// Where the intermediate CA is served: the leaf's AIA `caIssuers` URL,
+    /// `http://127.0.0.1:<pki port>/pkiops/certs/cosell-sandbox-issuing-ca-01.crt`.
+    pub fn issuer_url(&self) -> Url {
+        Self::issuer_url_in(&self.inner.ctx)
+    }
+
+    /// The prefix of the issuer URL, `http://127.0.0.1:<pki port>/pkiops/certs/`: the entry a
+    /// verifier's issuer allow-list needs for sandbox certificates.
+    pub fn issuer_url_prefix(&self) -> String {
+        format!("{}{PKI_CERTS_PATH}", self.inner.ctx.urls.pki)
+    }
+
+    /// The real callback verifier with the **production defaults** (Microsoft's certificate
+    /// host, Microsoft/DigiCert issuer hosts, Mozilla roots, organization on the issuer, caches,
+    /// rate limit) plus what sandbox callbacks need: the sandbox's certificate host
+    /// ([`certificate_url_prefix`](Self::certificate_url_prefix)) and PKI host
+    /// ([`issuer_url_prefix`](Self::issuer_url_prefix)) on the allow-lists (plain http on
+    /// loopback allowed), its root CA added to the trust anchors, and
+    /// [`CERTIFICATE_ORGANIZATION`] as the expected issuer organization. The leaf is fetched
+    /// alone and its intermediate through AIA, as with Microsoft's. Add a transport or a clock
+    /// before `build()` if needed.
     ///
     /// ```
     /// # let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -381,12 +411,23 @@ impl PartnerCenterEmulator {
         partner_center_client::webhook::verify::VerifierConfigError,
     > {
         use partner_center_client::webhook::verify::{CertificateUrlRule, WebhookVerifier};
-        let rule = CertificateUrlRule::from_prefix(&self.certificate_url_prefix())?;
+        let certificates = CertificateUrlRule::from_prefix(&self.certificate_url_prefix())?;
+        let issuers = CertificateUrlRule::from_prefix(&self.issuer_url_prefix())?;
         Ok(WebhookVerifier::builder()
             .allow_http_loopback(true)
-            .certificate_url_rules([rule])
-            .trust_anchors_pem(self.root_ca_pem())
+            .allow_certificate_url(certificates)
+            .allow_issuer_url(issuers)
+            .additional_trust_anchors_pem(self.root_ca_pem())
             .expected_organization(CERTIFICATE_ORGANIZATION))
+    }
+
+    /// The sandbox's intermediate (issuing) CA, DER, as the PKI host serves it.
+    pub fn intermediate_ca_der(&self) -> Vec<u8> {
+        self.inner
+            .identity
+            .as_ref()
+            .map(|i| i.intermediate_der().to_vec())
+            .unwrap_or_default()
     }
 
     /// The sandbox's test root CA (PEM): the trust anchor to configure in the callback verifier.
@@ -408,7 +449,7 @@ impl PartnerCenterEmulator {
             .unwrap_or_default()
     }
 
-    /// The signing (leaf) certificate, DER, as the certificate host serves it.
+    /// The signing (leaf) certificate, DER, as the certificate host serves it (alone).
     pub fn signing_certificate_der(&self) -> Vec<u8> {
         self.inner
             .identity

@@ -12,17 +12,28 @@
 //! 2. `X-MS-Signature-Algorithm` must be `rsa-sha256` (ASCII case-insensitive); anything else is
 //!    refused, so there is no downgrade;
 //! 3. `X-MS-Certificate-Url` must match an allow-list rule ([`CertificateUrlRule`]); a URL off
-//!    the list is refused **without any request being made**. The default rule admits only
-//!    `https://3psostorageacct.blob.core.windows.net/cert/<[A-Za-z0-9._-]+>.cer` on the default
-//!    port, without credentials, query or fragment;
+//!    the list is refused **without any request being made**. The default list is one
+//!    host-wide rule for Microsoft's documented storage host, [`PARTNER_CENTER_CERTIFICATE_HOST`]
+//!    (`https`, default port, any path of `[A-Za-z0-9._-]+` segments, no credentials, query,
+//!    fragment, escapes or dot segments): Microsoft sends the URL so the certificate "can be
+//!    renewed without you having to redeploy or reconfigure", so no folder or file is pinned.
+//!    [`WebhookVerifierBuilder::certificate_hosts`] replaces the set of hosts;
 //! 4. the certificate is fetched through the injected [`HttpTransport`] with a GET, a timeout,
 //!    no redirect (a 3xx is an error) and a 64 KiB cap, accepted as DER or PEM (a PEM file may
 //!    carry intermediates after the leaf), and cached by URL for a TTL (concurrent verifications
-//!    of the same URL share one fetch);
-//! 5. the certificate must be inside its validity window, carry exactly one Organization (`O=`)
-//!    equal to the expected one (default `Microsoft Corporation`) in its subject and its issuer,
-//!    allow `digitalSignature` if it has a key usage extension, hold an RSA key, and chain to the
-//!    configured trust anchors (rustls-webpki);
+//!    of the same URL share one fetch). A failed fetch is remembered for a short negative TTL
+//!    (30 s) and every fetch takes a token from a rate limit (10 a minute), so forged callbacks
+//!    cannot make the service download on demand;
+//! 5. the certificate must be inside its validity window, allow `digitalSignature` if it has a
+//!    key usage extension, hold an RSA key, and chain to the trust anchors (rustls-webpki; the
+//!    default anchors are the Mozilla roots of `webpki-roots`, which hold Microsoft's RSA/ECC
+//!    Root Certificate Authority 2017 and DigiCert's roots). When the chain lacks an
+//!    intermediate, the one named by the certificate's Authority Information Access
+//!    `caIssuers` URL is fetched, but only from the issuer allow-list (default: http/https on
+//!    [`DEFAULT_ISSUER_HOSTS`]), with the same cap, caches, negative cache and rate limit, up to
+//!    two levels; an AIA URL off the list is refused without a request. The issuer's
+//!    Organization (`O=`) must be exactly the expected one (default `Microsoft Corporation`, as
+//!    Microsoft's sample checks; [`OrganizationScope`] can add the subject);
 //! 6. the signature is checked over the **raw body bytes** with aws-lc-rs
 //!    (`RSA_PKCS1_2048_8192_SHA256`), and only then is the body parsed as a
 //!    [`WebhookCallback`].
@@ -44,26 +55,42 @@
 //!
 //! ## Production trust
 //!
-//! webpki does not fetch missing intermediates (no AIA chasing). The `.cer` Partner Center points
-//! at is most likely the leaf alone, so in production configure the Microsoft issuing CA
-//! certificate(s) with [`WebhookVerifierBuilder::intermediates_pem`]; the default anchors are the
-//! Mozilla roots of `webpki-roots`.
+//! Microsoft's sample builds the chain with the operating system's store, which downloads
+//! missing intermediates; the `.cer` Partner Center points at is most likely the leaf alone.
+//! The defaults do the same with an allow-list: the leaf comes from Microsoft's storage host,
+//! its issuing CA from Microsoft's or DigiCert's PKI hosts, the root from `webpki-roots`. An
+//! intermediate can also be configured ([`WebhookVerifierBuilder::intermediates_pem`]) to need
+//! no AIA fetch at all.
+//!
+//! ## Revocation
+//!
+//! Not checked. webpki can check CRLs it is given but fetches none, and an online check would be
+//! a further request per unknown certificate; Microsoft documents neither the issuer nor any
+//! CRL/OCSP location for the dispatch certificate. Leaves of Microsoft's Azure TLS issuing CAs
+//! typically name `oneocsp.microsoft.com` (OCSP) and `www.microsoft.com/pkiops/crl/` (CRL); that
+//! the dispatch certificate does is not confirmed.
+//!
+//! ## Fetch size cap
+//!
+//! [`HttpTransport::send`] returns whole bodies, so the 64 KiB cap cannot stop a transfer
+//! midway: a declared `Content-Length` above it is refused first, any body above it is refused,
+//! and the fetch timeout bounds how long a slow or endless body can take.
 //!
 //! ## Responding
 //!
 //! [`VerificationError::http_status`] gives the status to answer: 400 for missing
 //! `X-MS-Certificate-Url`/`X-MS-Signature-Algorithm` headers or an unparsable body, 401 for a
 //! missing, malformed or wrong signature or an untrusted certificate, 503 when the certificate
-//! could not be fetched (Partner Center retries). Failures are logged with a reason code and the
+//! or an intermediate could not be fetched for a reason that may pass, including the fetch
+//! rate limit (Partner Center retries). Failures are logged with a reason code and the
 //! SHA-256 of the body only: never the body or the headers, which may carry customer data.
 //!
 //! ```no_run
 //! # async fn demo(headers: http::HeaderMap, body: bytes::Bytes) -> Result<(), Box<dyn std::error::Error>> {
 //! use partner_center_client::webhook::verify::WebhookVerifier;
 //!
-//! let verifier = WebhookVerifier::builder()
-//!     .intermediates_pem(std::fs::read("microsoft-issuing-ca.pem")?)
-//!     .build()?;
+//! // Microsoft's storage host, Microsoft/DigiCert issuer hosts, Mozilla roots.
+//! let verifier = WebhookVerifier::builder().build()?;
 //! match verifier.verify(&headers, &body).await {
 //!     Ok(verified) => println!("{} {}", verified.callback.event_name, verified.body_sha256),
 //!     Err(e) => println!("answer {}", e.http_status()),
@@ -86,16 +113,33 @@ use url::{Host, Url};
 use x509_cert::Certificate;
 use x509_cert::der::Decode as _;
 use x509_cert::der::oid::ObjectIdentifier;
-use x509_cert::ext::pkix::KeyUsage as X509KeyUsage;
 use x509_cert::ext::pkix::name::DirectoryString;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{AuthorityInfoAccessSyntax, KeyUsage as X509KeyUsage};
 use x509_cert::name::Name;
 
 use super::callback::{CallbackError, WebhookCallback, body_sha256_hex};
 
-/// The only host Partner Center serves its signing certificate from (reference §1.4).
+/// The host Microsoft documents for the signing certificate (the sample `X-MS-Certificate-Url`
+/// of the Partner Center webhooks page): the default certificate host allow-list.
 pub const PARTNER_CENTER_CERTIFICATE_HOST: &str = "3psostorageacct.blob.core.windows.net";
-/// The default expected Organization of the signing certificate's subject and issuer.
+/// The default allow-list of issuer (AIA `caIssuers`) hosts: Microsoft's PKI repository
+/// (`http://www.microsoft.com/pkiops/certs/…`), Microsoft's `caissuers` host and DigiCert's:
+/// where the issuing CAs on Azure's "Certificate Authority details" page are published.
+pub const DEFAULT_ISSUER_HOSTS: &[&str] = &[
+    "www.microsoft.com",
+    "caissuers.microsoft.com",
+    "cacerts.digicert.com",
+];
+/// The default expected Organization of the signing certificate's issuer.
 pub const DEFAULT_EXPECTED_ORGANIZATION: &str = "Microsoft Corporation";
+/// The default time a failed fetch is remembered and answered from memory (30 s).
+pub const DEFAULT_NEGATIVE_CACHE_TTL: Duration = Duration::from_secs(30);
+/// The default number of fetches (certificates and intermediates together) allowed per
+/// [`DEFAULT_FETCH_RATE_PERIOD`], also the burst size.
+pub const DEFAULT_FETCH_RATE: u32 = 10;
+/// The period of [`DEFAULT_FETCH_RATE`] (1 minute).
+pub const DEFAULT_FETCH_RATE_PERIOD: Duration = Duration::from_secs(60);
 /// The default cap on a fetched certificate's size (64 KiB).
 pub const DEFAULT_MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
 /// The default time a fetched certificate is reused (1 hour).
@@ -116,9 +160,12 @@ const MAX_HEADER_LEN: usize = 8 * 1024;
 const SIGNATURE_LEN: std::ops::RangeInclusive<usize> = 256..=1024;
 /// Certificate URLs kept in the cache at most (URLs are allow-listed, but their file names vary).
 const MAX_CACHE_ENTRIES: usize = 32;
+/// Intermediates fetched through AIA for one chain at most (leaf -> 2 CAs -> root).
+const MAX_AIA_DEPTH: usize = 2;
 
 const OID_ORGANIZATION: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.10");
 const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_AD_CA_ISSUERS: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.2");
 
 /// Extended key usages a signing certificate may list (see the module docs).
 const ACCEPTED_EKUS: &[&[usize]] = &[
@@ -167,6 +214,9 @@ pub enum FetchFailure {
     /// The body is empty.
     #[error("empty response")]
     Empty,
+    /// The fetch rate limit is exhausted; nothing was requested.
+    #[error("fetch rate limit reached")]
+    RateLimited,
 }
 
 /// Why a callback was refused. Every variant is safe to log: none carries the body or a
@@ -199,6 +249,13 @@ pub enum VerificationError {
     /// The certificate does not chain to a configured trust anchor.
     #[error("certificate does not chain to a trusted root")]
     UntrustedChain,
+    /// The chain lacks an intermediate and the certificate's AIA `caIssuers` URL is absent or
+    /// not on the issuer allow-list; nothing was fetched.
+    #[error("issuer URL not allowed: {0}")]
+    IssuerUrlNotAllowed(String),
+    /// An intermediate named by an AIA `caIssuers` URL could not be fetched.
+    #[error("intermediate fetch failed: {0}")]
+    IssuerFetch(FetchFailure),
     /// The certificate's Organization is not the expected one.
     #[error("certificate organization mismatch: expected `{expected}`, found {found:?}")]
     OrganizationMismatch {
@@ -228,8 +285,9 @@ impl VerificationError {
     ///   (as Microsoft's sample does), or a signed body that is not a callback;
     /// * 401: a missing, malformed or wrong signature, a refused algorithm or certificate URL, or
     ///   a certificate that is invalid, untrusted, expired or of the wrong organization;
-    /// * 503: the certificate could not be fetched for a reason that may pass (timeout,
-    ///   transport failure, 5xx, 429), so Partner Center should retry the delivery.
+    /// * 503: the certificate or an intermediate could not be fetched for a reason that may pass
+    ///   (timeout, transport failure, 5xx, 429, the verifier's own fetch rate limit), so Partner
+    ///   Center should retry the delivery.
     pub fn http_status(&self) -> u16 {
         match self {
             VerificationError::MissingHeader(h) | VerificationError::MalformedHeader(h)
@@ -238,7 +296,11 @@ impl VerificationError {
                 400
             }
             VerificationError::Payload(_) => 400,
-            VerificationError::CertificateFetch(f) if fetch_is_transient(f) => 503,
+            VerificationError::CertificateFetch(f) | VerificationError::IssuerFetch(f)
+                if fetch_is_transient(f) =>
+            {
+                503
+            }
             _ => 401,
         }
     }
@@ -269,6 +331,8 @@ impl VerificationError {
             VerificationError::CertificateFetch(_) => "certificate_fetch",
             VerificationError::CertificateInvalid(_) => "certificate_invalid",
             VerificationError::UntrustedChain => "untrusted_chain",
+            VerificationError::IssuerUrlNotAllowed(_) => "issuer_url_not_allowed",
+            VerificationError::IssuerFetch(_) => "issuer_fetch",
             VerificationError::OrganizationMismatch { .. } => "organization_mismatch",
             VerificationError::Expired => "certificate_expired",
             VerificationError::NotYetValid => "certificate_not_yet_valid",
@@ -280,7 +344,7 @@ impl VerificationError {
 
 fn fetch_is_transient(f: &FetchFailure) -> bool {
     match f {
-        FetchFailure::Timeout | FetchFailure::Transport(_) => true,
+        FetchFailure::Timeout | FetchFailure::Transport(_) | FetchFailure::RateLimited => true,
         FetchFailure::Status(s) => *s >= 500 || *s == 429 || *s == 408,
         _ => false,
     }
@@ -333,18 +397,22 @@ pub enum PortMatch {
     Any,
 }
 
-/// One allow-listed certificate location: scheme, host, port and path prefix.
+/// One allow-listed location: scheme, host, port and path prefix.
 ///
 /// A URL matches when its scheme and host are equal to the rule's (host compared after URL
 /// normalisation, i.e. lower-case), its port matches, it has no user info, query or fragment, and
 /// its path is the prefix followed by one file name of `[A-Za-z0-9._-]+` (not starting with `.`)
-/// ending in the rule's suffix, if any. The raw header must also contain no `%`, `\`, `@` or
-/// white space, so nothing is left to URL normalisation.
+/// ending in the rule's suffix, if any. A host-wide rule ([`CertificateUrlRule::host`]) admits
+/// any number of such segments instead, so the certificate may move to another folder. The raw
+/// header must also contain no `%`, `\`, `@`, white space or dot segment, so nothing is left to
+/// URL normalisation (issuer URLs may carry `%XX` escapes other than `.`, `/` and `\`, as
+/// Microsoft's `…/Microsoft%20Azure%20RSA%20TLS%20Issuing%20CA%2003.crt` do).
 ///
 /// ```
 /// use partner_center_client::webhook::verify::{CertificateUrlRule, PortMatch};
 /// let ms = CertificateUrlRule::partner_center();
 /// assert!(ms.matches_str("https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer"));
+/// assert!(ms.matches_str("https://3psostorageacct.blob.core.windows.net/cert2026/renewed.cer"));
 /// assert!(!ms.matches_str("https://3psostorageacct.blob.core.windows.net/cert/x.cer?sv=1"));
 /// assert!(!ms.matches_str("https://evil.blob.core.windows.net/cert/x.cer"));
 /// let sandbox = CertificateUrlRule::new("http", "127.0.0.1", PortMatch::Any, "/cert/");
@@ -357,25 +425,43 @@ pub struct CertificateUrlRule {
     port: PortMatch,
     path_prefix: String,
     file_suffix: Option<String>,
+    any_depth: bool,
 }
 
 impl CertificateUrlRule {
-    /// The Partner Center rule: `https`, host `3psostorageacct.blob.core.windows.net`, default
-    /// port, path `/cert/<name>.cer`.
+    /// The default certificate rule: `https`, host [`PARTNER_CENTER_CERTIFICATE_HOST`], default
+    /// port, any path on that host. Microsoft sends the URL "so the certificate can be renewed
+    /// without you having to redeploy or reconfigure", so no folder or file name is pinned.
     pub fn partner_center() -> Self {
-        CertificateUrlRule::new(
-            "https",
-            PARTNER_CENTER_CERTIFICATE_HOST,
-            PortMatch::Default,
-            "/cert/",
-        )
-        .with_file_suffix(".cer")
+        CertificateUrlRule::host("https", PARTNER_CENTER_CERTIFICATE_HOST, PortMatch::Default)
+    }
+
+    /// The default issuer rules: `http` or `https` on each of [`DEFAULT_ISSUER_HOSTS`], default
+    /// port, any path.
+    pub fn default_issuers() -> Vec<Self> {
+        DEFAULT_ISSUER_HOSTS
+            .iter()
+            .map(|h| CertificateUrlRule::host("http", *h, PortMatch::Default))
+            .chain(
+                DEFAULT_ISSUER_HOSTS
+                    .iter()
+                    .map(|h| CertificateUrlRule::host("https", *h, PortMatch::Default)),
+            )
+            .collect()
+    }
+
+    /// A host-wide rule: `scheme://host[:port]/<segment>/…/<file>`, any depth of safe segments.
+    pub fn host(scheme: impl Into<String>, host: impl Into<String>, port: PortMatch) -> Self {
+        let mut rule = CertificateUrlRule::new(scheme, host, port, "/");
+        rule.any_depth = true;
+        rule
     }
 
     /// A rule for `scheme://host[:port]{path_prefix}<file>`. `scheme` is `https` or `http`
-    /// (`http` only on a loopback IP with [`WebhookVerifierBuilder::allow_http_loopback`]);
-    /// `host` is a DNS name or an IP literal (`::1` or `[::1]`); `path_prefix` starts and ends
-    /// with `/` (a missing slash is added). Checked by [`WebhookVerifierBuilder::build`].
+    /// (for a certificate rule, `http` only on a loopback IP with
+    /// [`WebhookVerifierBuilder::allow_http_loopback`]); `host` is a DNS name or an IP literal
+    /// (`::1` or `[::1]`); `path_prefix` starts and ends with `/` (a missing slash is added).
+    /// Checked by [`WebhookVerifierBuilder::build`].
     pub fn new(
         scheme: impl Into<String>,
         host: impl Into<String>,
@@ -402,6 +488,7 @@ impl CertificateUrlRule {
             port,
             path_prefix,
             file_suffix: None,
+            any_depth: false,
         }
     }
 
@@ -430,10 +517,15 @@ impl CertificateUrlRule {
 
     /// Whether `raw` (a certificate URL header value) matches this rule.
     pub fn matches_str(&self, raw: &str) -> bool {
-        parse_certificate_url(raw).is_some_and(|url| self.matches(&url))
+        parse_certificate_url(raw).is_some_and(|url| self.matches(&url, false))
     }
 
-    fn matches(&self, url: &Url) -> bool {
+    /// Whether `raw` (an AIA `caIssuers` URL) matches this rule as an issuer rule.
+    pub fn matches_issuer_str(&self, raw: &str) -> bool {
+        parse_issuer_url(raw).is_some_and(|url| self.matches(&url, true))
+    }
+
+    fn matches(&self, url: &Url, escapes: bool) -> bool {
         if url.scheme() != self.scheme
             || !url.username().is_empty()
             || url.password().is_some()
@@ -451,14 +543,24 @@ impl CertificateUrlRule {
         if !port_ok {
             return false;
         }
-        let Some(file) = url.path().strip_prefix(self.path_prefix.as_str()) else {
+        let Some(rest) = url.path().strip_prefix(self.path_prefix.as_str()) else {
             return false;
         };
-        let name_ok = !file.is_empty()
-            && !file.starts_with('.')
-            && file
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let segment_ok = |seg: &str| {
+            !seg.is_empty()
+                && !seg.starts_with('.')
+                && seg.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'_' | b'-')
+                        || (escapes && b == b'%')
+                })
+        };
+        let (dirs, file) = match rest.rsplit_once('/') {
+            Some((dirs, file)) if self.any_depth => (Some(dirs), file),
+            Some(_) => return false,
+            None => (None, rest),
+        };
+        let name_ok = segment_ok(file) && dirs.is_none_or(|d| d.split('/').all(segment_ok));
         let suffix_ok = match &self.file_suffix {
             Some(s) => file.len() > s.len() && file.ends_with(s.as_str()),
             None => true,
@@ -474,7 +576,7 @@ impl CertificateUrlRule {
         }
     }
 
-    fn check(&self, allow_http_loopback: bool) -> Result<(), VerifierConfigError> {
+    fn check(&self, allow_http_loopback: bool, issuer: bool) -> Result<(), VerifierConfigError> {
         if Host::parse(&self.host).is_err() || self.host.is_empty() {
             return Err(VerifierConfigError::InvalidRule(format!(
                 "bad host `{}`",
@@ -483,6 +585,9 @@ impl CertificateUrlRule {
         }
         match self.scheme.as_str() {
             "https" => {}
+            // An intermediate authenticates itself (it must chain to an anchor), and AIA URLs
+            // are plain http by convention (RFC 5280 §4.2.2.1).
+            "http" if issuer => {}
             "http" if self.is_loopback_ip() => {
                 if !allow_http_loopback {
                     return Err(VerifierConfigError::HttpLoopbackNotEnabled(
@@ -519,11 +624,39 @@ impl CertificateUrlRule {
 
 fn parse_certificate_url(raw: &str) -> Option<Url> {
     let raw = raw.trim();
+    if raw.bytes().any(|b| b == b'%') {
+        return None;
+    }
+    parse_url(raw)
+}
+
+/// Like [`parse_certificate_url`], but `%XX` escapes are allowed unless they encode `.`, `/` or
+/// `\` (which could smuggle a dot segment or a separator past the rule).
+fn parse_issuer_url(raw: &str) -> Option<Url> {
+    let raw = raw.trim();
+    let bytes = raw.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            if matches!(value, b'.' | b'/' | b'\\') || value < 0x20 {
+                return None;
+            }
+        }
+    }
+    parse_url(raw)
+}
+
+fn parse_url(raw: &str) -> Option<Url> {
     if raw.is_empty()
         || raw.len() > 2048
+        || raw.contains("/.")
         || raw
             .bytes()
-            .any(|b| matches!(b, b'%' | b'\\' | b'@') || b.is_ascii_whitespace() || !b.is_ascii())
+            .any(|b| matches!(b, b'\\' | b'@') || b.is_ascii_whitespace() || !b.is_ascii())
     {
         return None;
     }
@@ -553,12 +686,14 @@ pub struct VerifiedCallback {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OrganizationScope {
-    /// Subject and issuer (default).
-    #[default]
+    /// Subject and issuer.
     SubjectAndIssuer,
     /// The subject only.
     Subject,
-    /// The issuer only (what Microsoft's sample checks).
+    /// The issuer only (default; what Microsoft's sample checks). The issuer name of the leaf
+    /// is the subject of the CA certificate that signed it, as the chain check enforces, so
+    /// this is the organization of the issuing CA.
+    #[default]
     Issuer,
 }
 
@@ -571,12 +706,17 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 pub struct WebhookVerifierBuilder {
     transport: Option<Arc<dyn HttpTransport>>,
     rules: Vec<CertificateUrlRule>,
+    issuer_rules: Vec<CertificateUrlRule>,
     allow_http_loopback: bool,
     anchors_pem: Vec<Vec<u8>>,
+    extra_anchors_pem: Vec<Vec<u8>>,
     intermediates_pem: Vec<Vec<u8>>,
     organization: String,
     organization_scope: OrganizationScope,
     cache_ttl: Duration,
+    negative_cache_ttl: Duration,
+    fetch_rate: u32,
+    fetch_rate_period: Duration,
     fetch_timeout: Duration,
     max_certificate_bytes: usize,
     clock: Clock,
@@ -587,12 +727,16 @@ impl fmt::Debug for WebhookVerifierBuilder {
         f.debug_struct("WebhookVerifierBuilder")
             .field("transport", &self.transport)
             .field("rules", &self.rules)
+            .field("issuer_rules", &self.issuer_rules)
             .field("allow_http_loopback", &self.allow_http_loopback)
             .field("anchors_pem", &self.anchors_pem.len())
+            .field("extra_anchors_pem", &self.extra_anchors_pem.len())
             .field("intermediates_pem", &self.intermediates_pem.len())
             .field("organization", &self.organization)
             .field("organization_scope", &self.organization_scope)
             .field("cache_ttl", &self.cache_ttl)
+            .field("negative_cache_ttl", &self.negative_cache_ttl)
+            .field("fetch_rate", &(self.fetch_rate, self.fetch_rate_period))
             .field("fetch_timeout", &self.fetch_timeout)
             .field("max_certificate_bytes", &self.max_certificate_bytes)
             .finish_non_exhaustive()
@@ -604,12 +748,17 @@ impl Default for WebhookVerifierBuilder {
         WebhookVerifierBuilder {
             transport: None,
             rules: vec![CertificateUrlRule::partner_center()],
+            issuer_rules: CertificateUrlRule::default_issuers(),
             allow_http_loopback: false,
             anchors_pem: Vec::new(),
+            extra_anchors_pem: Vec::new(),
             intermediates_pem: Vec::new(),
             organization: DEFAULT_EXPECTED_ORGANIZATION.to_string(),
             organization_scope: OrganizationScope::default(),
             cache_ttl: DEFAULT_CACHE_TTL,
+            negative_cache_ttl: DEFAULT_NEGATIVE_CACHE_TTL,
+            fetch_rate: DEFAULT_FETCH_RATE,
+            fetch_rate_period: DEFAULT_FETCH_RATE_PERIOD,
             fetch_timeout: DEFAULT_FETCH_TIMEOUT,
             max_certificate_bytes: DEFAULT_MAX_CERTIFICATE_BYTES,
             clock: Arc::new(SystemTime::now),
@@ -632,7 +781,7 @@ impl WebhookVerifierBuilder {
         self
     }
 
-    /// Replaces the whole allow-list, including the Partner Center default.
+    /// Replaces the whole certificate allow-list, including the Partner Center default.
     pub fn certificate_url_rules(
         mut self,
         rules: impl IntoIterator<Item = CertificateUrlRule>,
@@ -641,8 +790,33 @@ impl WebhookVerifierBuilder {
         self
     }
 
+    /// Replaces the certificate allow-list with host-wide `https` rules for `hosts` (any path,
+    /// default port). Default: [`PARTNER_CENTER_CERTIFICATE_HOST`] alone.
+    pub fn certificate_hosts<S: AsRef<str>>(mut self, hosts: impl IntoIterator<Item = S>) -> Self {
+        self.rules = hosts
+            .into_iter()
+            .map(|h| CertificateUrlRule::host("https", h.as_ref(), PortMatch::Default))
+            .collect();
+        self
+    }
+
+    /// Adds an allow-listed issuer location: where an intermediate named by a certificate's AIA
+    /// `caIssuers` URL may be fetched from. The list starts with
+    /// [`CertificateUrlRule::default_issuers`]. Plain `http` is allowed on issuer rules (AIA is
+    /// plain http by convention; what is fetched must chain to an anchor anyway).
+    pub fn allow_issuer_url(mut self, rule: CertificateUrlRule) -> Self {
+        self.issuer_rules.push(rule);
+        self
+    }
+
+    /// Replaces the whole issuer allow-list; an empty list turns AIA fetching off.
+    pub fn issuer_url_rules(mut self, rules: impl IntoIterator<Item = CertificateUrlRule>) -> Self {
+        self.issuer_rules = rules.into_iter().collect();
+        self
+    }
+
     /// Allows rules with plain `http` on a loopback IP (`127.0.0.0/8`, `::1`), for the sandbox.
-    /// Default: false, and [`build`](Self::build) refuses such rules.
+    /// Default: false, and [`build`](Self::build) refuses such certificate rules.
     pub fn allow_http_loopback(mut self, allow: bool) -> Self {
         self.allow_http_loopback = allow;
         self
@@ -655,8 +829,16 @@ impl WebhookVerifierBuilder {
         self
     }
 
+    /// Trust anchors in PEM **added** to the default set (or to those of
+    /// [`trust_anchors_pem`](Self::trust_anchors_pem)), e.g. the sandbox's test root next to
+    /// the production roots. Repeated calls add up.
+    pub fn additional_trust_anchors_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.extra_anchors_pem.push(pem.as_ref().to_vec());
+        self
+    }
+
     /// Intermediate CA certificates in PEM, used to build the chain from the signing certificate
-    /// to an anchor (webpki does not download them). Default: none. Repeated calls add up.
+    /// to an anchor before any AIA fetch. Default: none. Repeated calls add up.
     pub fn intermediates_pem(mut self, pem: impl AsRef<[u8]>) -> Self {
         self.intermediates_pem.push(pem.as_ref().to_vec());
         self
@@ -668,20 +850,38 @@ impl WebhookVerifierBuilder {
         self
     }
 
-    /// Which names must carry the organization. Default [`OrganizationScope::SubjectAndIssuer`].
+    /// Which names must carry the organization. Default [`OrganizationScope::Issuer`].
     pub fn organization_scope(mut self, scope: OrganizationScope) -> Self {
         self.organization_scope = scope;
         self
     }
 
-    /// How long a fetched certificate is reused. Default 1 hour ([`DEFAULT_CACHE_TTL`]). A
-    /// certificate past its `notAfter` is fetched again regardless.
+    /// How long a fetched certificate or intermediate is reused. Default 1 hour
+    /// ([`DEFAULT_CACHE_TTL`]). A certificate past its `notAfter` is fetched again regardless.
     pub fn cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = ttl;
         self
     }
 
-    /// Time allowed for one certificate fetch. Default 10 s ([`DEFAULT_FETCH_TIMEOUT`]).
+    /// How long a failed fetch is remembered: within it, a verification needing the same URL
+    /// fails with the same error without a request. Default 30 s
+    /// ([`DEFAULT_NEGATIVE_CACHE_TTL`]); zero turns it off.
+    pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_cache_ttl = ttl;
+        self
+    }
+
+    /// At most `fetches` requests (certificates and intermediates together) per `period`, with
+    /// bursts of up to `fetches`; beyond it a verification needing a fetch fails with
+    /// [`FetchFailure::RateLimited`] (answer 503) without a request. Default 10 per minute
+    /// ([`DEFAULT_FETCH_RATE`], [`DEFAULT_FETCH_RATE_PERIOD`]).
+    pub fn fetch_rate_limit(mut self, fetches: u32, period: Duration) -> Self {
+        self.fetch_rate = fetches;
+        self.fetch_rate_period = period;
+        self
+    }
+
+    /// Time allowed for one fetch. Default 10 s ([`DEFAULT_FETCH_TIMEOUT`]).
     pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
         self.fetch_timeout = timeout;
         self
@@ -693,7 +893,8 @@ impl WebhookVerifierBuilder {
         self
     }
 
-    /// The clock used for validity checks and the cache TTL. Default [`SystemTime::now`].
+    /// The clock used for validity checks, the caches and the rate limit. Default
+    /// [`SystemTime::now`].
     pub fn clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
         self.clock = Arc::new(clock);
         self
@@ -705,7 +906,15 @@ impl WebhookVerifierBuilder {
             return Err(VerifierConfigError::NoCertificateUrlRule);
         }
         for rule in &self.rules {
-            rule.check(self.allow_http_loopback)?;
+            rule.check(self.allow_http_loopback, false)?;
+        }
+        for rule in &self.issuer_rules {
+            rule.check(self.allow_http_loopback, true)?;
+        }
+        if self.fetch_rate == 0 || self.fetch_rate_period.is_zero() {
+            return Err(VerifierConfigError::InvalidRule(
+                "the fetch rate limit must allow at least one fetch per non-zero period".into(),
+            ));
         }
         if self.organization.trim().is_empty() {
             return Err(VerifierConfigError::EmptyOrganization);
@@ -727,6 +936,18 @@ impl WebhookVerifierBuilder {
             }
             anchors
         };
+        let mut anchors = anchors;
+        for pem in &self.extra_anchors_pem {
+            for der in read_pem_certs(pem, "trust anchors")? {
+                let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| {
+                    VerifierConfigError::InvalidPem {
+                        what: "trust anchors",
+                        reason: format!("{e:?}"),
+                    }
+                })?;
+                anchors.push(anchor.to_owned());
+            }
+        }
         if anchors.is_empty() {
             return Err(VerifierConfigError::NoTrustAnchors);
         }
@@ -743,15 +964,24 @@ impl WebhookVerifierBuilder {
             inner: Arc::new(Inner {
                 transport,
                 rules: self.rules,
+                issuer_rules: self.issuer_rules,
                 anchors,
                 intermediates,
                 organization: self.organization,
                 organization_scope: self.organization_scope,
                 cache_ttl: self.cache_ttl,
+                negative_cache_ttl: self.negative_cache_ttl,
                 fetch_timeout: self.fetch_timeout,
                 max_certificate_bytes: self.max_certificate_bytes,
+                bucket: StdMutex::new(Bucket {
+                    capacity: f64::from(self.fetch_rate),
+                    per_second: f64::from(self.fetch_rate) / self.fetch_rate_period.as_secs_f64(),
+                    tokens: f64::from(self.fetch_rate),
+                    last: None,
+                }),
                 clock: self.clock,
                 cache: StdMutex::new(HashMap::new()),
+                issuers: StdMutex::new(HashMap::new()),
             }),
         })
     }
@@ -787,27 +1017,72 @@ pub struct WebhookVerifier {
     inner: Arc<Inner>,
 }
 
-/// One cache slot per certificate URL; its async mutex makes concurrent verifications of the
-/// same URL share one fetch.
-type Slot = Arc<tokio::sync::Mutex<Option<CacheEntry>>>;
+/// One cache slot per URL; its async mutex makes concurrent verifications needing the same URL
+/// share one fetch.
+type Slot<T> = Arc<tokio::sync::Mutex<Option<CacheEntry<T>>>>;
+type Cache<T> = StdMutex<HashMap<String, Slot<T>>>;
 
 struct Inner {
     transport: Arc<dyn HttpTransport>,
     rules: Vec<CertificateUrlRule>,
+    issuer_rules: Vec<CertificateUrlRule>,
     anchors: Vec<TrustAnchor<'static>>,
     intermediates: Vec<CertificateDer<'static>>,
     organization: String,
     organization_scope: OrganizationScope,
     cache_ttl: Duration,
+    negative_cache_ttl: Duration,
     fetch_timeout: Duration,
     max_certificate_bytes: usize,
+    bucket: StdMutex<Bucket>,
     clock: Clock,
-    cache: StdMutex<HashMap<String, Slot>>,
+    /// Signing certificates by `X-MS-Certificate-Url`.
+    cache: Cache<SigningCertificate>,
+    /// Intermediates by AIA `caIssuers` URL.
+    issuers: Cache<IssuerCertificate>,
 }
 
-struct CacheEntry {
-    fetched_at: SystemTime,
-    certificate: Arc<SigningCertificate>,
+/// A token bucket over the verifier's clock: every fetch takes one token.
+struct Bucket {
+    capacity: f64,
+    per_second: f64,
+    tokens: f64,
+    last: Option<SystemTime>,
+}
+
+impl Bucket {
+    fn try_take(&mut self, now: SystemTime) -> bool {
+        if let Some(last) = self.last {
+            // A clock that went back refills nothing.
+            let elapsed = now.duration_since(last).unwrap_or_default().as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+enum CacheEntry<T> {
+    /// A successful fetch, reused for the TTL.
+    Fetched { at: SystemTime, value: Arc<T> },
+    /// A failed fetch, answered from memory for the negative TTL.
+    Failed {
+        at: SystemTime,
+        error: VerificationError,
+    },
+}
+
+/// What the caches need of a cached value.
+trait Cached {
+    /// After this the value is fetched again whatever the TTL.
+    fn not_after(&self) -> SystemTime;
+    /// Called when a refetch replaced `previous` by `self`.
+    fn replaced(&self, _previous: &Self) {}
 }
 
 /// A fetched and parsed signing certificate (time-independent facts only).
@@ -821,6 +1096,38 @@ struct SigningCertificate {
     not_after: SystemTime,
     subject_organizations: Vec<String>,
     issuer_organizations: Vec<String>,
+    /// The AIA `caIssuers` URLs of the leaf, in order.
+    ca_issuers: Vec<String>,
+}
+
+impl Cached for SigningCertificate {
+    fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    fn replaced(&self, previous: &Self) {
+        if previous.thumbprint != self.thumbprint {
+            tracing::info!(
+                certificate_thumbprint = %self.thumbprint,
+                previous_thumbprint = %previous.thumbprint,
+                "webhook signing certificate changed"
+            );
+        }
+    }
+}
+
+/// An intermediate fetched through an AIA `caIssuers` URL. It is trusted only as a path
+/// candidate: webpki still requires it to chain to an anchor.
+struct IssuerCertificate {
+    der: CertificateDer<'static>,
+    not_after: SystemTime,
+    ca_issuers: Vec<String>,
+}
+
+impl Cached for IssuerCertificate {
+    fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
 }
 
 impl fmt::Debug for WebhookVerifier {
@@ -841,9 +1148,10 @@ impl fmt::Debug for WebhookVerifier {
 }
 
 impl WebhookVerifier {
-    /// A builder with the production defaults: Partner Center certificate URL rule, Mozilla
-    /// roots, organization `Microsoft Corporation` on subject and issuer, 1 h cache, 10 s fetch
-    /// timeout, 64 KiB cap, system clock, default transport.
+    /// A builder with the production defaults: Microsoft's certificate host, Microsoft/DigiCert
+    /// issuer (AIA) hosts, Mozilla roots, organization `Microsoft Corporation` on the issuer,
+    /// 1 h cache, 30 s negative cache, 10 fetches a minute, 10 s fetch timeout, 64 KiB cap,
+    /// system clock, default transport.
     pub fn builder() -> WebhookVerifierBuilder {
         WebhookVerifierBuilder::default()
     }
@@ -896,7 +1204,7 @@ impl WebhookVerifier {
 
         let certificate = self.certificate(&url).await?;
         let now = (self.inner.clock)();
-        self.check_certificate(&certificate, now)?;
+        self.check_certificate(&certificate, now).await?;
 
         aws_lc_rs::signature::UnparsedPublicKey::new(
             &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
@@ -917,56 +1225,104 @@ impl WebhookVerifier {
 
     fn allowed_url(&self, raw: &str) -> Result<Url, VerificationError> {
         parse_certificate_url(raw)
-            .filter(|url| self.inner.rules.iter().any(|r| r.matches(url)))
+            .filter(|url| self.inner.rules.iter().any(|r| r.matches(url, false)))
             .ok_or_else(|| VerificationError::CertificateUrlNotAllowed(sanitize(raw)))
     }
 
     /// The cached certificate for `url`, fetched when absent or stale.
     async fn certificate(&self, url: &Url) -> Result<Arc<SigningCertificate>, VerificationError> {
-        let key = url.as_str().to_string();
-        let slot = self.slot(&key);
-        let mut guard = slot.lock().await;
-        let now = (self.inner.clock)();
-        let previous_thumbprint = match guard.as_ref() {
-            Some(entry) if self.is_fresh(entry, now) => return Ok(entry.certificate.clone()),
-            Some(entry) => Some(entry.certificate.thumbprint.clone()),
-            None => None,
-        };
-        let certificate = Arc::new(self.fetch(url).await?);
-        if let Some(previous) = previous_thumbprint
-            && previous != certificate.thumbprint
-        {
-            tracing::info!(
-                certificate_thumbprint = %certificate.thumbprint,
-                previous_thumbprint = %previous,
-                "webhook signing certificate changed"
-            );
-        }
-        *guard = Some(CacheEntry {
-            fetched_at: now,
-            certificate: certificate.clone(),
-        });
-        Ok(certificate)
+        self.cached(
+            &self.inner.cache,
+            url,
+            VerificationError::CertificateFetch,
+            |body| parse_signing_certificate(&body),
+        )
+        .await
     }
 
-    fn is_fresh(&self, entry: &CacheEntry, now: SystemTime) -> bool {
-        match now.duration_since(entry.fetched_at) {
-            Ok(age) => age < self.inner.cache_ttl && now <= entry.certificate.not_after,
+    /// The cached intermediate at `url` (an allow-listed AIA URL), fetched when absent or stale.
+    async fn issuer(&self, url: &Url) -> Result<Arc<IssuerCertificate>, VerificationError> {
+        self.cached(
+            &self.inner.issuers,
+            url,
+            VerificationError::IssuerFetch,
+            |body| parse_issuer_certificate(&body),
+        )
+        .await
+    }
+
+    /// The value cached for `url` in `cache`; otherwise fetches and parses it, remembering a
+    /// success for the TTL and a failure for the negative TTL.
+    async fn cached<T: Cached>(
+        &self,
+        cache: &Cache<T>,
+        url: &Url,
+        wrap: fn(FetchFailure) -> VerificationError,
+        parse: impl FnOnce(Bytes) -> Result<T, VerificationError>,
+    ) -> Result<Arc<T>, VerificationError> {
+        let slot = self.slot(cache, url.as_str());
+        let mut guard = slot.lock().await;
+        let now = (self.inner.clock)();
+        let previous = match guard.as_ref() {
+            Some(entry) if self.is_fresh(entry, now) => {
+                return match entry {
+                    CacheEntry::Fetched { value, .. } => Ok(value.clone()),
+                    CacheEntry::Failed { error, .. } => Err(error.clone()),
+                };
+            }
+            Some(CacheEntry::Fetched { value, .. }) => Some(value.clone()),
+            _ => None,
+        };
+        let result = match self.fetch(url).await {
+            Ok(body) => parse(body),
+            Err(FetchFailure::RateLimited) => {
+                // Nothing was requested: nothing to remember.
+                return Err(wrap(FetchFailure::RateLimited));
+            }
+            Err(failure) => Err(wrap(failure)),
+        };
+        match result {
+            Ok(value) => {
+                let value = Arc::new(value);
+                if let Some(previous) = previous {
+                    value.replaced(&previous);
+                }
+                *guard = Some(CacheEntry::Fetched {
+                    at: now,
+                    value: value.clone(),
+                });
+                Ok(value)
+            }
+            Err(error) => {
+                *guard = Some(CacheEntry::Failed {
+                    at: now,
+                    error: error.clone(),
+                });
+                Err(error)
+            }
+        }
+    }
+
+    fn is_fresh<T: Cached>(&self, entry: &CacheEntry<T>, now: SystemTime) -> bool {
+        let (at, ttl, not_after) = match entry {
+            CacheEntry::Fetched { at, value } => (*at, self.inner.cache_ttl, value.not_after()),
+            CacheEntry::Failed { at, .. } => (*at, self.inner.negative_cache_ttl, now),
+        };
+        match now.duration_since(at) {
+            Ok(age) => age < ttl && now <= not_after,
             Err(_) => false, // the clock went back: refetch
         }
     }
 
-    fn slot(&self, key: &str) -> Slot {
-        let mut cache = self
-            .inner
-            .cache
+    fn slot<T: Cached>(&self, cache: &Cache<T>, key: &str) -> Slot<T> {
+        let mut cache = cache
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(slot) = cache.get(key) {
             return slot.clone();
         }
         if cache.len() >= MAX_CACHE_ENTRIES {
-            // Drop idle slots first (nobody else holds them), then anything idle at all.
+            // Drop idle stale slots first (nobody else holds them), then anything idle at all.
             let now = (self.inner.clock)();
             cache.retain(|_, slot| {
                 Arc::strong_count(slot) > 1
@@ -979,51 +1335,86 @@ impl WebhookVerifier {
                 cache.retain(|_, slot| Arc::strong_count(slot) > 1);
             }
         }
-        let slot: Slot = Arc::new(tokio::sync::Mutex::new(None));
+        let slot: Slot<T> = Arc::new(tokio::sync::Mutex::new(None));
         cache.insert(key.to_string(), slot.clone());
         slot
     }
 
-    async fn fetch(&self, url: &Url) -> Result<SigningCertificate, VerificationError> {
-        let fetch_err = VerificationError::CertificateFetch;
+    /// One GET of `url`: rate-limited, with a timeout, no redirect and the size cap.
+    ///
+    /// [`HttpTransport`] hands back whole bodies, so the cap cannot stop a transfer midway: a
+    /// declared `Content-Length` over the cap is refused before the body is looked at, any
+    /// body over it is refused, and the timeout bounds how long a slow or endless body can take.
+    async fn fetch(&self, url: &Url) -> Result<Bytes, FetchFailure> {
+        let allowed = {
+            let mut bucket = self
+                .inner
+                .bucket
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            bucket.try_take((self.inner.clock)())
+        };
+        if !allowed {
+            return Err(FetchFailure::RateLimited);
+        }
         let request = http::Request::get(url.as_str())
             .header(
                 http::header::ACCEPT,
                 "application/pkix-cert, application/x-x509-ca-cert, application/x-pem-file, */*",
             )
             .body(Bytes::new())
-            .map_err(|_| fetch_err(FetchFailure::Transport(TransportErrorKind::Request)))?;
+            .map_err(|_| FetchFailure::Transport(TransportErrorKind::Request))?;
         let response =
             tokio::time::timeout(self.inner.fetch_timeout, self.inner.transport.send(request))
                 .await
-                .map_err(|_| fetch_err(FetchFailure::Timeout))?
+                .map_err(|_| FetchFailure::Timeout)?
                 .map_err(|e| {
                     if e.is_timeout() {
-                        fetch_err(FetchFailure::Timeout)
+                        FetchFailure::Timeout
                     } else {
-                        fetch_err(FetchFailure::Transport(e.kind()))
+                        FetchFailure::Transport(e.kind())
                     }
                 })?;
         let status = response.status();
         if status.is_redirection() {
-            return Err(fetch_err(FetchFailure::Redirect(status.as_u16())));
+            return Err(FetchFailure::Redirect(status.as_u16()));
         }
         if !status.is_success() {
-            return Err(fetch_err(FetchFailure::Status(status.as_u16())));
+            return Err(FetchFailure::Status(status.as_u16()));
+        }
+        let max = self.inner.max_certificate_bytes;
+        let declared = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(FetchFailure::TooLarge(max));
         }
         let body = response.into_body();
-        if body.len() > self.inner.max_certificate_bytes {
-            return Err(fetch_err(FetchFailure::TooLarge(
-                self.inner.max_certificate_bytes,
-            )));
+        if body.len() > max {
+            return Err(FetchFailure::TooLarge(max));
         }
         if body.is_empty() {
-            return Err(fetch_err(FetchFailure::Empty));
+            return Err(FetchFailure::Empty);
         }
-        parse_signing_certificate(&body)
+        Ok(body)
     }
 
-    fn check_certificate(
+    /// The first AIA URL of `candidates` on the issuer allow-list.
+    fn allowed_issuer_url(&self, candidates: &[String]) -> Result<Url, VerificationError> {
+        candidates
+            .iter()
+            .filter_map(|raw| parse_issuer_url(raw))
+            .find(|url| self.inner.issuer_rules.iter().any(|r| r.matches(url, true)))
+            .ok_or_else(|| {
+                VerificationError::IssuerUrlNotAllowed(
+                    candidates.first().map(|u| sanitize(u)).unwrap_or_default(),
+                )
+            })
+    }
+
+    async fn check_certificate(
         &self,
         cert: &SigningCertificate,
         now: SystemTime,
@@ -1042,17 +1433,37 @@ impl WebhookVerifier {
         let since_epoch = now
             .duration_since(UNIX_EPOCH)
             .map_err(|_| VerificationError::NotYetValid)?;
-        end_entity
-            .verify_for_usage(
+        let time = UnixTime::since_unix_epoch(since_epoch);
+        // The AIA URLs of the certificate whose issuer is missing: the leaf's first, then those
+        // of each intermediate fetched.
+        let mut missing_issuer_of = cert.ca_issuers.clone();
+        let mut fetched = 0;
+        loop {
+            let result = end_entity.verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &self.inner.anchors,
                 &intermediates,
-                UnixTime::since_unix_epoch(since_epoch),
+                time,
                 SigningEku,
                 None,
                 None,
-            )
-            .map_err(map_webpki_error)?;
+            );
+            match result {
+                Ok(_) => break,
+                Err(webpki::Error::UnknownIssuer)
+                    if fetched < MAX_AIA_DEPTH
+                        && !self.inner.issuer_rules.is_empty()
+                        && !missing_issuer_of.is_empty() =>
+                {
+                    let url = self.allowed_issuer_url(&missing_issuer_of)?;
+                    let issuer = self.issuer(&url).await?;
+                    fetched += 1;
+                    missing_issuer_of = issuer.ca_issuers.clone();
+                    intermediates.push(issuer.der.clone());
+                }
+                Err(e) => return Err(map_webpki_error(e)),
+            }
+        }
 
         let expected = &self.inner.organization;
         let scope = self.inner.organization_scope;
@@ -1065,8 +1476,8 @@ impl WebhookVerifier {
             OrganizationScope::SubjectAndIssuer | OrganizationScope::Issuer
         );
         for (check, found) in [
-            (check_subject, &cert.subject_organizations),
             (check_issuer, &cert.issuer_organizations),
+            (check_subject, &cert.subject_organizations),
         ] {
             if check && !(found.len() == 1 && found[0] == *expected) {
                 return Err(VerificationError::OrganizationMismatch {
@@ -1170,9 +1581,58 @@ fn parse_signing_certificate(body: &[u8]) -> Result<SigningCertificate, Verifica
         issuer_organizations: organizations(tbs.issuer())
             .ok_or_else(|| invalid("malformed issuer"))?,
         rsa_public_key,
+        ca_issuers: ca_issuers(&parsed).ok_or_else(|| invalid("malformed AIA extension"))?,
         leaf,
         extra: certs,
     })
+}
+
+/// Parses a fetched intermediate: DER (what AIA URLs serve), or PEM (the first certificate).
+fn parse_issuer_certificate(body: &[u8]) -> Result<IssuerCertificate, VerificationError> {
+    let invalid = |reason: &str| VerificationError::CertificateInvalid(reason.to_string());
+    let trimmed = body.trim_ascii_start();
+    let der = if trimmed.starts_with(b"-----BEGIN") {
+        CertificateDer::pem_slice_iter(trimmed)
+            .next()
+            .ok_or_else(|| invalid("no CERTIFICATE block in the intermediate PEM"))?
+            .map_err(|_| invalid("malformed intermediate PEM"))?
+    } else {
+        CertificateDer::from(body.to_vec())
+    };
+    let parsed = Certificate::from_der(der.as_ref())
+        .map_err(|_| invalid("intermediate is not an X.509 certificate"))?;
+    Ok(IssuerCertificate {
+        not_after: parsed
+            .tbs_certificate()
+            .validity()
+            .not_after
+            .to_system_time(),
+        ca_issuers: ca_issuers(&parsed)
+            .ok_or_else(|| invalid("malformed AIA extension in the intermediate"))?,
+        der,
+    })
+}
+
+/// The `caIssuers` URIs of a certificate's Authority Information Access extension (RFC 5280
+/// §4.2.2.1), in order; `None` when the extension is malformed.
+fn ca_issuers(cert: &Certificate) -> Option<Vec<String>> {
+    match cert
+        .tbs_certificate()
+        .get_extension::<AuthorityInfoAccessSyntax>()
+    {
+        Ok(None) => Some(Vec::new()),
+        Ok(Some((_, aia))) => Some(
+            aia.0
+                .iter()
+                .filter(|d| d.access_method == OID_AD_CA_ISSUERS)
+                .filter_map(|d| match &d.access_location {
+                    GeneralName::UniformResourceIdentifier(uri) => Some(uri.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        Err(_) => None,
+    }
 }
 
 /// Every Organization (`O=`) value of a name; `None` when one is not a directory string.
@@ -1266,15 +1726,20 @@ mod tests {
         let ok = "https://3psostorageacct.blob.core.windows.net/cert/pcnotifications-dispatch.microsoft.com.cer";
         assert!(r.matches_str(ok));
         assert!(r.matches_str("https://3psostorageacct.blob.core.windows.net:443/cert/a.cer"));
+        // Not one pinned folder: the certificate may be renewed under another name or path.
+        assert!(r.matches_str("https://3psostorageacct.blob.core.windows.net/cert/a.pem"));
+        assert!(r.matches_str("https://3psostorageacct.blob.core.windows.net/cert/sub/a.cer"));
+        assert!(r.matches_str("https://3psostorageacct.blob.core.windows.net/other.cer"));
         for bad in [
             "http://3psostorageacct.blob.core.windows.net/cert/a.cer",
             "https://3psostorageacct.blob.core.windows.net:8443/cert/a.cer",
             "https://u:p@3psostorageacct.blob.core.windows.net/cert/a.cer",
             "https://3psostorageacct.blob.core.windows.net/cert/a.cer?x",
             "https://3psostorageacct.blob.core.windows.net/cert/a.cer#x",
-            "https://3psostorageacct.blob.core.windows.net/cert/a.pem",
             "https://3psostorageacct.blob.core.windows.net/cert/.cer",
-            "https://3psostorageacct.blob.core.windows.net/cert/sub/a.cer",
+            "https://3psostorageacct.blob.core.windows.net/cert//a.cer",
+            "https://3psostorageacct.blob.core.windows.net/cert/",
+            "https://3psostorageacct.blob.core.windows.net/cert/./a.cer",
             "https://3psostorageacct.blob.core.windows.net/cert/../a.cer",
             "https://3psostorageacct.blob.core.windows.net/cert/%2e%2e/a.cer",
             "https://3psostorageacct.blob.core.windows.net\\@evil.example/cert/a.cer",
@@ -1286,6 +1751,45 @@ mod tests {
         ] {
             assert!(!r.matches_str(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn issuer_urls_allow_escapes_but_not_encoded_separators() {
+        let r = CertificateUrlRule::host("http", "www.microsoft.com", PortMatch::Default);
+        let ok = "http://www.microsoft.com/pkiops/certs/Microsoft%20Azure%20RSA%20TLS%20Issuing%20CA%2003%20-%20xsign.crt";
+        assert!(r.matches_issuer_str(ok));
+        assert!(!r.matches_str(ok), "no escapes in certificate URLs");
+        for bad in [
+            "http://www.microsoft.com/pkiops/certs/..%2fx.crt",
+            "http://www.microsoft.com/pkiops/certs/%2e%2e/x.crt",
+            "http://www.microsoft.com/pkiops/certs/a%5cb.crt",
+            "http://www.microsoft.com/pkiops/certs/a%0a.crt",
+            "http://www.microsoft.com/pkiops/certs/a%2.crt",
+            "http://www.microsoft.com/pkiops/../x.crt",
+            "http://www.microsoft.com:8080/pkiops/x.crt",
+            "http://www.microsoft.com.evil.example/pkiops/x.crt",
+            "http://www.microsoft.com/pkiops/x.crt?x=1",
+            "ldap://www.microsoft.com/x.crt",
+        ] {
+            assert!(!r.matches_issuer_str(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_bucket_refills_with_the_clock() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut b = Bucket {
+            capacity: 2.0,
+            per_second: 0.1,
+            tokens: 2.0,
+            last: None,
+        };
+        assert!(b.try_take(t0) && b.try_take(t0));
+        assert!(!b.try_take(t0));
+        assert!(!b.try_take(t0 + Duration::from_secs(5)));
+        assert!(b.try_take(t0 + Duration::from_secs(10)));
+        // The clock going back refills nothing.
+        assert!(!b.try_take(t0));
     }
 
     #[test]
