@@ -151,6 +151,8 @@ pub(crate) fn pc_value(referral: &Value, field: Field) -> Option<String> {
 pub(crate) fn crm_value(rec: &CrmRecord, field: Field) -> Option<String> {
     let r = &rec.row;
     match field {
+        // A lead's deal value is its Money column `estimatedamount` (R-LEAD).
+        Field::DealValue if rec.table == "lead" => r["estimatedamount"].as_f64().map(money),
         Field::DealValue => r["estimatedvalue"].as_f64().map(money),
         Field::CloseDate => r["estimatedclosedate"]
             .as_str()

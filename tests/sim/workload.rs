@@ -758,6 +758,11 @@ fn apply_edit(
         }
         Target::Row(table, id) => {
             let (col, v) = match field {
+                // A lead's deal value is its Money column `estimatedamount` (R-LEAD).
+                Field::DealValue if *table == "lead" => (
+                    "estimatedamount",
+                    json!(value.parse::<f64>().unwrap_or(0.0)),
+                ),
                 Field::DealValue => ("estimatedvalue", json!(value.parse::<f64>().unwrap_or(0.0))),
                 Field::CloseDate => ("estimatedclosedate", json!(value)),
                 Field::Notes => ("description", json!(value)),

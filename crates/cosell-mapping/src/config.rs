@@ -221,7 +221,8 @@ pub struct LeadColumns {
     pub subject: String,
     /// Notes. Default `description`.
     pub description: String,
-    /// Deal value. Default `estimatedvalue`.
+    /// Deal value. Default `estimatedamount`, the lead's Money column "Est. Value" (the lead's
+    /// `estimatedvalue` is a deprecated Double, unlike the opportunity's).
     pub deal_value: String,
     /// Estimated close date. Default `estimatedclosedate`.
     pub close_date: String,
@@ -271,7 +272,7 @@ impl Default for LeadColumns {
             entity_set: "leads".into(),
             subject: "subject".into(),
             description: "description".into(),
-            deal_value: "estimatedvalue".into(),
+            deal_value: "estimatedamount".into(),
             close_date: "estimatedclosedate".into(),
             company_name: "companyname".into(),
             first_name: "firstname".into(),

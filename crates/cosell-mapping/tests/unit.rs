@@ -251,6 +251,19 @@ mod config {
     }
 
     #[test]
+    fn a_leads_deal_value_goes_to_the_money_column_estimatedamount() {
+        // R-LEAD: lead `estimatedamount` is Money ("Est. Value"); lead `estimatedvalue` is a
+        // deprecated Double. The opportunity keeps `estimatedvalue` (Money there).
+        let map = FieldMap::default();
+        let p = map.map_referral(&common::lead(), None).unwrap();
+        assert_eq!(p.kind, RecordKind::Lead);
+        assert_eq!(p.record["estimatedamount"], json!(1000));
+        assert!(!p.record.contains_key("estimatedvalue"));
+        let o = map.map_referral(&common::co_sell_incoming(), None).unwrap();
+        assert_eq!(o.record["estimatedvalue"], json!(50000));
+    }
+
+    #[test]
     fn deal_value_field_knob() {
         let map = FieldMap::from_toml("deal_value_field = \"cosell_dealvalue\"").unwrap();
         let p = map.map_referral(&common::co_sell_incoming(), None).unwrap();

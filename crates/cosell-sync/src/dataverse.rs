@@ -1,7 +1,8 @@
 //! The default [`Crm`]: Dynamics 365 through the Dataverse Web API.
 //!
-//! Reads a referral's row with its account, contact, currency and solutions in one request
-//! (`$expand`), writes the primary record by upsert on the referral-id alternate key (idempotent
+//! Reads a referral's row with its account, contact and currency in one request (`$expand` of
+//! the N:1 navigations) and its solutions in a second (Dataverse does not support expanding an
+//! N:N together with N:1 navigations), writes the primary record by upsert on the referral-id alternate key (idempotent
 //! under retries and crashes), finds accounts by the mapping's matching rule before creating
 //! one, and reads changes through Dataverse change tracking.
 
@@ -115,7 +116,51 @@ impl DataverseCrm {
         }
     }
 
-    /// The `$expand` items that bring a row's related records along.
+    /// The id of the lead that carries `referral_id`, if any: the lead an opportunity written
+    /// by key for that referral replaces.
+    async fn lead_of_referral(&self, referral_id: &str) -> Result<Option<String>, RemoteError> {
+        let pk = self.primary_key(RecordKind::Lead);
+        let rows: Vec<Map<String, Value>> = self
+            .client
+            .query::<Map<String, Value>>(
+                self.entity_set(RecordKind::Lead),
+                &Query::new()
+                    .select([pk.as_str()])
+                    .filter(Filter::eq(
+                        self.referral_column(RecordKind::Lead),
+                        referral_id,
+                    ))
+                    .top(1),
+            )
+            .into_stream()
+            .map_ok(|e| e.value)
+            .try_collect()
+            .await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get(&pk))
+            .and_then(Value::as_str)
+            .map(str::to_string))
+    }
+
+    /// The columns a change-tracking read selects: the engine takes from a changed row only its
+    /// id, its sync switch and its referral id (it re-reads the row before mapping it). D-CT
+    /// pairs `Prefer: odata.track-changes` with `$select`; the delta link keeps the selection.
+    fn tracked_columns(&self, kind: RecordKind) -> Vec<String> {
+        let c = &self.map.config().columns;
+        let (sync, referral) = match kind {
+            RecordKind::Opportunity => (
+                &c.opportunity.sync_with_partner_center,
+                &c.opportunity.referral_id,
+            ),
+            RecordKind::Lead => (&c.lead.sync_with_partner_center, &c.lead.referral_id),
+        };
+        vec![self.primary_key(kind), sync.clone(), referral.clone()]
+    }
+
+    /// The `$expand` items that bring a row's N:1 related records along. The solutions (an N:N)
+    /// are read by [`Self::attach_solutions`]: Dataverse refuses an N:N expanded together with
+    /// N:1 navigations ("Join tables using OData", supported relationship types).
     fn expansions(&self, kind: RecordKind) -> Vec<String> {
         let c = &self.map.config().columns;
         let currency = match kind {
@@ -126,9 +171,33 @@ impl DataverseCrm {
         if kind == RecordKind::Opportunity {
             items.push(c.opportunity.customer_account_bind.clone());
             items.push(c.opportunity.parent_contact_bind.clone());
-            items.push(c.solution.relationship.clone());
         }
         items
+    }
+
+    /// Reads an opportunity's solutions (`GET opportunities(id)/{relationship}`) into `row`
+    /// under the relationship's name, where [`Self::records_of`] expects them.
+    async fn attach_solutions(
+        &self,
+        kind: RecordKind,
+        row: &mut Map<String, Value>,
+    ) -> Result<(), RemoteError> {
+        if kind != RecordKind::Opportunity {
+            return Ok(());
+        }
+        let pk = self.primary_key(kind);
+        let Some(id) = row.get(&pk).and_then(Value::as_str).map(str::to_string) else {
+            return Ok(());
+        };
+        let relationship = &self.map.config().columns.solution.relationship;
+        let path = format!("{}({id})/{relationship}", self.entity_set(kind));
+        let answer: Value = self.client.raw().get(path).send().await?.json()?;
+        let solutions = answer
+            .get("value")
+            .cloned()
+            .unwrap_or_else(|| Value::Array(Vec::new()));
+        row.insert(relationship.clone(), solutions);
+        Ok(())
     }
 
     /// Splits an expanded row into the records the mapping reads.
@@ -366,10 +435,11 @@ impl Crm for DataverseCrm {
             .into_stream()
             .try_collect()
             .await?;
-        rows.into_iter()
-            .next()
-            .map(|e| self.row_of(kind, e.etag, e.value))
-            .transpose()
+        let Some(mut entity) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        self.attach_solutions(kind, &mut entity.value).await?;
+        self.row_of(kind, entity.etag, entity.value).map(Some)
     }
 
     async fn read(&self, kind: RecordKind, id: &str) -> Result<Option<CrmRow>, RemoteError> {
@@ -385,9 +455,11 @@ impl Crm for DataverseCrm {
             .client
             .try_retrieve::<Map<String, Value>>(self.entity_set(kind), &Key::id(uuid), &options)
             .await?;
-        entity
-            .map(|e| self.row_of(kind, e.etag, e.value))
-            .transpose()
+        let Some(mut entity) = entity else {
+            return Ok(None);
+        };
+        self.attach_solutions(kind, &mut entity.value).await?;
+        self.row_of(kind, entity.etag, entity.value).map(Some)
     }
 
     async fn write(
@@ -413,6 +485,18 @@ impl Crm for DataverseCrm {
         }
         let mut body = payload.body(&ids).map_err(mapping)?;
         body.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if payload.kind == RecordKind::Opportunity
+            && matches!(target, WriteTarget::ByKey)
+            && let Some(lead) = self.lead_of_referral(&payload.key.value).await?
+        {
+            // R-OPP: the opportunity that replaces a lead is bound to it in the create, so the
+            // CRM keeps the lineage (`originatingleadid`).
+            let leads = &self.map.config().columns.lead.entity_set;
+            body.insert(
+                "originatingleadid@odata.bind".into(),
+                Value::String(format!("/{leads}({lead})")),
+            );
+        }
         let pk = self.primary_key(payload.kind);
         let (key, mode) = match target {
             WriteTarget::ByKey => (
@@ -589,8 +673,10 @@ impl Crm for DataverseCrm {
                     .await?
             }
             None => {
+                let columns = self.tracked_columns(kind);
+                let select: Vec<&str> = columns.iter().map(String::as_str).collect();
                 self.client
-                    .track_changes::<Map<String, Value>>(self.entity_set(kind), &[], &options)
+                    .track_changes::<Map<String, Value>>(self.entity_set(kind), &select, &options)
                     .collect()
                     .await?
             }

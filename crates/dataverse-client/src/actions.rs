@@ -1,7 +1,7 @@
 //! Actions: closing opportunities (`WinOpportunity`, `LoseOpportunity`) and qualifying leads
 //! (`QualifyLead`).
 
-use chrono::NaiveDate;
+use chrono::{DateTime, SecondsFormat, Utc};
 use cosell_http::http::{HeaderMap, Method};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -25,8 +25,9 @@ pub struct OpportunityClose {
     pub subject: String,
     /// `actualrevenue`.
     pub actual_revenue: Option<f64>,
-    /// `actualend` (date).
-    pub actual_end: Option<NaiveDate>,
+    /// `actualend`: a UserLocal date and time, so an `Edm.DateTimeOffset` on the wire
+    /// (`2026-09-30T17:00:00Z`), never a bare date.
+    pub actual_end: Option<DateTime<Utc>>,
     /// `description`.
     pub description: Option<String>,
     /// Any other `opportunityclose` columns, written as given.
@@ -51,7 +52,7 @@ impl OpportunityClose {
         if let Some(d) = self.actual_end {
             m.insert(
                 "actualend".into(),
-                Value::String(d.format("%Y-%m-%d").to_string()),
+                Value::String(d.to_rfc3339_opts(SecondsFormat::Secs, true)),
             );
         }
         if let Some(d) = &self.description {

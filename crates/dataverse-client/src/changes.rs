@@ -71,11 +71,18 @@ impl ChangeTrackingOptions {
         self
     }
 
-    fn prefer(&self) -> String {
-        match self.max_page_size {
+    /// The `Prefer` of the initial read: change tracking asked for, with the page size.
+    fn prefer(&self) -> Option<String> {
+        Some(match self.max_page_size {
             Some(n) => format!("odata.track-changes,odata.maxpagesize={n}"),
             None => "odata.track-changes".to_string(),
-        }
+        })
+    }
+
+    /// The `Prefer` of a delta-link read: the link is called as given, without
+    /// `odata.track-changes` (D-CT), so only the page size, if any.
+    fn delta_prefer(&self) -> Option<String> {
+        self.max_page_size.map(|n| format!("odata.maxpagesize={n}"))
     }
 }
 
@@ -208,20 +215,21 @@ impl DataverseClient {
         self.change_pager(url, options.prefer(), entity_set)
     }
 
-    /// Reads the changes since `token` (new/updated rows in full, and deletions).
+    /// Reads the changes since `token` (new/updated rows in full, and deletions), calling the
+    /// delta link as given and without `Prefer: odata.track-changes` (D-CT).
     pub fn changes_since<T: DeserializeOwned + Send + 'static>(
         &self,
         token: &ChangeToken,
         options: &ChangeTrackingOptions,
     ) -> ChangePager<T> {
         let url = self.resolve_link(token.as_str());
-        self.change_pager(url, options.prefer(), "delta")
+        self.change_pager(url, options.delta_prefer(), "delta")
     }
 
     fn change_pager<T: DeserializeOwned + Send + 'static>(
         &self,
         first_url: Result<cosell_http::url::Url, Error>,
-        prefer: String,
+        prefer: Option<String>,
         what: &str,
     ) -> ChangePager<T> {
         let what = what.to_string();
@@ -232,7 +240,9 @@ impl DataverseClient {
             let what = what.clone();
             async move {
                 let url = first_url?;
-                client.fetch_change_page(&url, &prefer, &what).await
+                client
+                    .fetch_change_page(&url, prefer.as_deref(), &what)
+                    .await
             }
         };
         let pager = Pager::new(
@@ -243,7 +253,9 @@ impl DataverseClient {
                 let what = what.clone();
                 async move {
                     let url = client.resolve_link(link.as_str())?;
-                    client.fetch_change_page(&url, &prefer, &what).await
+                    client
+                        .fetch_change_page(&url, prefer.as_deref(), &what)
+                        .await
                 }
             },
             |link: &NextLink| {
@@ -261,10 +273,10 @@ impl DataverseClient {
     async fn fetch_change_page<T: DeserializeOwned>(
         &self,
         url: &cosell_http::url::Url,
-        prefer: &str,
+        prefer: Option<&str>,
         what: &str,
     ) -> Result<Page<Change<T>>, Error> {
-        let raw = self.fetch_raw_page(url, Some(prefer), what).await?;
+        let raw = self.fetch_raw_page(url, prefer, what).await?;
         let items = raw
             .value
             .into_iter()

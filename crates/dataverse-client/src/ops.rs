@@ -13,7 +13,7 @@ use crate::client::{
     DataverseClient, IF_MATCH, IF_NONE_MATCH, ODATA_ENTITY_ID, PREFER, header_value,
 };
 use crate::error::Error;
-use crate::model::{ETag, Entity, Key};
+use crate::model::{ETag, Entity, Key, KeyValue};
 use crate::query::{Query, encode_pairs};
 
 /// Options for [`DataverseClient::retrieve`].
@@ -189,6 +189,46 @@ pub fn id_from_entity_url(url: &str) -> Option<Uuid> {
 
 fn json_bytes<B: Serialize + ?Sized>(body: &B) -> Result<Bytes, Error> {
     cosell_http::json_body(body, "request body").map_err(Error::Decode)
+}
+
+/// Whether a body value holds the same value as an alternate-key part.
+fn same_key_value(body: &Value, key: &KeyValue) -> bool {
+    match (key, body) {
+        (KeyValue::String(k), Value::String(b)) => k == b,
+        (KeyValue::Int(k), Value::Number(b)) => b.as_i64() == Some(*k),
+        (KeyValue::Guid(k), Value::String(b)) => Uuid::parse_str(b).is_ok_and(|b| b == *k),
+        (KeyValue::Decimal(k), Value::Number(b)) => {
+            k.parse::<f64>().ok() == b.as_f64() && b.as_f64().is_some()
+        }
+        (KeyValue::Decimal(k), Value::String(b)) => k == b,
+        _ => false,
+    }
+}
+
+/// The body of an upsert: an alternate key's columns are taken out of the body, as Microsoft's
+/// upsert guidance asks (the URL carries them; on create the service would take body values
+/// over the URL's, on update it drops them). A body column that contradicts the key is refused
+/// before anything is sent.
+fn upsert_body<B: Serialize + ?Sized>(key: &Key, body: &B) -> Result<Bytes, Error> {
+    let Key::Alternate(parts) = key else {
+        return json_bytes(body);
+    };
+    let mut value = serde_json::to_value(body)
+        .map_err(|e| Error::invalid(format!("the upsert body does not serialize: {e}")))?;
+    if let Value::Object(map) = &mut value {
+        for (column, key_value) in parts {
+            if let Some(v) = map.get(column) {
+                if !same_key_value(v, key_value) {
+                    return Err(Error::invalid(format!(
+                        "the upsert body sets alternate-key column `{column}` to {v}, but the key in the URL is {}; change a key by its own request, not in an upsert by that key",
+                        Key::Alternate(vec![(column.clone(), key_value.clone())])
+                    )));
+                }
+                map.remove(column);
+            }
+        }
+    }
+    json_bytes(&value)
 }
 
 fn etag_header(resp: &Response<Bytes>) -> Option<ETag> {
@@ -369,8 +409,10 @@ impl DataverseClient {
         Ok(())
     }
 
-    /// Upserts by key: `PATCH /{set}({key})`. Keep the key columns out of `body` (Dataverse
-    /// ignores them on update and lets them win on create).
+    /// Upserts by key: `PATCH /{set}({key})`. An alternate key's columns are taken out of
+    /// `body` before it is sent (Microsoft's upsert guidance: Dataverse ignores them on update
+    /// and lets them win on create); a body value that contradicts the key is an
+    /// [`Error::InvalidRequest`] and nothing is sent.
     ///
     /// Key values are escaped (`'` doubled) and percent-encoded; Dataverse itself rejects key
     /// values containing `/ \ < > * % & : ? + #`.
@@ -421,7 +463,7 @@ impl DataverseClient {
                 Method::PATCH,
                 &url,
                 headers,
-                Some(json_bytes(body)?),
+                Some(upsert_body(key, body)?),
                 Some(true),
             )
             .await?;

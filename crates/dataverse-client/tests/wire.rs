@@ -430,6 +430,53 @@ mod upsert {
     }
 
     #[tokio::test]
+    async fn the_body_does_not_repeat_the_alternate_key_columns() {
+        // D-UPSERT guidance: key data goes in the URL only.
+        let (server, client) = setup().await;
+        Mock::given(method("PATCH"))
+            .and(raw_path(
+                "/api/data/v9.2/opportunities(cosell_referralid='r-1',example_key2=2)",
+            ))
+            .and(body_json(
+                json!({"name": "Deal", "cosell_engagementid": "e-1"}),
+            ))
+            .respond_with(ResponseTemplate::new(204))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let key = Key::composite([
+            ("cosell_referralid", KeyValue::from("r-1")),
+            ("example_key2", 2.into()),
+        ]);
+        client
+            .upsert(
+                "opportunities",
+                &key,
+                &json!({"name": "Deal", "cosell_referralid": "r-1", "example_key2": 2,
+                        "cosell_engagementid": "e-1"}),
+                &UpsertOptions::default(),
+            )
+            .await
+            .unwrap();
+        // A body that contradicts the key is refused before sending, naming column and value.
+        let err = client
+            .upsert(
+                "opportunities",
+                &key,
+                &json!({"name": "Deal", "cosell_referralid": "r-2"}),
+                &UpsertOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("cosell_referralid") && text.contains("r-2"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn multi_part_keys() {
         let (server, client) = setup().await;
         Mock::given(method("PATCH"))
@@ -957,7 +1004,8 @@ mod change_tracking {
             .and(raw_query(
                 "$select=name,estimatedvalue,statecode,statuscode&$deltatoken=919042%2108%2f22%2f2017%2008%3a10%3a44",
             ))
-            .and(header("prefer", "odata.track-changes"))
+            // D-CT: the delta link is called as given, without `Prefer: odata.track-changes`.
+            .and(no_header("prefer"))
             .respond_with(json_response(200, fixture_json("delta_changes.json")))
             .expect(1)
             .mount(&server)
@@ -1220,7 +1268,7 @@ mod actions {
         Mock::given(method("POST"))
             .and(path(format!("{API}/LoseOpportunity")))
             .and(body_json(json!({"Status": 5, "OpportunityClose": {
-                "subject": "Lost to a competitor", "actualend": "2026-09-30", "actualrevenue": 0.0,
+                "subject": "Lost to a competitor", "actualend": "2026-09-30T17:00:00Z", "actualrevenue": 0.0,
                 "opportunityid@odata.bind": "/opportunities(b3828ac8-917a-e511-80d2-00155d2a68d2)"}})))
             .respond_with(ResponseTemplate::new(204))
             .expect(1)
@@ -1235,7 +1283,8 @@ mod actions {
             .await
             .unwrap();
         let close = OpportunityClose {
-            actual_end: chrono::NaiveDate::from_ymd_opt(2026, 9, 30),
+            // UserLocal date-time (R-OPPCLOSE): an Edm.DateTimeOffset, not a bare date.
+            actual_end: "2026-09-30T17:00:00Z".parse().ok(),
             actual_revenue: Some(0.0),
             ..OpportunityClose::new("Lost to a competitor")
         };

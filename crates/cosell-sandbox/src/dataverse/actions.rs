@@ -244,7 +244,9 @@ pub(crate) fn qualify_lead(
         let mut o = copy(&[
             ("subject", "name"),
             ("description", "description"),
-            ("estimatedvalue", "estimatedvalue"),
+            // The lead's Money "Est. Value" becomes the opportunity's Money "Est. revenue"
+            // (R-LEAD, R-OPP); the lead's `estimatedvalue` is a deprecated Double.
+            ("estimatedamount", "estimatedvalue"),
             ("estimatedclosedate", "estimatedclosedate"),
         ]);
         for c in model.schema.qualify_lead_copies() {

@@ -116,9 +116,15 @@ type Headers = Vec<(String, String)>;
 fn headers_and_rest(part: &[u8]) -> DvResult<(Headers, &[u8])> {
     let (head, rest) = if part.starts_with(b"\r\n") {
         (&part[..0], &part[2..])
-    } else {
-        let i = find(part, b"\r\n\r\n", 0).ok_or_else(unreadable)?;
+    } else if let Some(i) = find(part, b"\r\n\r\n", 0) {
         (&part[..i], &part[i + 4..])
+    } else if part.is_empty() || part.ends_with(b"\r\n") {
+        // Source: "Use FetchXML within a batch request" (D-BATCH example) and D-CLIENTERR: a
+        // body-less part (GET, DELETE) may end with its headers and one blank line, the blank
+        // line being the CRLF that belongs to the next delimiter.
+        (part, &part[part.len()..])
+    } else {
+        return Err(unreadable());
     };
     let text = std::str::from_utf8(head).map_err(|_| unreadable())?;
     let mut headers = Vec::new();
@@ -168,8 +174,33 @@ fn inner_request(content: &[u8]) -> DvResult<InnerRequest> {
     })
 }
 
+/// An LF-only body that ends with two line endings, rewritten with CRLF; `None` for any other
+/// body (CRLF bodies are parsed as they are; other LF bodies are refused).
+// Source: "Troubleshoot Dataverse Web API client errors" (D-CLIENTERR): CRLF is what to send,
+// but a body with LF line endings is accepted when it ends with two line endings.
+fn lf_only_to_crlf(body: &[u8]) -> Option<Vec<u8>> {
+    if find(body, b"\r", 0).is_some() || !body.ends_with(b"\n\n") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + body.len() / 16);
+    for b in body {
+        if *b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(*b);
+    }
+    Some(out)
+}
+
 /// Parses a `$batch` body.
 pub(crate) fn parse(body: &[u8], boundary: &str) -> DvResult<Vec<Item>> {
+    match lf_only_to_crlf(body) {
+        Some(crlf) => parse_crlf(&crlf, boundary),
+        None => parse_crlf(body, boundary),
+    }
+}
+
+fn parse_crlf(body: &[u8], boundary: &str) -> DvResult<Vec<Item>> {
     let mut items = Vec::new();
     for part in split(body, boundary, true)? {
         let (headers, rest) = headers_and_rest(part)?;
@@ -247,7 +278,9 @@ fn http_part(out: &mut String, resp: &OpResponse, content_id: Option<&str>) {
     ));
     let ct = resp.header_value("content-type");
     if let Some(ct) = ct {
-        let ct = if ct.starts_with("application/json") {
+        // D-BATCH example: a query's part adds `odata.streaming=true`; an error part is plain
+        // `application/json; odata.metadata=minimal`.
+        let ct = if ct.starts_with("application/json") && resp.is_success() {
             format!("{ct}; odata.streaming=true")
         } else {
             ct.to_string()
@@ -381,6 +414,15 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, items: &[Item], continue_on_error: bool) ->
         body,
         executed,
     }
+}
+
+/// A batch that could not be read at all, answered as Dataverse does: the error's status,
+/// with one `batchresponse_` part holding the error.
+// Source: reference Corrections (D-BATCH failure example): a batch-level error comes back as a
+// `batchresponse_` multipart body.
+pub(crate) fn unreadable_batch(error: &DvError) -> BatchOutcome {
+    let boundary = format!("batchresponse_{}", uuid::Uuid::new_v4());
+    stopped(&boundary, &OpResponse::error(error), 0)
 }
 
 /// Without `continue-on-error` the batch answers the failing operation's status and only its

@@ -558,7 +558,27 @@ impl DataverseEmulator {
             let boundary = batch::boundary(ct).ok_or_else(|| {
                 DvError::odata("A $batch request needs Content-Type: multipart/mixed; boundary=….")
             })?;
-            let items = batch::parse(&op.body, &boundary)?;
+            let items = match batch::parse(&op.body, &boundary) {
+                Ok(items) => items,
+                Err(e) => {
+                    let outcome = batch::unreadable_batch(&e);
+                    let resp = Response::builder()
+                        .status(outcome.status)
+                        .header(
+                            header::CONTENT_TYPE,
+                            format!("multipart/mixed; boundary={}", outcome.boundary),
+                        )
+                        .body(Body::from(outcome.body))
+                        .map_err(|e| {
+                            DvError::new(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                codes::ODATA,
+                                e.to_string(),
+                            )
+                        })?;
+                    return Ok((resp, 1));
+                }
+            };
             let max = self.inner.limiter.config().max_batch_operations;
             if batch::operations(&items) > max {
                 return Err(batch::too_many(max));

@@ -70,7 +70,11 @@ fn dispatch(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
             return Ok(metadata::csdl(model));
         }
         ("WhoAmI", None | Some(""), []) => {
-            only(&req.method, &[Method::GET])?;
+            // Source: "Troubleshoot Dataverse Web API client errors" (D-CLIENTERR): WhoAmI is a
+            // function, so `POST WhoAmI` finds no such resource: 404.
+            if req.method != Method::GET {
+                return Err(DvError::unknown_segment(&first.text()));
+            }
             return Ok(actions::who_am_i(ctx));
         }
         ("WinOpportunity" | "LoseOpportunity", None, []) => {
@@ -557,6 +561,31 @@ fn render_with_expand(
     Ok(out)
 }
 
+/// Refuses an `$expand` that names an N:N collection together with any other navigation.
+// Source: "Join tables using OData" (D-JOIN), table of relationship types supported by multiple
+// `$expand`s: combinations with N:N are not supported.
+fn check_expand_combination(table: &Table, expand: &[ExpandItem]) -> DvResult<()> {
+    if expand.len() < 2 {
+        return Ok(());
+    }
+    if let Some(n) = expand
+        .iter()
+        .find(|i| table.collections.contains_key(&i.nav))
+    {
+        let others: Vec<&str> = expand
+            .iter()
+            .filter(|i| i.nav != n.nav)
+            .map(|i| i.nav.as_str())
+            .collect();
+        return Err(DvError::odata(format!(
+            "Expanding the N:N navigation property '{}' together with '{}' in one query is not supported; expand the N:N in a request of its own.",
+            n.nav,
+            others.join("', '")
+        )));
+    }
+    Ok(())
+}
+
 fn row_id(table: &Table, row: &Row) -> Option<Uuid> {
     row.get(table.pk())
         .and_then(Value::as_str)
@@ -715,6 +744,7 @@ fn list(
         .map(query::parse_expand)
         .transpose()?
         .unwrap_or_default();
+    check_expand_combination(table, &expand)?;
     let orderby = o
         .orderby
         .as_deref()
@@ -813,12 +843,53 @@ fn list(
 
 fn count(ctx: &Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<OpResponse> {
     let o = options(pairs)?;
-    let n = matching(ctx.store, table, pairs, o.filter.as_deref())?.len();
+    let n = match o.deltatoken.as_deref() {
+        // Source: "Use change tracking to synchronize data with external systems" (D-CT):
+        // `GET {set}/$count?$deltatoken=…` counts the changes since the token, not the rows.
+        Some(t) => {
+            if !table.def.change_tracking {
+                return Err(DvError::odata(format!(
+                    "Change tracking is not enabled for the table '{}'.",
+                    table.logical()
+                )));
+            }
+            let since =
+                token_version(t).ok_or_else(|| DvError::odata("The $deltatoken is not valid."))?;
+            if since < ctx.store.token_floor {
+                return Err(expired_token());
+            }
+            changes_since(ctx.store, table, since)
+        }
+        None => matching(ctx.store, table, pairs, o.filter.as_deref())?.len(),
+    };
     Ok(OpResponse {
         status: StatusCode::OK,
         headers: vec![("Content-Type".into(), "text/plain".into())],
         body: Some(OpBody::Text(n.min(MAX_PAGE).to_string())),
     })
+}
+
+/// How many changes (rows created or updated, and rows deleted) `table` has had after version
+/// `since`.
+fn changes_since(store: &Store, table: &Table, since: u64) -> usize {
+    let Some(data) = store.data.get(table.logical()) else {
+        return 0;
+    };
+    let changed = data
+        .rows
+        .values()
+        .filter(|r| {
+            r.get("versionnumber")
+                .and_then(Value::as_u64)
+                .is_some_and(|v| v > since)
+        })
+        .count();
+    let deleted = data
+        .tombstones
+        .iter()
+        .filter(|(id, v)| *v > since && !data.rows.contains_key(id))
+        .count();
+    changed + deleted
 }
 
 /// Parses `919042!08/22/2017 08:10:44` → 919042.
@@ -1025,6 +1096,7 @@ fn get_one(
         .map(query::parse_expand)
         .transpose()?
         .unwrap_or_default();
+    check_expand_combination(table, &expand)?;
     let id = find_or_404(ctx, table, addr)?;
     let store: &Store = ctx.store;
     let Some(row) = store.get(table.logical(), &id) else {
@@ -1140,13 +1212,19 @@ pub(crate) fn convert(table: &Table, col: &ColumnDef, v: &Value) -> DvResult<Val
         ColumnType::Boolean => Value::Bool(v.as_bool().ok_or_else(err)?),
         ColumnType::DateTime => {
             let s = v.as_str().ok_or_else(err)?;
-            let dt = match DateTime::parse_from_rfc3339(s) {
-                Ok(d) => d.with_timezone(&Utc),
-                Err(_) => NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                    .map_err(|_| err())?
-                    .and_time(chrono::NaiveTime::MIN)
-                    .and_utc(),
-            };
+            // Source: "Behavior and format of the date and time column": a UserLocal or
+            // TimeZoneIndependent column is an Edm.DateTimeOffset, so a bare date is refused.
+            let dt = DateTime::parse_from_rfc3339(s)
+                .map_err(|_| {
+                    DvError::payload(
+                        table.set(),
+                        format!(
+                            "Cannot convert the literal '{s}' to the expected type 'Edm.DateTimeOffset' (property '{}').",
+                            col.logical_name
+                        ),
+                    )
+                })?
+                .with_timezone(&Utc);
             if let Some(e) = too_early(dt.date_naive()) {
                 return Err(e);
             }

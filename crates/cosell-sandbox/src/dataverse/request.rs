@@ -67,7 +67,10 @@ impl OpResponse {
     }
 
     pub(crate) fn error(e: &DvError) -> Self {
+        // Source: "Compose HTTP requests and handle errors" (D-COMPOSE) and the batch example
+        // of D-BATCH: error bodies, top-level or inside a batch part, are OData JSON.
         Self::json(e.status, e.body())
+            .header("Content-Type", "application/json; odata.metadata=minimal")
     }
 
     /// Number of operations whose work this response stands for (1 unless a batch).

@@ -151,6 +151,11 @@ impl ColumnDef {
         Self::new(logical_name, ColumnType::Decimal)
     }
 
+    /// Floating point number.
+    pub fn double(logical_name: impl Into<String>) -> Self {
+        Self::new(logical_name, ColumnType::Double)
+    }
+
     /// Currency.
     pub fn money(logical_name: impl Into<String>) -> Self {
         Self::new(logical_name, ColumnType::Money)
@@ -597,7 +602,11 @@ impl DataverseSchema {
         .column(ColumnDef::text("jobtitle", 100))
         .column(ColumnDef::text("websiteurl", 200))
         .column(ColumnDef::memo("description", 2000))
-        .column(ColumnDef::money("estimatedvalue"))
+        // Source: lead table reference (R-LEAD): `estimatedamount` is the Money column "Est.
+        // Value" with its read-only base; `estimatedvalue` is a deprecated Double.
+        .column(ColumnDef::money("estimatedamount"))
+        .column(ColumnDef::money("estimatedamount_base").read_only())
+        .column(ColumnDef::double("estimatedvalue"))
         .column(ColumnDef::date_only("estimatedclosedate"))
         .column(ColumnDef::customer("customerid", &["account", "contact"]))
         .column(ColumnDef::lookup("parentaccountid", "account"))
@@ -651,7 +660,9 @@ impl DataverseSchema {
             .column(ColumnDef::memo("description", 2000))
             .column(ColumnDef::lookup("opportunityid", "opportunity"))
             .column(ColumnDef::money("actualrevenue"))
-            .column(ColumnDef::date_only("actualend"))
+            // Source: opportunityclose reference (R-OPPCLOSE), DateTimeBehavior UserLocal:
+            // an Edm.DateTimeOffset in the Web API.
+            .column(ColumnDef::date_time("actualend"))
             .column(ColumnDef::lookup("competitorid", "competitor"));
         let currencies = [
             ("USD", "US Dollar", "$", 1.0, 2),

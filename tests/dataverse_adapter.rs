@@ -1,0 +1,64 @@
+//! The engine's Dataverse adapter (`DataverseCrm`) against the Dataverse emulator over loopback:
+//! the wire shapes the emulator now enforces as Dataverse does.
+
+// Test code: a failed expectation panics.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use cosell::mapping::{FieldMap, RecordKind};
+use cosell::partner_center::models::Referral;
+use cosell::sandboxed::Sandboxed;
+use cosell::sync::{Crm, WriteTarget};
+use serde_json::{Map, json};
+use uuid::Uuid;
+
+/// R-OPP: an opportunity that replaces a lead is bound to it (`originatingleadid`) in the
+/// write that creates it. On main before the fix: `_originatingleadid_value` is null.
+#[tokio::test]
+async fn an_opportunity_written_by_key_for_a_referral_with_a_lead_is_bound_to_the_lead() {
+    let s = Sandboxed::start().await.unwrap();
+    let created = s
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "Accepted later"}))
+        .unwrap();
+    let referral_id = created["id"].as_str().unwrap().to_string();
+    let lead = s
+        .sandbox
+        .dataverse()
+        .insert_row(
+            "lead",
+            json!({"subject": "Accepted later", "cosell_referralid": referral_id}),
+        )
+        .unwrap();
+    // The referral as it reads once Microsoft accepted it: an opportunity replaces the lead.
+    let mut accepted = created;
+    accepted["status"] = json!("Active");
+    accepted["substatus"] = json!("Accepted");
+    let referral: Referral = serde_json::from_value(accepted).unwrap();
+    let map = FieldMap::default();
+    let payload = map.map_referral(&referral, None).unwrap();
+    assert_eq!(payload.kind, RecordKind::Opportunity);
+    let written = s
+        .crm
+        .write(&payload, &Map::new(), WriteTarget::ByKey)
+        .await
+        .unwrap();
+    let opp = s
+        .sandbox
+        .dataverse()
+        .row("opportunity", Uuid::parse_str(&written.id).unwrap())
+        .unwrap();
+    assert_eq!(
+        opp["_originatingleadid_value"],
+        json!(lead.to_string()),
+        "{opp}"
+    );
+    // The row reads back with its solutions (a request of their own, not in the N:1 $expand).
+    let row = s
+        .crm
+        .read(RecordKind::Opportunity, &written.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(row.records.solutions.is_some());
+}
