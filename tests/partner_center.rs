@@ -64,6 +64,10 @@ impl Raw {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
+        // The webhook API requires `MS-Contract-Version` (Partner Center REST headers page).
+        if url.contains("/webhooks/v1/") {
+            req = req.header("ms-contract-version", "v1");
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -23,6 +23,41 @@ use crate::entra::REFERRALS_AUDIENCE;
 /// Items per page, as documented.
 pub(crate) const PAGE_SIZE: usize = 100;
 
+/// The paths a partner may PATCH. Source: Power Platform connector "Partner Center Referrals"
+/// (microsoft/PowerPlatformConnectors, `apiDefinition.swagger.json`), PatchReferralById `path`
+/// enum. Anything else (`/inviteContext/...`, `/name`, ...) is refused with 400.
+const WRITABLE_PATHS: &[&str] = &[
+    "/campaignId",
+    "/consent/consentToShareReferralWithMicrosoftSellers",
+    "/customerProfile/team",
+    "/customerProfile/team/-",
+    "/details/closingDateTime",
+    "/details/currency",
+    "/details/dealValue",
+    "/details/notes",
+    "/details/requirements/solutions",
+    "/details/requirements/solutions/-",
+    "/externalReferenceId",
+    "/referralProgram",
+    "/salesStage",
+    "/status",
+    "/substatus",
+    "/statusReason",
+    "/team",
+    "/team/-",
+];
+
+/// Deal registrations are written through PATCH under `/registrations/` (same connector:
+/// CreateDealRegistration / UpdateDealRegistration operations).
+const REGISTRATION_PATHS: &str = "/registrations/";
+
+/// The marketplace-intent attribute a create must carry. Source: learn.microsoft.com
+/// partner-center/developer/create-a-referral ("minimal information required" example) and
+/// Partner Center's bulk-operations page (the field is required; values Yes, No, Have not decided).
+const MARKETPLACE_INTENT_TYPE: &str = "CustomerMarketplaceIntent";
+/// The values of the marketplace intent (`HaveNotDecided` as in Microsoft's example).
+const MARKETPLACE_INTENTS: &[&str] = &["Yes", "No", "HaveNotDecided"];
+
 /// Top-level properties the server owns: refused in a PATCH, carried over in a PUT.
 const SERVER_OWNED: &[&str] = &[
     "id",
@@ -186,6 +221,7 @@ fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError>
         if !name_ok {
             return Err(ApiError::invalid("`customerProfile.name` is required."));
         }
+        check_marketplace_intent(body)?;
     }
     if let Some(Value::String(t)) = body.get("type") {
         let t = canonical(t, &["None", "Independent", "Shared"], "type")?;
@@ -254,6 +290,43 @@ fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError>
         }
     }
     Ok(())
+}
+
+/// A create must say the customer's marketplace purchase intent (create-a-referral "minimal
+/// information required" example; bulk-operations page: required, Yes / No / Have not decided).
+fn check_marketplace_intent(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let attributes = body
+        .get("details")
+        .and_then(|d| d.get("requirements"))
+        .and_then(|r| r.get("additionalRequirements"))
+        .and_then(|a| a.get("attributes"))
+        .and_then(Value::as_array);
+    let intent = attributes.into_iter().flatten().find(|a| {
+        a.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case(MARKETPLACE_INTENT_TYPE))
+    });
+    let Some(intent) = intent else {
+        return Err(ApiError::invalid(format!(
+            "`details.requirements.additionalRequirements.attributes` must include the customer's marketplace intent: {{\"type\": \"{MARKETPLACE_INTENT_TYPE}\", \"id\": one of {}}}.",
+            MARKETPLACE_INTENTS.join(", ")
+        ))
+        .inner("marketplaceIntentRequired", MARKETPLACE_INTENT_TYPE));
+    };
+    match intent.get("id").and_then(Value::as_str) {
+        Some(v)
+            if MARKETPLACE_INTENTS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(v)) =>
+        {
+            Ok(())
+        }
+        other => Err(ApiError::invalid(format!(
+            "The `{MARKETPLACE_INTENT_TYPE}` attribute has the id `{}`; allowed values are {}.",
+            other.unwrap_or("null"),
+            MARKETPLACE_INTENTS.join(", ")
+        ))),
+    }
 }
 
 fn links(pc: &PartnerCenterEmulator, id: &str, engagement_id: &str) -> Value {
@@ -456,6 +529,25 @@ pub(crate) fn patched(
                     "`{}` cannot be changed: `{owned}` is set by Partner Center.",
                     op.path
                 )));
+            }
+            // Connector PatchReferralById `path` enum: only these paths are writable.
+            let writable = WRITABLE_PATHS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(&op.path))
+                || op.path.starts_with(REGISTRATION_PATHS);
+            if !writable {
+                return Err(ApiError::invalid(format!(
+                    "`{}` cannot be changed after creation; the writable paths are {}.",
+                    op.path,
+                    WRITABLE_PATHS.join(", ")
+                ))
+                .inner("pathNotWritable", op.path.clone()));
+            }
+            // Connector schema: `dealValue` is a decimal without `x-nullable`.
+            if op.path.eq_ignore_ascii_case("/details/dealValue") && op.value.is_null() {
+                return Err(ApiError::invalid(
+                    "`/details/dealValue` cannot be null; a non-negative number is required.",
+                ));
             }
         }
     }
@@ -874,9 +966,13 @@ fn list_inner(
     let cursor = parse_query(query)?;
     let filter: Option<Filter> = match cursor.filter.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(f) => Some(filter::parse(f).map_err(|e| {
-            ApiError::invalid(e.to_string()).inner("invalidFilter", format!("$filter={f}"))
-        })?),
+        Some(f) => Some(
+            filter::parse(f)
+                .and_then(|parsed| filter::check_documented_members(&parsed).map(|()| parsed))
+                .map_err(|e| {
+                    ApiError::invalid(e.to_string()).inner("invalidFilter", format!("$filter={f}"))
+                })?,
+        ),
     };
     let keys = match cursor.orderby.as_deref() {
         Some(o) => parse_orderby(o)?,
@@ -914,8 +1010,11 @@ fn list_inner(
         });
     }
     let total = hits.len();
-    let end = cursor.top.map_or(total, |t| total.min(t));
-    let start = cursor.skip.min(end);
+    // OData (and the connector's `$skip`/`$top` pair): skip first, then take `$top`.
+    let start = cursor.skip.min(total);
+    let end = cursor
+        .top
+        .map_or(total, |t| total.min(start.saturating_add(t)));
     let page_end = end.min(start.saturating_add(PAGE_SIZE));
     let value: Vec<Value> = hits
         .get(start..page_end)
@@ -932,13 +1031,14 @@ fn list_inner(
         "@odata.context".into(),
         Value::from(format!("{origin}/v1.0/$metadata#Referrals")),
     );
-    if cursor.count {
-        out.insert("@odata.count".into(), Value::from(total));
-    }
+    // Microsoft's list examples (get-a-list-of-referrals) carry `@odata.count` without `$count`.
+    out.insert("@odata.count".into(), Value::from(total));
     out.insert("value".into(), Value::Array(value));
     if page_end < end {
+        // The rest of the same window: from the end of this page, `$top` less what was sent.
         let next = Cursor {
             skip: page_end,
+            top: cursor.top.map(|t| t.saturating_sub(page_end - start)),
             ..cursor
         };
         out.insert(

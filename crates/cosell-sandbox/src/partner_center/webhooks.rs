@@ -86,7 +86,14 @@ fn auth(pc: &PartnerCenterEmulator, headers: &HeaderMap) -> Result<(), ApiError>
     pc.context()
         .entra
         .check(headers, WEBHOOKS_AUDIENCE)
-        .map_err(|f| ApiError::unauthenticated(&f).target("webhook"))
+        .map_err(|f| ApiError::unauthenticated(&f).target("webhook"))?;
+    // Partner Center REST headers page: `MS-Contract-Version` is required (`api-version: v1`).
+    if headers.get("ms-contract-version").is_none() {
+        return Err(
+            ApiError::invalid("The MS-Contract-Version header is required (v1).").target("webhook"),
+        );
+    }
+    Ok(())
 }
 
 fn registration_body(reg: &WebhookRegistration) -> Value {
@@ -173,7 +180,16 @@ async fn get_registration(State(pc): State<PartnerCenterEmulator>, headers: Head
         return r.into_response();
     }
     match pc.registration() {
-        Some(reg) => (StatusCode::OK, axum::Json(registration_body(&reg))).into_response(),
+        // "View a registration" (partner-center-webhooks page) returns the URL and the events
+        // only: not the signature flag, so a client that writes the read-back again loses it.
+        Some(reg) => (
+            StatusCode::OK,
+            axum::Json(json!({
+                "WebhookUrl": reg.webhook_url,
+                "WebhookEvents": reg.webhook_events,
+            })),
+        )
+            .into_response(),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
             "itemNotFound",
