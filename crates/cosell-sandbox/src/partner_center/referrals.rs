@@ -20,7 +20,8 @@ use super::{
 };
 use crate::entra::REFERRALS_AUDIENCE;
 
-/// Items per page, as documented.
+/// Items per page (Partner REST get-a-list-of-referrals: "more than 100 items … use
+/// `@odata.nextLink`").
 pub(crate) const PAGE_SIZE: usize = 100;
 
 /// The paths a partner may PATCH. Source: Power Platform connector "Partner Center Referrals"
@@ -201,6 +202,7 @@ fn canonical(value: &str, allowed: &[&'static str], field: &str) -> Result<&'sta
 fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError> {
     normalise_consent(body);
     if create {
+        // create-a-referral: `type`, `customerProfile`, `consent` and `details` are "Required".
         for field in ["customerProfile", "consent", "details"] {
             if !body.get(field).is_some_and(Value::is_object) {
                 return Err(ApiError::invalid(format!(
@@ -240,6 +242,8 @@ fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError>
     if let Some(profile) = body.get("customerProfile")
         && !profile.is_null()
     {
+        // referral-resources (ISO 3166 alpha-2) and the co-sell connector troubleshooting page
+        // ("two-letter country code is required").
         let country = profile.get("address").and_then(|a| a.get("country"));
         match country {
             Some(Value::String(c)) if celes::Country::from_alpha2(c).is_ok() => {}
@@ -447,6 +451,7 @@ pub(crate) fn write_update(
         return Err(ApiError::not_found("referral", id));
     };
     let from = lifecycle::pair(&old.body);
+    // manage-co-sell-opportunities: "Expired, declined, won, and lost are terminal states".
     if lifecycle::is_terminal(&from.1) {
         return Err(ApiError::invalid(format!(
             "The referral is {}/{}, a terminal state: no further updates are possible.",
@@ -469,6 +474,7 @@ pub(crate) fn write_update(
             .and_then(|c| c.get("consentToShareReferralWithMicrosoftSellers"))
             .and_then(Value::as_bool)
     };
+    // partner/develop/create-a-referral: visibility to Microsoft sellers cannot be revoked.
     if shared(&old.body) == Some(true) && shared(&new) == Some(false) {
         return Err(ApiError::invalid(
             "Visibility to Microsoft sellers cannot be revoked once granted (consentToShareReferralWithMicrosoftSellers).",
@@ -856,6 +862,7 @@ fn parse_orderby(raw: &str) -> Result<Vec<SortKey>, ApiError> {
         .map(|part| {
             let mut words = part.split_whitespace();
             let field = words.next().unwrap_or_default();
+            // get-a-list-of-referrals: `$orderby` on createdDateTime and updatedDateTime.
             let field = ["createdDateTime", "updatedDateTime"]
                 .into_iter()
                 .find(|f| f.eq_ignore_ascii_case(field))

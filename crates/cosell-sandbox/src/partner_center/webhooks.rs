@@ -230,6 +230,7 @@ fn write_registration(
         Err(e) => return e.into_response(),
     };
     let mut s = pc.lock();
+    // partner-center-webhooks: one registration per partner; a second POST is 409.
     if !replace && s.registration.is_some() {
         return ApiError::new(StatusCode::CONFLICT, "invalidRequest", REGISTRATION_EXISTS)
             .target("webhook")
@@ -273,6 +274,7 @@ async fn send_test_event(State(pc): State<PartnerCenterEmulator>, headers: Heade
         .target("webhook")
         .into_response();
     };
+    // partner-center-webhooks: a test event needs the registration to include `test-created`.
     if !reg.webhook_events.iter().any(|e| e == "test-created") {
         return ApiError::invalid(
             "The registration does not include the `test-created` event; add it to send a test event.",
@@ -280,6 +282,7 @@ async fn send_test_event(State(pc): State<PartnerCenterEmulator>, headers: Heade
         .target("webhook")
         .into_response();
     }
+    // partner-center-webhooks: test events have "a throttle limit of 2 requests per minute".
     if s.test_event_limit {
         let now = Instant::now();
         while s
