@@ -64,6 +64,10 @@ impl Raw {
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
+        // The webhook API requires `MS-Contract-Version` (Partner Center REST headers page).
+        if url.contains("/webhooks/v1/") {
+            req = req.header("ms-contract-version", "v1");
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -1524,5 +1528,39 @@ async fn raw_control_routes_play_microsofts_side() {
         .await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.body["error"]["code"], "itemNotFound");
+    sandbox.shutdown().await;
+}
+
+// ----- issue 11: lost-create recovery with documented filters only ----------------------------
+
+/// The engine's look-up of a create whose answer was lost works against an emulator that, like
+/// Microsoft's documentation, allows `$filter` on `direction` and `updatedDateTime` but not on
+/// `externalReferenceId` nor `createdDateTime`.
+#[tokio::test]
+async fn lost_create_is_found_with_documented_filters_only() {
+    use cosell::sync::PartnerCenter as _;
+
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let pc = client(&sandbox);
+    let since = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let mut body = sandbox.partner_center().generate_referral_request();
+    body["externalReferenceId"] = json!("crm-lost-1");
+    let referral: Referral = serde_json::from_value(body.clone()).expect("referral");
+    let created = pc.create_referral(&referral).await.expect("created");
+    // Other outgoing referrals in the window are scanned past.
+    for i in 0..3 {
+        body["externalReferenceId"] = json!(format!("crm-other-{i}"));
+        let other: Referral = serde_json::from_value(body.clone()).expect("referral");
+        pc.create_referral(&other).await.expect("created");
+    }
+    let found = cosell::sync::PartnerCenter::find_by_external_reference(&pc, "crm-lost-1", since)
+        .await
+        .expect("look-up");
+    assert_eq!(found.and_then(|r| r.id), created.id);
+    let none = pc
+        .find_by_external_reference("crm-never-created", since)
+        .await
+        .expect("look-up");
+    assert!(none.is_none());
     sandbox.shutdown().await;
 }

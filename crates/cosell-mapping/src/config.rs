@@ -47,6 +47,9 @@ pub struct MappingConfig {
     pub defaults: Defaults,
     /// How a referral's customer is matched to an existing account.
     pub account_matching: AccountMatching,
+    /// What every new referral carries beyond the mapped fields: the customer's marketplace
+    /// intent and, for services co-sell, the partner role, solution area and solution play.
+    pub referral_create: ReferralCreate,
     /// Per-field conflict owner, overlaid on the defaults (only the fields listed change).
     #[serde(deserialize_with = "ownership_table")]
     pub ownership: BTreeMap<FieldId, Policy>,
@@ -68,6 +71,7 @@ impl Default for MappingConfig {
             status: StatusCodes::default(),
             defaults: Defaults::default(),
             account_matching: AccountMatching::default(),
+            referral_create: ReferralCreate::default(),
             ownership: BTreeMap::new(),
         }
     }
@@ -641,6 +645,56 @@ macro_rules! schema {
     };
 }
 
+/// The values a create needs that no CRM column maps (`[referral_create]` in TOML).
+///
+/// Microsoft's "minimal information required" create example carries the customer's
+/// marketplace purchase intent, and Partner Center's bulk-operations page calls it required;
+/// `partnerRole`, `solutionArea` and `solutionPlay` are "required for Services co-sell
+/// referrals only".
+///
+/// ```
+/// let cfg: cosell_mapping::MappingConfig = toml::from_str(r#"
+/// [referral_create]
+/// marketplace_intent = "Yes"
+/// services_co_sell = true
+/// partner_role = "SolutionDesign"
+/// solution_area = "AIBusinessSolutions"
+/// solution_play = "CopilotAndAgentsAtWork"
+/// "#).unwrap();
+/// assert!(cfg.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReferralCreate {
+    /// The customer's marketplace intent sent with every create: `Yes`, `No` or
+    /// `HaveNotDecided`. Default: `HaveNotDecided` (the value of Microsoft's example).
+    pub marketplace_intent: String,
+    /// Whether the partner's co-sell referrals are services co-sell referrals; then
+    /// `partner_role`, `solution_area` and `solution_play` are required. Default: false.
+    pub services_co_sell: bool,
+    /// `partnerRole` of a services co-sell referral (e.g. `SolutionDesign`). Default: none.
+    pub partner_role: Option<String>,
+    /// `solutionArea` of a services co-sell referral. Default: none.
+    pub solution_area: Option<String>,
+    /// `solutionPlay` of a services co-sell referral. Default: none.
+    pub solution_play: Option<String>,
+}
+
+impl Default for ReferralCreate {
+    fn default() -> Self {
+        Self {
+            marketplace_intent: "HaveNotDecided".into(),
+            services_co_sell: false,
+            partner_role: None,
+            solution_area: None,
+            solution_play: None,
+        }
+    }
+}
+
+/// The marketplace intent values Partner Center lists (Yes / No / Have not decided).
+pub const MARKETPLACE_INTENTS: [&str; 3] = ["Yes", "No", "HaveNotDecided"];
+
 impl MappingConfig {
     /// Checks every value; the first problem is returned, naming its key path and value.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -682,6 +736,30 @@ impl MappingConfig {
                 &self.referral_link_template,
                 "must contain {id} or {engagement_id}",
             );
+        }
+
+        let rc = &self.referral_create;
+        if !MARKETPLACE_INTENTS.contains(&rc.marketplace_intent.as_str()) {
+            c.fail(
+                "referral_create.marketplace_intent",
+                &rc.marketplace_intent,
+                "must be Yes, No or HaveNotDecided",
+            );
+        }
+        if rc.services_co_sell {
+            for (key, value) in [
+                ("referral_create.partner_role", &rc.partner_role),
+                ("referral_create.solution_area", &rc.solution_area),
+                ("referral_create.solution_play", &rc.solution_play),
+            ] {
+                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                    c.fail(
+                        key,
+                        value.clone().unwrap_or_default(),
+                        "is required when services_co_sell is true",
+                    );
+                }
+            }
         }
 
         let o = &self.columns.opportunity;

@@ -11,8 +11,8 @@ mod status;
 
 pub use config::{
     AccountColumns, AccountMatching, Choices, Columns, ContactColumns, CountryLookup, Defaults,
-    LeadColumns, LeadStatusCodes, MappingConfig, MatchField, OpportunityColumns,
-    OpportunityStatusCodes, SolutionColumns, StatusCodes,
+    LeadColumns, LeadStatusCodes, MARKETPLACE_INTENTS, MappingConfig, MatchField,
+    OpportunityColumns, OpportunityStatusCodes, ReferralCreate, SolutionColumns, StatusCodes,
 };
 pub use crm::{
     AccountMatchKey, AccountPayload, AlternateKey, Bind, BindTarget, CURRENCY_ENTITY_SET,

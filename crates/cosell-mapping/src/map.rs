@@ -5,10 +5,10 @@ use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use partner_center_client::models::{
-    Address, AssistanceRequestCode, Consent, CustomerProfile, InviteContext, Member,
-    PatchOperation, Referral, ReferralDetails, ReferralQualification, ReferralStatus,
-    ReferralSubstatus, ReferralType, Requirements, SolutionTag, SolutionType, TrackingInfo,
-    check_transition,
+    AdditionalRequirements, Address, AssistanceRequestCode, Consent, CustomerMarketplaceIntent,
+    CustomerProfile, InviteContext, Member, PatchOperation, Referral, ReferralDetails,
+    ReferralQualification, ReferralStatus, ReferralSubstatus, ReferralType, Requirements,
+    SolutionTag, SolutionType, TrackingInfo, check_transition,
 };
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,8 @@ impl ReferralIdentity {
 
 /// An update of an existing referral: JSON Patch operations for the writable paths, plus the
 /// changed fields Partner Center does not let a partner write (customer name and address, the
-/// name, the Microsoft CRM identifier), for the audit trail.
+/// name, the Microsoft CRM identifier, the help request, and removals of the non-nullable deal
+/// value, currency and closing date), for the audit trail.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReferralUpdate {
     /// Operations for `PATCH /referrals/{id}` (arrays are replaced whole, so a retry is safe).
@@ -1104,6 +1105,31 @@ impl FieldMap {
             .ok_or_else(|| MappingError::new(FieldId::Name.referral_path(), "", Rule::Missing))?;
         let t = |f| s.text(f).map(str::to_string);
         let co_sell = s.is_co_sell();
+        // Required on create (Microsoft's minimal example; bulk-operations page), and for
+        // services co-sell also the role, area and play: from `[referral_create]`.
+        let rc = &self.config.referral_create;
+        let intent = CustomerMarketplaceIntent::from(rc.marketplace_intent.as_str());
+        if matches!(intent, CustomerMarketplaceIntent::Other(_)) {
+            return Err(MappingError::new(
+                "details.requirements.additionalRequirements.attributes[CustomerMarketplaceIntent]",
+                rc.marketplace_intent.as_str(),
+                Rule::UnknownChoice,
+            ));
+        }
+        let mut additional = AdditionalRequirements::default();
+        additional.set_marketplace_intent(&intent);
+        let services = co_sell && rc.services_co_sell;
+        if services {
+            for (path, value) in [
+                ("partnerRole", &rc.partner_role),
+                ("solutionArea", &rc.solution_area),
+                ("solutionPlay", &rc.solution_play),
+            ] {
+                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                    return Err(MappingError::new(path, "", Rule::Missing));
+                }
+            }
+        }
         let address = Address {
             address_line1: t(FieldId::AddressLine1),
             address_line2: t(FieldId::AddressLine2),
@@ -1146,10 +1172,14 @@ impl FieldMap {
                     .map(date_at_midnight),
                 requirements: Some(Requirements {
                     solutions: Some(tags(s.solutions())),
+                    additional_requirements: Some(additional),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
+            partner_role: services.then(|| rc.partner_role.clone()).flatten(),
+            solution_area: services.then(|| rc.solution_area.clone()).flatten(),
+            solution_play: services.then(|| rc.solution_play.clone()).flatten(),
             invite_context: t(FieldId::HelpRequired).map(|code| InviteContext {
                 assistance_request_code: Some(AssistanceRequestCode::from(code)),
                 ..Default::default()
@@ -1193,40 +1223,31 @@ impl FieldMap {
                             .push(PatchOperation::set_substatus(&st.substatus));
                     }
                 }
-                FieldId::DealValue => {
-                    up.operations
-                        .push(match after.and_then(FieldValue::as_decimal) {
-                            Some(d) => PatchOperation::set_deal_value(d),
-                            None => PatchOperation::replace("/details/dealValue", Value::Null),
-                        })
-                }
-                FieldId::Currency => up.operations.push(PatchOperation::replace(
-                    "/details/currency",
-                    after
-                        .and_then(FieldValue::as_text)
-                        .map_or(Value::Null, Value::from),
+                // `dealValue` is a non-nullable decimal (connector schema): a removed value
+                // cannot be written, so it is audited instead of patched as `null`.
+                FieldId::DealValue => match after.and_then(FieldValue::as_decimal) {
+                    Some(d) => up.operations.push(PatchOperation::set_deal_value(d)),
+                    None => up.not_writable.push(change.field),
+                },
+                // A currency code and a closing date can be changed, not removed: neither is
+                // declared nullable, so a removal is audited rather than written as `null`.
+                FieldId::Currency => match after.and_then(FieldValue::as_text) {
+                    Some(c) => up.operations.push(PatchOperation::set_currency(c)),
+                    None => up.not_writable.push(change.field),
+                },
+                FieldId::CloseDate => match after.and_then(FieldValue::as_date) {
+                    Some(d) => up
+                        .operations
+                        .push(PatchOperation::set_closing_date_time(date_at_midnight(d))),
+                    None => up.not_writable.push(change.field),
+                },
+                // Notes are text: cleared notes are written as an empty string, not `null`.
+                FieldId::Notes => up.operations.push(PatchOperation::set_notes(
+                    after.and_then(FieldValue::as_text).unwrap_or_default(),
                 )),
-                FieldId::CloseDate => {
-                    up.operations
-                        .push(match after.and_then(FieldValue::as_date) {
-                            Some(d) => PatchOperation::set_closing_date_time(date_at_midnight(d)),
-                            None => {
-                                PatchOperation::replace("/details/closingDateTime", Value::Null)
-                            }
-                        })
-                }
-                FieldId::Notes => up.operations.push(PatchOperation::replace(
-                    "/details/notes",
-                    after
-                        .and_then(FieldValue::as_text)
-                        .map_or(Value::Null, Value::from),
-                )),
-                FieldId::HelpRequired => up.operations.push(PatchOperation::replace(
-                    "/inviteContext/assistanceRequestCode",
-                    after
-                        .and_then(FieldValue::as_text)
-                        .map_or(Value::Null, Value::from),
-                )),
+                // `inviteContext` is not among the writable paths (connector PatchReferralById):
+                // a changed help request is audited as not writable.
+                FieldId::HelpRequired => up.not_writable.push(change.field),
                 FieldId::VisibleToMicrosoft => {}
                 FieldId::Contacts => {
                     up.operations

@@ -162,7 +162,7 @@ mod config {
         check(
             "display_checkmark = true",
             Err(
-                "display_checkmark: unknown field `display_checkmark`, expected one of `display_check_mark`, `deal_value_field`, `country_code_field`, `country_lookup`, `money_precision`, `audit_max_chars`, `referral_link_template`, `columns`, `choices`, `status`, `defaults`, `account_matching`, `ownership`",
+                "display_checkmark: unknown field `display_checkmark`, expected one of `display_check_mark`, `deal_value_field`, `country_code_field`, `country_lookup`, `money_precision`, `audit_max_chars`, `referral_link_template`, `columns`, `choices`, `status`, `defaults`, `account_matching`, `referral_create`, `ownership`",
             ),
         );
         check(
@@ -476,13 +476,15 @@ mod rules {
         check(Some(&base), &target, &[]);
         let up = FieldMap::default().referral_update(&base, &target).unwrap();
         let ops = serde_json::to_value(&up.operations).unwrap();
+        // `inviteContext` is not a writable PATCH path (issue 11, item 10): the help request is
+        // audited as not writable; the visibility it implies is written.
         assert_eq!(
             ops,
             json!([
-                {"op":"replace","path":"/inviteContext/assistanceRequestCode","value":"CustomerTechnicalArchitecture"},
                 {"op":"replace","path":"/consent/consentToShareReferralWithMicrosoftSellers","value":true},
             ])
         );
+        assert_eq!(up.not_writable, vec![FieldId::HelpRequired]);
     }
 
     #[test]

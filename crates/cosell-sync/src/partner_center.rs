@@ -6,10 +6,14 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
+use partner_center_client::PartnerCenterClient;
 use partner_center_client::models::{PatchOperation, Referral};
-use partner_center_client::{PartnerCenterClient, odata_string};
 
-use crate::remote::RemoteError;
+use crate::remote::{RemoteError, RemoteErrorKind};
+
+/// Most referrals a lost-create look-up reads before giving up (the window since the intent was
+/// recorded normally holds a handful).
+pub const LOST_CREATE_SCAN_LIMIT: usize = 2_000;
 
 /// What the engine needs from Partner Center.
 #[async_trait]
@@ -25,8 +29,8 @@ pub trait PartnerCenter: Send + Sync + fmt::Debug {
     ) -> Result<Vec<Referral>, RemoteError>;
 
     /// The referral created with `external_reference_id` (the CRM id), if any: how an unknown
-    /// create outcome is resolved. `created_since` bounds a client-side scan when the service
-    /// cannot filter on the field.
+    /// create outcome is resolved. The service cannot filter on the field, so `created_since`
+    /// bounds a scan of our outgoing referrals updated since then (a documented filter).
     async fn find_by_external_reference(
         &self,
         external_reference_id: &str,
@@ -74,36 +78,39 @@ impl PartnerCenter for PartnerCenterClient {
         external_reference_id: &str,
         created_since: DateTime<Utc>,
     ) -> Result<Option<Referral>, RemoteError> {
-        let matches =
-            |r: &Referral| r.external_reference_id.as_deref() == Some(external_reference_id);
-        // Filtering on externalReferenceId is not documented; try it, and fall back to a
-        // bounded scan of our own recent outgoing referrals if the service refuses it.
-        let filtered: Result<Vec<Referral>, _> = self
+        // Microsoft documents `$filter` on `direction` and `updatedDateTime` but not on
+        // `externalReferenceId` nor `createdDateTime` (get-a-list-of-referrals). A referral
+        // created after the intent was recorded was last updated at or after that instant too,
+        // so our outgoing referrals updated since then, oldest first, hold it; the CRM id is
+        // matched here. The scan is bounded: past the limit the outcome stays unknown.
+        let mut recent = self
             .list_referrals()
             .filter(format!(
-                "externalReferenceId eq {}",
-                odata_string(external_reference_id)
-            ))
-            .into_stream()
-            .try_collect()
-            .await;
-        match filtered {
-            Ok(found) => return Ok(found.into_iter().find(matches)),
-            Err(e) if e.status().is_some_and(|s| s.as_u16() == 400) => {
-                tracing::debug!("service cannot filter on externalReferenceId; scanning");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let recent: Vec<Referral> = self
-            .list_referrals()
-            .filter(format!(
-                "direction eq 'Outgoing' and createdDateTime ge {}",
+                "direction eq 'Outgoing' and updatedDateTime ge {}",
                 timestamp(created_since)
             ))
-            .into_stream()
-            .try_collect()
-            .await?;
-        Ok(recent.into_iter().find(matches))
+            .order_by("updatedDateTime asc")
+            .into_stream();
+        let mut seen = 0usize;
+        while let Some(referral) = recent.try_next().await? {
+            if referral.external_reference_id.as_deref() == Some(external_reference_id) {
+                return Ok(Some(referral));
+            }
+            seen += 1;
+            if seen >= LOST_CREATE_SCAN_LIMIT {
+                return Err(RemoteError::new(
+                    RemoteErrorKind::UnknownOutcome,
+                    "partner-center",
+                    format!(
+                        "looking for the referral with externalReferenceId {external_reference_id}: \
+                         more than {LOST_CREATE_SCAN_LIMIT} outgoing referrals were updated since \
+                         {}; the create's outcome is still unknown",
+                        timestamp(created_since)
+                    ),
+                ));
+            }
+        }
+        Ok(None)
     }
 
     async fn create_referral(&self, referral: &Referral) -> Result<Referral, RemoteError> {

@@ -23,6 +23,10 @@ pub const WEBHOOKS_SCOPE: &str = "https://api.partnercenter.microsoft.com/.defau
 const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
 const MS_REQUEST_ID: HeaderName = HeaderName::from_static("ms-requestid");
 const MS_CORRELATION_ID: HeaderName = HeaderName::from_static("ms-correlationid");
+/// The webhook API's contract version header (Partner Center REST headers page: required).
+const MS_CONTRACT_VERSION: HeaderName = HeaderName::from_static("ms-contract-version");
+/// The contract version the webhook API documents (`api-version: v1`).
+const CONTRACT_VERSION_V1: HeaderValue = HeaderValue::from_static("v1");
 pub(crate) const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A typed client for the Partner Center Referrals API and the webhook registration API.
@@ -167,6 +171,7 @@ impl PartnerCenterClientBuilder {
             .request_id_header(MS_REQUEST_ID)
             .correlation_id_header(MS_CORRELATION_ID)
             .default_header(ACCEPT, APPLICATION_JSON)
+            .default_header(MS_CONTRACT_VERSION, CONTRACT_VERSION_V1)
             .build();
         Ok(PartnerCenterClient {
             inner: Arc::new(Inner {
@@ -235,7 +240,8 @@ impl PartnerCenterClient {
     }
 }
 
-/// Builds a request; a body gets `Content-Type: application/json`.
+/// Builds a request. Every request carries `Content-Type: application/json`, GETs included: the
+/// Partner Center Referrals connector marks the header required on every operation.
 pub(crate) fn request(
     method: Method,
     url: &Url,
@@ -248,9 +254,7 @@ pub(crate) fn request(
     let mut req = Request::new(body.clone().unwrap_or_default());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
-    if body.is_some() {
-        req.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON);
-    }
+    req.headers_mut().insert(CONTENT_TYPE, APPLICATION_JSON);
     Ok(req)
 }
 

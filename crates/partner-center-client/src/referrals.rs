@@ -11,7 +11,7 @@ use crate::client::{PartnerCenterClient, non_empty, request};
 use crate::error::{Error, InvalidRequest};
 use crate::models::{
     PatchOperation, Referral, ReferralCollection, ReferralStatus, ReferralSubstatus,
-    check_transition, requested_status,
+    WRITABLE_PATHS, check_transition, requested_status,
 };
 
 const PREFER: HeaderName = HeaderName::from_static("prefer");
@@ -405,12 +405,31 @@ impl UpdateReferral {
         &self.ops
     }
 
-    /// Checks the request without sending it: a non-empty id and patch, and a status change
-    /// allowed from the declared current status.
+    /// Checks the request without sending it: a non-empty id and patch, every path one Partner
+    /// Center lets a partner write ([`WRITABLE_PATHS`], or a deal-registration path), no `null`
+    /// for the non-nullable `dealValue`, and a status change allowed from the declared current
+    /// status.
     pub fn validate(&self) -> Result<(), Error> {
         non_empty(&self.id, "referral id")?;
         if self.ops.is_empty() {
             return Err(InvalidRequest::new("the patch has no operations").into());
+        }
+        for op in &self.ops {
+            if !op.is_documented_path() {
+                return Err(InvalidRequest::new(format!(
+                    "path `{}` is not writable in Partner Center (the writable paths are {})",
+                    op.path,
+                    WRITABLE_PATHS.join(", ")
+                ))
+                .into());
+            }
+            if op.path == "/details/dealValue" && !op.value.is_number() && !op.value.is_string() {
+                return Err(InvalidRequest::new(format!(
+                    "path `/details/dealValue` has the value `{}`; Partner Center's dealValue is a non-nullable decimal",
+                    op.value
+                ))
+                .into());
+            }
         }
         if let (Some(current), Some((status, substatus))) =
             (&self.expect_current, requested_status(&self.ops))

@@ -227,7 +227,7 @@ fn unknown_members_and_enum_values_survive() {
     assert_eq!(r.substatus, Some(ReferralSubstatus::Other("OnHold".into())));
     assert_eq!(r.r#type, Some(ReferralType::Other("Consortium".into())));
     assert_eq!(r.sales_stage, Some(SalesStage::Other("100".into())));
-    assert_eq!(r.extra["solutionArea"], "AI Business Solutions");
+    assert_eq!(r.solution_area.as_deref(), Some("AI Business Solutions"));
     let invite = r.invite_context.as_ref().unwrap();
     assert!(invite.invited_by_microsoft());
     assert_eq!(

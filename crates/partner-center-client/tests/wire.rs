@@ -120,9 +120,10 @@ mod referrals {
             Some("\"00006d10-0000-0000-0000-5c70aa630000\"")
         );
         let reqs = server.received_requests().await.unwrap();
-        assert!(
-            reqs[0].headers.get("content-type").is_none(),
-            "no body, no content type"
+        // The connector marks `Content-Type` required on GETs too (issue 11, item 14).
+        assert_eq!(
+            header_of(&reqs[0], "content-type").as_deref(),
+            Some("application/json")
         );
     }
 

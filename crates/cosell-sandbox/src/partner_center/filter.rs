@@ -680,6 +680,72 @@ fn cmp_ci(a: &str, b: &str) -> Ordering {
         .cmp(b.chars().map(|c| c.to_ascii_lowercase()))
 }
 
+/// The members Microsoft documents for `$filter` on referrals (get-a-list-of-referrals:
+/// "supported filter parameters" and its examples). `externalReferenceId` and `createdDateTime`
+/// are not among them (`createdDateTime` is documented for `$orderby` only).
+pub const DOCUMENTED_MEMBERS: &[&str] = &[
+    "engagementId",
+    "status",
+    "substatus",
+    "updatedDateTime",
+    "email",
+    "qualification",
+    "customerProfile/address/country",
+    "direction",
+    "type",
+    "team/any(t: t/email ...)",
+];
+
+/// Refuses a filter on a member Microsoft does not document (get-a-list-of-referrals), so a
+/// client relying on an undocumented filter fails here as it may on the service.
+pub fn check_documented_members(filter: &Filter) -> Result<(), FilterError> {
+    check_members(filter, None)
+}
+
+fn check_members(filter: &Filter, lambda_var: Option<&str>) -> Result<(), FilterError> {
+    let refuse = |path: &[String]| FilterError {
+        position: 0,
+        message: format!(
+            "filtering on `{}` is not supported; the documented members are {}",
+            path.join("/"),
+            DOCUMENTED_MEMBERS.join(", ")
+        ),
+    };
+    let eq = |path: &[String], wanted: &[&str]| {
+        path.len() == wanted.len()
+            && path
+                .iter()
+                .zip(wanted)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    };
+    match filter {
+        Filter::And(a, b) | Filter::Or(a, b) => {
+            check_members(a, lambda_var)?;
+            check_members(b, lambda_var)
+        }
+        Filter::Not(a) => check_members(a, lambda_var),
+        Filter::Compare { path, .. } => {
+            let ok = match lambda_var {
+                // Inside `team/any(t: ...)`: the documented example compares `t/email`.
+                Some(var) => {
+                    path.len() == 2 && path[0] == var && path[1].eq_ignore_ascii_case("email")
+                }
+                None => DOCUMENTED_MEMBERS
+                    .iter()
+                    .filter(|m| !m.contains('('))
+                    .any(|m| eq(path, &m.split('/').collect::<Vec<_>>())),
+            };
+            if ok { Ok(()) } else { Err(refuse(path)) }
+        }
+        Filter::Any { path, var, body } => {
+            if lambda_var.is_some() || !eq(path, &["team"]) {
+                return Err(refuse(path));
+            }
+            check_members(body, Some(var))
+        }
+    }
+}
+
 /// Whether `filter` mentions the property `name` anywhere (top-level paths only).
 pub fn mentions(filter: &Filter, name: &str) -> bool {
     match filter {

@@ -39,6 +39,7 @@ pub(crate) fn check(from: &(String, String), body: &mut Map<String, Value>) -> R
         ReferralStatus::from(to.0.as_str()),
         ReferralSubstatus::from(to.1.as_str()),
     );
+    // referral-resources / create-a-referral: the status transition table.
     if let Err(e) = check_transition(from_pair, to_pair.clone()) {
         let hint = match e.rule() {
             TransitionRule::SubstatusNotAllowed => {

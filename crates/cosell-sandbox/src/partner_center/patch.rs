@@ -38,7 +38,8 @@ const BOOLEAN: &[&str] = &[
     "customerRequestedContact",
 ];
 
-/// Parses a JSON Patch document; refuses anything but an array of `add`/`replace` operations.
+/// Parses a JSON Patch document; refuses anything but an array of `add`/`replace` operations
+/// (patch-a-referral: "The API currently only supports the `replace` and `add` operations").
 pub(crate) fn parse(doc: &Value) -> Result<Vec<PatchOp>, String> {
     let Value::Array(ops) = doc else {
         return Err(

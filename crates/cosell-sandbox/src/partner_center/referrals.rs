@@ -20,8 +20,44 @@ use super::{
 };
 use crate::entra::REFERRALS_AUDIENCE;
 
-/// Items per page, as documented.
+/// Items per page (Partner REST get-a-list-of-referrals: "more than 100 items … use
+/// `@odata.nextLink`").
 pub(crate) const PAGE_SIZE: usize = 100;
+
+/// The paths a partner may PATCH. Source: Power Platform connector "Partner Center Referrals"
+/// (microsoft/PowerPlatformConnectors, `apiDefinition.swagger.json`), PatchReferralById `path`
+/// enum. Anything else (`/inviteContext/...`, `/name`, ...) is refused with 400.
+const WRITABLE_PATHS: &[&str] = &[
+    "/campaignId",
+    "/consent/consentToShareReferralWithMicrosoftSellers",
+    "/customerProfile/team",
+    "/customerProfile/team/-",
+    "/details/closingDateTime",
+    "/details/currency",
+    "/details/dealValue",
+    "/details/notes",
+    "/details/requirements/solutions",
+    "/details/requirements/solutions/-",
+    "/externalReferenceId",
+    "/referralProgram",
+    "/salesStage",
+    "/status",
+    "/substatus",
+    "/statusReason",
+    "/team",
+    "/team/-",
+];
+
+/// Deal registrations are written through PATCH under `/registrations/` (same connector:
+/// CreateDealRegistration / UpdateDealRegistration operations).
+const REGISTRATION_PATHS: &str = "/registrations/";
+
+/// The marketplace-intent attribute a create must carry. Source: learn.microsoft.com
+/// partner-center/developer/create-a-referral ("minimal information required" example) and
+/// Partner Center's bulk-operations page (the field is required; values Yes, No, Have not decided).
+const MARKETPLACE_INTENT_TYPE: &str = "CustomerMarketplaceIntent";
+/// The values of the marketplace intent (`HaveNotDecided` as in Microsoft's example).
+const MARKETPLACE_INTENTS: &[&str] = &["Yes", "No", "HaveNotDecided"];
 
 /// Top-level properties the server owns: refused in a PATCH, carried over in a PUT.
 const SERVER_OWNED: &[&str] = &[
@@ -166,6 +202,7 @@ fn canonical(value: &str, allowed: &[&'static str], field: &str) -> Result<&'sta
 fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError> {
     normalise_consent(body);
     if create {
+        // create-a-referral: `type`, `customerProfile`, `consent` and `details` are "Required".
         for field in ["customerProfile", "consent", "details"] {
             if !body.get(field).is_some_and(Value::is_object) {
                 return Err(ApiError::invalid(format!(
@@ -186,6 +223,7 @@ fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError>
         if !name_ok {
             return Err(ApiError::invalid("`customerProfile.name` is required."));
         }
+        check_marketplace_intent(body)?;
     }
     if let Some(Value::String(t)) = body.get("type") {
         let t = canonical(t, &["None", "Independent", "Shared"], "type")?;
@@ -204,6 +242,8 @@ fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError>
     if let Some(profile) = body.get("customerProfile")
         && !profile.is_null()
     {
+        // referral-resources (ISO 3166 alpha-2) and the co-sell connector troubleshooting page
+        // ("two-letter country code is required").
         let country = profile.get("address").and_then(|a| a.get("country"));
         match country {
             Some(Value::String(c)) if celes::Country::from_alpha2(c).is_ok() => {}
@@ -254,6 +294,43 @@ fn validate(body: &mut Map<String, Value>, create: bool) -> Result<(), ApiError>
         }
     }
     Ok(())
+}
+
+/// A create must say the customer's marketplace purchase intent (create-a-referral "minimal
+/// information required" example; bulk-operations page: required, Yes / No / Have not decided).
+fn check_marketplace_intent(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let attributes = body
+        .get("details")
+        .and_then(|d| d.get("requirements"))
+        .and_then(|r| r.get("additionalRequirements"))
+        .and_then(|a| a.get("attributes"))
+        .and_then(Value::as_array);
+    let intent = attributes.into_iter().flatten().find(|a| {
+        a.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.eq_ignore_ascii_case(MARKETPLACE_INTENT_TYPE))
+    });
+    let Some(intent) = intent else {
+        return Err(ApiError::invalid(format!(
+            "`details.requirements.additionalRequirements.attributes` must include the customer's marketplace intent: {{\"type\": \"{MARKETPLACE_INTENT_TYPE}\", \"id\": one of {}}}.",
+            MARKETPLACE_INTENTS.join(", ")
+        ))
+        .inner("marketplaceIntentRequired", MARKETPLACE_INTENT_TYPE));
+    };
+    match intent.get("id").and_then(Value::as_str) {
+        Some(v)
+            if MARKETPLACE_INTENTS
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(v)) =>
+        {
+            Ok(())
+        }
+        other => Err(ApiError::invalid(format!(
+            "The `{MARKETPLACE_INTENT_TYPE}` attribute has the id `{}`; allowed values are {}.",
+            other.unwrap_or("null"),
+            MARKETPLACE_INTENTS.join(", ")
+        ))),
+    }
 }
 
 fn links(pc: &PartnerCenterEmulator, id: &str, engagement_id: &str) -> Value {
@@ -374,6 +451,7 @@ pub(crate) fn write_update(
         return Err(ApiError::not_found("referral", id));
     };
     let from = lifecycle::pair(&old.body);
+    // manage-co-sell-opportunities: "Expired, declined, won, and lost are terminal states".
     if lifecycle::is_terminal(&from.1) {
         return Err(ApiError::invalid(format!(
             "The referral is {}/{}, a terminal state: no further updates are possible.",
@@ -396,6 +474,7 @@ pub(crate) fn write_update(
             .and_then(|c| c.get("consentToShareReferralWithMicrosoftSellers"))
             .and_then(Value::as_bool)
     };
+    // partner/develop/create-a-referral: visibility to Microsoft sellers cannot be revoked.
     if shared(&old.body) == Some(true) && shared(&new) == Some(false) {
         return Err(ApiError::invalid(
             "Visibility to Microsoft sellers cannot be revoked once granted (consentToShareReferralWithMicrosoftSellers).",
@@ -456,6 +535,25 @@ pub(crate) fn patched(
                     "`{}` cannot be changed: `{owned}` is set by Partner Center.",
                     op.path
                 )));
+            }
+            // Connector PatchReferralById `path` enum: only these paths are writable.
+            let writable = WRITABLE_PATHS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(&op.path))
+                || op.path.starts_with(REGISTRATION_PATHS);
+            if !writable {
+                return Err(ApiError::invalid(format!(
+                    "`{}` cannot be changed after creation; the writable paths are {}.",
+                    op.path,
+                    WRITABLE_PATHS.join(", ")
+                ))
+                .inner("pathNotWritable", op.path.clone()));
+            }
+            // Connector schema: `dealValue` is a decimal without `x-nullable`.
+            if op.path.eq_ignore_ascii_case("/details/dealValue") && op.value.is_null() {
+                return Err(ApiError::invalid(
+                    "`/details/dealValue` cannot be null; a non-negative number is required.",
+                ));
             }
         }
     }
@@ -764,6 +862,7 @@ fn parse_orderby(raw: &str) -> Result<Vec<SortKey>, ApiError> {
         .map(|part| {
             let mut words = part.split_whitespace();
             let field = words.next().unwrap_or_default();
+            // get-a-list-of-referrals: `$orderby` on createdDateTime and updatedDateTime.
             let field = ["createdDateTime", "updatedDateTime"]
                 .into_iter()
                 .find(|f| f.eq_ignore_ascii_case(field))
@@ -874,9 +973,13 @@ fn list_inner(
     let cursor = parse_query(query)?;
     let filter: Option<Filter> = match cursor.filter.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(f) => Some(filter::parse(f).map_err(|e| {
-            ApiError::invalid(e.to_string()).inner("invalidFilter", format!("$filter={f}"))
-        })?),
+        Some(f) => Some(
+            filter::parse(f)
+                .and_then(|parsed| filter::check_documented_members(&parsed).map(|()| parsed))
+                .map_err(|e| {
+                    ApiError::invalid(e.to_string()).inner("invalidFilter", format!("$filter={f}"))
+                })?,
+        ),
     };
     let keys = match cursor.orderby.as_deref() {
         Some(o) => parse_orderby(o)?,
@@ -914,8 +1017,11 @@ fn list_inner(
         });
     }
     let total = hits.len();
-    let end = cursor.top.map_or(total, |t| total.min(t));
-    let start = cursor.skip.min(end);
+    // OData (and the connector's `$skip`/`$top` pair): skip first, then take `$top`.
+    let start = cursor.skip.min(total);
+    let end = cursor
+        .top
+        .map_or(total, |t| total.min(start.saturating_add(t)));
     let page_end = end.min(start.saturating_add(PAGE_SIZE));
     let value: Vec<Value> = hits
         .get(start..page_end)
@@ -932,13 +1038,14 @@ fn list_inner(
         "@odata.context".into(),
         Value::from(format!("{origin}/v1.0/$metadata#Referrals")),
     );
-    if cursor.count {
-        out.insert("@odata.count".into(), Value::from(total));
-    }
+    // Microsoft's list examples (get-a-list-of-referrals) carry `@odata.count` without `$count`.
+    out.insert("@odata.count".into(), Value::from(total));
     out.insert("value".into(), Value::Array(value));
     if page_end < end {
+        // The rest of the same window: from the end of this page, `$top` less what was sent.
         let next = Cursor {
             skip: page_end,
+            top: cursor.top.map(|t| t.saturating_sub(page_end - start)),
             ..cursor
         };
         out.insert(

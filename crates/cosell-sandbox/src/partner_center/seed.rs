@@ -230,7 +230,12 @@ pub(crate) fn request_body(rng: &mut StdRng) -> Value {
                     "solutionType": "3P"
                 } ],
                 "offers": [],
-                "salesPlays": []
+                "salesPlays": [],
+                // Required on create (Microsoft's "minimal information required" example). A
+                // constant, so the generator draws the same random sequence as before.
+                "additionalRequirements": {
+                    "attributes": [ { "id": "HaveNotDecided", "type": "CustomerMarketplaceIntent" } ]
+                }
             }
         },
         "team": [seller],

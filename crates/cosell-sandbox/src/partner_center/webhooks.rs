@@ -86,7 +86,14 @@ fn auth(pc: &PartnerCenterEmulator, headers: &HeaderMap) -> Result<(), ApiError>
     pc.context()
         .entra
         .check(headers, WEBHOOKS_AUDIENCE)
-        .map_err(|f| ApiError::unauthenticated(&f).target("webhook"))
+        .map_err(|f| ApiError::unauthenticated(&f).target("webhook"))?;
+    // Partner Center REST headers page: `MS-Contract-Version` is required (`api-version: v1`).
+    if headers.get("ms-contract-version").is_none() {
+        return Err(
+            ApiError::invalid("The MS-Contract-Version header is required (v1).").target("webhook"),
+        );
+    }
+    Ok(())
 }
 
 fn registration_body(reg: &WebhookRegistration) -> Value {
@@ -173,7 +180,16 @@ async fn get_registration(State(pc): State<PartnerCenterEmulator>, headers: Head
         return r.into_response();
     }
     match pc.registration() {
-        Some(reg) => (StatusCode::OK, axum::Json(registration_body(&reg))).into_response(),
+        // "View a registration" (partner-center-webhooks page) returns the URL and the events
+        // only: not the signature flag, so a client that writes the read-back again loses it.
+        Some(reg) => (
+            StatusCode::OK,
+            axum::Json(json!({
+                "WebhookUrl": reg.webhook_url,
+                "WebhookEvents": reg.webhook_events,
+            })),
+        )
+            .into_response(),
         None => ApiError::new(
             StatusCode::NOT_FOUND,
             "itemNotFound",
@@ -214,6 +230,7 @@ fn write_registration(
         Err(e) => return e.into_response(),
     };
     let mut s = pc.lock();
+    // partner-center-webhooks: one registration per partner; a second POST is 409.
     if !replace && s.registration.is_some() {
         return ApiError::new(StatusCode::CONFLICT, "invalidRequest", REGISTRATION_EXISTS)
             .target("webhook")
@@ -257,6 +274,7 @@ async fn send_test_event(State(pc): State<PartnerCenterEmulator>, headers: Heade
         .target("webhook")
         .into_response();
     };
+    // partner-center-webhooks: a test event needs the registration to include `test-created`.
     if !reg.webhook_events.iter().any(|e| e == "test-created") {
         return ApiError::invalid(
             "The registration does not include the `test-created` event; add it to send a test event.",
@@ -264,6 +282,7 @@ async fn send_test_event(State(pc): State<PartnerCenterEmulator>, headers: Heade
         .target("webhook")
         .into_response();
     }
+    // partner-center-webhooks: test events have "a throttle limit of 2 requests per minute".
     if s.test_event_limit {
         let now = Instant::now();
         while s

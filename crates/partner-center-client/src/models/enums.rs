@@ -150,6 +150,21 @@ impl ReferralSubstatus {
 }
 
 string_enum! {
+    /// The customer's marketplace purchase intent, sent as the `CustomerMarketplaceIntent`
+    /// attribute under `details.requirements.additionalRequirements.attributes` (Microsoft's
+    /// minimal create example; Partner Center's bulk-operations page calls it required and lists
+    /// Yes / No / Have not decided).
+    CustomerMarketplaceIntent, default = HaveNotDecided {
+        /// The customer intends to buy through the commercial marketplace.
+        Yes => "Yes",
+        /// The customer does not intend to buy through the marketplace.
+        No => "No",
+        /// Not decided (the value of Microsoft's example).
+        HaveNotDecided => "HaveNotDecided",
+    }
+}
+
+string_enum! {
     /// `type` of a referral.
     ReferralType, default = Independent {
         /// Visible to one partner.

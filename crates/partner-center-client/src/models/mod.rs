@@ -15,16 +15,18 @@ mod transition;
 pub(crate) mod wire;
 
 pub use enums::{
-    AssistanceRequestCode, CustomerProfileType, ReferralDirection, ReferralQualification,
-    ReferralStatus, ReferralSubstatus, ReferralType, SalesStage, SolutionType, TargetType,
+    AssistanceRequestCode, CustomerMarketplaceIntent, CustomerProfileType, ReferralDirection,
+    ReferralQualification, ReferralStatus, ReferralSubstatus, ReferralType, SalesStage,
+    SolutionType, TargetType,
 };
 pub use patch::{PatchOp, PatchOperation, WRITABLE_PATHS, requested_status};
 pub use referral::{
     AdditionalRequirements, Address, Consent, ContactPreference, CustomerProfile,
     CustomerProfileId, ErrorDetail, ErrorResponse, Extra, InviteContext, InvitedBy,
-    IotRequirements, Link, Member, Referral, ReferralCollection, ReferralDetails, ReferralLinks,
-    ReferralTarget, Registration, RegistrationContract, RegistrationSolution, RequirementAttribute,
-    RequirementItem, Requirements, SolutionTag, TrackingInfo,
+    IotRequirements, Link, MARKETPLACE_INTENT_TYPE, Member, Referral, ReferralCollection,
+    ReferralDetails, ReferralLinks, ReferralTarget, Registration, RegistrationContract,
+    RegistrationSolution, RequirementAttribute, RequirementItem, Requirements, SolutionTag,
+    TrackingInfo,
 };
 pub use transition::{
     InvalidTransition, TransitionRule, allowed_next_statuses, allowed_substatuses, check_transition,

@@ -11,10 +11,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::enums::{
-    AssistanceRequestCode, CustomerProfileType, ReferralDirection, ReferralQualification,
-    ReferralStatus, ReferralSubstatus, ReferralType, SalesStage, SolutionType, TargetType,
+    AssistanceRequestCode, CustomerMarketplaceIntent, CustomerProfileType, ReferralDirection,
+    ReferralQualification, ReferralStatus, ReferralSubstatus, ReferralType, SalesStage,
+    SolutionType, TargetType,
 };
-use super::wire::{datetime_opt, decimal_opt};
+use super::wire::{
+    datetime_opt, decimal_opt, lenient_bool, lenient_id, lenient_string, lenient_vec,
+};
 
 /// Unknown JSON members of an object, kept so they are written back unchanged.
 pub type Extra = Map<String, Value>;
@@ -127,10 +130,18 @@ pub struct Referral {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<ReferralDirection>,
     /// Source of a marketplace lead (values not documented).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub referral_source: Option<String>,
     /// Call to action of a marketplace lead (values not documented).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub call_to_action: Option<String>,
     /// Sales stage (values disputed, see [`SalesStage`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,22 +153,42 @@ pub struct Referral {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub referral_program: Option<String>,
     /// Marked as favourite.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub favorite: Option<bool>,
     /// Quality (read-only; observed `Unknown`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub quality: Option<String>,
     /// Flagged as spam (read-only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub is_spam: Option<bool>,
     /// Deal sensitivity (observed `None`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deal_sensitivity: Option<String>,
     /// Deal registration status (read-only; observed `None`, `ReviewPending`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub registration_status: Option<String>,
     /// Tags (read-only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "lenient_vec", skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<Value>>,
     /// The concurrency token, a quoted opaque string. Send it verbatim as `If-Match`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,20 +221,52 @@ pub struct Referral {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registrations: Option<Vec<Registration>>,
     /// Last modified via (usually null).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_modified_via: Option<String>,
     /// Last run id (usually null).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_run_id: Option<String>,
     /// Created via (usually null).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub created_via: Option<String>,
+    /// The partner's role on a services co-sell referral ("required for Services co-sell
+    /// referrals only"; FY26 taxonomy, values not published in the API reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_role: Option<String>,
+    /// The solution area of a services co-sell referral (required for those only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solution_area: Option<String>,
+    /// The solution play of a services co-sell referral (required for those only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solution_play: Option<String>,
     /// Members this client does not model, written back unchanged.
     #[serde(flatten)]
     pub extra: Extra,
 }
 
 impl Referral {
+    /// The customer's marketplace purchase intent
+    /// (`details.requirements.additionalRequirements.attributes[type=CustomerMarketplaceIntent]`).
+    pub fn marketplace_intent(&self) -> Option<CustomerMarketplaceIntent> {
+        self.details
+            .as_ref()
+            .and_then(|d| d.requirements.as_ref())
+            .and_then(|r| r.additional_requirements.as_ref())
+            .and_then(AdditionalRequirements::marketplace_intent)
+    }
+
     /// Status and substatus, each `None` when absent.
     pub fn status_pair(&self) -> (ReferralStatus, ReferralSubstatus) {
         (
@@ -248,11 +311,15 @@ pub struct CustomerProfile {
     /// Customer contacts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<Vec<Member>>,
-    /// External identifiers (D-U-N-S and others).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// External identifiers (D-U-N-S and others). Real payloads also send `{}`, read as no ids.
+    #[serde(default, with = "lenient_vec", skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<CustomerProfileId>>,
     /// Customer matching finished (observed only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub is_matching_complete: Option<bool>,
     /// Members this client does not model.
     #[serde(flatten)]
@@ -339,6 +406,7 @@ pub struct CustomerProfileId {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_type: Option<CustomerProfileType>,
     /// The identifier.
+    #[serde(with = "lenient_id")]
     pub id: String,
     /// Members this client does not model.
     #[serde(flatten)]
@@ -417,7 +485,11 @@ pub struct ReferralDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requirements: Option<Requirements>,
     /// Customer asked to be contacted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "lenient_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub customer_requested_contact: Option<bool>,
     /// Customer action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,6 +537,7 @@ pub struct Requirements {
 #[serde(rename_all = "camelCase")]
 pub struct RequirementItem {
     /// The value, e.g. `Manufacturing`.
+    #[serde(with = "lenient_id")]
     pub id: String,
     /// Members this client does not model.
     #[serde(flatten)]
@@ -476,6 +549,7 @@ pub struct RequirementItem {
 #[serde(rename_all = "camelCase")]
 pub struct SolutionTag {
     /// Solution id (`SOL-34104-EBB` for partner solutions, a GUID for Microsoft ones).
+    #[serde(with = "lenient_id")]
     pub id: String,
     /// Name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -525,6 +599,36 @@ pub struct AdditionalRequirements {
     pub extra: Extra,
 }
 
+impl AdditionalRequirements {
+    /// The value of the `CustomerMarketplaceIntent` attribute, if one is listed.
+    pub fn marketplace_intent(&self) -> Option<CustomerMarketplaceIntent> {
+        self.attributes
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|a| {
+                a.r#type
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(MARKETPLACE_INTENT_TYPE))
+            })
+            .map(|a| CustomerMarketplaceIntent::from(a.id.as_str()))
+    }
+
+    /// Sets the `CustomerMarketplaceIntent` attribute (replacing any earlier one).
+    pub fn set_marketplace_intent(&mut self, intent: &CustomerMarketplaceIntent) {
+        let attributes = self.attributes.get_or_insert_with(Vec::new);
+        attributes.retain(|a| {
+            !a.r#type
+                .as_deref()
+                .is_some_and(|t| t.eq_ignore_ascii_case(MARKETPLACE_INTENT_TYPE))
+        });
+        attributes.push(RequirementAttribute::marketplace_intent(intent));
+    }
+}
+
+/// The `type` of the marketplace-intent attribute.
+pub const MARKETPLACE_INTENT_TYPE: &str = "CustomerMarketplaceIntent";
+
 /// IoT requirements.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -554,6 +658,7 @@ pub struct IotRequirements {
 #[serde(rename_all = "camelCase")]
 pub struct RequirementAttribute {
     /// The value, e.g. `HaveNotDecided`.
+    #[serde(with = "lenient_id")]
     pub id: String,
     /// The attribute, e.g. `CustomerMarketplaceIntent`.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
@@ -561,6 +666,18 @@ pub struct RequirementAttribute {
     /// Members this client does not model.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+impl RequirementAttribute {
+    /// `{ "id": <intent>, "type": "CustomerMarketplaceIntent" }`, as Microsoft's minimal create
+    /// example sends it.
+    pub fn marketplace_intent(intent: &CustomerMarketplaceIntent) -> Self {
+        RequirementAttribute {
+            id: intent.as_str().to_string(),
+            r#type: Some(MARKETPLACE_INTENT_TYPE.to_string()),
+            extra: Extra::new(),
+        }
+    }
 }
 
 /// Who invited whom, and the help requested from Microsoft.
@@ -617,6 +734,7 @@ pub struct ReferralTarget {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub r#type: Option<TargetType>,
     /// Target id (`msft` targets Microsoft; a solution id for solution profiles).
+    #[serde(with = "lenient_id")]
     pub id: String,
     /// Members this client does not model.
     #[serde(flatten)]
@@ -654,6 +772,7 @@ pub struct ReferralLinks {
 #[serde(rename_all = "camelCase")]
 pub struct Link {
     /// The URI as sent (may contain typos and unquoted filters; do not parse).
+    #[serde(with = "lenient_id")]
     pub uri: String,
     /// The HTTP method.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -274,3 +274,126 @@ pub(crate) mod u64_opt {
 pub(crate) fn decimal_to_json(d: &Decimal) -> serde_json::Value {
     serialize_decimal(d, serde_json::value::Serializer).unwrap_or(serde_json::Value::Null)
 }
+
+/// A nested id read tolerantly: real list payloads carry `"id": null` and `"id": ""` in nested
+/// items (reference "Corrections"); both read as the empty string instead of failing the page.
+pub(crate) mod lenient_id {
+    use serde::Deserialize;
+
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => String::new(),
+            serde_json::Value::String(s) => s,
+            // A number or other scalar where a string id was expected: keep its JSON text.
+            other => other.to_string(),
+        })
+    }
+}
+
+/// An `Option<Vec<T>>` that also reads an object (real payloads send `"ids": {}`) as no items
+/// and `null` as absent. Elements are decoded as usual, so a malformed one still names its path.
+pub(crate) mod lenient_vec {
+    use std::marker::PhantomData;
+
+    use serde::Serialize;
+    use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess};
+
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Vec<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: DeserializeOwned>(
+        d: D,
+    ) -> Result<Option<Vec<T>>, D::Error> {
+        d.deserialize_any(ListVisitor(PhantomData))
+    }
+
+    struct ListVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: DeserializeOwned> Visitor<'de> for ListVisitor<T> {
+        type Value = Option<Vec<T>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array, an empty object or null")
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
+            while let Some(item) = seq.next_element::<T>()? {
+                out.push(item);
+            }
+            Ok(Some(out))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            // `{}` (seen for `customerProfile.ids`): no items; members of a non-empty object are
+            // not list items either, so they are skipped.
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Some(Vec::new()))
+        }
+    }
+}
+
+/// An observed-only string member (`quality`, `registrationStatus`, …) whose type Microsoft does
+/// not document: a string is kept, `null` is absent, any other JSON value keeps its JSON text.
+pub(crate) mod lenient_string {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s),
+            other => Some(other.to_string()),
+        })
+    }
+}
+
+/// An observed-only flag (`favorite`, `isSpam`): a boolean or a `"true"`/`"false"` string is
+/// read; any other JSON value reads as absent rather than failing the referral.
+pub(crate) mod lenient_bool {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    pub(crate) fn serialize<S: Serializer>(v: &Option<bool>, s: S) -> Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::Bool(b) => Some(b),
+            serde_json::Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            serde_json::Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
+        })
+    }
+}

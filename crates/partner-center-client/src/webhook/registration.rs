@@ -64,7 +64,8 @@ pub struct WebhookRegistration {
     /// The events delivered to it.
     #[serde(alias = "webhookEvents", default)]
     pub webhook_events: Vec<WebhookEvent>,
-    /// Send the signature in `x-ms-signature` instead of `Authorization`.
+    /// Send the signature in `x-ms-signature` instead of `Authorization`. The documented
+    /// read-back (`GET /registration`) does not return it; an unset flag is written as `true`.
     #[serde(
         alias = "signatureTokenToMsSignatureHeader",
         default,
@@ -107,15 +108,106 @@ impl WebhookRegistration {
 }
 
 /// The answer to `POST /registration/validationEvents`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// The webhooks OpenAPI file declares the answer as a bare JSON string (the correlation id);
+/// the documentation's sample shows `{"correlationId": "…"}`. Both are read.
+///
+/// ```
+/// use partner_center_client::webhook::registration::TestEventReceipt;
+/// let bare: TestEventReceipt = serde_json::from_str(r#""8a1b""#).unwrap();
+/// let object: TestEventReceipt = serde_json::from_str(r#"{"correlationId":"8a1b"}"#).unwrap();
+/// assert_eq!(bare.correlation_id, object.correlation_id);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TestEventReceipt {
     /// Correlation id to ask for the delivery status with.
-    #[serde(alias = "CorrelationId")]
     pub correlation_id: String,
     /// Members this client does not model.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ReceiptWire {
+    Bare(String),
+    Object {
+        #[serde(rename = "correlationId", alias = "CorrelationId")]
+        correlation_id: String,
+        #[serde(flatten)]
+        extra: Extra,
+    },
+}
+
+impl<'de> Deserialize<'de> for TestEventReceipt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match ReceiptWire::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected the correlation id as a string or as {\"correlationId\": \"…\"}",
+            )
+        })? {
+            ReceiptWire::Bare(correlation_id) => Ok(TestEventReceipt {
+                correlation_id,
+                extra: Extra::new(),
+            }),
+            ReceiptWire::Object {
+                correlation_id,
+                extra,
+            } => Ok(TestEventReceipt {
+                correlation_id,
+                extra,
+            }),
+        }
+    }
+}
+
+/// The webhook API's error body, `{code, description, data, source}` (the Partner Center REST
+/// error shape, which differs from the Referrals API's OData `{"error": {...}}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookApiError {
+    /// Error code (a number on the wire, e.g. `2000`; kept as its text).
+    #[serde(
+        default,
+        alias = "Code",
+        with = "crate::models::wire::lenient_string",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub code: Option<String>,
+    /// What went wrong.
+    #[serde(
+        default,
+        alias = "Description",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub description: Option<String>,
+    /// Extra data (usually an empty list).
+    #[serde(default, alias = "Data", skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    /// The component that failed, e.g. `PartnerCenter.Webhooks`.
+    #[serde(default, alias = "Source", skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Members this client does not model.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl WebhookApiError {
+    /// Parses a webhook API error body; `None` when it has neither a code nor a description.
+    pub fn parse(body: &str) -> Option<Self> {
+        let e: WebhookApiError = serde_json::from_str(body).ok()?;
+        (e.code.is_some() || e.description.is_some()).then_some(e)
+    }
+}
+
+impl Error {
+    /// The webhook API's `{code, description, data, source}` error body, when the service
+    /// answered with one.
+    pub fn webhook_error(&self) -> Option<WebhookApiError> {
+        self.service_error()
+            .and_then(|e| WebhookApiError::parse(e.body()))
+    }
 }
 
 /// Delivery status of a test event (`GET /registration/validationEvents/{correlationId}`).
@@ -242,7 +334,14 @@ impl PartnerCenterClient {
         registration: &WebhookRegistration,
     ) -> Result<WebhookRegistration, Error> {
         non_empty(&registration.webhook_url, "webhook URL")?;
-        let body = json_body(registration, "webhook registration")?;
+        // The documented read-back of a registration (`GET /registration`) carries only the URL
+        // and the events: a registration read back and written again must not silently move the
+        // signature back to `Authorization`, so an unset flag is written as true.
+        let mut registration = registration.clone();
+        registration
+            .signature_token_to_ms_signature_header
+            .get_or_insert(true);
+        let body = json_body(&registration, "webhook registration")?;
         let req = request(method, &self.registration_url(&[])?, Some(body))?;
         Ok(self
             .inner
