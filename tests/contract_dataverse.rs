@@ -1,5 +1,5 @@
 //! Contract test: every example exchange of the Dataverse reference notes
-//! (`/work/shared/reference/dataverse.md`, §10 A–H and the "Corrections") replayed against the
+//! (`shared/reference/dataverse.md` beside the repository, §10 A–H and the "Corrections") replayed against the
 //! Dataverse emulator over loopback, request as documented, answer checked as documented.
 //!
 //! Requests go through the plain transport (no client pipeline), so what is sent is exactly
