@@ -341,6 +341,28 @@ fn reply(result: Result<Value, ControlError>, ok: StatusCode) -> Response {
     }
 }
 
+/// Refuses a control body with a member other than `known`: a misspelt key must not be
+/// silently ignored.
+fn only_keys(body: &Value, known: &[&str]) -> Result<(), ControlError> {
+    match body {
+        Value::Null => Ok(()),
+        Value::Object(o) => match o.keys().find(|k| !known.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(k) => Err(ControlError {
+                status: 400,
+                message: format!(
+                    "unknown key `{k}` in the request body (known: {})",
+                    known.join(", ")
+                ),
+            }),
+        },
+        other => Err(ControlError {
+            status: 400,
+            message: format!("the request body must be a JSON object, not `{other}`"),
+        }),
+    }
+}
+
 /// An optional JSON body: empty means `null`.
 fn optional_json(body: &[u8]) -> Result<Value, ControlError> {
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -396,6 +418,7 @@ async fn http_msx(
     body: Bytes,
 ) -> Response {
     let result = optional_json(&body).and_then(|b| {
+        only_keys(&b, &["microsoftMsxId"])?;
         let msx = b
             .get("microsoftMsxId")
             .and_then(Value::as_str)
@@ -422,6 +445,7 @@ async fn http_expire(State(pc): State<PartnerCenterEmulator>) -> Response {
 
 async fn http_seed(State(pc): State<PartnerCenterEmulator>, body: Bytes) -> Response {
     let result = optional_json(&body).and_then(|b| {
+        only_keys(&b, &["count"])?;
         let n = match b.get("count") {
             None => 10,
             Some(v) => v

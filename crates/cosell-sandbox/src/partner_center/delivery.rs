@@ -91,7 +91,8 @@ impl Default for DeliveryPolicy {
 
 /// Webhook delivery faults (HTTP faults of the APIs themselves are in [`crate::faults`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+// Unknown keys are refused: a misspelt fault (`{"drop_next": 1}`) must not silently do nothing.
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct DeliveryFaults {
     /// Drop this many of the next deliveries (lost webhooks); counts down.
     pub drop_next: u32,
