@@ -51,6 +51,7 @@ const REGRESSION_SEEDS: &[u64] = &[
     1208, // a lost-as-cancelled opportunity read as Lost, not as the Declined it stands for
     687,  // our reopen of an adopted opportunity not recognised (the link still on the lead)
     973,  // our conversion's answer lost: its opportunity read as the seller's acceptance
+    4619, // a seller's Lost on the opportunity taken for our interim state (only an open one is)
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1021,7 +1021,10 @@ impl Engine {
                 known.set_opt(field, opp_snapshot.get(field).cloned());
             }
         }
-        if lead_to_close.is_some() || (planned_opportunity && link.crm_status_in_transit) {
+        let opp_open = current_status(&opp).is_some_and(|s| s.is_open());
+        if lead_to_close.is_some()
+            || (planned_opportunity && link.crm_status_in_transit && opp_open)
+        {
             // The lead is still open, so no seller qualified it; or our conversion of it was
             // under way (its answer maybe lost): the opportunity is ours, and where its status
             // stands is our pending work.
