@@ -680,6 +680,21 @@ impl Engine {
         let _guard = self.lock_pair(crm_key.as_deref(), Some(&id)).await;
         // Re-read under the lock: another task may have linked it meanwhile.
         let link = store.link_by_referral(&id).await?;
+        // A referral listed before our own later write is older than what we know: read it
+        // again rather than take its old values for Microsoft's edits.
+        let referral = match &link {
+            Some(l)
+                if l.pc_updated_at.is_some()
+                    && referral.updated_date_time.is_some()
+                    && referral.updated_date_time < l.pc_updated_at =>
+            {
+                match self.inner.pc.get_referral(&id).await {
+                    Ok(fresh) => fresh,
+                    Err(e) => return self.fail_referral(&id, None, Failure::Remote(e)).await,
+                }
+            }
+            _ => referral,
+        };
         let result = match link {
             // Only a pair verified in sync may take the short-cut: a pair with pending work
             // (a side written, the other not) is reconciled whatever the referral's eTag says.
