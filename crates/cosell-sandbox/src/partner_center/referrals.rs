@@ -26,7 +26,8 @@ pub(crate) const PAGE_SIZE: usize = 100;
 
 /// The paths a partner may PATCH. Source: Power Platform connector "Partner Center Referrals"
 /// (microsoft/PowerPlatformConnectors, `apiDefinition.swagger.json`), PatchReferralById `path`
-/// enum. Anything else (`/inviteContext/...`, `/name`, ...) is refused with 400.
+/// enum. Anything else (`/inviteContext/...`, `/name`, ...) is refused with 400. Kept apart from
+/// the client's own list on purpose: the emulator witnesses Microsoft's rule, not the client's.
 const WRITABLE_PATHS: &[&str] = &[
     "/campaignId",
     "/consent/consentToShareReferralWithMicrosoftSellers",

@@ -132,19 +132,27 @@ impl SqliteStore {
     }
 }
 
+/// An optional JSON column of `row` (a stored snapshot), decoded.
+fn json_column(
+    row: &sqlx::sqlite::SqliteRow,
+    what: &'static str,
+    column: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    row.try_get::<Option<String>, _>(column)
+        .map_err(backend)?
+        .map(|text| {
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                what,
+                detail: format!("{column} snapshot: {e}"),
+            })
+        })
+        .transpose()
+}
+
 fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
     let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
     let get_opt = |c: &str| row.try_get::<Option<String>, _>(c).map_err(backend);
-    let snapshot = |c: &str| -> Result<Option<serde_json::Value>, StoreError> {
-        get_opt(c)?
-            .map(|text| {
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    what: "link",
-                    detail: format!("{c} snapshot: {e}"),
-                })
-            })
-            .transpose()
-    };
+    let snapshot = |c: &str| json_column(row, "link", c);
     Ok(Link {
         referral_id: get("referral_id")?,
         engagement_id: get_opt("engagement_id")?,
@@ -244,16 +252,7 @@ impl StateStore for SqliteStore {
                     external_reference_id: get("external_reference_id")?,
                     recorded_at: parse_ts("intent", &get("recorded_at")?)?,
                     attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
-                    target: row
-                        .try_get::<Option<String>, _>("target")
-                        .map_err(backend)?
-                        .map(|t| {
-                            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
-                                what: "intent",
-                                detail: format!("target snapshot: {e}"),
-                            })
-                        })
-                        .transpose()?,
+                    target: json_column(row, "intent", "target")?,
                     crm_etag: row
                         .try_get::<Option<String>, _>("crm_etag")
                         .map_err(backend)?,
