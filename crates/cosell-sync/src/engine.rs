@@ -566,6 +566,18 @@ struct CrmSide {
     lead: Option<CrmRow>,
 }
 
+impl CrmSide {
+    /// A CRM side that is its own row (no lead being replaced).
+    fn plain(row: Option<CrmRow>, known: MappedSnapshot) -> Self {
+        CrmSide {
+            row,
+            known,
+            lead_to_close: None,
+            lead: None,
+        }
+    }
+}
+
 impl Engine {
     /// An engine over the given Partner Center, CRM, state store and field map.
     pub fn new(
@@ -942,12 +954,7 @@ impl Engine {
             },
         };
         let Some(row) = row else {
-            return Ok(CrmSide {
-                row: None,
-                known: sides.target.clone(),
-                lead_to_close: None,
-                lead: None,
-            });
+            return Ok(CrmSide::plain(None, sides.target.clone()));
         };
         if link.crm_id.is_none() {
             // Our create landed but its answer was lost, maybe part-way (the row written, its
@@ -961,20 +968,10 @@ impl Engine {
                 .status
                 .referral_state(open, sides.target.status())?;
             known.set(FieldId::Status, FieldValue::Status(state));
-            return Ok(CrmSide {
-                row: Some(row),
-                known,
-                lead_to_close: None,
-                lead: None,
-            });
+            return Ok(CrmSide::plain(Some(row), known));
         }
         if row.kind != RecordKind::Lead {
-            return Ok(CrmSide {
-                row: Some(row),
-                known: sides.crm.clone(),
-                lead_to_close: None,
-                lead: None,
-            });
+            return Ok(CrmSide::plain(Some(row), sides.crm.clone()));
         }
         // A lead becomes an opportunity when the seller qualifies it, or when the plan says
         // the referral was accepted (an earlier pass may have created the opportunity).
@@ -992,12 +989,7 @@ impl Engine {
             )
             .is_ok_and(|s| s.kind == RecordKind::Opportunity);
         if !qualified && !planned_opportunity {
-            return Ok(CrmSide {
-                row: Some(row),
-                known: sides.crm.clone(),
-                lead_to_close: None,
-                lead: None,
-            });
+            return Ok(CrmSide::plain(Some(row), sides.crm.clone()));
         }
         let mut opportunity = inner
             .crm
