@@ -73,12 +73,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "cosell_partnercentersolution",
         json!({"cosell_solutionid": "SOL-77213-QRS", "cosell_name": "Adventure Works Sales Accelerator"}),
     )?;
-    dv.associate(
-        "opportunity",
-        opportunity,
-        "cosell_opportunity_partnercentersolution",
-        solution,
-    )?;
+    s.link_solution(opportunity, solution)?;
     let outcome = s
         .engine
         .sync_crm_record(RecordKind::Opportunity, &opportunity.to_string())
@@ -128,12 +123,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                "customerid_account@odata.bind": format!("/accounts({bad_account})"),
                "transactioncurrencyid@odata.bind": format!("/transactioncurrencies({usd})")}),
     )?;
-    dv.associate(
-        "opportunity",
-        invalid,
-        "cosell_opportunity_partnercentersolution",
-        solution,
-    )?;
+    s.link_solution(invalid, solution)?;
     let outcome = s
         .engine
         .sync_crm_record(RecordKind::Opportunity, &invalid.to_string())

@@ -153,12 +153,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "cosell_partnercentersolution",
         json!({"cosell_solutionid": "SOL-34104-EBB", "cosell_name": "Northwind Landing Zone Accelerator"}),
     )?;
-    dv.associate(
-        "opportunity",
-        opportunity,
-        "cosell_opportunity_partnercentersolution",
-        solution,
-    )?;
+    s.link_solution(opportunity, solution)?;
 
     heading(4, "…and another, co-sell but without a customer contact");
     let invalid = dv.insert_row(

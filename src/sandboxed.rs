@@ -311,13 +311,24 @@ impl Sandboxed {
         }
         let opportunity = dv.insert_row("opportunity", row)?;
         let solution = self.seed_solution("SOL-34104-EBB", "Contoso Supply Chain Suite")?;
-        dv.associate(
-            "opportunity",
-            opportunity,
-            "cosell_opportunity_partnercentersolution",
-            solution,
-        )?;
+        self.link_solution(opportunity, solution)?;
         Ok(opportunity)
+    }
+
+    /// Adds a solution to an opportunity as a seller does: a row in the solution link table
+    /// (`cosell_opportunitysolution`, the form's "Solutions" subgrid). The change feed reports
+    /// it. Returns the link row's id.
+    pub fn link_solution(
+        &self,
+        opportunity: uuid::Uuid,
+        solution: uuid::Uuid,
+    ) -> Result<uuid::Uuid, ControlError> {
+        self.sandbox.dataverse().insert_row(
+            "cosell_opportunitysolution",
+            json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opportunity})"),
+                   "cosell_PartnerCenterSolutionId@odata.bind":
+                       format!("/cosell_partnercentersolutions({solution})")}),
+        )
     }
 
     /// The solution row with `solution_id`, created when missing.

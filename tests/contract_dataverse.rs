@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cosell::http::HttpTransport;
 use cosell::http::http::{self, Method, StatusCode};
-use cosell::sandbox::Sandbox;
+use cosell::sandbox::{DataverseSchema, Sandbox};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -49,7 +49,25 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        let sandbox = Sandbox::start().await.expect("sandbox");
+        Env::start_with(Sandbox::start().await.expect("sandbox"))
+    }
+
+    /// An environment whose CRM also has the opportunity <-> solution N:N (cosell links
+    /// solutions through a child table; the N:N rules are Dataverse's own).
+    async fn start_with_n_to_n() -> Env {
+        let sandbox = Sandbox::builder()
+            .dataverse_schema(DataverseSchema::cosell().with_many_to_many(
+                "cosell_opportunity_partnercentersolution",
+                "opportunity",
+                "cosell_partnercentersolution",
+            ))
+            .start()
+            .await
+            .expect("sandbox");
+        Env::start_with(sandbox)
+    }
+
+    fn start_with(sandbox: Sandbox) -> Env {
         let token = sandbox
             .entra()
             .issue_access_token(sandbox.urls().dataverse.as_str());
@@ -527,7 +545,7 @@ async fn correction_post_who_am_i_is_404() {
 /// is answered.
 #[tokio::test]
 async fn correction_n_to_n_with_n_to_1_expand_is_400() {
-    let env = Env::start().await;
+    let env = Env::start_with_n_to_n().await;
     let opp = env
         .sandbox
         .dataverse()

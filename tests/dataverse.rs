@@ -15,10 +15,10 @@ use cosell::dataverse::{
 };
 use cosell::http::http::Method;
 use cosell::http::{ClientSecretCredential, RetryPolicy};
-use cosell::sandbox::Sandbox;
 use cosell::sandbox::dataverse::ServiceLimits;
 use cosell::sandbox::dataverse::filter::{self as emu_filter, CmpOp, Expr, Literal, Operand};
 use cosell::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
+use cosell::sandbox::{DataverseSchema, Sandbox};
 use futures::TryStreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -926,7 +926,18 @@ async fn metadata_answers_the_schema_check() {
 
 #[tokio::test]
 async fn solutions_associate_through_n_to_n() {
-    let (sandbox, client) = setup().await;
+    // cosell links solutions through a child table; the emulator still models an N:N as
+    // Dataverse does, for a schema that has one.
+    let sandbox = Sandbox::builder()
+        .dataverse_schema(DataverseSchema::cosell().with_many_to_many(
+            "cosell_opportunity_partnercentersolution",
+            "opportunity",
+            "cosell_partnercentersolution",
+        ))
+        .start()
+        .await
+        .expect("sandbox");
+    let client = client_with(&sandbox, retry());
     let dv = sandbox.dataverse();
     let sol = client
         .create(

@@ -83,6 +83,13 @@ impl StateStore for CrashingStore {
     async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError> {
         self.inner.pending_hints(max).await
     }
+    async fn crm_child(
+        &self,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<cosell::sync::store::CrmChild>, StoreError> {
+        self.inner.crm_child(entity, id).await
+    }
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         if self.armed.load(Ordering::SeqCst)
             && commit.links.iter().any(|l| self.remote_write_landed(l))
@@ -365,12 +372,17 @@ impl Harness {
         self.dv().row("lead", id).expect("lead exists")
     }
 
+    /// The solution rows linked to `opportunity` (through active link rows).
     fn solutions_of(&self, opportunity: Uuid) -> Vec<Uuid> {
-        self.dv().related(
-            "opportunity",
-            opportunity,
-            "cosell_opportunity_partnercentersolution",
-        )
+        self.dv()
+            .query(
+                "cosell_opportunitysolution",
+                &format!("_cosell_opportunityid_value eq {opportunity} and statecode eq 0"),
+            )
+            .unwrap()
+            .iter()
+            .map(|r| uuid_of(r, "_cosell_partnercentersolutionid_value"))
+            .collect()
     }
 
     /// Syncs a Partner Center referral into the CRM and lets the echoes settle; returns the
@@ -588,12 +600,22 @@ async fn a_half_finished_sync_does_not_revert_microsofts_newer_edit() {
     let (id, opp) = h.linked_pc_referral().await;
     assert!(!h.solutions_of(opp).is_empty(), "the solutions are linked");
 
-    // Microsoft edits the notes; the engine's CRM write lands, then linking the solutions
-    // fails (every `$ref` POST answers 503).
+    // Microsoft edits the notes and adds a solution; the engine's CRM write lands, then
+    // linking the new solution fails (every link-row write answers 503).
     h.microsoft_sets_notes(&id, "Microsoft's first note.");
+    h.pc()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "add", "path": "/details/requirements/solutions/-", "value": {
+                "id": "SOL-55501-HLF", "name": "Half-Finished Suite", "type": "Name",
+                "publisherName": "Fabrikam", "solutionType": "3P"}}]),
+        )
+        .unwrap();
     h.faults().inject(
         Service::Dataverse,
-        Fault::status(503).on_method(Method::POST).on_path("$ref"),
+        Fault::status(503)
+            .on_method(Method::PATCH)
+            .on_path("cosell_opportunitysolutions"),
     );
     h.drain(&h.engine).await;
     // On main the upsert has landed (the opportunity holds the first note) and the pass fails.

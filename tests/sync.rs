@@ -156,11 +156,11 @@ impl Harness {
                 )
             })
             .unwrap();
-        dv.associate(
-            "opportunity",
-            id,
-            "cosell_opportunity_partnercentersolution",
-            solution,
+        dv.insert_row(
+            "cosell_opportunitysolution",
+            json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({id})"),
+                   "cosell_PartnerCenterSolutionId@odata.bind":
+                       format!("/cosell_partnercentersolutions({solution})")}),
         )
         .unwrap();
         id
@@ -215,11 +215,13 @@ async fn a_partner_center_referral_appears_in_the_crm_and_a_redelivery_changes_n
     );
     assert_eq!(h.dv().count("contact"), 1, "the customer contact");
     let opp_id = Uuid::parse_str(opp["opportunityid"].as_str().unwrap()).unwrap();
-    let solutions = h.dv().related(
-        "opportunity",
-        opp_id,
-        "cosell_opportunity_partnercentersolution",
-    );
+    let solutions = h
+        .dv()
+        .query(
+            "cosell_opportunitysolution",
+            &format!("_cosell_opportunityid_value eq {opp_id}"),
+        )
+        .unwrap();
     assert_eq!(solutions.len(), referral.solutions().len());
     assert!(opp["cosell_audit"].as_str().unwrap().contains("ok"));
 

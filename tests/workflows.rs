@@ -540,3 +540,148 @@ new_salesteam = "Co-sell desk"
     );
     assert!(h.s.store.dead_letters().await.unwrap().is_empty());
 }
+
+// ------------------------------------------------------------------------------------ item 1
+
+impl Harness {
+    /// The solution ids on a referral, sorted.
+    fn referral_solutions(&self, id: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self.referral(id)["details"]["requirements"]["solutions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The solution ids linked to an opportunity (active link rows), sorted, read from the
+    /// emulator's own tables.
+    fn crm_solutions(&self, opp: Uuid) -> Vec<String> {
+        let dv = self.s.sandbox.dataverse();
+        let mut ids: Vec<String> = dv
+            .query(
+                "cosell_opportunitysolution",
+                &format!("_cosell_opportunityid_value eq {opp} and statecode eq 0"),
+            )
+            .unwrap()
+            .iter()
+            .map(|link| {
+                let sol = Uuid::parse_str(
+                    link["_cosell_partnercentersolutionid_value"]
+                        .as_str()
+                        .unwrap(),
+                )
+                .unwrap();
+                dv.row("cosell_partnercentersolution", sol).unwrap()["cosell_solutionid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The link row of `solution_id` on `opp`.
+    fn link_row(&self, opp: Uuid, solution_id: &str) -> Uuid {
+        let dv = self.s.sandbox.dataverse();
+        let sol = dv
+            .query(
+                "cosell_partnercentersolution",
+                &format!("cosell_solutionid eq '{solution_id}'"),
+            )
+            .unwrap()[0]["cosell_partnercentersolutionid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let links = dv
+            .query(
+                "cosell_opportunitysolution",
+                &format!(
+                    "_cosell_opportunityid_value eq {opp} and _cosell_partnercentersolutionid_value eq {sol}"
+                ),
+            )
+            .unwrap();
+        Uuid::parse_str(links[0]["cosell_opportunitysolutionid"].as_str().unwrap()).unwrap()
+    }
+}
+
+/// Issue 10, item 1. A seller adds a solution to a synced opportunity (a row in the form's
+/// Solutions subgrid, written through the Web API) and later removes another; each reaches the
+/// referral from the change feed alone, with no other column edited, and a removal stays
+/// removed through later passes. Microsoft replacing the referral's solutions reaches the CRM
+/// the same way: the solution it dropped is unlinked.
+#[tokio::test]
+async fn solutions_added_or_removed_in_the_crm_reach_the_referral_on_their_own() {
+    let h = Harness::start().await;
+    let web = &h.s.dataverse;
+    let opp = h.s.seed_co_sell_opportunity("Solutions Deal").unwrap();
+    h.service_round().await;
+    let referral = h.referral_of(opp);
+    h.service_round().await;
+    assert_eq!(h.referral_solutions(&referral), ["SOL-34104-EBB"]);
+    let version_before = h.opportunity(opp)["versionnumber"].clone();
+
+    // The seller adds a second solution: a solution row and a link row, nothing else.
+    let added = web
+        .create(
+            "cosell_partnercentersolutions",
+            &json!({"cosell_solutionid": "SOL-90210-ADD", "cosell_name": "Northwind Analytics"}),
+        )
+        .await
+        .unwrap();
+    web.create(
+        "cosell_opportunitysolutions",
+        &json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
+                "cosell_PartnerCenterSolutionId@odata.bind":
+                    format!("/cosell_partnercentersolutions({added})")}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        h.opportunity(opp)["versionnumber"],
+        version_before,
+        "linking a solution leaves the opportunity row as it was"
+    );
+    h.s.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(
+        h.referral_solutions(&referral),
+        ["SOL-34104-EBB", "SOL-90210-ADD"],
+        "the added solution reached Partner Center from the change feed"
+    );
+
+    // The seller removes the first solution (deletes its link row).
+    let link = h.link_row(opp, "SOL-34104-EBB");
+    web.delete(
+        "cosell_opportunitysolutions",
+        &cosell::dataverse::Key::id(link),
+        None,
+    )
+    .await
+    .unwrap();
+    h.s.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(h.referral_solutions(&referral), ["SOL-90210-ADD"]);
+    // Later passes keep the removal.
+    h.service_round().await;
+    h.service_round().await;
+    assert_eq!(h.referral_solutions(&referral), ["SOL-90210-ADD"]);
+    assert_eq!(h.crm_solutions(opp), ["SOL-90210-ADD"]);
+
+    // Partner Center's side replaces the solutions: the dropped one is unlinked in the CRM.
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &referral,
+            json!([{"op": "replace", "path": "/details/requirements/solutions", "value": [{
+                "id": "SOL-31337-NEW", "name": "Contoso Copilot Pack", "type": "Name",
+                "publisherName": "Contoso", "solutionType": "3P"}]}]),
+        )
+        .unwrap();
+    h.service_round().await;
+    h.service_round().await;
+    assert_eq!(h.crm_solutions(opp), ["SOL-31337-NEW"]);
+    assert_eq!(h.referral_solutions(&referral), ["SOL-31337-NEW"]);
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+}

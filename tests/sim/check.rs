@@ -44,8 +44,9 @@ fn v(invariant: &'static str, pair: Option<usize>, detail: impl Into<String>) ->
 
 /// The fields compared in (c): those the mapping syncs both ways and Partner Center can change
 /// after creation. Not compared: the name (Partner Center cannot rename), the customer and
-/// address (not writable in Partner Center after creation), contacts and solutions (lists
-/// merged by the engine's own rules; not part of this workload).
+/// address (not writable in Partner Center after creation), contacts (a list merged by the
+/// engine's own rules; not part of this workload). An opportunity's solutions are compared as
+/// sets, apart (see `fields_agree`).
 fn compared(kind: RecordKind) -> &'static [FieldId] {
     match kind {
         RecordKind::Opportunity => &[
@@ -324,6 +325,25 @@ async fn fields_agree(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
                         show(a),
                         crm.table,
                         show(b)
+                    ),
+                ));
+            }
+        }
+        // The seller adds and removes solutions (link rows); the lists hold the same ids.
+        if kind == RecordKind::Opportunity && !pc_terminal {
+            let ids = |s: &cosell::mapping::MappedSnapshot| {
+                let mut ids: Vec<String> = s.solutions().iter().map(|s| s.id.clone()).collect();
+                ids.sort();
+                ids
+            };
+            if ids(&pc_snap) != ids(&crm_snap) {
+                out.push(v(
+                    "c-fields-agree",
+                    Some(i),
+                    format!(
+                        "solutions: Partner Center {:?} ≠ CRM opportunity {:?}",
+                        ids(&pc_snap),
+                        ids(&crm_snap)
                     ),
                 ));
             }

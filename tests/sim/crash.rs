@@ -283,6 +283,15 @@ impl StateStore for CrashStore {
         self.inner.pending_hints(max).await
     }
 
+    async fn crm_child(
+        &self,
+        entity: &str,
+        id: &str,
+    ) -> Result<Option<cosell::sync::store::CrmChild>, StoreError> {
+        self.alive().await;
+        self.inner.crm_child(entity, id).await
+    }
+
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         self.alive().await;
         let c = &self.crasher;

@@ -77,6 +77,9 @@ pub(crate) struct Sim {
     pub(crate) pairs: Vec<Pair>,
     pub(crate) history: History,
     rng: StdRng,
+    /// Draws the seller's solution changes, apart from `rng` so that adding them left every
+    /// other draw (and so every kept seed's workload) as it was.
+    solution_rng: StdRng,
     counter: u64,
     crashes: u32,
     crash_log: Vec<String>,
@@ -97,6 +100,7 @@ impl Sim {
             pairs: Vec::new(),
             history: History::default(),
             rng,
+            solution_rng: StdRng::seed_from_u64(seed ^ 0x5011u64.rotate_left(24)),
             counter: 0,
             crashes: 0,
             crash_log: Vec::new(),
@@ -447,6 +451,7 @@ impl Sim {
     // ------------------------------------------------------------------ CRM side
 
     async fn crm_action(&mut self) {
+        self.crm_solution_change();
         match self.rng.random_range(0..100) {
             0..20 if self.pairs.len() < MAX_PAIRS => self.crm_opportunity(None),
             20..27 if self.pairs.len() < MAX_PAIRS => {
@@ -475,6 +480,88 @@ impl Sim {
             76..84 => self.qualify_or_disqualify(false).await,
             84..93 => self.close_opportunity(true).await,
             _ => self.close_opportunity(false).await,
+        }
+    }
+
+    /// Now and then, a seller adds a solution to an open opportunity or removes one: a link
+    /// row created or deleted, the opportunity row untouched.
+    fn crm_solution_change(&mut self) {
+        const SOLUTIONS: [(&str, &str); 3] = [
+            ("SOL-34104-EBB", "Contoso Supply Chain Suite"),
+            ("SOL-50001-SIM", "Simulated Analytics"),
+            ("SOL-50002-SIM", "Simulated Security"),
+        ];
+        if !self.solution_rng.random_bool(0.2) {
+            return;
+        }
+        let open: Vec<(usize, Uuid)> = self
+            .pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| {
+                let f = find(&self.world, p);
+                let c = f.crm()?;
+                (c.table == "opportunity" && c.state() == 0).then_some((i, c.id))
+            })
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let (i, opp) = open[self.solution_rng.random_range(0..open.len())];
+        let dv = self.dv();
+        let links = dv
+            .query(
+                "cosell_opportunitysolution",
+                &format!("_cosell_opportunityid_value eq {opp}"),
+            )
+            .unwrap_or_default();
+        // Never the last one: a co-sell referral needs a solution, and a seller's removal
+        // that breaks that rule is refused with a dead letter (tested in `tests/workflows.rs`),
+        // which is not this workload's subject.
+        if links.len() > 1 && self.solution_rng.random_bool(0.5) {
+            let link = &links[self.solution_rng.random_range(0..links.len())];
+            if let Some(id) = uuid_of(link, "cosell_opportunitysolutionid")
+                && dv.delete_as_user("cosell_opportunitysolution", id).is_ok()
+            {
+                self.history
+                    .event(format!("pair {i}: CRM seller removes solution link {id}"));
+            }
+            return;
+        }
+        let (solution_id, name) = SOLUTIONS[self.solution_rng.random_range(0..SOLUTIONS.len())];
+        let solution = dv
+            .query(
+                "cosell_partnercentersolution",
+                &format!("cosell_solutionid eq '{solution_id}'"),
+            )
+            .ok()
+            .and_then(|rows| {
+                rows.first()
+                    .and_then(|r| uuid_of(r, "cosell_partnercentersolutionid"))
+            })
+            .or_else(|| {
+                dv.insert_row(
+                    "cosell_partnercentersolution",
+                    json!({"cosell_solutionid": solution_id, "cosell_name": name}),
+                )
+                .ok()
+            });
+        let Some(solution) = solution else { return };
+        let linked = links
+            .iter()
+            .any(|l| uuid_of(l, "_cosell_partnercentersolutionid_value") == Some(solution));
+        if !linked
+            && dv
+                .insert_row(
+                    "cosell_opportunitysolution",
+                    json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
+                           "cosell_PartnerCenterSolutionId@odata.bind":
+                               format!("/cosell_partnercentersolutions({solution})")}),
+                )
+                .is_ok()
+        {
+            self.history
+                .event(format!("pair {i}: CRM seller adds solution {solution_id}"));
         }
     }
 
@@ -540,11 +627,11 @@ impl Sim {
                 .ok()
             });
         if let Some(s) = solution {
-            let _ = dv.associate(
-                "opportunity",
-                opp,
-                "cosell_opportunity_partnercentersolution",
-                s,
+            let _ = dv.insert_row(
+                "cosell_opportunitysolution",
+                json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
+                       "cosell_PartnerCenterSolutionId@odata.bind":
+                           format!("/cosell_partnercentersolutions({s})")}),
             );
         }
         self.history.event(format!(

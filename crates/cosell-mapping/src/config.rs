@@ -375,8 +375,13 @@ impl Default for ContactColumns {
     }
 }
 
-/// The Partner Center solutions table (co-sell ready and Microsoft solutions), N:N with the
-/// opportunity.
+/// The Partner Center solutions table (co-sell ready and Microsoft solutions) and the child
+/// table that links solutions to opportunities.
+///
+/// The link is a table of its own (one row per opportunity and solution, two lookups) rather
+/// than an N:N relationship, because Dataverse change tracking reports rows of a table: adding
+/// or removing a solution is then a change the sync sees within the change-feed latency, while
+/// an N:N association changes neither row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SolutionColumns {
@@ -392,9 +397,21 @@ pub struct SolutionColumns {
     pub solution_type: String,
     /// Publisher. Default `cosell_publishername`.
     pub publisher: String,
-    /// N:N relationship (navigation property on the opportunity) linking solutions. Default
-    /// `cosell_opportunity_partnercentersolution`.
-    pub relationship: String,
+    /// The link table's logical name. Default `cosell_opportunitysolution`.
+    pub link_entity: String,
+    /// The link table's entity set. Default `cosell_opportunitysolutions`.
+    pub link_entity_set: String,
+    /// The link table's lookup to the opportunity (logical name; read as
+    /// `_{name}_value`). Default `cosell_opportunityid`.
+    pub link_opportunity: String,
+    /// Navigation property of that lookup, for `@odata.bind` (the lookup's schema name).
+    /// Default `cosell_OpportunityId`.
+    pub link_opportunity_bind: String,
+    /// The link table's lookup to the solution (logical name). Default
+    /// `cosell_partnercentersolutionid`.
+    pub link_solution: String,
+    /// Navigation property of that lookup. Default `cosell_PartnerCenterSolutionId`.
+    pub link_solution_bind: String,
 }
 
 impl Default for SolutionColumns {
@@ -406,7 +423,12 @@ impl Default for SolutionColumns {
             name: "cosell_name".into(),
             solution_type: "cosell_solutiontype".into(),
             publisher: "cosell_publishername".into(),
-            relationship: "cosell_opportunity_partnercentersolution".into(),
+            link_entity: "cosell_opportunitysolution".into(),
+            link_entity_set: "cosell_opportunitysolutions".into(),
+            link_opportunity: "cosell_opportunityid".into(),
+            link_opportunity_bind: "cosell_OpportunityId".into(),
+            link_solution: "cosell_partnercentersolutionid".into(),
+            link_solution_bind: "cosell_PartnerCenterSolutionId".into(),
         }
     }
 }
@@ -866,9 +888,18 @@ impl MappingConfig {
                 name,
                 solution_type,
                 publisher,
+                link_entity,
+                link_entity_set,
+                link_opportunity,
+                link_solution,
             ]
         );
-        schema!(c, "columns.solution", s, [relationship]);
+        schema!(
+            c,
+            "columns.solution",
+            s,
+            [link_opportunity_bind, link_solution_bind]
+        );
 
         // The opportunity's mapped columns must be distinct, or one value would overwrite another.
         let mut seen = BTreeMap::new();

@@ -250,7 +250,8 @@ pub struct SolutionPayload {
 ///
 /// Write order: find-or-create the account (`account`), then the contacts, resolve the currency,
 /// then upsert the primary record by `key` with [`body`](Self::body), upsert the solutions and
-/// associate them through `solution_relationship`, and finally apply
+/// link each to the opportunity (a row of the solution link table), unlink the ones in
+/// `solutions_removed`, and finally apply
 /// [`StatusCodes::steps`](crate::config::StatusCodes::steps) towards `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrmPayload {
@@ -272,8 +273,12 @@ pub struct CrmPayload {
     pub contacts: Vec<ContactPayload>,
     /// The solutions (opportunities only).
     pub solutions: Vec<SolutionPayload>,
-    /// Navigation property of the N:N relationship linking solutions to the opportunity.
-    pub solution_relationship: Option<String>,
+    /// Solution ids (the solution table's alternate key) to unlink from the opportunity: the
+    /// ones the CRM held when read that the plan removes. Only these are unlinked, so a
+    /// solution a seller links meanwhile is never undone. Set by the engine, which knows what
+    /// it read; empty from the mapping.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub solutions_removed: Vec<String>,
 }
 
 impl CrmPayload {

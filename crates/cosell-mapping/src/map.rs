@@ -547,7 +547,7 @@ impl FieldMap {
             account: Some(self.account_payload(s)?),
             contacts,
             solutions,
-            solution_relationship: Some(sc.relationship.clone()),
+            solutions_removed: Vec::new(),
         })
     }
 
@@ -674,7 +674,7 @@ impl FieldMap {
             account: None,
             contacts: Vec::new(),
             solutions: Vec::new(),
-            solution_relationship: None,
+            solutions_removed: Vec::new(),
         })
     }
 

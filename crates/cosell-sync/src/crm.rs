@@ -81,6 +81,34 @@ pub struct CrmChanges {
     pub cursor: String,
 }
 
+/// One entry of the change feed of the solution link table (one row per solution on an
+/// opportunity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SolutionLinkChange {
+    /// A link row was created or changed (a deactivated row counts as a removed solution).
+    Linked {
+        /// The link row's id.
+        link_id: String,
+        /// The opportunity it links, when the row names one.
+        opportunity_id: Option<String>,
+    },
+    /// A link row was deleted. The feed gives only its id: the engine finds the opportunity
+    /// from an earlier [`Linked`](Self::Linked) entry of the same row.
+    Unlinked {
+        /// The link row's id.
+        link_id: String,
+    },
+}
+
+/// A page of solution link changes and the cursor to continue from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SolutionLinkChanges {
+    /// The changes, in the order the CRM reported them.
+    pub changes: Vec<SolutionLinkChange>,
+    /// Where to continue next time (persist it once the changes are applied).
+    pub cursor: String,
+}
+
 /// What the engine needs from a CRM.
 #[async_trait]
 pub trait Crm: Send + Sync + fmt::Debug {
@@ -142,6 +170,17 @@ pub trait Crm: Send + Sync + fmt::Debug {
         kind: RecordKind,
         cursor: Option<&str>,
     ) -> Result<CrmChanges, RemoteError>;
+
+    /// Changes to the links between opportunities and solutions since `cursor` (`None`: start
+    /// tracking; every current link counts). `Ok(None)` from a CRM whose solutions change only
+    /// with the opportunity's own row (the default), so its row feed covers them.
+    async fn solution_link_changes(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<Option<SolutionLinkChanges>, RemoteError> {
+        let _ = cursor;
+        Ok(None)
+    }
 
     /// Whether a cursor failure means the cursor expired and a full read is needed.
     fn is_cursor_expired(&self, error: &RemoteError) -> bool {

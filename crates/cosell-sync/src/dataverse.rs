@@ -1,10 +1,12 @@
 //! The default [`Crm`]: Dynamics 365 through the Dataverse Web API.
 //!
 //! Reads a referral's row with its account, contact and currency in one request (`$expand` of
-//! the N:1 navigations) and its solutions in a second (Dataverse does not support expanding an
-//! N:N together with N:1 navigations), writes the primary record by upsert on the referral-id alternate key (idempotent
-//! under retries and crashes), finds accounts by the mapping's matching rule before creating
-//! one, and reads changes through Dataverse change tracking.
+//! the N:1 navigations) and its solutions in a second (the opportunity's rows in the solution
+//! link table, each with its solution expanded), writes the primary record by upsert on the
+//! referral-id alternate key (idempotent under retries and crashes), finds accounts by the
+//! mapping's matching rule before creating one, and reads changes through Dataverse change
+//! tracking, of the solution link table too: adding or removing a solution changes a link row,
+//! never the opportunity's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +25,10 @@ use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, WriteTarget};
+use crate::crm::{
+    Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, SolutionLinkChange, SolutionLinkChanges,
+    WriteTarget,
+};
 use crate::remote::{RemoteError, RemoteErrorKind};
 
 const SERVICE: &str = "dataverse";
@@ -158,9 +163,8 @@ impl DataverseCrm {
         vec![self.primary_key(kind), sync.clone(), referral.clone()]
     }
 
-    /// The `$expand` items that bring a row's N:1 related records along. The solutions (an N:N)
-    /// are read by [`Self::attach_solutions`]: Dataverse refuses an N:N expanded together with
-    /// N:1 navigations ("Join tables using OData", supported relationship types).
+    /// The `$expand` items that bring a row's N:1 related records along. The solutions come
+    /// from the link table, read by [`Self::attach_solutions`].
     fn expansions(&self, kind: RecordKind) -> Vec<String> {
         let c = &self.map.config().columns;
         let currency = match kind {
@@ -175,8 +179,52 @@ impl DataverseCrm {
         items
     }
 
-    /// Reads an opportunity's solutions (`GET opportunities(id)/{relationship}`) into `row`
-    /// under the relationship's name, where [`Self::records_of`] expects them.
+    fn link_primary_key(&self) -> String {
+        format!("{}id", self.map.config().columns.solution.link_entity)
+    }
+
+    fn solution_primary_key(&self) -> String {
+        format!("{}id", self.map.config().columns.solution.entity)
+    }
+
+    /// The active link rows of an opportunity, each with its solution row expanded (an N:1, so
+    /// one request).
+    async fn solution_links(
+        &self,
+        opportunity_id: &str,
+    ) -> Result<Vec<Map<String, Value>>, RemoteError> {
+        let s = &self.map.config().columns.solution;
+        let query = Query::new()
+            .select([self.link_primary_key()])
+            .filter(
+                Filter::eq(
+                    &format!("_{}_value", s.link_opportunity),
+                    parse_id(opportunity_id)?,
+                )
+                // An inactive link row is a removed solution.
+                .and(Filter::eq("statecode", 0)),
+            )
+            .expand(format!(
+                "{}($select={},{},{},{},{})",
+                s.link_solution_bind,
+                self.solution_primary_key(),
+                s.solution_id,
+                s.name,
+                s.solution_type,
+                s.publisher
+            ));
+        Ok(self
+            .client
+            .query::<Map<String, Value>>(&s.link_entity_set, &query)
+            .into_stream()
+            .map_ok(|e| e.value)
+            .try_collect()
+            .await?)
+    }
+
+    /// Reads an opportunity's solutions (its link rows) into `row` under the link table's
+    /// entity set name, where [`Self::records_of`] expects them. A solution linked twice
+    /// counts once.
     async fn attach_solutions(
         &self,
         kind: RecordKind,
@@ -189,14 +237,18 @@ impl DataverseCrm {
         let Some(id) = row.get(&pk).and_then(Value::as_str).map(str::to_string) else {
             return Ok(());
         };
-        let relationship = &self.map.config().columns.solution.relationship;
-        let path = format!("{}({id})/{relationship}", self.entity_set(kind));
-        let answer: Value = self.client.raw().get(path).send().await?.json()?;
-        let solutions = answer
-            .get("value")
-            .cloned()
-            .unwrap_or_else(|| Value::Array(Vec::new()));
-        row.insert(relationship.clone(), solutions);
+        let s = &self.map.config().columns.solution;
+        let mut solutions: Vec<Value> = Vec::new();
+        for mut link in self.solution_links(&id).await? {
+            if let Some(Value::Object(solution)) = link.remove(&s.link_solution_bind)
+                && !solutions
+                    .iter()
+                    .any(|known| known.get(&s.solution_id) == solution.get(&s.solution_id))
+            {
+                solutions.push(Value::Object(solution));
+            }
+        }
+        row.insert(s.link_entity_set.clone(), Value::Array(solutions));
         Ok(())
     }
 
@@ -223,7 +275,7 @@ impl DataverseCrm {
                 Some(Value::Object(contact)) => vec![contact],
                 _ => Vec::new(),
             });
-            records.solutions = Some(match row.remove(&c.solution.relationship) {
+            records.solutions = Some(match row.remove(&c.solution.link_entity_set) {
                 Some(Value::Array(items)) => items
                     .into_iter()
                     .filter_map(|v| match v {
@@ -365,17 +417,33 @@ impl DataverseCrm {
         Ok(id)
     }
 
+    /// Links the payload's solutions to the opportunity and unlinks `solutions_removed`.
+    ///
+    /// A link row's id is derived from the opportunity and solution ids, so creating it is an
+    /// idempotent upsert: a retry or a crash between the request and its answer never links a
+    /// solution twice. Only the solutions the plan removed are unlinked; a link a seller adds
+    /// meanwhile stays.
     async fn link_solutions(
         &self,
         payload: &CrmPayload,
         opportunity_id: &str,
     ) -> Result<(), RemoteError> {
-        let Some(relationship) = &payload.solution_relationship else {
-            return Ok(());
+        let s = &self.map.config().columns.solution;
+        let solution_pk = self.solution_primary_key();
+        let link_pk = self.link_primary_key();
+        let opportunities = &self.map.config().columns.opportunity.entity_set;
+        let links = self.solution_links(opportunity_id).await?;
+        let linked_solution = |link: &Map<String, Value>| {
+            link.get(&s.link_solution_bind)
+                .and_then(|sol| sol.get(&s.solution_id))
+                .and_then(Value::as_str)
+                .map(str::to_string)
         };
-        let c = &self.map.config().columns.solution;
-        let pk = format!("{}id", c.entity);
+        let linked: Vec<String> = links.iter().filter_map(linked_solution).collect();
         for solution in &payload.solutions {
+            if linked.contains(&solution.key.value) {
+                continue;
+            }
             let key = Key::alternate(solution.key.column.clone(), solution.key.value.clone());
             let up = self
                 .client
@@ -383,37 +451,70 @@ impl DataverseCrm {
                     &solution.key.entity_set,
                     &key,
                     &solution.record,
-                    &UpsertOptions::default().return_representation([pk.as_str()]),
+                    &UpsertOptions::default().return_representation([solution_pk.as_str()]),
                 )
                 .await?;
-            let Some(solution_id) = up.id(&pk) else {
+            let Some(solution_id) = up.id(&solution_pk) else {
                 continue;
             };
-            let target = format!(
-                "{}{}({solution_id})",
-                self.client.api_url(),
-                solution.key.entity_set
+            let link_id = solution_link_id(opportunity_id, &solution_id.to_string());
+            let mut body = Map::new();
+            if let Some(name) = solution.record.get(&s.name) {
+                body.insert(s.name.clone(), name.clone());
+            }
+            body.insert(
+                format!("{}@odata.bind", s.link_opportunity_bind),
+                Value::String(format!("/{opportunities}({opportunity_id})")),
             );
-            let path = format!(
-                "{}({opportunity_id})/{relationship}/$ref",
-                self.entity_set(RecordKind::Opportunity)
+            body.insert(
+                format!("{}@odata.bind", s.link_solution_bind),
+                Value::String(format!("/{}({solution_id})", solution.key.entity_set)),
             );
-            match self
-                .client
-                .raw()
-                .post(path)
-                .json(&json!({ "@odata.id": target }))
-                .send()
-                .await
-            {
-                Ok(_) => {}
-                // Already associated: linking is idempotent for us.
-                Err(e) if e.is_conflict() => {}
-                Err(e) => return Err(e.into()),
+            self.client
+                .upsert(
+                    &s.link_entity_set,
+                    &Key::id(link_id),
+                    &body,
+                    &UpsertOptions::default().mode(UpsertMode::CreateOrUpdate),
+                )
+                .await?;
+        }
+        for link in &links {
+            let removed =
+                linked_solution(link).is_some_and(|id| payload.solutions_removed.contains(&id));
+            let Some(link_id) = link.get(&link_pk).and_then(Value::as_str) else {
+                continue;
+            };
+            if removed {
+                match self
+                    .client
+                    .delete(&s.link_entity_set, &Key::id(parse_id(link_id)?), None)
+                    .await
+                {
+                    Ok(()) => {}
+                    // Already gone (a retry, or the seller removed it too): the same outcome.
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(())
     }
+}
+
+/// The id of the link row between an opportunity and a solution row: a name-based UUID, the
+/// same on every attempt.
+fn solution_link_id(opportunity_id: &str, solution_row_id: &str) -> Uuid {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x3c5e_11d0_7a4b_4e2f_9d61_c05e_11ab_5e11);
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!(
+            "{}/{}",
+            opportunity_id.to_ascii_lowercase(),
+            solution_row_id.to_ascii_lowercase()
+        )
+        .as_bytes(),
+    )
 }
 
 #[async_trait]
@@ -706,6 +807,55 @@ impl Crm for DataverseCrm {
         })
     }
 
+    async fn solution_link_changes(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<Option<SolutionLinkChanges>, RemoteError> {
+        let s = &self.map.config().columns.solution;
+        let link_pk = self.link_primary_key();
+        let opportunity_value = format!("_{}_value", s.link_opportunity);
+        let options = ChangeTrackingOptions::default();
+        let collected = match cursor {
+            Some(c) => {
+                self.client
+                    .changes_since::<Map<String, Value>>(&ChangeToken::new(c), &options)
+                    .collect()
+                    .await?
+            }
+            None => {
+                self.client
+                    .track_changes::<Map<String, Value>>(
+                        &s.link_entity_set,
+                        &[link_pk.as_str(), opportunity_value.as_str(), "statecode"],
+                        &options,
+                    )
+                    .collect()
+                    .await?
+            }
+        };
+        let changes = collected
+            .changes
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Upserted(e) => Some(SolutionLinkChange::Linked {
+                    link_id: e.value.get(&link_pk).and_then(Value::as_str)?.to_string(),
+                    opportunity_id: e
+                        .value
+                        .get(&opportunity_value)
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
+                }),
+                Change::Deleted { id } => Some(SolutionLinkChange::Unlinked {
+                    link_id: id.to_string(),
+                }),
+            })
+            .collect();
+        Ok(Some(SolutionLinkChanges {
+            changes,
+            cursor: collected.token.as_str().to_string(),
+        }))
+    }
+
     fn is_cursor_expired(&self, error: &RemoteError) -> bool {
         error.kind() == RemoteErrorKind::CursorExpired
     }
@@ -749,6 +899,11 @@ pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
             .into_iter()
             .map(|col| (s.entity.clone(), col.clone())),
     );
+    pairs.extend(
+        [&s.link_opportunity, &s.link_solution]
+            .into_iter()
+            .map(|col| (s.link_entity.clone(), col.clone())),
+    );
     pairs.push((
         c.account.entity.clone(),
         map.config().country_code_field.clone(),
@@ -768,5 +923,20 @@ mod tests {
         assert!(pairs.contains(&("opportunity".into(), "estimatedvalue".into())));
         assert!(pairs.contains(&("account".into(), "address1_country".into())));
         assert!(pairs.contains(&("lead".into(), "cosell_referralid".into())));
+        assert!(pairs.contains(&(
+            "cosell_opportunitysolution".into(),
+            "cosell_opportunityid".into()
+        )));
+    }
+
+    #[test]
+    fn a_link_row_id_is_the_same_on_every_attempt() {
+        let opp = "6F9619FF-8B86-D011-B42D-00C04FC964FF";
+        let sol = "0b6b9c2e-2d56-4a43-9a54-8f1d6a3b0c11";
+        assert_eq!(
+            solution_link_id(opp, sol),
+            solution_link_id(&opp.to_lowercase(), sol)
+        );
+        assert_ne!(solution_link_id(opp, sol), solution_link_id(sol, opp));
     }
 }

@@ -46,12 +46,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::crm::{Crm, CrmChange, CrmRow, WriteTarget};
+use crate::crm::{Crm, CrmChange, CrmRow, SolutionLinkChange, WriteTarget};
 use crate::partner_center::PartnerCenter;
 use crate::remote::{RemoteError, RemoteErrorKind};
 use crate::store::{
-    AuditEntry, AuditOutcome, Commit, CreateIntent, DeadLetter, Direction, Link, StateStore,
-    StoreError,
+    AuditEntry, AuditOutcome, Commit, CreateIntent, CrmChild, DeadLetter, Direction, Link,
+    StateStore, StoreError,
 };
 
 /// Checkpoint holding the `updatedDateTime` the Partner Center reconcile has covered.
@@ -61,6 +61,9 @@ pub const RECONCILE_CHECKPOINT: &str = "pc.reconcile";
 pub fn crm_checkpoint(kind: RecordKind) -> String {
     format!("crm.changes.{}", entity_name(kind))
 }
+
+/// Checkpoint of the CRM change feed of the solution link table.
+pub const SOLUTION_LINKS_CHECKPOINT: &str = "crm.changes.solution_links";
 
 /// The CRM logical name of a record kind.
 pub fn entity_name(kind: RecordKind) -> &'static str {
@@ -1669,6 +1672,17 @@ impl Engine {
                         .await?;
                 }
                 (target, _) => {
+                    let unlinked = self.solutions_removed(same_row, payload);
+                    let with_removals;
+                    let payload = if unlinked.is_empty() {
+                        payload
+                    } else {
+                        with_removals = CrmPayload {
+                            solutions_removed: unlinked,
+                            ..payload.clone()
+                        };
+                        &with_removals
+                    };
                     let written = inner.crm.write(payload, &extra, target).await?;
                     etag = written.etag;
                     id = Some(written.id);
@@ -1773,6 +1787,23 @@ impl Engine {
     }
 
     /// The identity columns of a payload: what ties the CRM record to its referral.
+    /// The solutions `row` holds that `payload` (the plan) no longer has: the ones the write
+    /// unlinks. Read from the row, so a solution linked after the read is never unlinked.
+    fn solutions_removed(&self, row: Option<&CrmRow>, payload: &CrmPayload) -> Vec<String> {
+        if payload.kind != RecordKind::Opportunity {
+            return Vec::new();
+        }
+        let column = &self.inner.map.config().columns.solution.solution_id;
+        row.filter(|r| r.kind == RecordKind::Opportunity)
+            .and_then(|r| r.records.solutions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.get(column).and_then(Value::as_str))
+            .filter(|id| !payload.solutions.iter().any(|p| p.key.value == *id))
+            .map(str::to_string)
+            .collect()
+    }
+
     fn identity_columns(&self, payload: &CrmPayload) -> serde_json::Map<String, Value> {
         let c = &self.inner.map.config().columns;
         let names: Vec<&String> = match payload.kind {
@@ -2181,12 +2212,110 @@ impl Engine {
     }
 
     /// Reads the CRM change feed of opportunities and leads, syncs every changed row, then moves
-    /// the cursors. An expired cursor falls back to a full read.
+    /// the cursors; then the feed of the solution link table, syncing every opportunity that
+    /// gained or lost a solution. An expired cursor falls back to a full read.
     #[tracing::instrument(skip(self))]
     pub async fn pull_crm_changes(&self) -> Result<Report, EngineError> {
         let mut report = Report::default();
         for kind in [RecordKind::Opportunity, RecordKind::Lead] {
             report.extend(self.pull_crm_changes_of(kind).await?);
+        }
+        report.extend(self.pull_solution_link_changes().await?);
+        Ok(report)
+    }
+
+    /// The solution link feed. A link row names its opportunity only while it exists (a
+    /// deletion is reported by id alone), so every link row seen is remembered in the store
+    /// with its opportunity, and a deletion is traced back through it. The first read only
+    /// learns the rows: the opportunity feed's own first read syncs every opportunity.
+    async fn pull_solution_link_changes(&self) -> Result<Report, EngineError> {
+        let inner = &self.inner;
+        let cursor = inner.store.checkpoint(SOLUTION_LINKS_CHECKPOINT).await?;
+        let mut learn_only = cursor.is_none();
+        let changes = match inner.crm.solution_link_changes(cursor.as_deref()).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(Report::default()),
+            Err(e) if cursor.is_some() && inner.crm.is_cursor_expired(&e) => {
+                tracing::warn!("solution link cursor expired; reading every link again");
+                // Deletions since the cursor are lost with it: sync every opportunity that
+                // still has a link, and every one the store remembers below.
+                learn_only = false;
+                match inner.crm.solution_link_changes(None).await? {
+                    Some(c) => c,
+                    None => return Ok(Report::default()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let link_entity = inner.map.config().columns.solution.link_entity.clone();
+        let opportunity = entity_name(RecordKind::Opportunity);
+        let mut commit = Commit::new();
+        // This page's rows, so a row linked and deleted within one page is traced too.
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut parents: Vec<String> = Vec::new();
+        let touch = |parents: &mut Vec<String>, id: String| {
+            if !parents.contains(&id) {
+                parents.push(id);
+            }
+        };
+        for change in changes.changes {
+            let (link_id, now_parent) = match change {
+                SolutionLinkChange::Linked {
+                    link_id,
+                    opportunity_id,
+                } => (link_id, opportunity_id),
+                SolutionLinkChange::Unlinked { link_id } => (link_id, None),
+            };
+            let before = match seen.get(&link_id) {
+                Some(p) => Some(p.clone()),
+                None => inner
+                    .store
+                    .crm_child(&link_entity, &link_id)
+                    .await?
+                    .map(|c| c.parent_id),
+            };
+            // The opportunity the row left (deleted, or moved to another one) lost a solution.
+            if let Some(before) = before
+                && now_parent.as_deref() != Some(before.as_str())
+            {
+                touch(&mut parents, before);
+            }
+            match now_parent {
+                Some(parent) => {
+                    if !learn_only {
+                        touch(&mut parents, parent.clone());
+                    }
+                    seen.insert(link_id.clone(), parent.clone());
+                    commit = commit.crm_child(CrmChild {
+                        entity: link_entity.clone(),
+                        id: link_id,
+                        parent_entity: opportunity.to_string(),
+                        parent_id: parent,
+                    });
+                }
+                None => {
+                    seen.remove(&link_id);
+                    commit = commit.forget_crm_child(link_entity.clone(), link_id);
+                }
+            }
+        }
+        let report = self
+            .run_parallel(
+                parents
+                    .into_iter()
+                    .map(|id| {
+                        move || async move {
+                            Box::pin(self.sync_crm_record(RecordKind::Opportunity, &id)).await
+                        }
+                    })
+                    .collect(),
+            )
+            .await?;
+        if !inner.config.dry_run {
+            inner
+                .store
+                .commit(commit.checkpoint(SOLUTION_LINKS_CHECKPOINT, changes.cursor))
+                .await?;
         }
         Ok(report)
     }

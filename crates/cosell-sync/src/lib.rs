@@ -10,7 +10,10 @@ pub mod remote;
 pub mod setup;
 pub mod store;
 
-pub use crm::{Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, WriteTarget};
+pub use crm::{
+    Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, SolutionLinkChange, SolutionLinkChanges,
+    WriteTarget,
+};
 pub use dataverse::{DataverseCrm, required_columns};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, PlannedWrite,

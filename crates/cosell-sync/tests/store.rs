@@ -4,8 +4,8 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use cosell_sync::store::{
-    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, DeadLetter, Direction, InboxHint,
-    Link, MemoryStore, SqliteStore, StateStore, StoreError,
+    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction,
+    InboxHint, Link, MemoryStore, SqliteStore, StateStore, StoreError,
 };
 use pretty_assertions::assert_eq;
 use serde_json::json;
@@ -393,7 +393,88 @@ async fn the_inbox_deduplicates_deliveries(store: &dyn StateStore) {
     assert!(!store.push_hint("hash-a", hint("r1", 1)).await.unwrap());
 }
 
+/// A solution link row is remembered with its opportunity, replaced, forgotten; a commit that
+/// fails takes its child rows with it.
+async fn crm_children_name_their_parent(store: &dyn StateStore) {
+    let child = |id: &str, parent: &str| CrmChild {
+        entity: "cosell_opportunitysolution".into(),
+        id: id.into(),
+        parent_entity: "opportunity".into(),
+        parent_id: parent.into(),
+    };
+    assert_eq!(
+        store
+            .crm_child("cosell_opportunitysolution", "l1")
+            .await
+            .unwrap(),
+        None
+    );
+    store
+        .commit(
+            Commit::new()
+                .crm_child(child("l1", "o1"))
+                .crm_child(child("l2", "o1")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .crm_child("cosell_opportunitysolution", "l1")
+            .await
+            .unwrap(),
+        Some(child("l1", "o1"))
+    );
+    // Another table's row with the same id is another row.
+    assert_eq!(store.crm_child("other", "l1").await.unwrap(), None);
+    store
+        .commit(
+            Commit::new()
+                .forget_crm_child("cosell_opportunitysolution", "l1")
+                .crm_child(child("l2", "o2")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .crm_child("cosell_opportunitysolution", "l1")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .crm_child("cosell_opportunitysolution", "l2")
+            .await
+            .unwrap(),
+        Some(child("l2", "o2"))
+    );
+    // Atomic: a commit refused for a broken link invariant remembers no child row.
+    store
+        .commit(Commit::new().link(link("r1", "opportunity", "o1")))
+        .await
+        .unwrap();
+    let refused = store
+        .commit(
+            Commit::new()
+                .crm_child(child("l3", "o1"))
+                .link(link("r2", "opportunity", "o1")),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .crm_child("cosell_opportunitysolution", "l3")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 async fn suite(make: impl AsyncFn() -> Box<dyn StateStore>) {
+    crm_children_name_their_parent(&*make().await).await;
     links_are_a_bijection_and_commits_are_atomic(&*make().await).await;
     a_pair_keeps_its_per_side_state_and_a_pending_create(&*make().await).await;
     intents_resolve_with_their_link(&*make().await).await;
@@ -418,7 +499,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     assert!(!path.exists());
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 2);
+        assert_eq!(store.schema_version().await.unwrap(), 3);
         store
             .commit(
                 Commit::new()
@@ -439,7 +520,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(
         store.schema_version().await.unwrap(),
-        2,
+        3,
         "migrations run once"
     );
     assert_eq!(

@@ -696,8 +696,9 @@ impl DataverseSchema {
 
     /// [`standard`](Self::standard) plus the co-sell customisation of DESIGN §6: the `cosell_*`
     /// columns on opportunity and lead, `cosell_referralid` as an alternate key on both, the
-    /// `cosell_partnercentersolution` table with its N:N to opportunity
-    /// (`cosell_opportunity_partnercentersolution`). QualifyLead copies `cosell_referralid` and
+    /// `cosell_partnercentersolution` table, and the change-tracked link table
+    /// `cosell_opportunitysolution` (lookups `cosell_OpportunityId` and
+    /// `cosell_PartnerCenterSolutionId`) holding one row per solution on an opportunity. QualifyLead copies `cosell_referralid` and
     /// `cosell_syncwithpartnercenter` from the lead to the opportunity it creates (the
     /// solution's attribute maps).
     pub fn cosell() -> Self {
@@ -722,6 +723,23 @@ impl DataverseSchema {
         .column(ColumnDef::text("cosell_solutiontype", 100))
         .column(ColumnDef::text("cosell_publishername", 200))
         .alternate_key("cosell_solutionid_key", &["cosell_solutionid"]);
+        // A custom lookup binds by its schema-cased navigation property (Web API "Associate
+        // table rows on create": single-valued navigation properties keep the schema name).
+        let solution_link =
+            TableDef::new("cosell_opportunitysolution", "cosell_opportunitysolutions")
+                .primary_name("cosell_name")
+                .column(ColumnDef::text("cosell_name", 200))
+                .column(ColumnDef::lookup_with_navigation(
+                    "cosell_opportunityid",
+                    &[("cosell_OpportunityId", "opportunity")],
+                ))
+                .column(ColumnDef::lookup_with_navigation(
+                    "cosell_partnercentersolutionid",
+                    &[(
+                        "cosell_PartnerCenterSolutionId",
+                        "cosell_partnercentersolution",
+                    )],
+                ));
         let mut schema = Self::standard()
             .with_columns(
                 "opportunity",
@@ -753,11 +771,7 @@ impl DataverseSchema {
             )
             .with_alternate_key("lead", "cosell_referralid_key", &["cosell_referralid"])
             .with_table(solution)
-            .with_many_to_many(
-                "cosell_opportunity_partnercentersolution",
-                "opportunity",
-                "cosell_partnercentersolution",
-            );
+            .with_table(solution_link);
         schema.qualify_lead_copies = vec![
             "cosell_referralid".to_string(),
             "cosell_syncwithpartnercenter".to_string(),

@@ -6,8 +6,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    AuditEntry, AuditQuery, Commit, CreateIntent, DeadLetter, InboxHint, Link, StateStore,
-    StoreError,
+    AuditEntry, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, InboxHint, Link,
+    StateStore, StoreError,
 };
 
 #[derive(Debug, Default)]
@@ -22,6 +22,7 @@ struct State {
     inbox: BTreeMap<i64, InboxHint>,
     seen_hashes: BTreeSet<String>,
     next_seq: i64,
+    crm_children: BTreeMap<(String, String), CrmChild>,
 }
 
 /// A state store in process memory. Nothing survives the process.
@@ -113,6 +114,14 @@ fn apply(state: &mut State, commit: Commit) -> Result<(), StoreError> {
     }
     for (name, value) in commit.checkpoints {
         state.checkpoints.insert(name, value);
+    }
+    for key in commit.forget_crm_children {
+        state.crm_children.remove(&key);
+    }
+    for child in commit.crm_children {
+        state
+            .crm_children
+            .insert((child.entity.clone(), child.id.clone()), child);
     }
     for mut entry in commit.audit {
         entry.id = state.audit.len() as i64 + 1;
@@ -208,6 +217,14 @@ impl StateStore for MemoryStore {
 
     async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError> {
         Ok(self.lock().inbox.values().take(max).cloned().collect())
+    }
+
+    async fn crm_child(&self, entity: &str, id: &str) -> Result<Option<CrmChild>, StoreError> {
+        Ok(self
+            .lock()
+            .crm_children
+            .get(&(entity.to_string(), id.to_string()))
+            .cloned())
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {

@@ -288,6 +288,21 @@ pub struct InboxHint {
     pub received_at: DateTime<Utc>,
 }
 
+/// A CRM row that belongs to another record's state (a solution link row of an opportunity),
+/// remembered so that a deletion the change feed reports by id alone can be traced to its
+/// parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrmChild {
+    /// The child row's table (`cosell_opportunitysolution`).
+    pub entity: String,
+    /// The child row's id.
+    pub id: String,
+    /// The parent's table (`opportunity`).
+    pub parent_entity: String,
+    /// The parent's row id.
+    pub parent_id: String,
+}
+
 /// A set of writes applied atomically by [`StateStore::commit`].
 #[derive(Debug, Clone, Default, PartialEq)]
 #[must_use = "a commit does nothing until passed to StateStore::commit"]
@@ -310,6 +325,10 @@ pub struct Commit {
     pub clear_dead_letters: Vec<String>,
     /// Inbox hints processed (by sequence number).
     pub ack_hints: Vec<i64>,
+    /// CRM child rows to remember (keyed by entity and id).
+    pub crm_children: Vec<CrmChild>,
+    /// CRM child rows to forget (entity, id).
+    pub forget_crm_children: Vec<(String, String)>,
 }
 
 impl Commit {
@@ -377,6 +396,18 @@ impl Commit {
         self
     }
 
+    /// Remembers a CRM child row and its parent.
+    pub fn crm_child(mut self, child: CrmChild) -> Self {
+        self.crm_children.push(child);
+        self
+    }
+
+    /// Forgets a CRM child row.
+    pub fn forget_crm_child(mut self, entity: impl Into<String>, id: impl Into<String>) -> Self {
+        self.forget_crm_children.push((entity.into(), id.into()));
+        self
+    }
+
     /// Whether the commit writes nothing.
     pub fn is_empty(&self) -> bool {
         *self == Commit::default()
@@ -436,6 +467,8 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError>;
     /// Unacknowledged hints, oldest first, at most `max`.
     async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError>;
+    /// The remembered CRM child row `entity`/`id`, if any.
+    async fn crm_child(&self, entity: &str, id: &str) -> Result<Option<CrmChild>, StoreError>;
     /// Applies every write in `commit`, atomically.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
 }

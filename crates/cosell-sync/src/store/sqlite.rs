@@ -14,8 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, DeadLetter, Direction, InboxHint,
-    Link, StateStore, StoreError,
+    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction,
+    InboxHint, Link, StateStore, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -233,6 +233,23 @@ impl StateStore for SqliteStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)
+    }
+
+    async fn crm_child(&self, entity: &str, id: &str) -> Result<Option<CrmChild>, StoreError> {
+        let row = sqlx::query(
+            "SELECT parent_entity, parent_id FROM crm_children WHERE entity = ? AND id = ?",
+        )
+        .bind(entity)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(row.map(|r| CrmChild {
+            entity: entity.to_string(),
+            id: id.to_string(),
+            parent_entity: r.get("parent_entity"),
+            parent_id: r.get("parent_id"),
+        }))
     }
 
     async fn intents(&self) -> Result<Vec<CreateIntent>, StoreError> {
@@ -471,6 +488,28 @@ impl StateStore for SqliteStore {
             .bind(name)
             .bind(value)
             .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        for (entity, id) in &commit.forget_crm_children {
+            sqlx::query("DELETE FROM crm_children WHERE entity = ? AND id = ?")
+                .bind(entity)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        for child in &commit.crm_children {
+            sqlx::query(
+                "INSERT INTO crm_children (entity, id, parent_entity, parent_id) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (entity, id) DO UPDATE SET parent_entity = excluded.parent_entity, \
+                 parent_id = excluded.parent_id",
+            )
+            .bind(&child.entity)
+            .bind(&child.id)
+            .bind(&child.parent_entity)
+            .bind(&child.parent_id)
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
