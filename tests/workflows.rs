@@ -763,3 +763,116 @@ async fn a_referral_in_a_currency_the_crm_lacks_reaches_the_seller_and_syncs_onc
     h.service_round().await;
     assert_eq!(h.writes(), before);
 }
+
+/// Issue 10, item 9. The service is running and has synced a first referral (its reconcile
+/// checkpoint is now recent). The operator seeds generated referrals through the sandbox's
+/// control API (`POST /_sandbox/seed`), as docs/sync-service.md says; the service's next round
+/// finds every one of them and syncs each cleanly into the CRM, in its own currency (the
+/// generator's currencies are all the sandbox CRM's), with nothing failing.
+#[tokio::test]
+async fn seeded_referrals_reach_a_running_service_and_sync_cleanly() {
+    use cosell::http::bytes::Bytes;
+    use cosell::http::{HttpTransport, ReqwestTransport};
+
+    let h = Harness::start().await;
+    h.s.sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "First", "details": {"currency": "USD"}}))
+        .unwrap();
+    h.service_round().await;
+    assert!(
+        h.s.store
+            .checkpoint(cosell::sync::engine::RECONCILE_CHECKPOINT)
+            .await
+            .unwrap()
+            .is_some(),
+        "the service has reconciled"
+    );
+
+    let origin = h.s.sandbox.urls().referrals.join("/").unwrap();
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("{origin}_sandbox/seed"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(r#"{"count": 60}"#))
+        .unwrap();
+    let answer = ReqwestTransport::new()
+        .unwrap()
+        .send(request)
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 201);
+    let seeded: Vec<String> = serde_json::from_slice::<Value>(answer.body()).unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seeded.len(), 60);
+    let currencies: std::collections::BTreeSet<String> = seeded
+        .iter()
+        .map(|id| {
+            h.referral(id)["details"]["currency"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        ["SEK", "SGD", "ZAR", "MXN"]
+            .iter()
+            .any(|c| currencies.contains(*c)),
+        "the generator's wider currencies are among them: {currencies:?}"
+    );
+
+    h.service_round().await;
+
+    let dv = h.s.sandbox.dataverse();
+    for id in &seeded {
+        let referral = h.referral(id);
+        let link =
+            h.s.store
+                .link_by_referral(id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("seeded referral {id} found by the running service"));
+        let row = dv
+            .row(
+                &link.crm_entity,
+                Uuid::parse_str(link.crm_id.as_deref().unwrap()).unwrap(),
+            )
+            .unwrap();
+        let code = referral["details"]["currency"].as_str().unwrap();
+        let currency = dv
+            .currency_id(code)
+            .unwrap_or_else(|| panic!("{id}: the sandbox CRM lacks {code}"));
+        assert_eq!(
+            row["_transactioncurrencyid_value"],
+            json!(currency.to_string()),
+            "{id}: the CRM row is in {code}"
+        );
+        let deal = if link.crm_entity == "lead" {
+            "estimatedamount"
+        } else {
+            "estimatedvalue"
+        };
+        assert_eq!(
+            row[deal].as_f64(),
+            referral["details"]["dealValue"].as_f64(),
+            "{id}"
+        );
+        let name = row[if link.crm_entity == "lead" {
+            "subject"
+        } else {
+            "name"
+        }]
+        .as_str()
+        .unwrap_or_default();
+        assert!(
+            name.starts_with('✔') || referral["status"] == json!("Closed"),
+            "{id}: {name}"
+        );
+    }
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+}
