@@ -13,6 +13,11 @@
 //! again: linked referrals whose eTag has not moved are skipped without a CRM write, and
 //! failures land in the dead-letter list instead of stopping the run. Afterwards the reconcile
 //! checkpoint is set so the running service continues from here.
+//!
+//! The sandbox CRM has every currency the generator uses; one referral from Microsoft in a
+//! currency it lacks (NOK) is added to show the usual fix: it becomes a lead marked ✖ holding
+//! everything but its currency and deal value, the run lists what to enable, the CRM admin
+//! enables NOK and the dead-letter replay completes the lead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::error::Error;
@@ -50,6 +55,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .start()
         .await?;
     s.sandbox.partner_center().seed_referrals(args.referrals);
+    // A referral in a currency the CRM does not have.
+    s.sandbox.partner_center().create_incoming_referral(json!({
+        "name": "Nordic Freight AS - Route Planning",
+        "customerProfile": {"name": "Nordic Freight AS",
+                            "address": {"city": "Oslo", "state": "", "postalCode": "0150",
+                                        "country": "NO"}},
+        "details": {"currency": "NOK", "dealValue": 1_250_000},
+    }))?;
     let started = Instant::now();
 
     // Phase 1: list everything (pages of 100, the nextLink followed by the client).
@@ -120,8 +133,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("   failed ×{n:<4} {reason}");
     }
 
-    // The usual fix in a real org: enable the currencies the referrals use. Then the dead
-    // letters are replayed, and only what failed is retried.
+    // The usual fix in a real org: enable the currencies the referrals use (their leads are in
+    // the CRM already, marked ✖). Then the dead letters are replayed, and only what failed is
+    // retried.
     let dv = s.sandbox.dataverse();
     // The currencies of the failed referrals that the CRM does not have.
     let missing: BTreeSet<&str> = failures
@@ -137,18 +151,23 @@ async fn main() -> Result<(), Box<dyn Error>> {
             list.join(", ")
         );
         for code in &missing {
+            let (name, symbol, rate) = match *code {
+                "NOK" => ("Norwegian Krone", "kr", 10.8),
+                other => (other, other, 1.0),
+            };
             dv.insert_row(
                 "transactioncurrency",
-                json!({"isocurrencycode": code, "currencyname": code, "currencysymbol": code,
-                       "exchangerate": 1.0, "currencyprecision": 2}),
+                json!({"isocurrencycode": code, "currencyname": name, "currencysymbol": symbol,
+                       "exchangerate": rate, "currencyprecision": 2}),
             )?;
         }
         let replay = engine.replay_dead_letters().await?;
+        let failing = replay.failures().count();
         println!(
-            "   replayed {}: {} created, {} still failing",
+            "   replayed {}: {} now synced, {} still failing",
             replay.outcomes.len(),
-            replay.count(Action::CreatedInCrm),
-            replay.failures().count()
+            replay.outcomes.len() - failing,
+            failing
         );
     }
     println!(

@@ -37,8 +37,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
-use cosell::sandbox::dataverse::SeedCurrency;
-use cosell::sandbox::{DataverseSchema, Sandbox, Service};
+use cosell::sandbox::Service;
 use cosell::sandboxed::{Sandboxed, StoreChoice};
 use cosell::sync::store::{AuditOutcome, AuditQuery, Direction};
 use cosell::sync::{Action, Schedule};
@@ -436,30 +435,7 @@ async fn main() -> BoxResult<()> {
             StoreChoice::Sqlite(dir.join("state.sqlite"))
         }
     };
-    // The emulator's generator uses a few currencies the sandbox CRM does not seed by default;
-    // a real org syncing those referrals has them (without, those referrals fail visibly and
-    // are dead-lettered: see examples/backfill.rs).
-    let schema = DataverseSchema::default();
-    let mut currencies = schema.currencies().to_vec();
-    for (code, name) in [
-        ("SEK", "Swedish Krona"),
-        ("SGD", "Singapore Dollar"),
-        ("ZAR", "Rand"),
-        ("MXN", "Mexican Peso"),
-    ] {
-        currencies.push(SeedCurrency {
-            iso_code: code.into(),
-            name: name.into(),
-            symbol: code.into(),
-            exchange_rate: 1.0,
-            precision: 2,
-        });
-    }
-    let s = Sandboxed::builder()
-        .sandbox(Sandbox::builder().dataverse_schema(schema.with_currencies(currencies)))
-        .store(store)
-        .start()
-        .await?;
+    let s = Sandboxed::builder().store(store).start().await?;
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
 
     let a = pc_to_crm(&s, n).await?;

@@ -739,52 +739,75 @@ async fn a_currency_id_is_looked_up_once() {
 #[tokio::test]
 async fn a_currency_the_crm_lacks_fails_visibly_and_is_never_written_back() {
     let h = Harness::start().await;
+    // NOK: a valid ISO 4217 code the sandbox CRM does not have.
     let incoming = h
         .sandbox
         .partner_center()
-        .create_incoming_referral(json!({"details": {"currency": "SEK", "dealValue": 500000}}))
+        .create_incoming_referral(json!({"details": {"currency": "NOK", "dealValue": 500000}}))
         .unwrap();
     let id = incoming["id"].as_str().unwrap().to_string();
     h.deliveries_settled().await;
     let report = h.engine.drain_inbox().await.unwrap();
     let failed: Vec<_> = report.failures().collect();
     assert_eq!(failed.len(), 1, "{report:#?}");
-    assert!(failed[0].detail.contains("SEK"), "{}", failed[0].detail);
+    assert!(failed[0].detail.contains("\"NOK\""), "{}", failed[0].detail);
+    // The lead is there, with ✖, in no currency of its own and without a deal value (in the
+    // base currency it would misstate the deal).
+    let lead = h
+        .dv()
+        .query("lead", &format!("cosell_referralid eq '{id}'"))
+        .unwrap()
+        .pop()
+        .expect("a lead for the referral");
     assert!(
-        h.dv()
-            .query("lead", &format!("cosell_referralid eq '{id}'"))
-            .unwrap()
-            .is_empty(),
-        "no lead in the CRM's base currency"
+        lead["subject"].as_str().unwrap().starts_with('✖'),
+        "{}",
+        lead["subject"]
+    );
+    assert_eq!(lead["estimatedamount"], Value::Null);
+    let usd = h.dv().currency_id("USD").unwrap().to_string();
+    assert!(
+        lead["_transactioncurrencyid_value"].is_null()
+            || lead["_transactioncurrencyid_value"] == json!(usd),
+        "left to the CRM's default: {}",
+        lead["_transactioncurrencyid_value"]
     );
     assert_eq!(h.store.dead_letters().await.unwrap().len(), 1);
 
-    // Nothing the CRM did can move Microsoft's currency.
+    // Nothing the CRM did can move Microsoft's currency or deal value.
+    let etag = h.sandbox.partner_center().referral(&id).unwrap()["eTag"].clone();
     h.engine.run_once().await.unwrap();
+    h.engine.replay_dead_letters().await.unwrap();
     let referral = h.sandbox.partner_center().referral(&id).unwrap();
-    assert_eq!(referral["details"]["currency"], json!("SEK"));
+    assert_eq!(referral["details"]["currency"], json!("NOK"));
+    assert_eq!(referral["details"]["dealValue"].as_f64(), Some(500000.0));
+    assert_eq!(referral["eTag"], etag, "no write to Partner Center");
 
-    // The admin enables SEK; the replay creates the lead in SEK.
+    // The admin enables NOK; the replay completes the lead in NOK.
     h.dv()
         .insert_row(
             "transactioncurrency",
-            json!({"isocurrencycode": "SEK", "currencyname": "Swedish Krona",
-                   "currencysymbol": "kr", "exchangerate": 10.5, "currencyprecision": 2}),
+            json!({"isocurrencycode": "NOK", "currencyname": "Norwegian Krone",
+                   "currencysymbol": "kr", "exchangerate": 10.8, "currencyprecision": 2}),
         )
         .unwrap();
     let replay = h.engine.replay_dead_letters().await.unwrap();
-    assert_eq!(replay.count(Action::CreatedInCrm), 1, "{replay:#?}");
+    assert_eq!(replay.count(Action::UpdatedCrm), 1, "{replay:#?}");
     let lead = h
         .dv()
         .query("lead", &format!("cosell_referralid eq '{id}'"))
         .unwrap()
         .pop()
         .unwrap();
-    let sek = h.dv().currency_id("SEK").unwrap().to_string();
-    assert_eq!(lead["_transactioncurrencyid_value"], json!(sek));
+    let nok = h.dv().currency_id("NOK").unwrap().to_string();
+    assert_eq!(lead["_transactioncurrencyid_value"], json!(nok));
+    assert_eq!(lead["estimatedamount"].as_f64(), Some(500000.0));
+    assert!(lead["subject"].as_str().unwrap().starts_with('✔'));
+    assert!(h.store.dead_letters().await.unwrap().is_empty());
     h.engine.run_once().await.unwrap();
     let referral = h.sandbox.partner_center().referral(&id).unwrap();
-    assert_eq!(referral["details"]["currency"], json!("SEK"));
+    assert_eq!(referral["details"]["currency"], json!("NOK"));
+    assert_eq!(referral["eTag"], etag);
 }
 
 #[tokio::test]

@@ -685,3 +685,339 @@ async fn solutions_added_or_removed_in_the_crm_reach_the_referral_on_their_own()
     assert_eq!(h.referral_solutions(&referral), ["SOL-31337-NEW"]);
     assert!(h.s.store.dead_letters().await.unwrap().is_empty());
 }
+
+// =============================================================================================
+// Issue 10, items 4 and 9: a referral that cannot be fully mapped, and seed data the user can
+// see. (Kept together at the end of the file.)
+// =============================================================================================
+
+/// A harness whose leads have an audit column (the sandbox's leads carry `cosell_audit`; the
+/// default map writes none on a lead).
+async fn harness_with_lead_audit() -> Harness {
+    let map =
+        cosell::mapping::FieldMap::from_toml("[columns.lead]\naudit = \"cosell_audit\"\n").unwrap();
+    let s = Sandboxed::builder()
+        .field_map(map)
+        .retry(
+            RetryPolicy::default()
+                .with_initial_delay(Duration::from_millis(10))
+                .with_max_attempts(3),
+        )
+        .start()
+        .await
+        .unwrap();
+    Harness { s }
+}
+
+/// What the audit says to do about a currency the CRM lacks.
+const ENABLE_NOK: &str = "\"NOK\" is not a currency enabled in Dynamics 365: add it under \
+                          Settings > Business Management > Currencies";
+
+/// Issue 10, item 4. Microsoft sends a referral in a currency the partner's CRM does not have
+/// (NOK). The seller sees it at once: a lead with everything that can be mapped, marked ✖, its
+/// audit line saying exactly what to enable, no deal value in a currency it is not in; Partner
+/// Center keeps NOK and its deal value (nothing guessed is written back) and the plan keeps
+/// them too. The seller accepts the deal meanwhile by qualifying the lead: Partner Center shows
+/// it accepted, the opportunity carries ✖ and the same explanation. The admin adds NOK in the
+/// CRM; the next round completes the opportunity on its own (NOK, the deal value, ✔), with
+/// Microsoft's data kept and nothing left to retry.
+#[tokio::test]
+async fn a_referral_in_a_currency_the_crm_lacks_reaches_the_seller_and_syncs_once_enabled() {
+    use cosell::mapping::{FieldId, FieldValue, MappedSnapshot};
+    use cosell::sync::store::AuditOutcome;
+
+    let h = harness_with_lead_audit().await;
+    let dv = h.s.sandbox.dataverse();
+    assert!(dv.currency_id("NOK").is_none(), "the sandbox CRM lacks NOK");
+    let incoming = h
+        .s
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({
+            "name": "Fjord Logistics - Fleet Insights",
+            "customerProfile": {"name": "Fjord Logistics AS",
+                                "address": {"city": "Oslo", "state": "", "postalCode": "0150",
+                                            "country": "NO"}},
+            "details": {"currency": "NOK", "dealValue": 750000, "notes": "Fleet telemetry rollout."},
+        }))
+        .unwrap();
+    let id = incoming["id"].as_str().unwrap().to_string();
+    let sent = h.referral(&id);
+    h.service_round().await;
+
+    // The seller sees the lead, with everything that could be mapped.
+    let lead_of = || {
+        let mut leads = dv
+            .query("lead", &format!("cosell_referralid eq '{id}'"))
+            .unwrap();
+        assert_eq!(leads.len(), 1, "one lead for the referral");
+        leads.pop().unwrap()
+    };
+    let lead = lead_of();
+    assert_eq!(lead["subject"], json!("✖ Fjord Logistics - Fleet Insights"));
+    assert_eq!(lead["companyname"], json!("Fjord Logistics AS"));
+    assert_eq!(lead["address1_city"], json!("Oslo"));
+    assert_eq!(lead["address1_country"], json!("NO"));
+    assert_eq!(lead["description"], json!("Fleet telemetry rollout."));
+    assert_eq!(
+        lead["emailaddress1"],
+        sent["customerProfile"]["team"][0]["email"]
+    );
+    assert!(
+        lead["cosell_referrallink"]
+            .as_str()
+            .is_some_and(|l| l.ends_with(&id))
+    );
+    // No deal value in a currency it is not in; the currency is the CRM's default.
+    assert_eq!(lead["estimatedamount"], Value::Null);
+    let usd = dv.currency_id("USD").unwrap().to_string();
+    assert!(
+        lead["_transactioncurrencyid_value"].is_null()
+            || lead["_transactioncurrencyid_value"] == json!(usd),
+        "{}",
+        lead["_transactioncurrencyid_value"]
+    );
+    // The audit column and the engine's audit trail say what to enable.
+    let audit_text = lead["cosell_audit"].as_str().unwrap_or_default();
+    assert!(audit_text.contains(ENABLE_NOK), "{audit_text}");
+    let trail =
+        h.s.store
+            .audit(&AuditQuery {
+                referral_id: Some(id.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    assert!(
+        trail
+            .iter()
+            .any(|e| e.outcome == AuditOutcome::Failed && e.message.contains(ENABLE_NOK)),
+        "{trail:#?}"
+    );
+    // Partner Center is untouched, and the plan keeps its values.
+    assert_eq!(h.referral(&id), sent, "nothing written to Partner Center");
+    let link = h.s.store.link_by_referral(&id).await.unwrap().unwrap();
+    let plan: MappedSnapshot = serde_json::from_value(link.target).unwrap();
+    assert_eq!(plan.text(FieldId::Currency), Some("NOK"));
+    assert_eq!(
+        plan.get(FieldId::DealValue)
+            .and_then(FieldValue::as_decimal),
+        Some(750000.into())
+    );
+    // Until the currency is added, further rounds write nothing (no churn, no second ✖).
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before);
+
+    // The seller accepts the deal meanwhile.
+    h.s.crm
+        .client()
+        .qualify_lead(
+            Uuid::parse_str(lead["leadid"].as_str().unwrap()).unwrap(),
+            &cosell::dataverse::QualifyLead {
+                create_opportunity: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        h.service_round().await;
+    }
+    let accepted = h.referral(&id);
+    assert_eq!(
+        (accepted["status"].as_str(), accepted["substatus"].as_str()),
+        (Some("Active"), Some("Accepted"))
+    );
+    assert_eq!(accepted["details"]["currency"], json!("NOK"));
+    assert_eq!(accepted["details"]["dealValue"].as_f64(), Some(750000.0));
+    let opportunity_of = || {
+        let mut opps = dv
+            .query("opportunity", &format!("cosell_referralid eq '{id}'"))
+            .unwrap();
+        assert_eq!(opps.len(), 1, "one opportunity for the referral");
+        opps.pop().unwrap()
+    };
+    let opp = opportunity_of();
+    assert!(
+        opp["name"].as_str().unwrap().starts_with('✖'),
+        "{}",
+        opp["name"]
+    );
+    assert_eq!(opp["estimatedvalue"], Value::Null);
+    assert!(
+        opp["cosell_audit"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(ENABLE_NOK),
+        "{}",
+        opp["cosell_audit"]
+    );
+
+    // The admin adds NOK; the next round completes the deal on its own.
+    let nok =
+        h.s.crm
+            .client()
+            .create(
+                "transactioncurrencies",
+                &json!({"isocurrencycode": "NOK", "currencyname": "Norwegian Krone",
+                        "currencysymbol": "kr", "exchangerate": 10.8, "currencyprecision": 2}),
+            )
+            .await
+            .unwrap();
+    h.service_round().await;
+
+    let opp = opportunity_of();
+    assert_eq!(opp["_transactioncurrencyid_value"], json!(nok.to_string()));
+    assert_eq!(opp["estimatedvalue"].as_f64(), Some(750000.0));
+    assert_eq!(opp["name"], json!("✔ Fjord Logistics - Fleet Insights"));
+    assert!(
+        opp["cosell_audit"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains(" ok")),
+        "{}",
+        opp["cosell_audit"]
+    );
+    let now = h.referral(&id);
+    assert_eq!(now["details"]["currency"], json!("NOK"));
+    assert_eq!(now["details"]["dealValue"].as_f64(), Some(750000.0));
+    for path in [
+        "/name",
+        "/details/notes",
+        "/details/requirements/solutions",
+        "/customerProfile",
+        "/inviteContext/assistanceRequestCode",
+        "/consent/consentToShareReferralWithMicrosoftSellers",
+    ] {
+        assert_eq!(now.pointer(path), sent.pointer(path), "{path} kept");
+    }
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+    assert!(
+        h.s.store
+            .link_by_referral(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .in_sync
+    );
+    // Settled.
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before);
+}
+
+/// Issue 10, item 9. The service is running and has synced a first referral (its reconcile
+/// checkpoint is now recent). The operator seeds generated referrals through the sandbox's
+/// control API (`POST /_sandbox/seed`), as docs/sync-service.md says; the service's next round
+/// finds every one of them and syncs each cleanly into the CRM, in its own currency (the
+/// generator's currencies are all the sandbox CRM's), with nothing failing.
+#[tokio::test]
+async fn seeded_referrals_reach_a_running_service_and_sync_cleanly() {
+    use cosell::http::bytes::Bytes;
+    use cosell::http::{HttpTransport, ReqwestTransport};
+
+    let h = Harness::start().await;
+    h.s.sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "First", "details": {"currency": "USD"}}))
+        .unwrap();
+    h.service_round().await;
+    assert!(
+        h.s.store
+            .checkpoint(cosell::sync::engine::RECONCILE_CHECKPOINT)
+            .await
+            .unwrap()
+            .is_some(),
+        "the service has reconciled"
+    );
+
+    let origin = h.s.sandbox.urls().referrals.join("/").unwrap();
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("{origin}_sandbox/seed"))
+        .header("content-type", "application/json")
+        .body(Bytes::from(r#"{"count": 60}"#))
+        .unwrap();
+    let answer = ReqwestTransport::new()
+        .unwrap()
+        .send(request)
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 201);
+    let seeded: Vec<String> = serde_json::from_slice::<Value>(answer.body()).unwrap()["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seeded.len(), 60);
+    let currencies: std::collections::BTreeSet<String> = seeded
+        .iter()
+        .map(|id| {
+            h.referral(id)["details"]["currency"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        ["SEK", "SGD", "ZAR", "MXN"]
+            .iter()
+            .any(|c| currencies.contains(*c)),
+        "the generator's wider currencies are among them: {currencies:?}"
+    );
+
+    h.service_round().await;
+
+    let dv = h.s.sandbox.dataverse();
+    for id in &seeded {
+        let referral = h.referral(id);
+        let link =
+            h.s.store
+                .link_by_referral(id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("seeded referral {id} found by the running service"));
+        let row = dv
+            .row(
+                &link.crm_entity,
+                Uuid::parse_str(link.crm_id.as_deref().unwrap()).unwrap(),
+            )
+            .unwrap();
+        let code = referral["details"]["currency"].as_str().unwrap();
+        let currency = dv
+            .currency_id(code)
+            .unwrap_or_else(|| panic!("{id}: the sandbox CRM lacks {code}"));
+        assert_eq!(
+            row["_transactioncurrencyid_value"],
+            json!(currency.to_string()),
+            "{id}: the CRM row is in {code}"
+        );
+        let deal = if link.crm_entity == "lead" {
+            "estimatedamount"
+        } else {
+            "estimatedvalue"
+        };
+        assert_eq!(
+            row[deal].as_f64(),
+            referral["details"]["dealValue"].as_f64(),
+            "{id}"
+        );
+        let name = row[if link.crm_entity == "lead" {
+            "subject"
+        } else {
+            "name"
+        }]
+        .as_str()
+        .unwrap_or_default();
+        assert!(
+            name.starts_with('✔') || referral["status"] == json!("Closed"),
+            "{id}: {name}"
+        );
+    }
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+}

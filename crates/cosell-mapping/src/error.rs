@@ -34,6 +34,9 @@ pub enum Rule {
     },
     /// A lookup the payload needs has not been resolved to a record id.
     UnresolvedLookup,
+    /// The currency (ISO 4217, valid) is not one of the CRM's currencies: the record is written
+    /// without its currency and deal value until an administrator adds it.
+    CurrencyNotEnabled,
 }
 
 impl fmt::Display for Rule {
@@ -57,6 +60,10 @@ impl fmt::Display for Rule {
                 write!(f, "is not a transition Partner Center allows from {from}")
             }
             Rule::UnresolvedLookup => f.write_str("has not been resolved to a record id"),
+            Rule::CurrencyNotEnabled => f.write_str(
+                "is not a currency enabled in Dynamics 365: add it under Settings > Business \
+                 Management > Currencies",
+            ),
         }
     }
 }

@@ -1335,6 +1335,23 @@ impl FieldMap {
         out
     }
 
+    /// Gives the payload's name the mark of `outcome`. [`to_crm`](Self::to_crm) marks it ✔
+    /// (what a successful sync writes); a record written only in part (a currency the CRM
+    /// lacks, [`Rule::CurrencyNotEnabled`]) carries ✖ instead. Nothing changes when
+    /// [`display_check_mark`](MappingConfig::display_check_mark) is off.
+    pub fn mark_payload(&self, payload: &mut CrmPayload, outcome: SyncOutcome) {
+        if !self.config.display_check_mark {
+            return;
+        }
+        let col = match payload.kind {
+            RecordKind::Opportunity => &self.config.columns.opportunity.name,
+            RecordKind::Lead => &self.config.columns.lead.subject,
+        };
+        if let Some(Value::String(name)) = payload.record.get_mut(col) {
+            *name = apply_mark(name, outcome);
+        }
+    }
+
     // ---------------------------------------------------------------- account matching
 
     fn normalise(&self, s: &str) -> String {

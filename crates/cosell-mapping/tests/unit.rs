@@ -103,6 +103,27 @@ mod marks {
     }
 
     #[test]
+    fn a_payload_written_in_part_carries_the_cross() {
+        let on = FieldMap::default();
+        let mut payload = on.map_referral(&common::private_outgoing(), None).unwrap();
+        assert_eq!(payload.record["name"], "✔ Fabrikam - Dynamics 365 rollout");
+        on.mark_payload(&mut payload, SyncOutcome::Failure);
+        assert_eq!(payload.record["name"], "✖ Fabrikam - Dynamics 365 rollout");
+        let off = FieldMap::from_toml("display_check_mark = false").unwrap();
+        let mut payload = off.map_referral(&common::private_outgoing(), None).unwrap();
+        off.mark_payload(&mut payload, SyncOutcome::Failure);
+        assert_eq!(payload.record["name"], "Fabrikam - Dynamics 365 rollout");
+
+        // What the audit says to do.
+        let e = MappingError::new("details.currency", "NOK", Rule::CurrencyNotEnabled);
+        assert_eq!(
+            e.to_string(),
+            "details.currency: \"NOK\" is not a currency enabled in Dynamics 365: add it under \
+             Settings > Business Management > Currencies"
+        );
+    }
+
+    #[test]
     fn audit_is_bounded_newest_first() {
         let at = Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap();
         let mut text = String::new();

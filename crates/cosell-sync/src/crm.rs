@@ -182,6 +182,14 @@ pub trait Crm: Send + Sync + fmt::Debug {
         Ok(None)
     }
 
+    /// Whether the CRM has the currency `code` (ISO 4217), so a record can be written in it. A
+    /// currency it lacks makes the engine write the record without its currency and deal value
+    /// (never in another currency) until an administrator adds it. Default: every currency.
+    async fn has_currency(&self, code: &str) -> Result<bool, RemoteError> {
+        let _ = code;
+        Ok(true)
+    }
+
     /// Whether a cursor failure means the cursor expired and a full read is needed.
     fn is_cursor_expired(&self, error: &RemoteError) -> bool {
         let _ = error;

@@ -650,6 +650,11 @@ impl Crm for DataverseCrm {
         })
     }
 
+    async fn has_currency(&self, code: &str) -> Result<bool, RemoteError> {
+        // R-CUR: looked up by `isocurrencycode`; a hit is cached (and used by the write).
+        Ok(self.currency_id(code).await?.is_some())
+    }
+
     async fn update_columns(
         &self,
         kind: RecordKind,

@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use cosell_mapping::{
     CrmPayload, CrmStatus, FieldId, FieldMap, FieldValue, MappedSnapshot, MappingError, PairState,
-    RecordKind, ReferralIdentity, ReferralState, ReferralUpdate, Side, StatusStep, SyncOutcome,
-    diff, merge_sides,
+    RecordKind, ReferralIdentity, ReferralState, ReferralUpdate, Rule, Side, StatusStep,
+    SyncOutcome, diff, merge_sides,
 };
 use futures::stream::{self, StreamExt};
 use partner_center_client::models::{
@@ -369,6 +369,13 @@ enum Failure {
     Rule(String),
     /// The pair moved on under the pass (a lead became an opportunity): run it again now.
     Again,
+    /// The CRM record was written with everything it can hold; these fields it cannot (a
+    /// currency it lacks), and Partner Center keeps them. `marked`: the pass already wrote ✖
+    /// and this text on the CRM row.
+    Partial {
+        errors: Vec<MappingError>,
+        marked: bool,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -382,6 +389,15 @@ impl fmt::Display for Failure {
             Failure::Store(e) => write!(f, "{e}"),
             Failure::Rule(s) => f.write_str(s),
             Failure::Again => f.write_str("the pair changed during the pass; not finished"),
+            Failure::Partial { errors, .. } => {
+                let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                write!(
+                    f,
+                    "{}; written without its currency and deal value until then (Partner \
+                     Center keeps both)",
+                    parts.join("; ")
+                )
+            }
         }
     }
 }
@@ -530,6 +546,10 @@ fn is_empty_value(v: Option<&FieldValue>) -> bool {
     }
 }
 
+/// What a currency the CRM lacks keeps from the CRM record: the currency, and the deal value
+/// (in another currency it would misstate the deal).
+const CURRENCY_FIELDS: [FieldId; 2] = [FieldId::Currency, FieldId::DealValue];
+
 /// What one pass writes to the CRM side.
 struct CrmWrite<'a> {
     /// The CRM side's row (`None`: create it by its alternate key).
@@ -542,6 +562,8 @@ struct CrmWrite<'a> {
     write_fields: bool,
     /// Whether the columns to write are only the referral's identity.
     identity_only: bool,
+    /// The outcome for the mark and the audit column (✖ for a record written in part).
+    outcome: SyncOutcome,
     /// The outcome text for the audit column.
     message: &'a str,
     /// What the CRM holds once written.
@@ -1139,7 +1161,24 @@ impl Engine {
                 pc_in.set_opt(*field, sides.pc.get(*field).cloned());
             }
         }
-        let merged = merge_sides(&sides.state(), &crm_in, &pc_in, map.ownership());
+        let mut merged = merge_sides(&sides.state(), &crm_in, &pc_in, map.ownership());
+        // A currency the CRM lacks: the row holds the CRM's default currency and no deal value,
+        // neither of them the seller's word on the deal, so the CRM's are held (not merged,
+        // never written to Partner Center) and the plan keeps Partner Center's.
+        let mut missing_currency = self
+            .missing_currency(&merged.merged, row.as_ref(), &raw_crm)
+            .await?;
+        if let Some(code) = missing_currency.clone() {
+            for field in CURRENCY_FIELDS {
+                crm_in.set_opt(field, sides.crm.get(field).cloned());
+            }
+            merged = merge_sides(&sides.state(), &crm_in, &pc_in, map.ownership());
+            if merged.merged.text(FieldId::Currency) != Some(code.as_str()) {
+                missing_currency = self
+                    .missing_currency(&merged.merged, row.as_ref(), &raw_crm)
+                    .await?;
+            }
+        }
         let mut target = merged.merged;
         // Help requested makes a referral visible to Microsoft sellers (Partner Center shares it):
         // the CRM shows it so rather than contradict Partner Center with an empty or "No" column.
@@ -1186,6 +1225,31 @@ impl Engine {
                 }
             }
         }
+        // Nor are they written to the CRM: a new record gets neither (the CRM gives it its
+        // default currency), an existing one keeps what it holds. The rest is written, with ✖
+        // and the text that says what to enable.
+        let partial: Option<Vec<MappingError>> = missing_currency
+            .filter(|c| crm_target.text(FieldId::Currency) == Some(c.as_str()))
+            .map(|code| {
+                for field in CURRENCY_FIELDS {
+                    crm_target.set_opt(
+                        field,
+                        row.as_ref().and_then(|_| raw_crm.get(field)).cloned(),
+                    );
+                }
+                vec![MappingError::new(
+                    FieldId::Currency.referral_path(),
+                    code,
+                    Rule::CurrencyNotEnabled,
+                )]
+            });
+        let partial_text = partial.as_ref().map(|errors| {
+            Failure::Partial {
+                errors: errors.clone(),
+                marked: false,
+            }
+            .to_string()
+        });
         let conflicts: Vec<String> = merged
             .conflicts
             .iter()
@@ -1227,7 +1291,10 @@ impl Engine {
         // ---- what the CRM lacks
         let creating = row.is_none();
         let current_kind = row.as_ref().map(|r| r.kind);
-        let payload = map.to_crm(&crm_target, &identity, current_kind)?;
+        let mut payload = map.to_crm(&crm_target, &identity, current_kind)?;
+        if partial.is_some() {
+            map.mark_payload(&mut payload, SyncOutcome::Failure);
+        }
         let row_status = row.as_ref().and_then(current_status);
         let needs_identity = row.as_ref().is_some_and(|r| {
             map.referral_id_of(r.kind, &r.records.primary).as_deref()
@@ -1277,6 +1344,7 @@ impl Engine {
                 planned.push("nothing to write".into());
             }
             planned.extend(notes.iter().cloned());
+            planned.extend(partial_text.iter().cloned());
             let mut o = Outcome::new(Action::Planned, planned.join("; "))
                 .referral(&link.referral_id)
                 .planning(writes);
@@ -1347,13 +1415,20 @@ impl Engine {
         }
 
         // ---- then the CRM
-        let message = if let Some(f) = &pc_refusal {
-            format!("Partner Center refuses the change: {f}")
-        } else if conflicts.is_empty() {
-            "synced".to_string()
-        } else {
-            format!("synced; conflicts resolved: {}", conflicts.join(", "))
+        let message = match (&pc_refusal, &partial_text) {
+            (Some(f), None) => format!("Partner Center refuses the change: {f}"),
+            (Some(f), Some(t)) => format!("Partner Center refuses the change: {f}; {t}"),
+            (None, Some(t)) => t.clone(),
+            (None, None) if conflicts.is_empty() => "synced".to_string(),
+            (None, None) => format!("synced; conflicts resolved: {}", conflicts.join(", ")),
         };
+        let outcome = if partial.is_some() {
+            SyncOutcome::Failure
+        } else {
+            SyncOutcome::Success
+        };
+        // Whether this pass wrote the outcome (mark and text) on the CRM row.
+        let mut crm_marked = false;
         let mut crm_written: Option<(RecordKind, String, Option<String>)> = None;
         if write_crm
             && !switched
@@ -1384,6 +1459,7 @@ impl Engine {
                         && !creating
                         && current_kind == Some(payload.kind)
                         && !differs_beyond_status(&crm_view, &raw_crm),
+                    outcome,
                     message: &message,
                     crm_view: &crm_view,
                 },
@@ -1396,6 +1472,17 @@ impl Engine {
                 self.count_synced(Direction::ToCrm);
             }
             now_sides.crm = crm_view.clone();
+            if partial.is_some() && crm_view.get(FieldId::Currency).is_none() {
+                // The CRM gave the row its default currency: what the row holds, not the
+                // seller's edit once the referral's currency is added.
+                if let Some(back) = inner.crm.read(written.0, &written.1).await? {
+                    let held = map.snapshot_from_crm(&back.records, Some(&crm_view))?;
+                    now_sides
+                        .crm
+                        .set_opt(FieldId::Currency, held.get(FieldId::Currency).cloned());
+                }
+            }
+            crm_marked = true;
             crm_written = Some(written);
         } else if !wrote.is_empty()
             && let Some(r) = &row
@@ -1403,19 +1490,15 @@ impl Engine {
         {
             // Only Partner Center changed: record the outcome on the open CRM row (mark and
             // audit text).
-            let columns = map.outcome_columns(
-                r.kind,
-                &r.records.primary,
-                SyncOutcome::Success,
-                &message,
-                now(),
-            );
+            let columns = map.outcome_columns(r.kind, &r.records.primary, outcome, &message, now());
             let etag = inner
                 .crm
                 .update_columns(r.kind, &r.id, &columns, None)
                 .await?;
             updated.crm_etag = etag;
+            crm_marked = true;
         } else if pc_refusal.is_none()
+            && partial.is_none()
             && let Some(r) = &row
             && row_status.is_none_or(|s| s.is_open())
             && self.mark_is_stale(r)
@@ -1453,7 +1536,7 @@ impl Engine {
         // ---- the pair as verified
         now_sides.target = target;
         now_sides.store_in(&mut updated);
-        updated.in_sync = pc_refusal.is_none();
+        updated.in_sync = pc_refusal.is_none() && partial.is_none();
         updated.crm_status_in_transit = false;
         updated.synced_at = now();
         let crm_entity = updated.crm_entity.clone();
@@ -1473,7 +1556,7 @@ impl Engine {
         } else {
             wrote.join("; ")
         };
-        for n in &notes {
+        for n in notes.iter().chain(&partial_text) {
             detail.push_str("; ");
             detail.push_str(n);
         }
@@ -1502,7 +1585,7 @@ impl Engine {
         // record's from before it was linked).
         let letters = [link.dead_letter_key(), format!("{crm_entity}:{crm_id}")];
         let mut heals = false;
-        if pc_refusal.is_none() {
+        if pc_refusal.is_none() && partial.is_none() {
             for key in &letters {
                 commit = commit.clear_dead_letter(key.clone());
             }
@@ -1519,6 +1602,12 @@ impl Engine {
         if let Some(f) = pc_refusal {
             return Err(f);
         }
+        if let Some(errors) = partial {
+            return Err(Failure::Partial {
+                errors,
+                marked: crm_marked,
+            });
+        }
         if action == Action::Unchanged && !writes_pending {
             inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
         }
@@ -1533,6 +1622,22 @@ impl Engine {
         }
         o.conflicts = conflicts;
         Ok(o)
+    }
+
+    /// The target's currency when the CRM lacks it (a row holding that currency has it).
+    async fn missing_currency(
+        &self,
+        target: &MappedSnapshot,
+        row: Option<&CrmRow>,
+        raw_crm: &MappedSnapshot,
+    ) -> Result<Option<String>, Failure> {
+        let Some(code) = target.text(FieldId::Currency) else {
+            return Ok(None);
+        };
+        if row.is_some() && raw_crm.text(FieldId::Currency) == Some(code) {
+            return Ok(None);
+        }
+        Ok((!self.inner.crm.has_currency(code).await?).then(|| code.to_string()))
     }
 
     /// The patch that takes the referral from what it holds to `target`, after the rules of
@@ -1603,6 +1708,7 @@ impl Engine {
             lead_to_close,
             write_fields,
             identity_only,
+            outcome,
             message,
             crm_view,
         } = w;
@@ -1637,8 +1743,7 @@ impl Engine {
                 Some(r) => &r.records.primary,
                 None => &payload.record,
             };
-            let mut extra =
-                map.outcome_columns(payload.kind, basis, SyncOutcome::Success, message, now());
+            let mut extra = map.outcome_columns(payload.kind, basis, outcome, message, now());
             // The payload carries the name with its mark already.
             extra.retain(|k, _| !payload.record.contains_key(k));
             let target = match &id {
@@ -1662,7 +1767,7 @@ impl Engine {
                     columns.extend(map.outcome_columns(
                         payload.kind,
                         basis,
-                        SyncOutcome::Success,
+                        outcome,
                         message,
                         now(),
                     ));
@@ -2058,9 +2163,12 @@ impl Engine {
             tracing::warn!(%key, error = %message, "sync failed");
         }
         // Mark the CRM row (✖ and the error in the audit column), once per distinct error: the
-        // mark is itself a change that comes back through the feed.
+        // mark is itself a change that comes back through the feed. A record written in part
+        // may carry it already.
+        let marked = matches!(failure, Failure::Partial { marked: true, .. });
         if let Some((kind, id)) = &crm
             && !repeated
+            && !marked
             && let Ok(Some(row)) = inner.crm.read(*kind, id).await
             && current_status(&row).is_none_or(|s| s.is_open())
         {

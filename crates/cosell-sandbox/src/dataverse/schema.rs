@@ -534,7 +534,8 @@ impl DataverseSchema {
     }
 
     /// The standard CRM tables the sync uses: `opportunity`, `lead`, `account`, `contact`,
-    /// `transactioncurrency` (seeded with common currencies, USD the base) and
+    /// `transactioncurrency` (seeded with common currencies, every one the Partner Center
+    /// generator emits among them, USD the base) and
     /// `opportunityclose`, without any co-sell customisation.
     pub fn standard() -> Self {
         let address = |t: TableDef| {
@@ -675,6 +676,12 @@ impl DataverseSchema {
             ("INR", "Indian Rupee", "₹", 83.0, 2),
             ("BRL", "Brazilian Real", "R$", 5.0, 2),
             ("CNY", "Yuan Renminbi", "¥", 7.2, 2),
+            // Every currency the Partner Center generator emits is here, so generated
+            // referrals sync cleanly (a missing one is a test's own choice: NOK, PLN, …).
+            ("SEK", "Swedish Krona", "kr", 10.5, 2),
+            ("SGD", "Singapore Dollar", "S$", 1.35, 2),
+            ("ZAR", "Rand", "R", 18.5, 2),
+            ("MXN", "Mexican Peso", "$", 17.0, 2),
         ]
         .into_iter()
         .map(|(iso, name, symbol, rate, precision)| SeedCurrency {

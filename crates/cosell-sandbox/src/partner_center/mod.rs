@@ -651,7 +651,9 @@ impl PartnerCenterEmulator {
     }
 
     /// Adds `n` generated referrals of ours (mixed directions, statuses, countries, currencies,
-    /// deal values; created over the past months, in creation order) from the seeded generator.
+    /// deal values) from the seeded generator: created over the past ten days in creation
+    /// order, each updated within the minute before the call, so a running service's next
+    /// reconcile lists them (its window starts at its checkpoint minus a five-minute overlap).
     /// Seeding fires no webhooks. Returns their ids.
     pub fn seed_referrals(&self, n: usize) -> Vec<String> {
         seed::seed(self, n)

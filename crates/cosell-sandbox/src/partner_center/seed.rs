@@ -304,11 +304,22 @@ pub(crate) fn make_incoming(body: &mut Map<String, Value>, now: chrono::DateTime
     }
 }
 
-/// Seeds `n` referrals of ours without firing webhooks.
+/// How far back seeded referrals were created: less than [`PENDING_EXPIRY_DAYS`], so the
+/// seeded pending referrals are still pending.
+const SEED_CREATED_DAYS: i64 = 10;
+/// Seeded referrals were last updated within this many milliseconds before the seeding: less
+/// than a reconcile's default overlap (5 minutes), so a running service's next reconcile lists
+/// them whatever its checkpoint.
+const SEED_UPDATED_MS: i64 = 60_000;
+
+/// Seeds `n` referrals of ours without firing webhooks: created over the past
+/// [`SEED_CREATED_DAYS`] days (in creation order, the newest an hour ago), each updated in the
+/// last minute.
 pub(crate) fn seed(pc: &PartnerCenterEmulator, n: usize) -> Vec<String> {
     let mut s = pc.lock();
     let now = Utc::now();
-    let span_ms: i64 = 180 * 24 * 3600 * 1000;
+    let newest = now - Duration::hours(1);
+    let span_ms: i64 = (SEED_CREATED_DAYS * 24 - 1) * 3600 * 1000;
     let step = span_ms / i64::try_from(n.max(1)).unwrap_or(1);
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
@@ -318,10 +329,9 @@ pub(crate) fn seed(pc: &PartnerCenterEmulator, n: usize) -> Vec<String> {
         };
         let offset = span_ms - step * i64::try_from(i).unwrap_or(0);
         let jitter = s.rng.random_range(0..step.max(2) / 2);
-        let created = now - Duration::milliseconds(offset - jitter)
+        let created = newest - Duration::milliseconds(offset - jitter)
             + Duration::nanoseconds(i64::try_from(i % 10_000).unwrap_or(0) * 100);
-        let updated =
-            created + Duration::milliseconds(s.rng.random_range(0..(offset - jitter).max(2) / 2));
+        let updated = now - Duration::milliseconds(s.rng.random_range(0..SEED_UPDATED_MS));
         stamp_new(pc, &mut s, &mut body, created);
         ours(&mut body);
         let roll: u32 = s.rng.random_range(0..100);
@@ -392,6 +402,42 @@ mod tests {
             .unwrap();
         assert!(sol.starts_with("SOL-") && sol.len() == 13, "{sol}");
         assert!(msx_id(&mut a).starts_with("7-"));
+    }
+
+    #[test]
+    fn the_sandbox_crm_has_every_currency_the_generator_emits() {
+        let crm = crate::dataverse::DataverseSchema::standard();
+        for place in PLACES {
+            assert!(
+                crm.currencies().iter().any(|c| c.iso_code == place.4),
+                "{} is not a sandbox CRM currency",
+                place.4
+            );
+        }
+    }
+
+    #[test]
+    fn seeded_referrals_are_recent_enough_for_a_running_service() {
+        let sandbox = crate::Sandbox::builder().start_in_process().unwrap();
+        let pc = sandbox.partner_center();
+        let before = Utc::now();
+        pc.seed_referrals(50);
+        let after = Utc::now();
+        let time = |r: &Value, k: &str| {
+            chrono::DateTime::parse_from_rfc3339(r[k].as_str().unwrap())
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        for r in pc.referrals() {
+            let (created, updated) = (time(&r, "createdDateTime"), time(&r, "updatedDateTime"));
+            assert!(
+                created >= before - Duration::days(SEED_CREATED_DAYS),
+                "{created}"
+            );
+            assert!(created <= updated, "{created} {updated}");
+            assert!(updated >= before - Duration::milliseconds(SEED_UPDATED_MS));
+            assert!(updated <= after);
+        }
     }
 
     #[test]
