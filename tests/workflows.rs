@@ -844,6 +844,79 @@ async fn an_incoming_referral_expiring_disqualifies_its_lead_and_says_so() {
     assert_eq!(h.writes(), before, "a settled pair writes nothing");
 }
 
+/// The referral's visibility as Partner Center holds it. A private deal (no help, not shared) is
+/// shared with Microsoft sellers in Partner Center: the CRM shows it visible. The seller then
+/// sets "not visible" in the CRM: visibility cannot be withdrawn once granted, so Partner Center
+/// keeps sharing it, and the CRM is put back to visible instead of contradicting Partner Center
+/// (with a refusal retried on every pass); its audit column and the engine's audit trail say
+/// why.
+#[tokio::test]
+async fn the_crm_shows_the_visibility_partner_center_holds() {
+    let h = Harness::start().await;
+    let opp = h.s.seed_co_sell_opportunity("Private Deal").unwrap();
+    let dv = h.s.sandbox.dataverse();
+    dv.update_as_user(
+        "opportunity",
+        opp,
+        json!({"cosell_visibletomicrosoft": false, "cosell_helprequired": 100000000}),
+    )
+    .unwrap();
+    h.service_round().await;
+    let id = h.referral_of(opp);
+    h.service_round().await;
+    let shared = |h: &Harness| {
+        h.referral(&id)["consent"]["consentToShareReferralWithMicrosoftSellers"].clone()
+    };
+    assert_eq!(shared(&h), json!(false), "a private deal");
+
+    // Shared with Microsoft sellers in Partner Center.
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace",
+                    "path": "/consent/consentToShareReferralWithMicrosoftSellers",
+                    "value": true}]),
+        )
+        .unwrap();
+    h.service_round().await;
+    assert_eq!(h.opportunity(opp)["cosell_visibletomicrosoft"], json!(true));
+
+    // The seller tries to take it back.
+    dv.update_as_user(
+        "opportunity",
+        opp,
+        json!({"cosell_visibletomicrosoft": false}),
+    )
+    .unwrap();
+    h.service_round().await;
+    h.service_round().await;
+
+    assert_eq!(shared(&h), json!(true), "Partner Center keeps sharing it");
+    let row = h.opportunity(opp);
+    assert_eq!(
+        row["cosell_visibletomicrosoft"],
+        json!(true),
+        "the CRM shows it shared"
+    );
+    let why = "visibility to Microsoft sellers cannot be withdrawn once granted";
+    assert_eq!(
+        Harness::audit_lines(&row, why).len(),
+        1,
+        "{}",
+        row["cosell_audit"]
+    );
+    assert!(!row["cosell_audit"].as_str().unwrap().contains("error"));
+    assert!(name_starts_with_check(&row));
+    let audit = h.audit_of(&id).await;
+    assert!(audit.iter().any(|e| e.message.contains(why)), "{audit:#?}");
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before, "a settled pair writes nothing");
+}
+
 fn name_starts_with_check(row: &Value) -> bool {
     row["name"].as_str().is_some_and(|n| n.starts_with('✔'))
 }

@@ -1159,6 +1159,28 @@ impl Engine {
         if target.is_co_sell() {
             target.set(FieldId::VisibleToMicrosoft, FieldValue::Bool(true));
         }
+        // Visibility is one-way (DESIGN §4): once Partner Center shares the referral, the CRM
+        // shows it shared. A seller's "No" cannot be written to Partner Center, so the CRM is put
+        // back and the audit says why (rather than leave the CRM saying "not visible" while the
+        // referral is shared, with a refusal retried forever).
+        let visible = Some(&FieldValue::Bool(true));
+        if raw_pc.get(FieldId::VisibleToMicrosoft) == visible
+            && target.get(FieldId::VisibleToMicrosoft) != visible
+        {
+            if row
+                .as_ref()
+                .is_some_and(|r| r.kind == RecordKind::Opportunity)
+                && raw_crm.get(FieldId::VisibleToMicrosoft)
+                    != sides.crm.get(FieldId::VisibleToMicrosoft)
+            {
+                notes.push(
+                    "not written to Partner Center: visibility to Microsoft sellers cannot be \
+                     withdrawn once granted"
+                        .to_string(),
+                );
+            }
+            target.set(FieldId::VisibleToMicrosoft, FieldValue::Bool(true));
+        }
         // An opportunity never goes back to being a lead.
         let crm_kind_now = row
             .as_ref()
