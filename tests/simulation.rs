@@ -53,6 +53,8 @@ const REGRESSION_SEEDS: &[u64] = &[
     973,  // our conversion's answer lost: its opportunity read as the seller's acceptance
     4619, // a seller's Lost on the opportunity taken for our interim state (only an open one is)
     7349, // a reconcile's listed copy, older than our own later write, read as Microsoft's edit
+    // Found with Microsoft's decisions told in the CRM (invariant g):
+    37, // Microsoft's decline drained before our referral's create: the decision was dropped
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1021,3 +1021,468 @@ async fn seeded_referrals_reach_a_running_service_and_sync_cleanly() {
     let letters = h.s.store.dead_letters().await.unwrap();
     assert!(letters.is_empty(), "{letters:#?}");
 }
+
+// ================================================================================================
+// Issue 10, item 3: Microsoft's decisions show in the CRM.
+//
+// Microsoft's side of a co-sell the partner shared is Microsoft's own referral in the same
+// engagement (a related referral: `related-referral-*` webhooks); a status Microsoft sets on
+// the partner's referral itself comes as `referral-updated`. Either way the CRM record shows
+// it: the status the status map gives (DESIGN §6), a line in the record's audit column and an
+// entry in the engine's audit trail.
+// ================================================================================================
+
+impl Harness {
+    /// A harness whose map also writes the lead's audit column (`columns.lead.audit`; the
+    /// default lead schema of DESIGN §6 has none).
+    async fn start_with_lead_audit() -> Harness {
+        let map = cosell::mapping::FieldMap::from_toml(
+            r#"
+[columns.lead]
+audit = "cosell_audit"
+"#,
+        )
+        .unwrap();
+        let s = Sandboxed::builder()
+            .field_map(map)
+            .retry(
+                RetryPolicy::default()
+                    .with_initial_delay(Duration::from_millis(10))
+                    .with_max_attempts(3),
+            )
+            .start()
+            .await
+            .unwrap();
+        Harness { s }
+    }
+
+    /// A co-sell opportunity the seller shared, synced and settled: (opportunity, referral).
+    async fn shared_co_sell(&self, name: &str) -> (Uuid, String) {
+        let opp = self.s.seed_co_sell_opportunity(name).unwrap();
+        self.service_round().await;
+        let referral = self.referral_of(opp);
+        self.service_round().await;
+        (opp, referral)
+    }
+
+    fn status(&self, id: &str) -> (String, String) {
+        let r = self.referral(id);
+        (
+            r["status"].as_str().unwrap_or_default().to_string(),
+            r["substatus"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// The engine's audit trail of a referral.
+    async fn audit_of(&self, referral: &str) -> Vec<cosell::sync::store::AuditEntry> {
+        self.s
+            .store
+            .audit(&AuditQuery {
+                referral_id: Some(referral.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    }
+
+    /// The lines of a CRM row's audit column that contain `needle`.
+    fn audit_lines(row: &Value, needle: &str) -> Vec<String> {
+        row["cosell_audit"]
+            .as_str()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn state(a: &str, b: &str) -> (String, String) {
+    (a.to_string(), b.to_string())
+}
+
+/// Microsoft declines the co-sell the seller shared: Microsoft's referral in the engagement is
+/// Closed/Declined, the partner's own referral stays Active/Accepted (the deal goes on without
+/// Microsoft). The opportunity stays open and its audit column, like the engine's audit trail,
+/// says that Microsoft declined, naming the engagement and Microsoft's referral. Said once: the
+/// next rounds write nothing.
+#[tokio::test]
+async fn microsoft_declining_a_co_sell_shows_on_the_opportunity() {
+    let h = Harness::start().await;
+    let (opp, id) = h.shared_co_sell("Declined Co-sell Deal").await;
+    let engagement = h.referral(&id)["engagementId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let theirs = h.s.sandbox.partner_center().microsoft_decline(&id).unwrap();
+    let theirs = theirs["id"].as_str().unwrap().to_string();
+    h.service_round().await;
+
+    // Partner Center: Microsoft's referral declined, ours untouched.
+    assert_eq!(h.status(&theirs), state("Closed", "Declined"));
+    assert_eq!(h.referral(&theirs)["engagementId"], json!(engagement));
+    assert_eq!(h.status(&id), state("Active", "Accepted"));
+    // The CRM: the deal is still open, and says what Microsoft decided.
+    let row = h.opportunity(opp);
+    assert_eq!(row["statecode"], json!(0), "the deal goes on");
+    let lines = Harness::audit_lines(&row, "Microsoft declined the co-sell");
+    assert_eq!(lines.len(), 1, "{}", row["cosell_audit"]);
+    assert!(
+        lines[0].contains(&engagement) && lines[0].contains(&theirs),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("Closed/Declined"), "{lines:?}");
+    let audit = h.audit_of(&id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.message.contains("Microsoft declined the co-sell")
+                && e.message.contains(&theirs)
+                && e.crm_id.as_deref() == Some(opp.to_string().as_str())),
+        "{audit:#?}"
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+
+    // Settled: the decision is not written again.
+    let before = h.writes();
+    h.service_round().await;
+    h.service_round().await;
+    assert_eq!(h.writes(), before, "a settled pair writes nothing");
+    let row = h.opportunity(opp);
+    assert_eq!(
+        Harness::audit_lines(&row, "Microsoft declined the co-sell").len(),
+        1
+    );
+}
+
+/// Microsoft accepts the co-sell, edits its own referral (nothing to tell the seller), then
+/// withdraws: its referral closes while the partner's stays Active/Accepted. The opportunity
+/// keeps Microsoft's CRM id, stays open, and its audit column says Microsoft accepted and then
+/// withdrew, once each.
+#[tokio::test]
+async fn microsoft_withdrawing_from_a_co_sell_shows_on_the_opportunity() {
+    let h = Harness::start().await;
+    let (opp, id) = h.shared_co_sell("Withdrawn Co-sell Deal").await;
+    let pc = h.s.sandbox.partner_center();
+    let theirs = pc.microsoft_accept(&id).unwrap();
+    let theirs = theirs["id"].as_str().unwrap().to_string();
+    h.service_round().await;
+    let msx = h.referral(&id)["trackingInfo"]["microsoftMsxId"].clone();
+    assert!(msx.is_string());
+    let row = h.opportunity(opp);
+    assert_eq!(row["cosell_microsoftcrmid"], msx);
+    assert_eq!(
+        Harness::audit_lines(&row, "Microsoft accepted the co-sell").len(),
+        1,
+        "{}",
+        row["cosell_audit"]
+    );
+
+    // An edit of Microsoft's own referral that decides nothing.
+    pc.update_as_microsoft(
+        &theirs,
+        json!([{"op": "replace", "path": "/details/notes", "value": "Microsoft's seller notes."}]),
+    )
+    .unwrap();
+    h.service_round().await;
+    // Microsoft withdraws.
+    pc.update_as_microsoft(
+        &theirs,
+        json!([
+            {"op": "replace", "path": "/status", "value": "Closed"},
+            {"op": "replace", "path": "/substatus", "value": "Lost"},
+            {"op": "replace", "path": "/statusReason", "value": "No Microsoft capacity."}
+        ]),
+    )
+    .unwrap();
+    h.service_round().await;
+
+    assert_eq!(h.status(&theirs), state("Closed", "Lost"));
+    assert_eq!(h.status(&id), state("Active", "Accepted"));
+    let row = h.opportunity(opp);
+    assert_eq!(row["statecode"], json!(0), "the deal goes on");
+    assert_eq!(row["cosell_microsoftcrmid"], msx);
+    let accepted = Harness::audit_lines(&row, "Microsoft accepted the co-sell");
+    let withdrew = Harness::audit_lines(&row, "Microsoft withdrew from the co-sell");
+    assert_eq!(accepted.len(), 1, "{}", row["cosell_audit"]);
+    assert_eq!(withdrew.len(), 1, "{}", row["cosell_audit"]);
+    assert!(
+        withdrew[0].contains(&theirs)
+            && withdrew[0].contains("Closed/Lost")
+            && withdrew[0].contains("No Microsoft capacity."),
+        "{withdrew:?}"
+    );
+    let audit = h.audit_of(&id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.message.contains("Microsoft withdrew from the co-sell")),
+        "{audit:#?}"
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before, "a settled pair writes nothing");
+}
+
+/// Microsoft closes the partner's own co-sell referral as Declined (with a reason). The status
+/// map loses the opportunity as cancelled; its audit column and the engine's audit trail say
+/// the referral was declined in Partner Center, from which state, and why.
+#[tokio::test]
+async fn microsoft_declining_the_referral_loses_the_opportunity_as_cancelled_and_says_why() {
+    let h = Harness::start().await;
+    let (opp, id) = h.shared_co_sell("Referral Declined Deal").await;
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([
+                {"op": "replace", "path": "/status", "value": "Closed"},
+                {"op": "replace", "path": "/substatus", "value": "Declined"},
+                {"op": "replace", "path": "/statusReason", "value": "Duplicate of another deal."}
+            ]),
+        )
+        .unwrap();
+    h.service_round().await;
+
+    assert_eq!(h.status(&id), state("Closed", "Declined"));
+    let row = h.opportunity(opp);
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone()),
+        (json!(2), json!(4)),
+        "lost as cancelled"
+    );
+    let lines = Harness::audit_lines(&row, "declined in Partner Center");
+    assert_eq!(lines.len(), 1, "{}", row["cosell_audit"]);
+    assert!(
+        lines[0].contains("Closed/Declined")
+            && lines[0].contains("Active/Accepted")
+            && lines[0].contains("Duplicate of another deal."),
+        "{lines:?}"
+    );
+    let audit = h.audit_of(&id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.message.contains("declined in Partner Center")),
+        "{audit:#?}"
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before, "a settled pair writes nothing");
+}
+
+/// An incoming referral nobody answered expires in Partner Center (Closed/Expired). The status
+/// map disqualifies its lead with the Expired status reason; the lead's audit column (when the
+/// map has one) and the engine's audit trail say it expired.
+#[tokio::test]
+async fn an_incoming_referral_expiring_disqualifies_its_lead_and_says_so() {
+    let h = Harness::start_with_lead_audit().await;
+    let incoming =
+        h.s.sandbox
+            .partner_center()
+            .create_incoming_referral(
+                json!({"name": "Unanswered Lead", "details": {"currency": "USD"}}),
+            )
+            .unwrap();
+    let id = incoming["id"].as_str().unwrap().to_string();
+    h.service_round().await;
+    let expired = h.s.sandbox.partner_center().expire_pending();
+    assert!(expired.contains(&id));
+    h.service_round().await;
+
+    assert_eq!(h.status(&id), state("Closed", "Expired"));
+    let lead =
+        h.s.sandbox
+            .dataverse()
+            .query("lead", &format!("cosell_referralid eq '{id}'"))
+            .unwrap()
+            .pop()
+            .expect("the lead");
+    assert_eq!(
+        (lead["statecode"].clone(), lead["statuscode"].clone()),
+        (json!(2), json!(7)),
+        "disqualified as expired"
+    );
+    let lines = Harness::audit_lines(&lead, "expired in Partner Center");
+    assert_eq!(lines.len(), 1, "{}", lead["cosell_audit"]);
+    assert!(
+        lines[0].contains("Closed/Expired") && lines[0].contains("New/Pending"),
+        "{lines:?}"
+    );
+    let audit = h.audit_of(&id).await;
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.message.contains("expired in Partner Center")),
+        "{audit:#?}"
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before, "a settled pair writes nothing");
+}
+
+/// The referral's visibility as Partner Center holds it. A private deal (no help, not shared) is
+/// shared with Microsoft sellers in Partner Center: the CRM shows it visible. The seller then
+/// sets "not visible" in the CRM: visibility cannot be withdrawn once granted, so Partner Center
+/// keeps sharing it, and the CRM is put back to visible instead of contradicting Partner Center
+/// (with a refusal retried on every pass); its audit column and the engine's audit trail say
+/// why.
+#[tokio::test]
+async fn the_crm_shows_the_visibility_partner_center_holds() {
+    let h = Harness::start().await;
+    let opp = h.s.seed_co_sell_opportunity("Private Deal").unwrap();
+    let dv = h.s.sandbox.dataverse();
+    dv.update_as_user(
+        "opportunity",
+        opp,
+        json!({"cosell_visibletomicrosoft": false, "cosell_helprequired": 100000000}),
+    )
+    .unwrap();
+    h.service_round().await;
+    let id = h.referral_of(opp);
+    h.service_round().await;
+    let shared = |h: &Harness| {
+        h.referral(&id)["consent"]["consentToShareReferralWithMicrosoftSellers"].clone()
+    };
+    assert_eq!(shared(&h), json!(false), "a private deal");
+
+    // Shared with Microsoft sellers in Partner Center.
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace",
+                    "path": "/consent/consentToShareReferralWithMicrosoftSellers",
+                    "value": true}]),
+        )
+        .unwrap();
+    h.service_round().await;
+    assert_eq!(h.opportunity(opp)["cosell_visibletomicrosoft"], json!(true));
+
+    // The seller tries to take it back.
+    dv.update_as_user(
+        "opportunity",
+        opp,
+        json!({"cosell_visibletomicrosoft": false}),
+    )
+    .unwrap();
+    h.service_round().await;
+    h.service_round().await;
+
+    assert_eq!(shared(&h), json!(true), "Partner Center keeps sharing it");
+    let row = h.opportunity(opp);
+    assert_eq!(
+        row["cosell_visibletomicrosoft"],
+        json!(true),
+        "the CRM shows it shared"
+    );
+    let why = "visibility to Microsoft sellers cannot be withdrawn once granted";
+    assert_eq!(
+        Harness::audit_lines(&row, why).len(),
+        1,
+        "{}",
+        row["cosell_audit"]
+    );
+    assert!(!row["cosell_audit"].as_str().unwrap().contains("error"));
+    assert!(name_starts_with_check(&row));
+    let audit = h.audit_of(&id).await;
+    assert!(audit.iter().any(|e| e.message.contains(why)), "{audit:#?}");
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before, "a settled pair writes nothing");
+}
+
+fn name_starts_with_check(row: &Value) -> bool {
+    row["name"].as_str().is_some_and(|n| n.starts_with('✔'))
+}
+
+/// Microsoft declines while the CRM refuses writes: the decision is dead-lettered under
+/// Microsoft's referral (the webhook hint is consumed) and written by the service's replay once
+/// the CRM is back, once.
+#[tokio::test]
+async fn microsofts_decision_met_by_a_crm_outage_is_written_once_the_crm_is_back() {
+    let h = Harness::start().await;
+    let (opp, id) = h.shared_co_sell("Outage Declined Deal").await;
+    h.s.sandbox.faults().inject(
+        Service::Dataverse,
+        cosell::sandbox::Fault::status(503)
+            .on_method(Method::PATCH)
+            .on_path("opportunities("),
+    );
+    let theirs = h.s.sandbox.partner_center().microsoft_decline(&id).unwrap();
+    let theirs = theirs["id"].as_str().unwrap().to_string();
+    h.settled().await;
+    h.s.engine.drain_inbox().await.unwrap();
+    assert!(
+        h.s.sandbox.faults().injected() > 0,
+        "the CRM refused the write"
+    );
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(
+        letters.iter().any(|d| d.key == format!("related:{theirs}")),
+        "{letters:#?}"
+    );
+    assert!(h.s.store.pending_hints(100).await.unwrap().is_empty());
+    h.s.sandbox.faults().clear();
+
+    h.service_round().await;
+    h.service_round().await;
+    let row = h.opportunity(opp);
+    assert_eq!(
+        Harness::audit_lines(&row, "Microsoft declined the co-sell").len(),
+        1,
+        "{}",
+        row["cosell_audit"]
+    );
+    assert!(name_starts_with_check(&row), "{}", row["name"]);
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+    assert_eq!(h.status(&id), state("Active", "Accepted"));
+}
+
+/// Microsoft's answer can arrive before the referral it answers is in the CRM: here the
+/// webhook of Microsoft's co-sell referral is lost, and Microsoft declines before the service
+/// ran. The decision waits (under Microsoft's referral) until the reconcile has brought the
+/// referral in as a lead, then the lead's audit column and the audit trail tell it, once.
+#[tokio::test]
+async fn microsofts_decision_before_its_referral_reached_the_crm_is_told_once_it_has() {
+    let h = Harness::start_with_lead_audit().await;
+    let pc = h.s.sandbox.partner_center();
+    pc.drop_next_deliveries(1);
+    let incoming = pc
+        .create_incoming_referral(json!({"name": "Early Answer", "details": {"currency": "USD"}}))
+        .unwrap();
+    let id = incoming["id"].as_str().unwrap().to_string();
+    let theirs = pc.microsoft_decline(&id).unwrap();
+    let theirs = theirs["id"].as_str().unwrap().to_string();
+    h.service_round().await;
+
+    let lead =
+        h.s.sandbox
+            .dataverse()
+            .query("lead", &format!("cosell_referralid eq '{id}'"))
+            .unwrap()
+            .pop()
+            .expect("the reconcile brought the referral in");
+    let lines = Harness::audit_lines(&lead, "Microsoft declined the co-sell");
+    assert_eq!(lines.len(), 1, "{}", lead["cosell_audit"]);
+    assert!(lines[0].contains(&theirs), "{lines:?}");
+    let told = h
+        .audit_of(&id)
+        .await
+        .into_iter()
+        .filter(|e| e.message.contains("Microsoft declined the co-sell"))
+        .count();
+    assert_eq!(told, 1);
+    let letters = h.s.store.dead_letters().await.unwrap();
+    assert!(letters.is_empty(), "{letters:#?}");
+    let before = h.writes();
+    h.service_round().await;
+    assert_eq!(h.writes(), before, "a settled pair writes nothing");
+}

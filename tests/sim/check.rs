@@ -18,7 +18,7 @@ use super::workload::Sim;
 #[derive(Debug, Clone)]
 pub(crate) struct Violation {
     /// `a-no-duplicates`, `b-linked`, `c-fields-agree`, `d-last-write-survives`,
-    /// `e-dead-letters`, `f-idle-round`, `quiescence`.
+    /// `e-dead-letters`, `f-idle-round`, `g-decisions-told`, `quiescence`.
     pub(crate) invariant: &'static str,
     /// The pair concerned (index into the seed's pairs).
     pub(crate) pair: Option<usize>,
@@ -86,6 +86,7 @@ pub(crate) async fn check(sim: &Sim, quiet: bool, idle_writes: &[String]) -> Vec
     fields_agree(sim, &found, &mut out).await;
     last_writes_survive(sim, &found, &mut out);
     dead_letters(sim, &found, &mut out).await;
+    decisions_told(sim, &found, &mut out).await;
     if !idle_writes.is_empty() {
         out.push(v(
             "f-idle-round",
@@ -468,6 +469,44 @@ fn crm_status(rec: &super::pairs::CrmRecord, referral: &serde_json::Value) -> Op
     let map = FieldMap::default();
     let state = map.config().status.referral_state(crm, Some(&prev)).ok()?;
     Some(format!("{}/{}", state.status, state.substatus))
+}
+
+/// (g) Microsoft's answer to a co-sell is told once in the engine's audit trail of the pair's
+/// referral, naming Microsoft's referral. Cannot see: an answer whose webhook was lost (related
+/// referrals are listed only per engagement, so the reconcile does not find them; skipped), nor
+/// the line in the CRM record's audit column (a crash between that write and the audit commit
+/// may repeat it there).
+async fn decisions_told(sim: &Sim, found: &[Found], out: &mut Vec<Violation>) {
+    use cosell::sync::store::AuditQuery;
+    for d in sim.history.decisions().into_iter().filter(|d| d.delivered) {
+        let Some(referral) = found[d.pair].referral().and_then(|r| r["id"].as_str()) else {
+            continue;
+        };
+        let audit = sim
+            .world
+            .store
+            .audit(&AuditQuery {
+                referral_id: Some(referral.to_string()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_default();
+        let wanted = format!("Microsoft {} the co-sell", d.verb);
+        let told = audit
+            .iter()
+            .filter(|e| e.message.contains(&wanted) && e.message.contains(&d.theirs))
+            .count();
+        if told != 1 {
+            out.push(v(
+                "g-decisions-told",
+                Some(d.pair),
+                format!(
+                    "\"{wanted}\" (Microsoft's referral {}) told {told} times in the audit trail",
+                    d.theirs
+                ),
+            ));
+        }
+    }
 }
 
 /// (e) Nothing dead-lettered but the deliberately invalid records (and each of those is), and

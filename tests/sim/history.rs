@@ -59,12 +59,25 @@ pub(crate) struct Agreement {
     pub(crate) value: String,
 }
 
+/// Microsoft answering a pair's co-sell on its own referral in the engagement.
+#[derive(Debug, Clone)]
+pub(crate) struct Decision {
+    pub(crate) pair: usize,
+    /// Microsoft's referral.
+    pub(crate) theirs: String,
+    /// `accepted` or `declined`.
+    pub(crate) verb: &'static str,
+    /// Whether its `related-referral-created` webhook reached the inbox (not lost).
+    pub(crate) delivered: bool,
+}
+
 #[derive(Debug, Default)]
 struct HistoryInner {
     clock: u64,
     step: usize,
     writes: Vec<Write>,
     agreements: Vec<Agreement>,
+    decisions: Vec<Decision>,
     events: Vec<String>,
 }
 
@@ -139,6 +152,14 @@ impl History {
                 value,
             });
         }
+    }
+
+    pub(crate) fn decision(&self, decision: Decision) {
+        self.lock().decisions.push(decision);
+    }
+
+    pub(crate) fn decisions(&self) -> Vec<Decision> {
+        self.lock().decisions.clone()
     }
 
     pub(crate) fn writes(&self) -> Vec<Write> {

@@ -16,7 +16,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::crash::CrashPoint;
-use super::history::{Field, History, Side};
+use super::history::{Decision, Field, History, Side};
 use super::pairs::{Found, Pair, crm_value, find, money, pc_value, uuid_of};
 use super::world::{FaultProfile, World};
 
@@ -253,11 +253,14 @@ impl Sim {
     // ------------------------------------------------------------------ hints
 
     /// A webhook for `referral_id`: delivered, delivered twice, held back (reordered) or lost.
-    async fn deliver_hint(&mut self, referral_id: String, event: &'static str) {
+    /// Whether the hint reaches the inbox (now, or later if held): false when it is lost.
+    async fn deliver_hint(&mut self, referral_id: String, event: &'static str) -> bool {
         match self.rng.random_range(0..100) {
-            0..10 => self
-                .history
-                .event(format!("hint {event} {referral_id}: lost")),
+            0..10 => {
+                self.history
+                    .event(format!("hint {event} {referral_id}: lost"));
+                return false;
+            }
             10..25 => self.held_hints.push((referral_id, event)),
             25..35 => {
                 let fresh = self.rng.random_bool(0.5);
@@ -266,6 +269,7 @@ impl Sim {
             }
             _ => self.push_hint(&referral_id, event, true).await,
         }
+        true
     }
 
     async fn push_hint(&mut self, referral_id: &str, event: &'static str, fresh_hash: bool) {
@@ -417,8 +421,15 @@ impl Sim {
             self.deliver_hint(id.to_string(), "referral-updated").await;
         }
         if let Some(t) = theirs["id"].as_str() {
-            self.deliver_hint(t.to_string(), "related-referral-created")
+            let delivered = self
+                .deliver_hint(t.to_string(), "related-referral-created")
                 .await;
+            self.history.decision(Decision {
+                pair: i,
+                theirs: t.to_string(),
+                verb: if accept { "accepted" } else { "declined" },
+                delivered,
+            });
         }
     }
 

@@ -54,6 +54,8 @@ use crate::store::{
     StateStore, StoreError,
 };
 
+mod decisions;
+
 /// Checkpoint holding the `updatedDateTime` the Partner Center reconcile has covered.
 pub const RECONCILE_CHECKPOINT: &str = "pc.reconcile";
 
@@ -367,8 +369,9 @@ enum Failure {
     Remote(RemoteError),
     Store(StoreError),
     Rule(String),
-    /// The pair moved on under the pass (a lead became an opportunity): run it again now.
-    Again,
+    /// The pair moved on under the pass (a lead became an opportunity): run it again now,
+    /// saying what the interrupted pass had to say (its audit notes).
+    Again(Vec<String>),
     /// The CRM record was written with everything it can hold; these fields it cannot (a
     /// currency it lacks), and Partner Center keeps them. `marked`: the pass already wrote ✖
     /// and this text on the CRM row.
@@ -388,7 +391,7 @@ impl fmt::Display for Failure {
             Failure::Remote(e) => write!(f, "{e}"),
             Failure::Store(e) => write!(f, "{e}"),
             Failure::Rule(s) => f.write_str(s),
-            Failure::Again => f.write_str("the pair changed during the pass; not finished"),
+            Failure::Again(_) => f.write_str("the pair changed during the pass; not finished"),
             Failure::Partial { errors, .. } => {
                 let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 write!(
@@ -932,6 +935,8 @@ impl Engine {
     ) -> Result<Outcome, Failure> {
         let mut referral = referral;
         let mut attempt = 0;
+        // Notes of a pass cut short by the pair moving on, said by the pass that finishes.
+        let mut carried: Vec<String> = Vec::new();
         loop {
             let link_now = self
                 .inner
@@ -939,7 +944,7 @@ impl Engine {
                 .link_by_referral(&link.referral_id)
                 .await?
                 .unwrap_or_else(|| link.clone());
-            match Box::pin(self.reconcile_once(&link_now, referral.take())).await {
+            match Box::pin(self.reconcile_once(&link_now, referral.take(), &carried)).await {
                 Err(Failure::Remote(e))
                     if e.kind() == RemoteErrorKind::PreconditionFailed
                         && attempt < self.inner.config.max_precondition_retries =>
@@ -947,8 +952,15 @@ impl Engine {
                     attempt += 1;
                     tracing::debug!(attempt, "concurrent edit (412); re-reading both sides");
                 }
-                Err(Failure::Again) if attempt < self.inner.config.max_precondition_retries => {
+                Err(Failure::Again(notes))
+                    if attempt < self.inner.config.max_precondition_retries =>
+                {
                     attempt += 1;
+                    for note in notes {
+                        if !carried.contains(&note) {
+                            carried.push(note);
+                        }
+                    }
                 }
                 other => return other,
             }
@@ -1077,6 +1089,7 @@ impl Engine {
         &self,
         link: &Link,
         referral: Option<Referral>,
+        carried: &[String],
     ) -> Result<Outcome, Failure> {
         let inner = &self.inner;
         let map = &inner.map;
@@ -1180,9 +1193,34 @@ impl Engine {
             }
         }
         let mut target = merged.merged;
+        // What the pass has to say beyond its writes (the audit trail and, when the CRM row is
+        // written, its audit column).
+        let mut notes: Vec<String> = carried.to_vec();
         // Help requested makes a referral visible to Microsoft sellers (Partner Center shares it):
         // the CRM shows it so rather than contradict Partner Center with an empty or "No" column.
         if target.is_co_sell() {
+            target.set(FieldId::VisibleToMicrosoft, FieldValue::Bool(true));
+        }
+        // Visibility is one-way (DESIGN §4): once Partner Center shares the referral, the CRM
+        // shows it shared. A seller's "No" cannot be written to Partner Center, so the CRM is put
+        // back and the audit says why (rather than leave the CRM saying "not visible" while the
+        // referral is shared, with a refusal retried forever).
+        let visible = Some(&FieldValue::Bool(true));
+        if raw_pc.get(FieldId::VisibleToMicrosoft) == visible
+            && target.get(FieldId::VisibleToMicrosoft) != visible
+        {
+            if row
+                .as_ref()
+                .is_some_and(|r| r.kind == RecordKind::Opportunity)
+                && raw_crm.get(FieldId::VisibleToMicrosoft)
+                    != sides.crm.get(FieldId::VisibleToMicrosoft)
+            {
+                notes.push(
+                    "not written to Partner Center: visibility to Microsoft sellers cannot be \
+                     withdrawn once granted"
+                        .to_string(),
+                );
+            }
             target.set(FieldId::VisibleToMicrosoft, FieldValue::Bool(true));
         }
         // An opportunity never goes back to being a lead.
@@ -1257,7 +1295,6 @@ impl Engine {
             .collect();
 
         // ---- what Partner Center lacks
-        let mut notes: Vec<String> = Vec::new();
         let mut pc_update = None;
         let mut pc_refusal: Option<Failure> = None;
         let pc_terminal = raw_pc.status().is_some_and(ReferralState::is_terminal);
@@ -1320,6 +1357,21 @@ impl Engine {
         });
         let status_moves = row_status.is_some_and(|s| s != payload.status);
         let write_crm = write_fields || status_moves || lead_to_close.is_some();
+        // A status set in Partner Center (Microsoft declining or expiring the referral, or it
+        // being accepted, won or lost there) that the CRM row is now moved to, as the status map
+        // says: the record's audit column and the audit trail say so. Told from where the CRM
+        // row stands, so a pass that retries the move says it too.
+        if let (Some(_), Some(now_state), Some(was)) = (&row, raw_pc.status(), raw_crm.status())
+            && (status_moves || current_kind != Some(payload.kind))
+            && crm_target.status() == Some(now_state)
+            && was != now_state
+        {
+            notes.push(decisions::status_note(
+                was,
+                now_state,
+                referral.status_reason.as_deref(),
+            ));
+        }
 
         if dry_run {
             let mut planned = Vec::new();
@@ -1415,12 +1467,17 @@ impl Engine {
         }
 
         // ---- then the CRM
+        let said = if notes.is_empty() {
+            "synced".to_string()
+        } else {
+            notes.join("; ")
+        };
         let message = match (&pc_refusal, &partial_text) {
             (Some(f), None) => format!("Partner Center refuses the change: {f}"),
             (Some(f), Some(t)) => format!("Partner Center refuses the change: {f}; {t}"),
             (None, Some(t)) => t.clone(),
-            (None, None) if conflicts.is_empty() => "synced".to_string(),
-            (None, None) => format!("synced; conflicts resolved: {}", conflicts.join(", ")),
+            (None, None) if conflicts.is_empty() => said,
+            (None, None) => format!("{said}; conflicts resolved: {}", conflicts.join(", ")),
         };
         let outcome = if partial.is_some() {
             SyncOutcome::Failure
@@ -1446,7 +1503,7 @@ impl Engine {
             let open = self.open_status(RecordKind::Opportunity);
             self.record_crm(&mut updated, &mut now_sides, open, None)
                 .await?;
-            return Err(Failure::Again);
+            return Err(Failure::Again(notes));
         }
         if write_crm {
             let written = Box::pin(self.write_crm_side(
@@ -1803,6 +1860,27 @@ impl Engine {
             (None, None) => None,
         };
         let steps = map.config().status.steps(from, payload.status);
+        // Only the status moves: the outcome (mark and audit text, saying what moved it) is
+        // written first, while the row is open and writable.
+        if !write_fields
+            && !steps.is_empty()
+            && let Some(r) = same_row
+            && from.is_some_and(|s| s.is_open())
+        {
+            let columns = map.outcome_columns(
+                r.kind,
+                &r.records.primary,
+                SyncOutcome::Success,
+                message,
+                now(),
+            );
+            if !columns.is_empty() {
+                etag = inner
+                    .crm
+                    .update_columns(r.kind, &r.id, &columns, etag.as_deref())
+                    .await?;
+            }
+        }
         let close_lead_after = same_row.is_some() && lead_to_close.is_some();
         let ran = !steps.is_empty() || close_lead_after;
         // Where the written row stands now, recorded whenever more steps follow: if one of them
@@ -2501,34 +2579,44 @@ impl Engine {
             entry.0.push(h.seq);
             entry.1 &= h.event.starts_with("related-referral");
         }
-        let report = self
-            .run_parallel(
-                by_referral
-                    .into_iter()
-                    .map(|(id, (seqs, related_only))| {
-                        move || async move {
-                            let outcome = if related_only {
-                                Box::pin(self.sync_related(&id)).await?
-                            } else {
-                                Box::pin(self.sync_referral(&id)).await?
-                            };
-                            // Failures are dead-lettered above, so the hint can go; a dry run
-                            // consumes nothing.
-                            if !self.inner.config.dry_run {
-                                self.inner.store.commit(Commit::new().ack(seqs)).await?;
+        // Our referrals first, then the related ones: a related referral's decision is told on
+        // our pair, which the first batch may be creating.
+        let (related, own): (Vec<_>, Vec<_>) = by_referral
+            .into_iter()
+            .partition(|(_, (_, related_only))| *related_only);
+        let mut report = Report::default();
+        for batch in [own, related] {
+            report.extend(
+                self.run_parallel(
+                    batch
+                        .into_iter()
+                        .map(|(id, (seqs, related_only))| {
+                            move || async move {
+                                let outcome = if related_only {
+                                    Box::pin(self.sync_related(&id)).await?
+                                } else {
+                                    Box::pin(self.sync_referral(&id)).await?
+                                };
+                                // Failures are dead-lettered above, so the hint can go; a dry
+                                // run consumes nothing.
+                                if !self.inner.config.dry_run {
+                                    self.inner.store.commit(Commit::new().ack(seqs)).await?;
+                                }
+                                Ok(outcome)
                             }
-                            Ok(outcome)
-                        }
-                    })
-                    .collect(),
-            )
-            .await?;
+                        })
+                        .collect(),
+                )
+                .await?,
+            );
+        }
         Ok(report)
     }
 
     /// A related referral changed (Microsoft's or another party's, in one of our engagements):
     /// it is not ours to copy into the CRM, but our referral in that engagement may have changed
-    /// with it, so that one is synced.
+    /// with it, so that one is synced, and what its owner decided (accepting, declining or
+    /// withdrawing from the co-sell) is told on our pair's CRM record and in the audit trail.
     async fn sync_related(&self, id: &str) -> Result<Outcome, EngineError> {
         let inner = &self.inner;
         if inner.store.link_by_referral(id).await?.is_some() {
@@ -2554,13 +2642,57 @@ impl Engine {
             .into_iter()
             .filter(|l| l.engagement_id.as_deref() == Some(engagement.as_str()))
             .collect();
-        let mut last = Outcome::new(
-            Action::Skipped,
-            "another party's referral in an engagement we do not sync",
-        )
-        .referral(id);
+        if ours.is_empty() {
+            // Partner Center raises related-referral events for referrals related to ours, so
+            // ours in that engagement is not linked yet (its own event not applied yet, or lost
+            // and left to the reconcile): the decision waits under the related referral's key,
+            // and a replay tells it once our pair exists.
+            return self
+                .record_failure(
+                    format!("related:{id}"),
+                    Direction::ToCrm,
+                    None,
+                    None,
+                    &Failure::Rule(format!(
+                        "related referral {id}: our referral in engagement {engagement} is not \
+                         linked yet"
+                    )),
+                )
+                .await;
+        }
+        let mut last = None;
         for link in ours {
-            last = Box::pin(self.sync_referral(&link.referral_id)).await?;
+            let synced = Box::pin(self.sync_referral(&link.referral_id)).await?;
+            let last = last.insert(synced);
+            // What Microsoft (or the other party) decided on its referral shows on our pair's
+            // CRM record: our referral does not change with it.
+            match Box::pin(self.record_related_decision(&link.referral_id, &referral)).await {
+                Ok(Some(told)) if last.action != Action::Failed => *last = told,
+                Ok(_) => {}
+                Err(Failure::Store(e)) => return Err(e.into()),
+                // Kept under the related referral's key, so a replay tells it again.
+                Err(failure) => {
+                    return self
+                        .record_failure(
+                            format!("related:{id}"),
+                            Direction::ToCrm,
+                            Some(&link.referral_id),
+                            None,
+                            &failure,
+                        )
+                        .await;
+                }
+            }
+        }
+        // Every decision is told (whatever became of our pairs, whose failures have their own
+        // letters): a letter left under the related referral's key goes.
+        let last = last.unwrap_or_else(|| Outcome::new(Action::Skipped, "no pair").referral(id));
+        let letter = format!("related:{id}");
+        if !self.inner.config.dry_run && self.inner.store.dead_letter(&letter).await?.is_some() {
+            self.inner
+                .store
+                .commit(Commit::new().clear_dead_letter(letter))
+                .await?;
         }
         Ok(last)
     }
@@ -2594,6 +2726,8 @@ impl Engine {
                     Some(link) => Box::pin(self.reconcile_link(link)).await?,
                     None => Box::pin(self.sync_referral(id)).await?,
                 },
+                // A decision on a related referral that could not be written yet.
+                Some(("related", id)) => Box::pin(self.sync_related(id)).await?,
                 Some((entity, id)) => match kind_of(entity) {
                     Some(kind) => Box::pin(self.sync_crm_record(kind, id)).await?,
                     None => continue,
