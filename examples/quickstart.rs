@@ -10,16 +10,20 @@
 //! both emulators start, the real clients sign in through the emulated Entra ID, a verifying
 //! webhook receiver is registered, and the engine syncs:
 //!
-//! 1. Microsoft sends two co-sell referrals: they arrive by webhook and become CRM leads;
-//! 2. a seller qualifies one lead in the CRM: the referral is accepted in Partner Center;
+//! 1. Microsoft sends two co-sell referrals, one shared with Microsoft sellers: they arrive by
+//!    webhook and become CRM leads;
+//! 2. a seller qualifies the shared one in the CRM: the referral is accepted in Partner Center
+//!    and keeps Microsoft's data, and the opportunity shows it visible to Microsoft sellers;
 //! 3. a seller marks an opportunity for sync: it becomes a co-sell referral;
 //! 4. an opportunity with invalid data (co-sell without a customer contact) gets ✖ and the
 //!    error in its audit column, while everything else goes on;
 //! 5. Microsoft accepts the co-sell referral: its CRM id reaches the opportunity;
 //! 6. both sides edit the same deal between two syncs: merged field by field, the conflict
 //!    resolved by ownership and audited, nothing lost;
-//! 7. another round finds only echoes of its own writes: nothing is written;
-//! 8. a summary of the API calls, counted by the emulators.
+//! 7. a seller adds a solution to the opportunity (a row in its Solutions subgrid, no other
+//!    column touched): the change feed carries it to the referral;
+//! 8. another round finds only echoes of its own writes: nothing is written;
+//! 9. a summary of the API calls, counted by the emulators.
 //!
 //! To run against real services, wire the same pieces from configuration: see
 //! `examples/sync_service.rs`.
@@ -87,7 +91,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     heading(1, "Microsoft sends two co-sell referrals");
     let incoming: Vec<Value> = vec![
-        pc.create_incoming_referral(json!({"name": "Contoso Pharmaceuticals — data platform"}))?,
+        pc.create_incoming_referral(json!({"name": "Contoso Pharmaceuticals — data platform",
+            "consent": {"consentToShareReferralWithMicrosoftSellers": true}}))?,
         pc.create_incoming_referral(json!({"name": "Tailspin Toys — cloud migration"}))?,
     ];
     s.deliveries_settled().await;
@@ -105,7 +110,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         dv.count("lead")
     );
 
-    heading(2, "A seller qualifies the first lead in the CRM");
+    heading(
+        2,
+        "A seller accepts the shared referral: qualifies its lead in the CRM",
+    );
+    let sent = pc.referral(&first).ok_or("referral missing")?;
     let lead_id = Uuid::parse_str(&text(&lead, "leadid"))?;
     s.dataverse
         .qualify_lead(
@@ -121,10 +130,25 @@ async fn main() -> Result<(), Box<dyn Error>> {
     show(&s.engine.drain_inbox().await?);
     let referral = pc.referral(&first).ok_or("referral missing")?;
     println!(
-        "   Partner Center  referral {} is now {}/{}",
+        "   Partner Center  referral {} is now {}/{}, still shared with Microsoft sellers: {}",
         short(&first),
         text(&referral, "status"),
-        text(&referral, "substatus")
+        text(&referral, "substatus"),
+        referral["consent"]["consentToShareReferralWithMicrosoftSellers"]
+    );
+    let kept = referral["customerProfile"] == sent["customerProfile"]
+        && referral["inviteContext"] == sent["inviteContext"]
+        && referral["details"]["requirements"] == sent["details"]["requirements"];
+    println!("                   Microsoft's customer, request and solutions kept: {kept}");
+    let accepted = dv
+        .query("opportunity", &format!("cosell_referralid eq '{first}'"))?
+        .into_iter()
+        .next()
+        .ok_or("no opportunity for the accepted referral")?;
+    println!(
+        "   CRM opportunity \"{}\"  visible to Microsoft sellers: {}",
+        text(&accepted, "name"),
+        accepted["cosell_visibletomicrosoft"]
     );
 
     heading(3, "A seller marks an opportunity for sync");
@@ -238,7 +262,37 @@ async fn main() -> Result<(), Box<dyn Error>> {
         );
     }
 
-    heading(7, "Another round: only echoes of our own writes");
+    heading(7, "A seller adds a solution to the opportunity");
+    let added = s
+        .dataverse
+        .create(
+            "cosell_partnercentersolutions",
+            &json!({"cosell_solutionid": "SOL-61002-MIG", "cosell_name": "Northwind Migration Factory"}),
+        )
+        .await?;
+    s.dataverse
+        .create(
+            "cosell_opportunitysolutions",
+            &json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opportunity})"),
+                    "cosell_PartnerCenterSolutionId@odata.bind":
+                        format!("/cosell_partnercentersolutions({added})")}),
+        )
+        .await?;
+    show(&s.engine.pull_crm_changes().await?);
+    let referral = pc.referral(&referral_id).ok_or("referral missing")?;
+    let solutions: Vec<String> = referral["details"]["requirements"]["solutions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| text(s, "id"))
+        .collect();
+    println!(
+        "   Partner Center  referral {} solutions: {}",
+        short(&referral_id),
+        solutions.join(", ")
+    );
+
+    heading(8, "Another round: only echoes of our own writes");
     let calls_before = s.sandbox.faults().counters();
     s.deliveries_settled().await;
     let report = s.engine.run_once().await?;
@@ -260,7 +314,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         writes
     );
 
-    heading(8, "Summary");
+    heading(9, "Summary");
     let stats = s.engine.stats();
     println!(
         "   synced          {} to the CRM, {} to Partner Center, {} conflicts resolved, {} failure(s), {} echoes",
