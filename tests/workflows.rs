@@ -1486,3 +1486,90 @@ async fn microsofts_decision_before_its_referral_reached_the_crm_is_told_once_it
     h.service_round().await;
     assert_eq!(h.writes(), before, "a settled pair writes nothing");
 }
+
+// ---------------------------------------------------------------------- issue 11, item 9
+
+/// Issue 11, item 9. A partner keeps the customer's marketplace intent in a choice column and
+/// its services co-sell role, area and play in text columns of the opportunity; a seller fills
+/// them in (one left empty) and marks the deal for sync. The referral Partner Center creates
+/// carries the seller's values, the configured default where the column was empty.
+#[tokio::test]
+async fn a_referral_create_takes_its_intent_and_services_fields_from_crm_columns() {
+    use cosell::mapping::FieldMap;
+    use cosell::sandbox::dataverse::ColumnDef;
+    use cosell::sandbox::{DataverseSchema, Sandbox};
+
+    let schema = DataverseSchema::default().with_columns(
+        "opportunity",
+        [
+            ColumnDef::choice(
+                "new_marketplaceintent",
+                &[
+                    (100000000, "Yes"),
+                    (100000001, "No"),
+                    (100000002, "Have not decided"),
+                ],
+            ),
+            ColumnDef::text("new_partnerrole", 100),
+            ColumnDef::text("new_solutionarea", 100),
+            ColumnDef::text("new_solutionplay", 100),
+        ],
+    );
+    let map = FieldMap::from_toml(
+        r#"
+[referral_create]
+marketplace_intent_column = "new_marketplaceintent"
+marketplace_intent_choices = { Yes = 100000000, No = 100000001, HaveNotDecided = 100000002 }
+services_co_sell = true
+partner_role_column = "new_partnerrole"
+solution_area = "AIBusinessSolutions"
+solution_area_column = "new_solutionarea"
+solution_play_column = "new_solutionplay"
+"#,
+    )
+    .unwrap();
+    let s = Sandboxed::builder()
+        .sandbox(Sandbox::builder().dataverse_schema(schema))
+        .field_map(map)
+        .start()
+        .await
+        .unwrap();
+    let h = Harness { s };
+    let opp = h.s.seed_co_sell_opportunity("Services Deal").unwrap();
+    h.s.sandbox
+        .dataverse()
+        .update_as_user(
+            "opportunity",
+            opp,
+            json!({"new_marketplaceintent": 100000000, "new_partnerrole": "SolutionDesign",
+                   "new_solutionplay": "CopilotAndAgentsAtWork"}),
+        )
+        .unwrap();
+    h.service_round().await;
+
+    let referral = h.referral(&h.referral_of(opp));
+    let intent = referral["details"]["requirements"]["additionalRequirements"]["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == json!("CustomerMarketplaceIntent"))
+        .cloned()
+        .expect("the intent attribute");
+    assert_eq!(intent["id"], json!("Yes"), "the seller's choice");
+    assert_eq!(referral["partnerRole"], json!("SolutionDesign"));
+    assert_eq!(
+        referral["solutionArea"],
+        json!("AIBusinessSolutions"),
+        "the configured default for the empty column"
+    );
+    assert_eq!(referral["solutionPlay"], json!("CopilotAndAgentsAtWork"));
+    assert!(
+        h.opportunity(opp)["name"]
+            .as_str()
+            .unwrap()
+            .starts_with('✔'),
+        "{}",
+        h.opportunity(opp)
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+}

@@ -674,6 +674,11 @@ macro_rules! schema {
 /// `partnerRole`, `solutionArea` and `solutionPlay` are "required for Services co-sell
 /// referrals only".
 ///
+/// Each value can also come from a column of the opportunity (`*_column`), the configured value
+/// being the default for a row that leaves it empty. A marketplace-intent column may be text
+/// (`Yes`, `No`, `HaveNotDecided`) or a choice whose option values
+/// `marketplace_intent_choices` names.
+///
 /// ```
 /// let cfg: cosell_mapping::MappingConfig = toml::from_str(r#"
 /// [referral_create]
@@ -682,6 +687,17 @@ macro_rules! schema {
 /// partner_role = "SolutionDesign"
 /// solution_area = "AIBusinessSolutions"
 /// solution_play = "CopilotAndAgentsAtWork"
+/// "#).unwrap();
+/// assert!(cfg.validate().is_ok());
+///
+/// let cfg: cosell_mapping::MappingConfig = toml::from_str(r#"
+/// [referral_create]
+/// marketplace_intent_column = "new_marketplaceintent"
+/// marketplace_intent_choices = { Yes = 100000000, No = 100000001, HaveNotDecided = 100000002 }
+/// services_co_sell = true
+/// partner_role_column = "new_partnerrole"
+/// solution_area_column = "new_solutionarea"
+/// solution_play_column = "new_solutionplay"
 /// "#).unwrap();
 /// assert!(cfg.validate().is_ok());
 /// ```
@@ -700,6 +716,47 @@ pub struct ReferralCreate {
     pub solution_area: Option<String>,
     /// `solutionPlay` of a services co-sell referral. Default: none.
     pub solution_play: Option<String>,
+    /// Opportunity column with the customer's marketplace intent; an empty value takes
+    /// `marketplace_intent`. Default: none.
+    pub marketplace_intent_column: Option<String>,
+    /// Option values of `marketplace_intent_column` when it is a choice, by intent
+    /// (`Yes = 100000000`). Default: none (the column holds the intent as text).
+    pub marketplace_intent_choices: BTreeMap<String, i64>,
+    /// Opportunity column with `partnerRole`; an empty value takes `partner_role`. Default: none.
+    pub partner_role_column: Option<String>,
+    /// Opportunity column with `solutionArea`; an empty value takes `solution_area`. Default:
+    /// none.
+    pub solution_area_column: Option<String>,
+    /// Opportunity column with `solutionPlay`; an empty value takes `solution_play`. Default:
+    /// none.
+    pub solution_play_column: Option<String>,
+}
+
+impl ReferralCreate {
+    /// The opportunity columns the create reads, with their config keys.
+    pub fn columns(&self) -> Vec<(&'static str, &str)> {
+        [
+            (
+                "referral_create.marketplace_intent_column",
+                &self.marketplace_intent_column,
+            ),
+            (
+                "referral_create.partner_role_column",
+                &self.partner_role_column,
+            ),
+            (
+                "referral_create.solution_area_column",
+                &self.solution_area_column,
+            ),
+            (
+                "referral_create.solution_play_column",
+                &self.solution_play_column,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, col)| col.as_deref().map(|c| (key, c)))
+        .collect()
+    }
 }
 
 impl Default for ReferralCreate {
@@ -710,6 +767,11 @@ impl Default for ReferralCreate {
             partner_role: None,
             solution_area: None,
             solution_play: None,
+            marketplace_intent_column: None,
+            marketplace_intent_choices: BTreeMap::new(),
+            partner_role_column: None,
+            solution_area_column: None,
+            solution_play_column: None,
         }
     }
 }
@@ -769,18 +831,44 @@ impl MappingConfig {
             );
         }
         if rc.services_co_sell {
-            for (key, value) in [
-                ("referral_create.partner_role", &rc.partner_role),
-                ("referral_create.solution_area", &rc.solution_area),
-                ("referral_create.solution_play", &rc.solution_play),
+            for (key, value, column) in [
+                (
+                    "referral_create.partner_role",
+                    &rc.partner_role,
+                    &rc.partner_role_column,
+                ),
+                (
+                    "referral_create.solution_area",
+                    &rc.solution_area,
+                    &rc.solution_area_column,
+                ),
+                (
+                    "referral_create.solution_play",
+                    &rc.solution_play,
+                    &rc.solution_play_column,
+                ),
             ] {
-                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                // A column can supply it per record; a record that leaves it empty is refused
+                // at create time, naming the field.
+                if value.as_deref().is_none_or(|v| v.trim().is_empty()) && column.is_none() {
                     c.fail(
                         key,
                         value.clone().unwrap_or_default(),
-                        "is required when services_co_sell is true",
+                        "is required when services_co_sell is true (or name its *_column)",
                     );
                 }
+            }
+        }
+        for (key, column) in rc.columns() {
+            c.logical(key, column);
+        }
+        for intent in rc.marketplace_intent_choices.keys() {
+            if !MARKETPLACE_INTENTS.contains(&intent.as_str()) {
+                c.fail(
+                    "referral_create.marketplace_intent_choices",
+                    intent,
+                    "keys must be Yes, No or HaveNotDecided",
+                );
             }
         }
 

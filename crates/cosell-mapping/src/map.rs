@@ -1099,6 +1099,19 @@ impl FieldMap {
         s: &MappedSnapshot,
         external_reference_id: &str,
     ) -> Result<Referral, MappingError> {
+        self.referral_create_from_row(s, external_reference_id, &Record::new())
+    }
+
+    /// [`referral_create`](Self::referral_create) for the opportunity `row` it was mapped
+    /// from: the `[referral_create]` values whose `*_column` is set come from the row (an empty
+    /// one takes the configured value). A value that is not one Partner Center knows is an
+    /// error naming the column and the value.
+    pub fn referral_create_from_row(
+        &self,
+        s: &MappedSnapshot,
+        external_reference_id: &str,
+        row: &Record,
+    ) -> Result<Referral, MappingError> {
         Self::first_error(self.check_outgoing(s, None))?;
         let name = s
             .text(FieldId::Name)
@@ -1108,25 +1121,58 @@ impl FieldMap {
         // Required on create (Microsoft's minimal example; bulk-operations page), and for
         // services co-sell also the role, area and play: from `[referral_create]`.
         let rc = &self.config.referral_create;
-        let intent = CustomerMarketplaceIntent::from(rc.marketplace_intent.as_str());
+        let intent_path =
+            "details.requirements.additionalRequirements.attributes[CustomerMarketplaceIntent]";
+        let intent_text = match rc
+            .marketplace_intent_column
+            .as_ref()
+            .and_then(|c| row.get(c).map(|v| (c, v)))
+        {
+            Some((_, Value::String(t))) if !t.trim().is_empty() => t.trim().to_string(),
+            Some((column, Value::Number(n))) => rc
+                .marketplace_intent_choices
+                .iter()
+                .find(|(_, option)| n.as_i64() == Some(**option))
+                .map(|(intent, _)| intent.clone())
+                .ok_or_else(|| {
+                    MappingError::new(intent_path, format!("{column} = {n}"), Rule::UnknownChoice)
+                })?,
+            _ => rc.marketplace_intent.clone(),
+        };
+        let intent = CustomerMarketplaceIntent::from(intent_text.as_str());
         if matches!(intent, CustomerMarketplaceIntent::Other(_)) {
             return Err(MappingError::new(
-                "details.requirements.additionalRequirements.attributes[CustomerMarketplaceIntent]",
-                rc.marketplace_intent.as_str(),
+                intent_path,
+                intent_text.as_str(),
                 Rule::UnknownChoice,
             ));
         }
         let mut additional = AdditionalRequirements::default();
         additional.set_marketplace_intent(&intent);
         let services = co_sell && rc.services_co_sell;
+        // A services value: the row's column when set and not empty, else the configured one.
+        let pick = |column: &Option<String>, default: &Option<String>| {
+            column
+                .as_ref()
+                .and_then(|c| row.get(c))
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .or_else(|| default.clone().filter(|v| !v.trim().is_empty()))
+        };
+        let partner_role = pick(&rc.partner_role_column, &rc.partner_role);
+        let solution_area = pick(&rc.solution_area_column, &rc.solution_area);
+        let solution_play = pick(&rc.solution_play_column, &rc.solution_play);
         if services {
-            for (path, value) in [
-                ("partnerRole", &rc.partner_role),
-                ("solutionArea", &rc.solution_area),
-                ("solutionPlay", &rc.solution_play),
+            for (path, value, column) in [
+                ("partnerRole", &partner_role, &rc.partner_role_column),
+                ("solutionArea", &solution_area, &rc.solution_area_column),
+                ("solutionPlay", &solution_play, &rc.solution_play_column),
             ] {
-                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
-                    return Err(MappingError::new(path, "", Rule::Missing));
+                if value.is_none() {
+                    let named = column.as_deref().unwrap_or_default();
+                    return Err(MappingError::new(path, named, Rule::Missing));
                 }
             }
         }
@@ -1177,9 +1223,9 @@ impl FieldMap {
                 }),
                 ..Default::default()
             }),
-            partner_role: services.then(|| rc.partner_role.clone()).flatten(),
-            solution_area: services.then(|| rc.solution_area.clone()).flatten(),
-            solution_play: services.then(|| rc.solution_play.clone()).flatten(),
+            partner_role: services.then_some(partner_role).flatten(),
+            solution_area: services.then_some(solution_area).flatten(),
+            solution_play: services.then_some(solution_play).flatten(),
             invite_context: t(FieldId::HelpRequired).map(|code| InviteContext {
                 assistance_request_code: Some(AssistanceRequestCode::from(code)),
                 ..Default::default()

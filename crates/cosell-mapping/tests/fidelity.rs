@@ -69,6 +69,133 @@ fn create_settings_are_validated_naming_the_field() {
     assert!(err.contains("referral_create.solution_area"), "{err}");
 }
 
+/// Issue 11 item 9: the create values come from CRM columns when the map names them, with the
+/// configured value as the default for a row that leaves a column empty.
+#[test]
+fn create_values_come_from_crm_columns_with_the_configured_default() {
+    let map = FieldMap::from_toml(
+        r#"
+        [referral_create]
+        marketplace_intent = "No"
+        marketplace_intent_column = "new_marketplaceintent"
+        marketplace_intent_choices = { Yes = 100000000, No = 100000001, HaveNotDecided = 100000002 }
+        services_co_sell = true
+        partner_role_column = "new_partnerrole"
+        solution_area = "AIBusinessSolutions"
+        solution_area_column = "new_solutionarea"
+        solution_play_column = "new_solutionplay"
+        "#,
+    )
+    .unwrap();
+    let row = |pairs: serde_json::Value| pairs.as_object().unwrap().clone();
+
+    // A choice column and text columns.
+    let body = map
+        .referral_create_from_row(
+            &co_sell(),
+            "crm-1",
+            &row(serde_json::json!({
+                "new_marketplaceintent": 100000000,
+                "new_partnerrole": "SolutionDesign",
+                "new_solutionarea": "",
+                "new_solutionplay": " CopilotAndAgentsAtWork ",
+            })),
+        )
+        .unwrap();
+    assert_eq!(
+        body.marketplace_intent(),
+        Some(CustomerMarketplaceIntent::Yes)
+    );
+    assert_eq!(body.partner_role.as_deref(), Some("SolutionDesign"));
+    // Empty in the row: the configured default.
+    assert_eq!(body.solution_area.as_deref(), Some("AIBusinessSolutions"));
+    assert_eq!(
+        body.solution_play.as_deref(),
+        Some("CopilotAndAgentsAtWork")
+    );
+
+    // The intent as text, and a row without the column: the configured default.
+    let text = map
+        .referral_create_from_row(
+            &co_sell(),
+            "crm-1",
+            &row(
+                serde_json::json!({"new_marketplaceintent": "HaveNotDecided",
+                "new_partnerrole": "r", "new_solutionplay": "p"}),
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        text.marketplace_intent(),
+        Some(CustomerMarketplaceIntent::HaveNotDecided)
+    );
+    let absent = map
+        .referral_create_from_row(
+            &co_sell(),
+            "crm-1",
+            &row(serde_json::json!({"new_partnerrole": "r", "new_solutionplay": "p"})),
+        )
+        .unwrap();
+    assert_eq!(
+        absent.marketplace_intent(),
+        Some(CustomerMarketplaceIntent::No)
+    );
+
+    // An option value the map does not name, and a required value neither the row nor the
+    // config has: errors naming the field, the column and the value.
+    let err = map
+        .referral_create_from_row(
+            &co_sell(),
+            "crm-1",
+            &row(
+                serde_json::json!({"new_marketplaceintent": 7, "new_partnerrole": "r",
+                "new_solutionplay": "p"}),
+            ),
+        )
+        .unwrap_err();
+    assert_eq!(err.rule(), &Rule::UnknownChoice);
+    assert!(
+        err.to_string().contains("new_marketplaceintent = 7"),
+        "{err}"
+    );
+    let err = map
+        .referral_create_from_row(
+            &co_sell(),
+            "crm-1",
+            &row(serde_json::json!({"new_partnerrole": "r"})),
+        )
+        .unwrap_err();
+    assert_eq!(err.rule(), &Rule::Missing);
+    assert!(
+        err.to_string().contains("solutionPlay") && err.to_string().contains("new_solutionplay"),
+        "{err}"
+    );
+}
+
+#[test]
+fn create_columns_are_validated_naming_the_key() {
+    let err =
+        FieldMap::from_toml("[referral_create]\nmarketplace_intent_choices = { Maybe = 1 }\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("referral_create.marketplace_intent_choices") && err.contains("Maybe"),
+        "{err}"
+    );
+    let err = FieldMap::from_toml("[referral_create]\npartner_role_column = \"bad column\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("referral_create.partner_role_column"), "{err}");
+    // A column can stand in for a configured services value.
+    assert!(
+        FieldMap::from_toml(
+            "[referral_create]\nservices_co_sell = true\npartner_role_column = \"new_role\"\n\
+             solution_area_column = \"new_area\"\nsolution_play_column = \"new_play\"\n",
+        )
+        .is_ok()
+    );
+}
+
 #[test]
 fn help_requested_is_audited_not_patched() {
     let base = co_sell();

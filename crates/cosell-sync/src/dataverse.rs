@@ -913,6 +913,13 @@ pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
         c.account.entity.clone(),
         map.config().country_code_field.clone(),
     ));
+    pairs.extend(
+        map.config()
+            .referral_create
+            .columns()
+            .into_iter()
+            .map(|(_, col)| (o.entity.clone(), col.to_string())),
+    );
     pairs
 }
 

@@ -2156,7 +2156,7 @@ impl Engine {
         if !errors.is_empty() {
             return Err(Failure::Mapping(errors));
         }
-        let body = map.referral_create(&snapshot, id)?;
+        let body = map.referral_create_from_row(&snapshot, id, &row.records.primary)?;
         if inner.config.dry_run {
             let writes = crm_writes(&MappedSnapshot::new(), &snapshot)
                 .into_iter()
