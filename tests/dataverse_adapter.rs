@@ -62,3 +62,54 @@ async fn an_opportunity_written_by_key_for_a_referral_with_a_lead_is_bound_to_th
         .unwrap();
     assert!(row.records.solutions.is_some());
 }
+
+/// Issue 15: more accounts share the customer's postal code than one candidate page held; the
+/// right account (created last) is found and reused on every write, never duplicated.
+#[tokio::test]
+async fn the_customer_account_is_found_among_more_than_a_page_of_same_postal_code_accounts() {
+    let s = Sandboxed::start().await.unwrap();
+    let dv = s.sandbox.dataverse();
+    let created = s
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "Crowded postal code"}))
+        .unwrap();
+    let mut accepted = created;
+    accepted["status"] = json!("Active");
+    accepted["substatus"] = json!("Accepted");
+    let referral: Referral = serde_json::from_value(accepted).unwrap();
+    let customer = referral.customer_profile.clone().unwrap();
+    let postal = customer
+        .address
+        .as_ref()
+        .and_then(|a| a.postal_code.clone())
+        .unwrap();
+    let name = customer.name.clone().unwrap();
+    for n in 0..120 {
+        dv.insert_row(
+            "account",
+            json!({"name": format!("Neighbour {n}"), "address1_postalcode": postal}),
+        )
+        .unwrap();
+    }
+    // The customer's own account, in other letter case, after all of them.
+    let own = dv
+        .insert_row(
+            "account",
+            json!({"name": name.to_uppercase(), "address1_postalcode": postal}),
+        )
+        .unwrap();
+    let payload = FieldMap::default().map_referral(&referral, None).unwrap();
+    for _ in 0..3 {
+        let written = s
+            .crm
+            .write(&payload, &Map::new(), WriteTarget::ByKey)
+            .await
+            .unwrap();
+        let opp = dv
+            .row("opportunity", Uuid::parse_str(&written.id).unwrap())
+            .unwrap();
+        assert_eq!(opp["_customerid_value"], json!(own.to_string()), "{opp}");
+    }
+    assert_eq!(dv.count("account"), 121, "no duplicate account");
+}

@@ -1447,6 +1447,16 @@ impl FieldMap {
         }
     }
 
+    /// The account columns the matching rule compares, in its order.
+    pub fn account_match_columns(&self) -> Vec<&str> {
+        self.config
+            .account_matching
+            .fields
+            .iter()
+            .map(|f| self.account_column(*f))
+            .collect()
+    }
+
     /// The normalised account match key of an account row.
     pub fn account_match_key_of(&self, account: &Record) -> AccountMatchKey {
         AccountMatchKey(

@@ -318,22 +318,26 @@ impl DataverseCrm {
 
     async fn resolve_account(&self, account: &AccountPayload) -> Result<String, RemoteError> {
         let c = &self.map.config().columns.account;
-        // Narrow the candidates by name or postal code, then match with the mapping's rule
-        // (case- and space-insensitive), which a server filter cannot express.
-        let mut filters = Vec::new();
-        for column in [&c.name, &c.postal_code] {
-            if let Some(v) = account.record.get(column).and_then(Value::as_str)
-                && !v.trim().is_empty()
-            {
-                filters.push(Filter::eq(column, v));
-            }
-        }
+        // Every part of the matching rule as an exact filter, all pages read: the right row is
+        // among the candidates however many accounts share a name or a postal code (a `$top`
+        // page of "name or postal code" once missed it and created duplicates). Dataverse's
+        // `eq` on text is case-insensitive, as the rule's default; the rule then decides.
+        let filters: Vec<Filter> = self
+            .map
+            .account_match_columns()
+            .into_iter()
+            .filter_map(|column| {
+                let v = account.record.get(column).and_then(Value::as_str)?;
+                (!v.trim().is_empty()).then(|| Filter::eq(column, v))
+            })
+            .collect();
         if !account.match_key.is_blank()
-            && let Some(filter) = Filter::any(filters)
+            && let Some(filter) = Filter::all(filters)
         {
+            let pk = format!("{}id", c.entity);
             let candidates: Vec<Map<String, Value>> = self
                 .client
-                .query::<Map<String, Value>>(&c.entity_set, &Query::new().filter(filter).top(50))
+                .query::<Map<String, Value>>(&c.entity_set, &Query::new().filter(filter))
                 .into_stream()
                 .map_ok(|e| e.value)
                 .try_collect()
@@ -341,9 +345,7 @@ impl DataverseCrm {
             if let Some(found) = candidates
                 .iter()
                 .find(|a| self.map.account_match_key_of(a) == account.match_key)
-                && let Some(id) = found
-                    .get(&format!("{}id", c.entity))
-                    .and_then(Value::as_str)
+                && let Some(id) = found.get(&pk).and_then(Value::as_str)
             {
                 return Ok(id.to_string());
             }
