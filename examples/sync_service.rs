@@ -562,8 +562,8 @@ async fn status(State(state): State<AppState>) -> Response {
 
 async fn status_json(state: &AppState) -> Result<Value, cosell::sync::store::StoreError> {
     let store = &state.store;
-    // Fine for a template; a service with very many links would keep a count instead.
-    let links = store.links().await?.len();
+    // Counted by the store, without loading the links.
+    let links = store.link_count().await?;
     // The newest write each way, from the audit trail (newest first).
     let audit = store
         .audit(&AuditQuery {

@@ -90,6 +90,16 @@ impl StateStore for CrashingStore {
     ) -> Result<Option<cosell::sync::store::CrmChild>, StoreError> {
         self.inner.crm_child(entity, id).await
     }
+    async fn intent(
+        &self,
+        crm_entity: &str,
+        crm_id: &str,
+    ) -> Result<Option<CreateIntent>, StoreError> {
+        self.inner.intent(crm_entity, crm_id).await
+    }
+    async fn links_by_engagement(&self, engagement_id: &str) -> Result<Vec<Link>, StoreError> {
+        self.inner.links_by_engagement(engagement_id).await
+    }
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         if self.armed.load(Ordering::SeqCst)
             && commit.links.iter().any(|l| self.remote_write_landed(l))

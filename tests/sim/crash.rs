@@ -292,6 +292,23 @@ impl StateStore for CrashStore {
         self.inner.crm_child(entity, id).await
     }
 
+    async fn intent(
+        &self,
+        crm_entity: &str,
+        crm_id: &str,
+    ) -> Result<Option<cosell::sync::store::CreateIntent>, StoreError> {
+        self.alive().await;
+        self.inner.intent(crm_entity, crm_id).await
+    }
+
+    async fn links_by_engagement(
+        &self,
+        engagement_id: &str,
+    ) -> Result<Vec<cosell::sync::store::Link>, StoreError> {
+        self.alive().await;
+        self.inner.links_by_engagement(engagement_id).await
+    }
+
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         self.alive().await;
         let c = &self.crasher;

@@ -811,13 +811,7 @@ impl Engine {
         kind: RecordKind,
         id: &str,
     ) -> Result<Option<CreateIntent>, StoreError> {
-        Ok(self
-            .inner
-            .store
-            .intents()
-            .await?
-            .into_iter()
-            .find(|i| i.crm_entity == entity_name(kind) && i.crm_id == id))
+        self.inner.store.intent(entity_name(kind), id).await
     }
 
     fn identity(&self, referral: &Referral) -> Result<ReferralIdentity, Failure> {
@@ -2635,13 +2629,7 @@ impl Engine {
                     .referral(id),
             );
         };
-        let ours: Vec<Link> = inner
-            .store
-            .links()
-            .await?
-            .into_iter()
-            .filter(|l| l.engagement_id.as_deref() == Some(engagement.as_str()))
-            .collect();
+        let ours: Vec<Link> = inner.store.links_by_engagement(&engagement).await?;
         if ours.is_empty() {
             // Partner Center raises related-referral events for referrals related to ours, so
             // ours in that engagement is not linked yet (its own event not applied yet, or lost

@@ -473,7 +473,53 @@ async fn crm_children_name_their_parent(store: &dyn StateStore) {
     );
 }
 
+/// The point lookups answer what the full lists hold.
+async fn point_lookups_agree_with_the_lists(store: &dyn StateStore) {
+    assert_eq!(store.link_count().await.unwrap(), 0);
+    let mut other = link("r2", "opportunity", "o2");
+    other.engagement_id = Some("eng-r1".into());
+    store
+        .commit(
+            Commit::new()
+                .link(link("r1", "opportunity", "o1"))
+                .link(other)
+                .link(link("r3", "lead", "l3"))
+                .intent(CreateIntent {
+                    crm_entity: "opportunity".into(),
+                    crm_id: "o9".into(),
+                    external_reference_id: "o9".into(),
+                    recorded_at: t(1),
+                    attempts: 1,
+                    target: None,
+                    crm_etag: None,
+                }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.link_count().await.unwrap(), 3);
+    let in_engagement: Vec<String> = store
+        .links_by_engagement("eng-r1")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.referral_id)
+        .collect();
+    assert_eq!(in_engagement, ["r1", "r2"]);
+    assert!(
+        store
+            .links_by_engagement("eng-none")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let intent = store.intent("opportunity", "o9").await.unwrap().unwrap();
+    assert_eq!(intent.external_reference_id, "o9");
+    assert_eq!(store.intent("lead", "o9").await.unwrap(), None);
+    assert_eq!(store.intent("opportunity", "o1").await.unwrap(), None);
+}
+
 async fn suite(make: impl AsyncFn() -> Box<dyn StateStore>) {
+    point_lookups_agree_with_the_lists(&*make().await).await;
     crm_children_name_their_parent(&*make().await).await;
     links_are_a_bijection_and_commits_are_atomic(&*make().await).await;
     a_pair_keeps_its_per_side_state_and_a_pending_create(&*make().await).await;

@@ -219,6 +219,22 @@ impl StateStore for MemoryStore {
         Ok(self.lock().inbox.values().take(max).cloned().collect())
     }
 
+    async fn intent(
+        &self,
+        crm_entity: &str,
+        crm_id: &str,
+    ) -> Result<Option<CreateIntent>, StoreError> {
+        Ok(self
+            .lock()
+            .intents
+            .get(&(crm_entity.to_string(), crm_id.to_string()))
+            .cloned())
+    }
+
+    async fn link_count(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().links.len() as u64)
+    }
+
     async fn crm_child(&self, entity: &str, id: &str) -> Result<Option<CrmChild>, StoreError> {
         Ok(self
             .lock()

@@ -445,10 +445,38 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     -> Result<Option<Link>, StoreError>;
     /// Every link, ordered by referral id.
     async fn links(&self) -> Result<Vec<Link>, StoreError>;
+    /// The links in an engagement (Microsoft's and the partner's referrals share one). The
+    /// default scans [`links`](Self::links); stores override it with an indexed lookup.
+    async fn links_by_engagement(&self, engagement_id: &str) -> Result<Vec<Link>, StoreError> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .filter(|l| l.engagement_id.as_deref() == Some(engagement_id))
+            .collect())
+    }
+    /// How many links there are. The default counts [`links`](Self::links); stores override
+    /// it without loading them.
+    async fn link_count(&self) -> Result<u64, StoreError> {
+        Ok(self.links().await?.len() as u64)
+    }
     /// A checkpoint's value.
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError>;
     /// Every unresolved create intent, oldest first.
     async fn intents(&self) -> Result<Vec<CreateIntent>, StoreError>;
+    /// The unresolved create intent of a CRM record, if any. The default scans
+    /// [`intents`](Self::intents); stores override it with a point lookup.
+    async fn intent(
+        &self,
+        crm_entity: &str,
+        crm_id: &str,
+    ) -> Result<Option<CreateIntent>, StoreError> {
+        Ok(self
+            .intents()
+            .await?
+            .into_iter()
+            .find(|i| i.crm_entity == crm_entity && i.crm_id == crm_id))
+    }
     /// Audit entries, newest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
     /// Every dead letter, oldest failure first.

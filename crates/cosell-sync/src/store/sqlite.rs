@@ -97,6 +97,40 @@ impl SqliteStore {
             .map_err(backend)
     }
 
+    /// Create intents, all of them or the one of `key` (entity, id), oldest first.
+    async fn intents_where(
+        &self,
+        key: Option<(&str, &str)>,
+    ) -> Result<Vec<CreateIntent>, StoreError> {
+        let (entity, id) = key.unzip();
+        let rows = sqlx::query(
+            "SELECT crm_entity, crm_id, external_reference_id, recorded_at, attempts, target, crm_etag \
+             FROM create_intents WHERE (?1 IS NULL OR (crm_entity = ?1 AND crm_id = ?2)) \
+             ORDER BY recorded_at",
+        )
+        .bind(entity)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+                Ok(CreateIntent {
+                    crm_entity: get("crm_entity")?,
+                    crm_id: get("crm_id")?,
+                    external_reference_id: get("external_reference_id")?,
+                    recorded_at: parse_ts("intent", &get("recorded_at")?)?,
+                    attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
+                    target: json_column(row, "intent", "target")?,
+                    crm_etag: row
+                        .try_get::<Option<String>, _>("crm_etag")
+                        .map_err(backend)?,
+                })
+            })
+            .collect()
+    }
+
     /// Dead letters, all of them or the one with `key`.
     async fn dead_letters_where(&self, key: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
         let rows = sqlx::query(
@@ -253,29 +287,40 @@ impl StateStore for SqliteStore {
     }
 
     async fn intents(&self) -> Result<Vec<CreateIntent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT crm_entity, crm_id, external_reference_id, recorded_at, attempts, target, crm_etag \
-             FROM create_intents ORDER BY recorded_at",
-        )
+        self.intents_where(None).await
+    }
+
+    async fn intent(
+        &self,
+        crm_entity: &str,
+        crm_id: &str,
+    ) -> Result<Option<CreateIntent>, StoreError> {
+        Ok(self
+            .intents_where(Some((crm_entity, crm_id)))
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn links_by_engagement(&self, engagement_id: &str) -> Result<Vec<Link>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            link_columns!(),
+            " FROM links WHERE engagement_id = ? ORDER BY referral_id"
+        ))
+        .bind(engagement_id)
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
-                Ok(CreateIntent {
-                    crm_entity: get("crm_entity")?,
-                    crm_id: get("crm_id")?,
-                    external_reference_id: get("external_reference_id")?,
-                    recorded_at: parse_ts("intent", &get("recorded_at")?)?,
-                    attempts: row.try_get::<i64, _>("attempts").map_err(backend)?.max(0) as u32,
-                    target: json_column(row, "intent", "target")?,
-                    crm_etag: row
-                        .try_get::<Option<String>, _>("crm_etag")
-                        .map_err(backend)?,
-                })
-            })
-            .collect()
+        rows.iter().map(link_from_row).collect()
+    }
+
+    async fn link_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM links")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n.max(0) as u64)
     }
 
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
