@@ -1114,3 +1114,47 @@ async fn the_running_engine_syncs_on_its_own_and_stops_cleanly() {
         .unwrap();
     assert!(result.is_ok());
 }
+
+/// Issue 15: Microsoft changing one field of a linked deal costs no customer or solution work
+/// in the CRM: the opportunity already has its account, contact and solutions, so none is
+/// looked up or linked again; a change of the customer's contacts still is.
+#[tokio::test]
+async fn an_update_of_one_field_resolves_no_customer_and_links_no_solution() {
+    let h = Harness::start().await;
+    let referral = h.pc_referral().await;
+    let id = id_of(&referral);
+    h.deliveries_settled().await;
+    h.engine.drain_inbox().await.unwrap();
+    h.deliveries_settled().await;
+    h.engine.drain_inbox().await.unwrap();
+    let opp = h.opportunity_by_referral(&id).unwrap();
+    assert!(opp["_customerid_value"].is_string());
+
+    h.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace", "path": "/details/notes", "value": "One field changed."}]),
+        )
+        .unwrap();
+    h.deliveries_settled().await;
+    h.sandbox.faults().reset_counters();
+    let report = h.engine.drain_inbox().await.unwrap();
+    assert_eq!(report.count(Action::UpdatedCrm), 1, "{report:#?}");
+    let f = h.sandbox.faults();
+    use axum::http::Method;
+    let customer_calls: u64 = [Method::GET, Method::POST, Method::PATCH]
+        .iter()
+        .map(|m| {
+            f.calls_matching(Service::Dataverse, m, "/api/data/v9.2/accounts")
+                + f.calls_matching(Service::Dataverse, m, "/api/data/v9.2/contacts")
+                + f.calls_matching(Service::Dataverse, m, "cosell_partnercentersolutions")
+                + f.calls_matching(Service::Dataverse, m, "/cosell_opportunitysolutions(")
+        })
+        .sum();
+    assert_eq!(customer_calls, 0, "{:#?}", f.counters());
+    let opp = h.opportunity_by_referral(&id).unwrap();
+    assert_eq!(opp["description"], json!("One field changed."));
+    assert_eq!(h.dv().count("account"), 1);
+    assert_eq!(h.dv().count("contact"), 1);
+}

@@ -430,6 +430,9 @@ impl DataverseCrm {
         payload: &CrmPayload,
         opportunity_id: &str,
     ) -> Result<(), RemoteError> {
+        if payload.solutions.is_empty() && payload.solutions_removed.is_empty() {
+            return Ok(());
+        }
         let s = &self.map.config().columns.solution;
         let solution_pk = self.solution_primary_key();
         let link_pk = self.link_primary_key();

@@ -1828,18 +1828,11 @@ impl Engine {
                         .await?;
                 }
                 (target, _) => {
-                    let unlinked = self.solutions_removed(same_row, payload);
-                    let with_removals;
-                    let payload = if unlinked.is_empty() {
-                        payload
-                    } else {
-                        with_removals = CrmPayload {
-                            solutions_removed: unlinked,
-                            ..payload.clone()
-                        };
-                        &with_removals
-                    };
-                    let written = inner.crm.write(payload, &extra, target).await?;
+                    let trimmed = self.trimmed_payload(same_row, payload, crm_view);
+                    let written = inner
+                        .crm
+                        .write(trimmed.as_ref().unwrap_or(payload), &extra, target)
+                        .await?;
                     etag = written.etag;
                     id = Some(written.id);
                 }
@@ -1964,6 +1957,53 @@ impl Engine {
     }
 
     /// The identity columns of a payload: what ties the CRM record to its referral.
+    /// What an update of an existing row needs of `payload`, when that is less: the solutions
+    /// to unlink; no account or contacts to resolve when the row already has the customer the
+    /// plan names; no solutions to link when the row has them all. `None`: write it whole.
+    fn trimmed_payload(
+        &self,
+        row: Option<&CrmRow>,
+        payload: &CrmPayload,
+        planned: &MappedSnapshot,
+    ) -> Option<CrmPayload> {
+        let row =
+            row.filter(|r| r.kind == payload.kind && payload.kind == RecordKind::Opportunity)?;
+        let read = self.inner.map.snapshot_from_crm(&row.records, None).ok()?;
+        let same = |fields: &[FieldId]| fields.iter().all(|f| read.get(*f) == planned.get(*f));
+        let mut trimmed = payload.clone();
+        trimmed.solutions_removed = self.solutions_removed(Some(row), payload);
+        // The customer is resolved (found or created) only when it changed, or the row lacks
+        // the account or a contact it should have.
+        let customer = [
+            FieldId::CustomerName,
+            FieldId::AddressLine1,
+            FieldId::AddressLine2,
+            FieldId::City,
+            FieldId::State,
+            FieldId::PostalCode,
+            FieldId::Country,
+            FieldId::Contacts,
+        ];
+        let has_customer = row.records.account.is_some()
+            && (payload.contacts.is_empty()
+                || row.records.contacts.as_ref().is_some_and(|c| !c.is_empty()));
+        if has_customer && same(&customer) {
+            trimmed.account = None;
+            trimmed.contacts.clear();
+            trimmed.binds.retain(|b| {
+                !matches!(
+                    b.target,
+                    cosell_mapping::BindTarget::Account
+                        | cosell_mapping::BindTarget::Contact { .. }
+                )
+            });
+        }
+        if trimmed.solutions_removed.is_empty() && same(&[FieldId::Solutions]) {
+            trimmed.solutions.clear();
+        }
+        (trimmed != *payload).then_some(trimmed)
+    }
+
     /// The solutions `row` holds that `payload` (the plan) no longer has: the ones the write
     /// unlinks. Read from the row, so a solution linked after the read is never unlinked.
     fn solutions_removed(&self, row: Option<&CrmRow>, payload: &CrmPayload) -> Vec<String> {
