@@ -1045,6 +1045,21 @@ async fn the_schema_check_lists_missing_columns() {
     let report = h.crm.client().check_schema(&refs).await.unwrap();
     assert!(report.missing.is_empty(), "{report:?}");
 
+    // A typo in a column outside the co-sell ones is caught by the check, not by every record.
+    let typo = FieldMap::from_toml("[columns.lead]\ncompany_name = \"companynam\"\n").unwrap();
+    let pairs = cosell::sync::required_columns(&typo);
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .collect();
+    let report = h.crm.client().check_schema(&refs).await.unwrap();
+    assert!(
+        report
+            .missing
+            .contains(&("lead".to_string(), "companynam".to_string())),
+        "{report:?}"
+    );
+
     // A CRM without the co-sell customisation.
     let plain = Sandbox::builder()
         .dataverse_schema(cosell::sandbox::DataverseSchema::standard())

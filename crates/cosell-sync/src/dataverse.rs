@@ -925,6 +925,80 @@ pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
             .into_iter()
             .map(|(_, col)| (o.entity.clone(), col.to_string())),
     );
+    // Every other column the map reads or writes: a typo in any of them would otherwise fail
+    // every record at run time instead of failing the check.
+    pairs.extend(
+        [&o.name, &o.description, &o.close_date]
+            .into_iter()
+            .map(|col| (o.entity.clone(), col.clone())),
+    );
+    pairs.extend(
+        [
+            &l.subject,
+            &l.description,
+            &l.deal_value,
+            &l.close_date,
+            &l.company_name,
+            &l.first_name,
+            &l.last_name,
+            &l.email,
+            &l.phone,
+            &l.job_title,
+            &l.city,
+            &l.state,
+            &l.postal_code,
+            &l.country,
+        ]
+        .into_iter()
+        .map(|col| (l.entity.clone(), col.clone())),
+    );
+    let a = &c.account;
+    pairs.extend(
+        [
+            &a.name,
+            &a.address_line1,
+            &a.address_line2,
+            &a.city,
+            &a.state,
+            &a.postal_code,
+        ]
+        .into_iter()
+        .map(|col| (a.entity.clone(), col.clone())),
+    );
+    let ct = &c.contact;
+    pairs.extend(
+        [
+            &ct.first_name,
+            &ct.last_name,
+            &ct.email,
+            &ct.phone,
+            &ct.job_title,
+        ]
+        .into_iter()
+        .map(|col| (ct.entity.clone(), col.clone())),
+    );
+    pairs.extend(
+        [&s.solution_type, &s.publisher]
+            .into_iter()
+            .map(|col| (s.entity.clone(), col.clone())),
+    );
+    // Configured defaults name columns too (a `nav@odata.bind` key is a lookup, not a column).
+    let d = &map.config().defaults;
+    for (entity, values) in [
+        (&o.entity, &d.opportunity),
+        (&l.entity, &d.lead),
+        (&a.entity, &d.account),
+        (&ct.entity, &d.contact),
+    ] {
+        pairs.extend(
+            values
+                .keys()
+                .filter(|k| !k.contains('@'))
+                .map(|k| (entity.clone(), k.clone())),
+        );
+    }
+    pairs.sort();
+    pairs.dedup();
     pairs
 }
 
@@ -944,6 +1018,12 @@ mod tests {
             "cosell_opportunitysolution".into(),
             "cosell_opportunityid".into()
         )));
+        // Every mapped column, not only the co-sell ones.
+        assert!(pairs.contains(&("lead".into(), "companyname".into())));
+        assert!(pairs.contains(&("contact".into(), "jobtitle".into())));
+        assert!(pairs.contains(&("opportunity".into(), "isrevenuesystemcalculated".into())));
+        let typo = FieldMap::from_toml("[columns.lead]\ncompany_name = \"companynam\"\n").unwrap();
+        assert!(required_columns(&typo).contains(&("lead".into(), "companynam".into())));
     }
 
     #[test]
