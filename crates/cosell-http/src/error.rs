@@ -132,8 +132,10 @@ impl ServiceError {
     ///
     /// Understands the OData error shape `{"error":{"code","message","target","innerError"}}`
     /// (both `innerError` and `innererror`), the Entra token-endpoint shape
-    /// `{"error":"invalid_grant","error_description":"…"}`, and the Partner Center throttling shape
-    /// `{"statusCode":429,"message":"…"}`; anything else keeps a bounded copy of the body text.
+    /// `{"error":"invalid_grant","error_description":"…"}`, the Partner Center REST shape
+    /// `{"code","description","data","source"}` (the webhook API's) and the Partner Center
+    /// throttling shape `{"statusCode":429,"message":"…"}`; anything else keeps a bounded copy
+    /// of the body text.
     pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Self {
         let parsed = parse_error_body(body);
         let text = String::from_utf8_lossy(body);
@@ -374,9 +376,13 @@ fn parse_error_body(body: &[u8]) -> ParsedErrorBody {
                 .map(str::to_string);
         }
         _ => {
+            // `description`: the Partner Center REST error shape `{code, description, data,
+            // source}` (partner-center-sdk `develop/error-codes.md`), the webhook API's.
             out.message = value
                 .get("message")
                 .or_else(|| value.get("Message"))
+                .or_else(|| value.get("description"))
+                .or_else(|| value.get("Description"))
                 .and_then(|v| v.as_str())
                 .map(str::to_string);
             out.code = value
@@ -462,6 +468,26 @@ mod tests {
         assert_eq!(e.code(), None);
         assert_eq!(e.message(), "Bad Gateway");
         assert_eq!(e.body(), "<html>bad gateway</html>");
+    }
+
+    #[test]
+    fn parses_the_partner_center_rest_shape_of_the_webhook_api() {
+        // partner-center-sdk `develop/error-codes.md`: `{code, description, data, source}`.
+        let e = service(
+            409,
+            r#"{"code":"800002","description":"Registration already exists, use the PUT method to update a registration.","data":[],"source":"PartnerCenter.Webhooks"}"#,
+        );
+        assert_eq!(e.code(), Some("800002"));
+        assert_eq!(
+            e.message(),
+            "Registration already exists, use the PUT method to update a registration."
+        );
+        assert!(
+            e.to_string()
+                .contains("(800002): Registration already exists")
+        );
+        let e = service(404, r#"{"code":1000,"description":"Not found"}"#);
+        assert_eq!((e.code(), e.message()), (Some("1000"), "Not found"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! A stand-in for Entra ID's v2.0 token endpoint, so the real credential code path runs in every
+//! A stand-in for Entra ID's token endpoints, so the real credential code path runs in every
 //! test: `POST /{tenant}/oauth2/v2.0/token` with the `client_credentials` and `refresh_token`
-//! grants. Issued tokens are opaque, remembered with their audience and expiry, and checked by
-//! the emulated APIs, which answer 401 to a missing, unknown, expired or wrong-audience token.
+//! grants, and the v1 `POST /{tenant}/oauth2/token` with the `password` grant (ROPC) that
+//! Microsoft's referral authentication page documents. Issued tokens are opaque, remembered with
+//! their audience and expiry, and checked by the emulated APIs, which answer 401 to a missing,
+//! unknown, expired or wrong-audience token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +27,10 @@ pub const SANDBOX_TENANT: &str = "sandbox.onmicrosoft.com";
 /// [`EntraStandIn::register_refresh_token`], so a separately started service can sign in with
 /// nothing but its configuration. Not registered by [`EntraStandIn::new`].
 pub const SANDBOX_REFRESH_TOKEN: &str = "cosell-sandbox-refresh-token";
+/// The user (UPN) registered in the sandbox by default, for the v1 `password` grant.
+pub const SANDBOX_USERNAME: &str = "referral.admin@sandbox.onmicrosoft.com";
+/// The password of [`SANDBOX_USERNAME`].
+pub const SANDBOX_PASSWORD: &str = "cosell-sandbox-password";
 /// The audience (resource) of the Partner Center referrals API.
 pub const REFERRALS_AUDIENCE: &str = "https://api.partner.microsoft.com";
 /// The audience of the Partner Center webhook API.
@@ -69,6 +75,7 @@ struct State_ {
     apps: HashMap<String, String>,
     access_tokens: HashMap<String, IssuedToken>,
     refresh_tokens: HashMap<String, String>,
+    users: HashMap<String, String>,
     lifetime: Duration,
     grants: u64,
 }
@@ -98,6 +105,10 @@ impl EntraStandIn {
                 apps,
                 access_tokens: HashMap::new(),
                 refresh_tokens: HashMap::new(),
+                users: HashMap::from([(
+                    SANDBOX_USERNAME.to_ascii_lowercase(),
+                    SANDBOX_PASSWORD.to_string(),
+                )]),
                 lifetime,
                 grants: 0,
             })),
@@ -113,6 +124,13 @@ impl EntraStandIn {
         self.lock()
             .apps
             .insert(client_id.to_string(), client_secret.to_string());
+    }
+
+    /// Registers a user (UPN, case-insensitive) and password for the v1 `password` grant.
+    pub fn register_user(&self, username: &str, password: &str) {
+        self.lock()
+            .users
+            .insert(username.to_ascii_lowercase(), password.to_string());
     }
 
     /// Issues a refresh token for `client_id`, as an interactive sign-in would (app+user).
@@ -207,11 +225,32 @@ impl EntraStandIn {
         Ok(())
     }
 
-    /// The router serving `POST /{tenant}/oauth2/v2.0/token`.
+    /// The router serving `POST /{tenant}/oauth2/v2.0/token` and the v1
+    /// `POST /{tenant}/oauth2/token`.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .route("/{tenant}/oauth2/token", post(token_v1))
             .with_state(self.clone())
+    }
+
+    /// Records an access token for `audience`; returns it and its expiry.
+    fn record(&self, audience: &str, delegated: bool) -> (String, DateTime<Utc>, Duration) {
+        let mut s = self.lock();
+        s.grants += 1;
+        let lifetime = s.lifetime;
+        let token = format!("sbx-at-{}", uuid::Uuid::new_v4().simple());
+        let expires_on =
+            Utc::now() + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1));
+        s.access_tokens.insert(
+            token.clone(),
+            IssuedToken {
+                audience: audience.trim_end_matches('/').to_string(),
+                delegated,
+                expires_on,
+            },
+        );
+        (token, expires_on, lifetime)
     }
 
     /// Issues a token for the resource named in `scope`; `None` when the scope names none.
@@ -227,19 +266,10 @@ impl EntraStandIn {
             }
             _ => resource,
         };
-        let mut s = self.lock();
-        s.grants += 1;
-        let lifetime = s.lifetime;
-        let token = format!("sbx-at-{}", uuid::Uuid::new_v4().simple());
-        s.access_tokens.insert(
-            token.clone(),
-            IssuedToken {
-                audience: audience.trim_end_matches('/').to_string(),
-                delegated,
-                expires_on: Utc::now()
-                    + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::hours(1)),
-            },
-        );
+        let (token, _, lifetime) = self.record(audience, delegated);
+        // Microsoft identity platform, "OAuth 2.0 client credentials flow" and "authorization
+        // code flow" (refresh): `token_type`, `expires_in` (a number in v2), `access_token`;
+        // the refresh answer adds `scope` and a new `refresh_token`.
         let mut body = json!({
             "token_type": "Bearer",
             "scope": scope,
@@ -249,7 +279,8 @@ impl EntraStandIn {
         });
         if delegated {
             let refresh = format!("sbx-rt-{}", uuid::Uuid::new_v4().simple());
-            s.refresh_tokens
+            self.lock()
+                .refresh_tokens
                 .insert(refresh.clone(), client_id.to_string());
             body["refresh_token"] = json!(refresh);
         }
@@ -342,6 +373,77 @@ async fn token(
             &format!("AADSTS70003: The grant type `{other}` is not supported here."),
         ),
     }
+}
+
+/// The v1 endpoint (`/{tenant}/oauth2/token`) with the `password` grant, as Microsoft's
+/// "Referrals API authentication" page documents it: form `resource`, `grant_type=password`,
+/// `scope=openid`, `client_id`, `client_secret`, `username`, `password`. Other grants are
+/// answered on the v2.0 endpoint only (the sandbox's choice: cosell never uses v1).
+async fn token_v1(
+    State(entra): State<EntraStandIn>,
+    Path(_tenant): Path<String>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if get("grant_type") != "password" {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "AADSTS70003: The sandbox answers only the `password` grant on the v1 endpoint; use /oauth2/v2.0/token.",
+        );
+    }
+    let known_secret = entra.lock().apps.get(get("client_id")).cloned();
+    let Some(known_secret) = known_secret else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+        );
+    };
+    if form
+        .get("client_secret")
+        .is_some_and(|s| *s != known_secret)
+    {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        );
+    }
+    // v1 names the audience with `resource` (no v2 scope).
+    let resource = get("resource");
+    if resource.is_empty() {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "AADSTS50001: The request must include the `resource` parameter.",
+        );
+    }
+    let user_ok = entra
+        .lock()
+        .users
+        .get(&get("username").to_ascii_lowercase())
+        .is_some_and(|p| p == get("password"));
+    if !user_ok {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "AADSTS50126: Error validating credentials due to invalid username or password.",
+        );
+    }
+    let (token, expires_on, lifetime) = entra.record(resource, true);
+    let not_before = Utc::now();
+    // Referrals API authentication page: the numbers of a v1 answer are strings.
+    Json(json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs().to_string(),
+        "ext_expires_in": lifetime.as_secs().to_string(),
+        "expires_on": expires_on.timestamp().to_string(),
+        "not_before": not_before.timestamp().to_string(),
+        "resource": resource,
+        "access_token": token,
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

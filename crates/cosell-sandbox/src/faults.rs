@@ -319,11 +319,19 @@ fn status_body(service: Service, status: StatusCode) -> serde_json::Value {
     match service {
         Service::Dataverse => json!({"error": {"code": "0x80040216", "message": message}}),
         Service::Entra => json!({"error": "temporarily_unavailable", "error_description": message}),
-        Service::Referrals | Service::Webhooks => json!({"error": {
+        Service::Referrals => json!({"error": {
             "code": if status.is_server_error() { "serviceNotAvailable" } else { "invalidRequest" },
             "message": message,
             "target": "sandbox-fault"
         }}),
+        // Partner Center REST error-codes page: the webhook API's host answers
+        // `{code, description, data, source}`.
+        Service::Webhooks => json!({
+            "code": status.as_u16().to_string(),
+            "description": message,
+            "data": [],
+            "source": "sandbox-fault"
+        }),
     }
 }
 

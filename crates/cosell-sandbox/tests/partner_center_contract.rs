@@ -1,19 +1,28 @@
 //! The Partner Center emulator against Microsoft's documented exchanges, over HTTP on 127.0.0.1.
 //!
 //! `contract_*` replays every example exchange of the team's reference notes
-//! (`partner-center.md` §6 and the documented `$filter` examples of §3.3): the request as
-//! documented, and the answer checked against what the documentation shows. `strict_*` pins the
+//! (`partner-center.md`: the token requests of §1.2-1.3, the referral exchanges of §3 and §6,
+//! the webhook registration, callback and error exchanges of §4, §6.5 and the Corrections): the
+//! request as documented, and the answer checked against what the documentation shows; the list
+//! of exchanges and the test of each is in `docs/fidelity-partner-center.md`. `strict_*` pins the
 //! restrictions Microsoft documents, so a client regression cannot hide behind a lenient
 //! emulator (issue 11).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use cosell_http::{HttpTransport, ReqwestTransport};
 use cosell_sandbox::Sandbox;
-use cosell_sandbox::entra::{REFERRALS_AUDIENCE, WEBHOOKS_AUDIENCE};
-use http::Method;
+use cosell_sandbox::entra::{
+    REFERRALS_AUDIENCE, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_PASSWORD, SANDBOX_TENANT,
+    SANDBOX_USERNAME, WEBHOOKS_AUDIENCE,
+};
+use http::{HeaderMap, Method};
+use partner_center_client::webhook::callback::WebhookCallback;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 struct Answer {
     status: u16,
@@ -632,5 +641,548 @@ async fn strict_webhook_api_contract() {
     let keys: Vec<&String> = a.body.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(a.body.get("SignatureTokenToMsSignatureHeader").is_none());
+    sandbox.shutdown().await;
+}
+
+// ----- contract: §1.2-1.3 token exchanges -------------------------------------------------
+
+/// POSTs `form` (urlencoded) to `url`.
+async fn post_form(url: &str, form: &[(&str, &str)]) -> Answer {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let req = http::Request::post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Bytes::from(body))
+        .unwrap();
+    let resp = ReqwestTransport::new()
+        .unwrap()
+        .send(req)
+        .await
+        .expect("answer");
+    Answer {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: serde_json::from_slice(resp.body()).unwrap_or(Value::Null),
+    }
+}
+
+/// GETs `url` with `token`, as the given API expects it.
+async fn get_with(c: &Caller, url: &str, token: &str) -> Answer {
+    let req = http::Request::get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json")
+        .header("content-type", "application/json")
+        .header("ms-contract-version", "v1")
+        .body(Bytes::new())
+        .unwrap();
+    let resp = c.transport.send(req).await.expect("answer");
+    Answer {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: serde_json::from_slice(resp.body()).unwrap_or(Value::Null),
+    }
+}
+
+#[tokio::test]
+async fn contract_token_exchanges_as_documented() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let c = Caller::new(&sandbox);
+    let entra = sandbox.urls().entra.to_string();
+    let entra = entra.trim_end_matches('/');
+    let list = format!("{}referrals", c.referrals);
+    let events = format!("{}registration/events", c.webhooks);
+
+    // §1.2, "Referrals API authentication": the v1 ROPC request as documented (the page uses
+    // `common`), and its answer, whose numbers are strings.
+    let a = post_form(
+        &format!("{entra}/common/oauth2/token"),
+        &[
+            ("resource", REFERRALS_AUDIENCE),
+            ("grant_type", "password"),
+            ("scope", "openid"),
+            ("client_id", SANDBOX_CLIENT_ID),
+            ("client_secret", SANDBOX_CLIENT_SECRET),
+            ("username", SANDBOX_USERNAME),
+            ("password", SANDBOX_PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["token_type"], "Bearer");
+    assert_eq!(a.body["resource"], REFERRALS_AUDIENCE);
+    for member in ["expires_in", "ext_expires_in", "expires_on", "not_before"] {
+        let v = a.body[member]
+            .as_str()
+            .unwrap_or_else(|| panic!("{member}: {}", a.body));
+        assert!(v.parse::<u64>().is_ok(), "{member} = {v}");
+    }
+    let ropc = a.body["access_token"].as_str().unwrap().to_string();
+    // An app+user token: the referrals API takes it.
+    assert_eq!(get_with(&c, &list, &ropc).await.status, 200);
+    // A wrong password is refused.
+    let a = post_form(
+        &format!("{entra}/common/oauth2/token"),
+        &[
+            ("resource", REFERRALS_AUDIENCE),
+            ("grant_type", "password"),
+            ("client_id", SANDBOX_CLIENT_ID),
+            ("client_secret", SANDBOX_CLIENT_SECRET),
+            ("username", SANDBOX_USERNAME),
+            ("password", "wrong"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+
+    // §1.3: an app token for the webhook API (client credentials, v2 scope `/.default`).
+    let v2 = format!("{entra}/{SANDBOX_TENANT}/oauth2/v2.0/token");
+    let scope = format!("{WEBHOOKS_AUDIENCE}/.default");
+    let a = post_form(
+        &v2,
+        &[
+            ("client_id", SANDBOX_CLIENT_ID),
+            ("client_secret", SANDBOX_CLIENT_SECRET),
+            ("grant_type", "client_credentials"),
+            ("scope", &scope),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["token_type"], "Bearer");
+    assert!(a.body["expires_in"].is_u64(), "{}", a.body);
+    assert!(a.body.get("refresh_token").is_none(), "{}", a.body);
+    let app = a.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get_with(&c, &events, &app).await.status, 200);
+    // The same grant for the referrals API gives an app-only token, which it refuses with the
+    // error-codes page's example (§3.8): `unAuthorized`, "Caller is not authorized…".
+    let scope = format!("{REFERRALS_AUDIENCE}/.default");
+    let a = post_form(
+        &v2,
+        &[
+            ("client_id", SANDBOX_CLIENT_ID),
+            ("client_secret", SANDBOX_CLIENT_SECRET),
+            ("grant_type", "client_credentials"),
+            ("scope", &scope),
+        ],
+    )
+    .await;
+    let app_only = a.body["access_token"].as_str().unwrap().to_string();
+    let a = get_with(&c, &list, &app_only).await;
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(a.body["error"]["code"], "unAuthorized");
+    assert_eq!(
+        a.body["error"]["message"],
+        "Caller is not authorized to access the resource."
+    );
+    assert_eq!(a.body["error"]["target"], "referral");
+    assert_eq!(a.body["error"]["innerError"]["code"], "innerErrorCode");
+
+    // §1.2, the Secure Application Model: app+user through a refresh token (v2).
+    let refresh = sandbox.entra().issue_refresh_token(SANDBOX_CLIENT_ID);
+    let scope = format!("{REFERRALS_AUDIENCE}/.default offline_access");
+    let a = post_form(
+        &v2,
+        &[
+            ("client_id", SANDBOX_CLIENT_ID),
+            ("client_secret", SANDBOX_CLIENT_SECRET),
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("scope", &scope),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["token_type"], "Bearer");
+    assert_eq!(a.body["scope"], scope.as_str());
+    assert!(a.body["expires_in"].is_u64());
+    assert!(a.body["refresh_token"].is_string(), "{}", a.body);
+    let user = a.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get_with(&c, &list, &user).await.status, 200);
+    sandbox.shutdown().await;
+}
+
+// ----- contract: webhook API errors (Corrections; Partner Center REST error codes) ----------
+
+/// The webhook API's error body as the Partner Center REST error-codes page documents it:
+/// `code` and `description` always (strings), `data` a list, `source` always; nothing else.
+fn assert_webhook_error(a: &Answer, status: u16, code: &str) {
+    assert_eq!(a.status, status, "{}", a.body);
+    let obj = a.body.as_object().unwrap_or_else(|| panic!("{}", a.body));
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["code", "data", "description", "source"],
+        "{}",
+        a.body
+    );
+    assert_eq!(a.body["code"], code, "{}", a.body);
+    assert!(
+        a.body["description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())
+    );
+    assert!(a.body["data"].is_array());
+    assert!(a.body["source"].is_string());
+}
+
+#[tokio::test]
+async fn contract_webhook_api_errors_in_the_documented_shape() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let c = Caller::new(&sandbox);
+    let body =
+        json!({ "WebhookUrl": "http://127.0.0.1:9/hook", "WebhookEvents": ["referral-created"] });
+    assert_webhook_error(
+        &c.webhooks(Method::GET, "registration", None).await,
+        404,
+        "1000",
+    );
+    let a = c
+        .webhooks(Method::POST, "registration/validationEvents", None)
+        .await;
+    assert_webhook_error(&a, 404, "1000");
+    let url = format!("{}registration/events", c.webhooks);
+    assert_webhook_error(&c.call(Method::GET, &url, &[], None).await, 400, "800002");
+    let a = get_with(&c, &url, &c.token).await;
+    assert_webhook_error(&a, 401, "400");
+    assert_eq!(
+        c.webhooks(Method::POST, "registration", Some(&body))
+            .await
+            .status,
+        200
+    );
+    let a = c.webhooks(Method::POST, "registration", Some(&body)).await;
+    assert_webhook_error(&a, 409, "409");
+    assert_eq!(
+        a.body["description"],
+        "Registration already exists, use the PUT method to update a registration."
+    );
+    let a = c
+        .webhooks(
+            Method::PUT,
+            "registration",
+            Some(&json!({ "WebhookUrl": "x" })),
+        )
+        .await;
+    assert_webhook_error(&a, 400, "800002");
+    // A test event needs `test-created` in the registration.
+    let a = c
+        .webhooks(Method::POST, "registration/validationEvents", None)
+        .await;
+    assert_webhook_error(&a, 400, "800002");
+    let a = c
+        .webhooks(Method::GET, "registration/validationEvents/nope", None)
+        .await;
+    assert_webhook_error(&a, 404, "1000");
+    // An injected failure on the webhook host answers in the same shape.
+    sandbox.faults().inject(
+        cosell_sandbox::Service::Webhooks,
+        cosell_sandbox::Fault::status(503).times(1),
+    );
+    assert_webhook_error(
+        &c.webhooks(Method::GET, "registration", None).await,
+        503,
+        "503",
+    );
+    // The referrals API keeps its own documented shape.
+    let a = c
+        .referrals(
+            Method::GET,
+            "referrals/00000000-0000-0000-0000-000000000000",
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.body["error"]["code"], "itemNotFound");
+    sandbox.faults().inject(
+        cosell_sandbox::Service::Referrals,
+        cosell_sandbox::Fault::status(503).times(1),
+    );
+    let a = c.referrals(Method::GET, "referrals", None).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.body["error"]["code"], "serviceNotAvailable");
+    sandbox.shutdown().await;
+}
+
+// ----- contract: §4.2-4.3 and §6.5 signed callbacks -----------------------------------------
+
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// A callback receiver on 127.0.0.1 answering 200.
+async fn receiver() -> (String, mpsc::UnboundedReceiver<Received>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/partner-center/webhook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Received { headers, body });
+                http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/partner-center/webhook"), rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a callback within 10 s")
+        .expect("receiver open")
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The body is the documented PascalCase payload, exactly those five members.
+fn assert_documented_payload(body: &[u8], event: &str, resource: &str) -> Value {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "AuditUri",
+            "EventName",
+            "ResourceChangeUtcDate",
+            "ResourceName",
+            "ResourceUri"
+        ]
+    );
+    assert_eq!(v["EventName"], event);
+    assert_eq!(v["ResourceName"], resource);
+    assert_eq!(v["AuditUri"], Value::Null);
+    // "2018-02-17T00:05:39.5485487+00:00": seven fractional digits, offset +00:00.
+    let date = v["ResourceChangeUtcDate"].as_str().unwrap();
+    let (_, frac) = date.split_once('.').unwrap();
+    assert_eq!(frac.len(), 7 + "+00:00".len(), "{date}");
+    assert!(date.ends_with("+00:00"), "{date}");
+    chrono::DateTime::parse_from_rfc3339(date).unwrap();
+    v
+}
+
+#[tokio::test]
+async fn contract_signed_callback_as_documented() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    sandbox.partner_center().set_test_event_limit(false);
+    let pc = sandbox.partner_center();
+    let c = Caller::new(&sandbox);
+    let verifier = pc.webhook_verifier_builder().unwrap().build().unwrap();
+    let (url, mut rx) = receiver().await;
+
+    // §6.5 with the signature in `Authorization` (no `SignatureTokenToMsSignatureHeader`).
+    let reg = json!({ "WebhookUrl": url, "WebhookEvents": ["referral-created", "test-created"] });
+    assert_eq!(
+        c.webhooks(Method::POST, "registration", Some(&reg))
+            .await
+            .status,
+        200
+    );
+    let created = create(&c, &private_deal_example()).await;
+    let got = next(&mut rx).await;
+    let h = &got.headers;
+    assert_eq!(header(h, "content-type"), Some("application/json"));
+    let auth = header(h, "authorization").expect("Authorization");
+    let signature = auth.strip_prefix("Signature ").expect("scheme `Signature`");
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(signature)
+        .expect("base64 signature");
+    assert_eq!(raw.len(), 256, "an RSA-2048 PKCS#1 v1.5 signature");
+    assert!(h.get("x-ms-signature").is_none());
+    assert_eq!(
+        header(h, "x-ms-certificate-url"),
+        Some(pc.certificate_url().as_str())
+    );
+    assert_eq!(header(h, "x-ms-signature-algorithm"), Some("rsa-sha256"));
+    assert_documented_payload(&got.body, "referral-created", "referral");
+    // The real verifier accepts it, over the raw body; one flipped byte is refused.
+    verifier.verify(h, &got.body).await.expect("verified");
+    let mut forged = got.body.to_vec();
+    forged[2] ^= 1;
+    assert!(verifier.verify(h, &forged).await.is_err());
+    let callback = WebhookCallback::parse(&got.body).unwrap();
+    assert_eq!(
+        callback.referral_id(&["127.0.0.1"]).unwrap(),
+        created["id"].as_str().unwrap()
+    );
+
+    // With `SignatureTokenToMsSignatureHeader: true` the token moves to `x-ms-signature`;
+    // the test event's resource is `test`, its URI the validation event.
+    let reg = json!({ "WebhookUrl": url, "WebhookEvents": ["referral-created", "test-created"],
+                      "SignatureTokenToMsSignatureHeader": true });
+    assert_eq!(
+        c.webhooks(Method::PUT, "registration", Some(&reg))
+            .await
+            .status,
+        200
+    );
+    let a = c
+        .webhooks(Method::POST, "registration/validationEvents", None)
+        .await;
+    let corr = a.body["correlationId"].as_str().unwrap().to_string();
+    let got = next(&mut rx).await;
+    assert!(got.headers.get("authorization").is_none());
+    assert!(header(&got.headers, "x-ms-signature").is_some_and(|s| s.starts_with("Signature ")));
+    let v = assert_documented_payload(&got.body, "test-created", "test");
+    assert!(v["ResourceUri"].as_str().unwrap().ends_with(&format!(
+        "/webhooks/v1/registration/validationEvents/{corr}"
+    )));
+    verifier
+        .verify(&got.headers, &got.body)
+        .await
+        .expect("verified");
+
+    // The documented body of §6.5 itself, signed as the sandbox signs, verifies and names its
+    // referral on the documented host.
+    const DOC: &[u8] = br#"{"EventName":"related-referral-updated","ResourceUri":"https://api.partnercenter.microsoft.com/engagements/v1/referrals/4111fffc-f9ee-4d53-bba6-569135228642","ResourceName":"referral","AuditUri":null,"ResourceChangeUtcDate":"2024-02-25T09:11:02.1034567+00:00"}"#;
+    let mut h = HeaderMap::new();
+    for (k, v) in pc.sign_callback(DOC, false).unwrap() {
+        h.insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    assert_eq!(header(&h, "content-type"), Some("application/json"));
+    verifier.verify(&h, DOC).await.expect("verified");
+    let callback = WebhookCallback::parse(DOC).unwrap();
+    assert_eq!(
+        callback
+            .referral_id(WebhookCallback::DEFAULT_RESOURCE_HOSTS)
+            .unwrap(),
+        "4111fffc-f9ee-4d53-bba6-569135228642"
+    );
+    sandbox.shutdown().await;
+}
+
+// ----- contract: §3.6 deal registration, §3.7 PUT (obsolete) --------------------------------
+
+#[tokio::test]
+async fn contract_deal_registration_and_obsolete_put() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let c = Caller::new(&sandbox);
+    let created = create(&c, &private_deal_example()).await;
+    let id = created["id"].as_str().unwrap();
+    let url = format!("referrals/{id}");
+
+    // §3.6, the connector's deal-registration create: 204.
+    let a = c
+        .referrals(
+            Method::PATCH,
+            &url,
+            Some(&json!([{ "op": "add", "path": "/registrations/-", "value": {
+                "type": "AzureIPCoSell",
+                "solutionDetails": [ { "id": "SOL-15974-MQF", "currency": "USD", "value": 50000,
+                    "isDeployedOnAzure": true, "primaryDeploymentOn": "Customer", "pricingModel": "PayAsYouGo",
+                    "marketplaceTransactionDetails": { "isMarketplaceTransacted": false,
+                                                       "marketplaceTransactionDateTime": "2024-10-01T00:00:00Z" } } ],
+                "contract": { "currency": "USD", "endDateTime": "2025-10-01T00:00:00Z", "term": "Finite",
+                              "value": 50000, "signDateTime": "2024-09-01T00:00:00Z", "startDateTime": "2024-10-01T00:00:00Z" }
+            } }])),
+        )
+        .await;
+    assert_eq!(a.status, 204, "{}", a.body);
+    // …and its update path.
+    let a = c
+        .referrals(
+            Method::PATCH,
+            &url,
+            Some(&json!([{ "op": "replace", "path": "/registrations/0/contract/value", "value": 60000 }])),
+        )
+        .await;
+    assert_eq!(a.status, 204, "{}", a.body);
+    let got = c.referrals(Method::GET, &url, None).await;
+    assert_eq!(got.body["registrations"][0]["type"], "AzureIPCoSell");
+    assert_eq!(got.body["registrations"][0]["contract"]["value"], 60000);
+
+    // §3.7: PUT the full referral without `links`, If-Match set: 200 with the referral.
+    let mut full = got.body.clone();
+    let etag = full["eTag"].as_str().unwrap().to_string();
+    full.as_object_mut().unwrap().remove("links");
+    full["details"]["notes"] = json!("Replaced by the obsolete PUT.");
+    let a = c.referrals(Method::PUT, &url, Some(&full)).await;
+    assert_eq!(a.status, 400, "If-Match is required on PUT: {}", a.body);
+    let a = c
+        .call(
+            Method::PUT,
+            &format!("{}{url}", c.referrals),
+            &[("if-match", &etag)],
+            Some(&full),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["details"]["notes"], "Replaced by the obsolete PUT.");
+    assert_ne!(a.body["eTag"].as_str(), Some(etag.as_str()));
+    sandbox.shutdown().await;
+}
+
+// ----- contract: §1.4 headers, §3.9 test-event throttling -----------------------------------
+
+#[tokio::test]
+async fn contract_documented_headers_and_test_event_throttle() {
+    let sandbox = Sandbox::start().await.expect("sandbox");
+    let c = Caller::new(&sandbox);
+    // Webhooks: MS-CorrelationId and MS-RequestId come back.
+    let url = format!("{}registration/events", c.webhooks);
+    let a = c
+        .call(
+            Method::GET,
+            &url,
+            &[
+                ("ms-contract-version", "v1"),
+                ("ms-correlationid", "0b6c5e0e-9e6b-4a51-9c27-1f1d3a3b7c11"),
+                ("ms-requestid", "6c0e5d9a-2f4b-4b9e-8f0e-3f6d5b7c9a21"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(
+        header(&a.headers, "ms-correlationid"),
+        Some("0b6c5e0e-9e6b-4a51-9c27-1f1d3a3b7c11")
+    );
+    assert_eq!(
+        header(&a.headers, "ms-requestid"),
+        Some("6c0e5d9a-2f4b-4b9e-8f0e-3f6d5b7c9a21")
+    );
+    // Test events: "a throttle limit of 2 requests per minute", 429 with Retry-After and the
+    // throttling guidance's body.
+    let reg = json!({ "WebhookUrl": "http://127.0.0.1:9/hook", "WebhookEvents": ["test-created"] });
+    assert_eq!(
+        c.webhooks(Method::POST, "registration", Some(&reg))
+            .await
+            .status,
+        200
+    );
+    for _ in 0..2 {
+        let a = c
+            .webhooks(Method::POST, "registration/validationEvents", None)
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    let a = c
+        .webhooks(Method::POST, "registration/validationEvents", None)
+        .await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(header(&a.headers, "retry-after").is_some_and(|s| s.parse::<u64>().is_ok()));
+    assert_eq!(a.body["statusCode"], 429);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Rate limit is exceeded."))
+    );
     sandbox.shutdown().await;
 }

@@ -170,6 +170,63 @@ async fn webhook_error_body_is_parsed() {
     assert_eq!(body.data, Some(json!([])));
 }
 
+/// Issue 11 item 13: the webhook API answers `{code, description, data, source}` (Partner
+/// Center REST error-codes page, partner-center-sdk `develop/error-codes.md`). A registration
+/// conflict in that shape is a conflict whose error names the code and the description, and
+/// `register_webhook` with overwrite replaces the registration on it.
+#[tokio::test]
+async fn webhook_conflict_in_the_documented_shape_names_code_and_description() {
+    let server = server().await;
+    let conflict = json!({
+        "code": "800002",
+        "description": "Registration already exists, use the PUT method to update a registration.",
+        "data": [],
+        "source": "PartnerCenter.Webhooks"
+    });
+    Mock::given(method("POST"))
+        .and(path("/webhooks/v1/registration"))
+        .and(header("ms-contract-version", "v1"))
+        .respond_with(ResponseTemplate::new(409).set_body_json(conflict))
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/webhooks/v1/registration"))
+        .and(header("ms-contract-version", "v1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "SubscriberId": "s1",
+            "WebhookUrl": "https://example.com/hook",
+            "WebhookEvents": ["referral-created"]
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let client = client_for(&server);
+    let err = client
+        .register_referral_webhook("https://example.com/hook", false)
+        .await
+        .expect_err("409");
+    assert!(err.is_conflict(), "{err}");
+    let service = err.service_error().expect("service error");
+    assert_eq!(service.code(), Some("800002"));
+    assert_eq!(
+        service.message(),
+        "Registration already exists, use the PUT method to update a registration."
+    );
+    assert!(
+        err.to_string()
+            .contains("(800002): Registration already exists, use the PUT method"),
+        "{err}"
+    );
+    let body = err.webhook_error().expect("webhook error body");
+    assert_eq!(body.source.as_deref(), Some("PartnerCenter.Webhooks"));
+    let replaced = client
+        .register_referral_webhook("https://example.com/hook", true)
+        .await
+        .expect("replaced after the documented 409");
+    assert_eq!(replaced.subscriber_id.as_deref(), Some("s1"));
+}
+
 // ----- item 15: tolerant decoding ---------------------------------------------------------
 
 #[tokio::test]

@@ -354,10 +354,8 @@ async fn attempt(pc: &PartnerCenterEmulator, id: usize) -> bool {
         let request = http::Request::builder()
             .method(http::Method::POST)
             .uri(rec.webhook_url.as_str())
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/json; charset=utf-8",
-            )
+            // partner-center-webhooks, the sample delivery: `Content-Type: application/json`.
+            .header(http::header::CONTENT_TYPE, "application/json")
             .header(rec.signature.0.as_str(), rec.signature.1.as_str())
             .header("X-MS-Certificate-Url", cert_url)
             .header("X-MS-Signature-Algorithm", "rsa-sha256")

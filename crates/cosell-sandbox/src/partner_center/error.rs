@@ -1,10 +1,15 @@
-//! The Partner Center error body, `{"error":{"code","message","target","innerError"}}`.
+//! The Partner Center error bodies: the referrals API's `{"error":{"code","message","target",
+//! "innerError"}}` and the webhook API's `{code, description, data, source}`.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::entra::AuthFailure;
+
+/// The `source` of the sandbox's webhook API errors (the page documents the member, not its
+/// values).
+pub(crate) const WEBHOOK_ERROR_SOURCE: &str = "PartnerCenter.Webhooks";
 
 /// An error answer of the emulated Partner Center APIs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +19,19 @@ pub(crate) struct ApiError {
     pub(crate) message: String,
     pub(crate) target: &'static str,
     pub(crate) inner: Option<(&'static str, String)>,
+    /// The body shape: the referrals API's or the webhook API's.
+    pub(crate) shape: Shape,
+}
+
+/// Which of the two documented error bodies an answer carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Partner REST error-codes page (partner-rest `develop/error-codes.md`):
+    /// `{"error": {code, message, target, innerError}}`.
+    Referrals,
+    /// Partner Center REST error-codes page (partner-center-sdk `develop/error-codes.md`), the
+    /// webhook API's host: `{code, description, data, source}`.
+    Webhooks,
 }
 
 impl ApiError {
@@ -24,7 +42,15 @@ impl ApiError {
             message: message.into(),
             target: "referral",
             inner: None,
+            shape: Shape::Referrals,
         }
+    }
+
+    /// The same error in the webhook API's shape, `{code, description, data, source}`.
+    pub(crate) fn webhooks(mut self) -> Self {
+        self.shape = Shape::Webhooks;
+        self.target = "webhook";
+        self
     }
 
     pub(crate) fn target(mut self, target: &'static str) -> Self {
@@ -82,8 +108,44 @@ impl ApiError {
     }
 }
 
+/// The webhook API's numeric error code (sent as a string: the page types `code` as string) for
+/// an answer. Partner Center REST error-codes page: 800002 "Invalid request input" (400), 400
+/// "Access denied" (401), 1000 "Not found" (404). No code is documented for a webhook 405 or
+/// 409: the HTTP status stands in.
+fn webhook_code(status: StatusCode) -> String {
+    match status.as_u16() {
+        400 => "800002".into(),
+        401 => "400".into(),
+        404 => "1000".into(),
+        other => other.to_string(),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.shape == Shape::Webhooks {
+            // Partner Center REST error-codes page: code and description "always returned",
+            // data "only returned for some error types" (a list), source "always returned".
+            let mut description = self.message;
+            if let Some((_, inner)) = self.inner {
+                description = format!("{description} {inner}");
+            }
+            let mut resp = (
+                self.status,
+                axum::Json(json!({
+                    "code": webhook_code(self.status),
+                    "description": description,
+                    "data": [],
+                    "source": WEBHOOK_ERROR_SOURCE,
+                })),
+            )
+                .into_response();
+            if self.status == StatusCode::UNAUTHORIZED {
+                resp.headers_mut()
+                    .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            }
+            return resp;
+        }
         let mut error = json!({
             "code": self.code,
             "message": self.message,

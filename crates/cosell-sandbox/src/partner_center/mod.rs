@@ -484,10 +484,7 @@ impl PartnerCenterEmulator {
             "Authorization"
         };
         Ok(vec![
-            (
-                "Content-Type".into(),
-                "application/json; charset=utf-8".into(),
-            ),
+            ("Content-Type".into(), "application/json".into()),
             (sig_header.into(), format!("Signature {sig}")),
             (
                 "X-MS-Certificate-Url".into(),

@@ -47,7 +47,7 @@ async fn not_found() -> Response {
         "itemNotFound",
         "The requested resource was not found.",
     )
-    .target("webhook")
+    .webhooks()
     .into_response()
 }
 
@@ -57,7 +57,7 @@ async fn method_not_allowed() -> Response {
         "invalidRequest",
         "The HTTP method is not supported on this resource.",
     )
-    .target("webhook")
+    .webhooks()
     .into_response()
 }
 
@@ -86,11 +86,11 @@ fn auth(pc: &PartnerCenterEmulator, headers: &HeaderMap) -> Result<(), ApiError>
     pc.context()
         .entra
         .check(headers, WEBHOOKS_AUDIENCE)
-        .map_err(|f| ApiError::unauthenticated(&f).target("webhook"))?;
+        .map_err(|f| ApiError::unauthenticated(&f).webhooks())?;
     // Partner Center REST headers page: `MS-Contract-Version` is required (`api-version: v1`).
     if headers.get("ms-contract-version").is_none() {
         return Err(
-            ApiError::invalid("The MS-Contract-Version header is required (v1).").target("webhook"),
+            ApiError::invalid("The MS-Contract-Version header is required (v1).").webhooks(),
         );
     }
     Ok(())
@@ -114,7 +114,7 @@ struct RegistrationInput {
 }
 
 fn parse_registration(body: &[u8]) -> Result<RegistrationInput, ApiError> {
-    let invalid = |m: String| ApiError::invalid(m).target("webhook");
+    let invalid = |m: String| ApiError::invalid(m).webhooks();
     let doc: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("The request body is not valid JSON: {e}")))?;
     let obj = doc
@@ -195,7 +195,7 @@ async fn get_registration(State(pc): State<PartnerCenterEmulator>, headers: Head
             "itemNotFound",
             "No webhook registration exists for this partner.",
         )
-        .target("webhook")
+        .webhooks()
         .into_response(),
     }
 }
@@ -233,7 +233,7 @@ fn write_registration(
     // partner-center-webhooks: one registration per partner; a second POST is 409.
     if !replace && s.registration.is_some() {
         return ApiError::new(StatusCode::CONFLICT, "invalidRequest", REGISTRATION_EXISTS)
-            .target("webhook")
+            .webhooks()
             .into_response();
     }
     // PUT replaces (and, tolerantly, creates when none exists); the subscriber id is kept.
@@ -271,7 +271,7 @@ async fn send_test_event(State(pc): State<PartnerCenterEmulator>, headers: Heade
             "itemNotFound",
             "No webhook registration exists for this partner.",
         )
-        .target("webhook")
+        .webhooks()
         .into_response();
     };
     // partner-center-webhooks: a test event needs the registration to include `test-created`.
@@ -279,7 +279,7 @@ async fn send_test_event(State(pc): State<PartnerCenterEmulator>, headers: Heade
         return ApiError::invalid(
             "The registration does not include the `test-created` event; add it to send a test event.",
         )
-        .target("webhook")
+        .webhooks()
         .into_response();
     }
     // partner-center-webhooks: test events have "a throttle limit of 2 requests per minute".
@@ -355,7 +355,7 @@ async fn test_event_status(
     let s = pc.lock();
     let Some(v) = s.validations.get(&correlation_id) else {
         return ApiError::not_found("validation event", &correlation_id)
-            .target("webhook")
+            .webhooks()
             .into_response();
     };
     let record = v.delivery.and_then(|i| s.deliveries.get(i));
