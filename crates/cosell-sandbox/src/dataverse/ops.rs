@@ -71,9 +71,10 @@ fn dispatch(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
         }
         ("WhoAmI", None | Some(""), []) => {
             // Source: "Troubleshoot Dataverse Web API client errors" (D-CLIENTERR): WhoAmI is a
-            // function, so `POST WhoAmI` finds no such resource: 404.
+            // function, so `POST WhoAmI` is 404, code "", "No HTTP resource was found …".
             if req.method != Method::GET {
-                return Err(DvError::unknown_segment(&first.text()));
+                let url = format!("{}{}", ctx.api_base, req.path);
+                return Err(DvError::no_http_resource(&url));
             }
             return Ok(actions::who_am_i(ctx));
         }
@@ -897,8 +898,8 @@ fn token_version(token: &str) -> Option<u64> {
     token.split('!').next()?.trim().parse().ok()
 }
 
-/// The error for an expired change-tracking token ([UNCONFIRMED] status and code: the message
-/// is documented; a 400 with a distinct code is the tolerant choice).
+/// The error for an expired change-tracking token (code and message from D-ERR; the status is
+/// the emulator's choice, listed in `docs/fidelity-dataverse.md`).
 fn expired_token() -> DvError {
     DvError::bad_request(
         codes::EXPIRED_VERSION_STAMP,
@@ -1566,11 +1567,11 @@ fn check_alternate_keys(ctx: &Ctx<'_>, table: &Table, id: Uuid, row: &Row) -> Dv
             return Err(DvError::new(
                 StatusCode::PRECONDITION_FAILED,
                 codes::DUPLICATE_KEY,
+                // Source: D-ERR: DuplicateRecordEntityKey's message.
                 format!(
-                    "Entity Key {} violated. A record with the same value for {} already exists. A duplicate record cannot be created. Try again with a unique value for {}.",
+                    "Entity Key {} violated. A record with the same value for {} already exists. A duplicate record cannot be created. Select one or more unique values and try again.",
                     key.name,
                     key.columns.join(","),
-                    key.columns.join(",")
                 ),
             ));
         }
@@ -1605,11 +1606,8 @@ pub(crate) fn create_row(
         },
     };
     if ctx.store.get(table.logical(), &id).is_some() {
-        return Err(DvError::new(
-            StatusCode::PRECONDITION_FAILED,
-            codes::DUPLICATE_RECORD,
-            "Cannot insert duplicate key.",
-        ));
+        // Source: D-ERR: DuplicateRecord 0x80040237 (status: only a real tenant can confirm).
+        return Err(DvError::duplicate_record());
     }
     let mut row = Row::new();
     row.insert(table.pk().to_string(), Value::String(id.to_string()));
@@ -1707,11 +1705,8 @@ pub(crate) fn associate(
         return Err(DvError::unknown_property(nav, table.logical()));
     };
     if related_ids(ctx.store, n, Some(id)).contains(&other) {
-        return Err(DvError::new(
-            StatusCode::PRECONDITION_FAILED,
-            codes::DUPLICATE_RECORD,
-            "Cannot insert duplicate key: the rows are already associated.",
-        ));
+        // Source: D-ERR: DuplicateRecord 0x80040237 (status: only a real tenant can confirm).
+        return Err(DvError::duplicate_record());
     }
     let Some(it) = ctx.model.table(&n.intersect) else {
         return Err(DvError::unknown_property(nav, table.logical()));
