@@ -402,6 +402,31 @@ pub(crate) fn render(
     select: Option<&[String]>,
     prefer: &Prefer,
 ) -> Map<String, Value> {
+    render_row(model, store, table, row, select, prefer, false)
+}
+
+/// [`render`] for a response body: Money values are marked to be written with four decimals
+/// (see [`money`](super::money)).
+fn render_wire(
+    model: &Model,
+    store: &Store,
+    table: &Table,
+    row: &Row,
+    select: Option<&[String]>,
+    prefer: &Prefer,
+) -> Map<String, Value> {
+    render_row(model, store, table, row, select, prefer, true)
+}
+
+fn render_row(
+    model: &Model,
+    store: &Store,
+    table: &Table,
+    row: &Row,
+    select: Option<&[String]>,
+    prefer: &Prefer,
+    wire: bool,
+) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("@odata.etag".into(), Value::String(etag(row)));
     let emit = |col: &ColumnDef, out: &mut Map<String, Value>| {
@@ -468,6 +493,11 @@ pub(crate) fn render(
                 _ => {}
             }
         }
+        let v = if wire && col.column_type == ColumnType::Money {
+            super::money::mark(v)
+        } else {
+            v
+        };
         out.insert(p, v);
     };
     match select {
@@ -511,7 +541,7 @@ fn render_with_expand(
 ) -> DvResult<Map<String, Value>> {
     let model = ctx.model;
     let store: &Store = ctx.store;
-    let mut out = render(model, store, table, row, select, prefer);
+    let mut out = render_wire(model, store, table, row, select, prefer);
     for item in expand {
         if let Some((column, target)) = table.navs.get(&item.nav) {
             let tt = model
@@ -536,7 +566,7 @@ fn render_with_expand(
             out.insert(
                 item.nav.clone(),
                 related.map_or(Value::Null, |r| {
-                    Value::Object(render(model, store, tt, r, sel.as_deref(), prefer))
+                    Value::Object(render_wire(model, store, tt, r, sel.as_deref(), prefer))
                 }),
             );
         } else if let Some(nav) = table.collections.get(&item.nav) {
@@ -552,7 +582,7 @@ fn render_with_expand(
             let value: Vec<Value> = related_ids(store, nav, id)
                 .into_iter()
                 .filter_map(|oid| store.get(&nav.other_table, &oid))
-                .map(|r| Value::Object(render(model, store, tt, r, sel.as_deref(), prefer)))
+                .map(|r| Value::Object(render_wire(model, store, tt, r, sel.as_deref(), prefer)))
                 .collect();
             out.insert(item.nav.clone(), Value::Array(value));
         } else {
@@ -967,7 +997,8 @@ fn delta(
     let rows = data.map_or(&empty, |d| &d.rows);
     let mut items: Vec<Value> = Vec::new();
     let mut next_cursor = None;
-    let render_row = |r: &Row| Value::Object(render(ctx.model, store, table, r, select, prefer));
+    let render_row =
+        |r: &Row| Value::Object(render_wire(ctx.model, store, table, r, select, prefer));
     match since {
         None => {
             let last = Uuid::parse_str(&cursor).ok();
@@ -1791,7 +1822,7 @@ fn write_response(
             "/$entity",
         )),
     );
-    body.extend(render(
+    body.extend(render_wire(
         ctx.model,
         ctx.store,
         table,
@@ -1936,7 +1967,16 @@ fn property_op(
         let value: Vec<Value> = related_ids(store, nav, Some(id))
             .into_iter()
             .filter_map(|oid| store.get(other.logical(), &oid))
-            .map(|r| Value::Object(render(model, store, other, r, select.as_deref(), &prefer)))
+            .map(|r| {
+                Value::Object(render_wire(
+                    model,
+                    store,
+                    other,
+                    r,
+                    select.as_deref(),
+                    &prefer,
+                ))
+            })
             .collect();
         return Ok(json_response(
             StatusCode::OK,
@@ -1970,7 +2010,7 @@ fn property_op(
                     "@odata.context".into(),
                     Value::String(context_url(ctx.api_base, tt, None, "/$entity")),
                 );
-                body.extend(render(model, store, tt, r, None, &prefer));
+                body.extend(render_wire(model, store, tt, r, None, &prefer));
                 json_response(StatusCode::OK, Value::Object(body))
             }
         });
@@ -1989,6 +2029,11 @@ fn property_op(
             if v.is_null() {
                 return Ok(OpResponse::new(StatusCode::NO_CONTENT));
             }
+            let v = if col.column_type == ColumnType::Money {
+                super::money::mark(v)
+            } else {
+                v
+            };
             Ok(json_response(
                 StatusCode::OK,
                 json!({
