@@ -745,6 +745,17 @@ async fn correction_batch_parse_error_is_a_batchresponse() {
     assert!(text.contains("\"error\""), "{text}");
 }
 
+/// One row of the error table: what, method, path, headers, body, status, code.
+type ErrorCase<'a> = (
+    &'a str,
+    Method,
+    String,
+    Vec<(&'a str, &'a str)>,
+    String,
+    u16,
+    &'a str,
+);
+
 /// Every error the emulator answers, with the status and code Microsoft's pages print for it
 /// (`docs/fidelity-dataverse.md` names each page; a case no page prints a code for is listed
 /// there under "Only a real tenant can confirm").
@@ -787,7 +798,7 @@ async fn errors_carry_the_documented_status_and_code() {
     let dup_id = json!({"accountid": acct, "name": "again"}).to_string();
     let stale = ("If-Match", "W/\"1\"");
     let track = ("Prefer", "odata.track-changes");
-    let cases: Vec<(&str, Method, String, Vec<(&str, &str)>, String, u16, &str)> = vec![
+    let cases: Vec<ErrorCase<'_>> = vec![
         // D-CLIENTERR: wrong case in an entity set name.
         (
             "unknown entity set",
