@@ -113,3 +113,34 @@ async fn the_customer_account_is_found_among_more_than_a_page_of_same_postal_cod
     }
     assert_eq!(dv.count("account"), 121, "no duplicate account");
 }
+
+/// D-CREATE: Dataverse writes Money with four decimals (`250000.0000`, `1234.5678`); the
+/// adapter reads both, and the mapping rounds the deal value to `money_precision` (2).
+#[tokio::test]
+async fn money_with_four_decimals_reads_as_the_deal_value() {
+    use cosell::mapping::FieldId;
+    let s = Sandboxed::start().await.unwrap();
+    let map = FieldMap::default();
+    for (value, expected) in [(250000.0, "250000"), (1234.5678, "1234.57")] {
+        let id = s
+            .sandbox
+            .dataverse()
+            .insert_row(
+                "opportunity",
+                json!({"name": "Deal", "estimatedvalue": value}),
+            )
+            .unwrap();
+        let row = s
+            .crm
+            .read(RecordKind::Opportunity, &id.to_string())
+            .await
+            .unwrap()
+            .unwrap();
+        let snapshot = map.snapshot_from_crm(&row.records, None).unwrap();
+        let deal = snapshot
+            .get(FieldId::DealValue)
+            .and_then(|v| v.as_decimal())
+            .unwrap();
+        assert_eq!(deal.to_string(), expected, "{value}");
+    }
+}

@@ -14,6 +14,10 @@ pub const CODE_DUPLICATE_RECORD_ENTITY_KEY: &str = "0x80060892";
 pub const CODE_DUPLICATE_RECORD: &str = "0x80040237";
 /// Dataverse code for a row that does not exist (`ObjectDoesNotExist`).
 pub const CODE_OBJECT_DOES_NOT_EXIST: &str = "0x80040217";
+/// Dataverse code for an alternate key that matches no row (`RecordNotFoundByEntityKey`).
+pub const CODE_RECORD_NOT_FOUND_BY_ENTITY_KEY: &str = "0x80060891";
+/// Dataverse code for an expired change-tracking token (`ExpiredVersionStamp`).
+pub const CODE_EXPIRED_VERSION_STAMP: &str = "0x80044352";
 /// Service protection: too many requests in the 300-second window.
 pub const CODE_THROTTLE_REQUESTS: &str = "0x80072322";
 /// Service protection: combined execution time exceeded in the 300-second window.
@@ -106,16 +110,25 @@ impl ThrottleKind {
 }
 
 impl Error {
-    /// Classifies a service error: 412 becomes [`Error::PreconditionFailed`], the expired
-    /// change-tracking message becomes [`Error::ChangeTrackingExpired`], anything else
-    /// [`Error::Service`].
+    /// Classifies a service error: 412, or the code `0x80060882` (ConcurrencyVersionMismatch)
+    /// at any status, becomes [`Error::PreconditionFailed`]; the code `0x80044352`
+    /// (ExpiredVersionStamp) or the expired change-tracking message becomes
+    /// [`Error::ChangeTrackingExpired`]; anything else [`Error::Service`].
+    ///
+    /// Microsoft's Web API examples print some of these answers with an empty code ("Perform
+    /// conditional operations") and the error code reference prints the codes ("Web service
+    /// error codes"), so both the status and the code are enough.
     pub fn from_service(err: ServiceError) -> Self {
-        if err.status() == StatusCode::PRECONDITION_FAILED {
+        let code_is = |k: &str| err.code().is_some_and(|c| c.trim().eq_ignore_ascii_case(k));
+        if err.status() == StatusCode::PRECONDITION_FAILED
+            || code_is(CODE_CONCURRENCY_VERSION_MISMATCH)
+        {
             Error::PreconditionFailed(err)
-        } else if err
-            .message()
-            .to_ascii_lowercase()
-            .contains(EXPIRED_VERSION_STAMP)
+        } else if code_is(CODE_EXPIRED_VERSION_STAMP)
+            || err
+                .message()
+                .to_ascii_lowercase()
+                .contains(EXPIRED_VERSION_STAMP)
         {
             Error::ChangeTrackingExpired(err)
         } else {
@@ -171,9 +184,14 @@ impl Error {
             || self.code_is(&[CODE_DUPLICATE_RECORD_ENTITY_KEY, CODE_DUPLICATE_RECORD])
     }
 
-    /// HTTP 404, or the code `0x80040217` (ObjectDoesNotExist).
+    /// HTTP 404, or the codes `0x80040217` (ObjectDoesNotExist) or `0x80060891`
+    /// (RecordNotFoundByEntityKey) at any status.
     pub fn is_not_found(&self) -> bool {
-        self.status() == Some(StatusCode::NOT_FOUND) || self.code_is(&[CODE_OBJECT_DOES_NOT_EXIST])
+        self.status() == Some(StatusCode::NOT_FOUND)
+            || self.code_is(&[
+                CODE_OBJECT_DOES_NOT_EXIST,
+                CODE_RECORD_NOT_FOUND_BY_ENTITY_KEY,
+            ])
     }
 
     /// HTTP 412 (stale ETag, or a create-only write that found the row).
@@ -370,6 +388,21 @@ mod tests {
         );
         assert!(e.is_not_found());
         assert_eq!(e.throttle_kind(), None);
+
+        // The documented codes alone are enough, whatever the status (Web service error codes).
+        for (status, code) in [(400, "0x80040217"), (400, "0x80060891")] {
+            let e = service(
+                status,
+                &format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#),
+            );
+            assert!(e.is_not_found(), "{code}");
+        }
+        let e = service(400, r#"{"error":{"code":"0x80044352","message":"m"}}"#);
+        assert!(e.is_change_tracking_expired());
+        let e = service(400, r#"{"error":{"code":"0x80060882","message":"m"}}"#);
+        assert!(e.is_precondition_failed());
+        let e = service(400, r#"{"error":{"code":"0x80040237","message":"m"}}"#);
+        assert!(e.is_conflict());
 
         for (code, kind) in [
             ("0x80072322", ThrottleKind::Requests),

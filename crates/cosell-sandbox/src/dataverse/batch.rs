@@ -302,7 +302,7 @@ fn http_part(out: &mut String, resp: &OpResponse, content_id: Option<&str>) {
     }
     out.push_str("\r\n");
     match &resp.body {
-        Some(OpBody::Json(v)) => out.push_str(&v.to_string()),
+        Some(OpBody::Json(v)) => out.push_str(&super::money::to_json(v)),
         Some(OpBody::Text(t)) => out.push_str(t),
         None => {}
     }

@@ -47,6 +47,7 @@ pub mod error;
 pub mod filter;
 mod limits;
 mod metadata;
+mod money;
 mod ops;
 mod query;
 mod request;
@@ -446,7 +447,7 @@ fn into_response(op: OpResponse) -> Response {
         builder = builder.header(k.as_str(), v.as_str());
     }
     let body = match op.body {
-        Some(OpBody::Json(v)) => Body::from(v.to_string()),
+        Some(OpBody::Json(v)) => Body::from(money::to_json(&v)),
         Some(OpBody::Text(t)) => Body::from(t),
         None => Body::empty(),
     };

@@ -71,9 +71,10 @@ fn dispatch(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
         }
         ("WhoAmI", None | Some(""), []) => {
             // Source: "Troubleshoot Dataverse Web API client errors" (D-CLIENTERR): WhoAmI is a
-            // function, so `POST WhoAmI` finds no such resource: 404.
+            // function, so `POST WhoAmI` is 404, code "", "No HTTP resource was found …".
             if req.method != Method::GET {
-                return Err(DvError::unknown_segment(&first.text()));
+                let url = format!("{}{}", ctx.api_base, req.path);
+                return Err(DvError::no_http_resource(&url));
             }
             return Ok(actions::who_am_i(ctx));
         }
@@ -401,6 +402,31 @@ pub(crate) fn render(
     select: Option<&[String]>,
     prefer: &Prefer,
 ) -> Map<String, Value> {
+    render_row(model, store, table, row, select, prefer, false)
+}
+
+/// [`render`] for a response body: Money values are marked to be written with four decimals
+/// (see [`money`](super::money)).
+fn render_wire(
+    model: &Model,
+    store: &Store,
+    table: &Table,
+    row: &Row,
+    select: Option<&[String]>,
+    prefer: &Prefer,
+) -> Map<String, Value> {
+    render_row(model, store, table, row, select, prefer, true)
+}
+
+fn render_row(
+    model: &Model,
+    store: &Store,
+    table: &Table,
+    row: &Row,
+    select: Option<&[String]>,
+    prefer: &Prefer,
+    wire: bool,
+) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("@odata.etag".into(), Value::String(etag(row)));
     let emit = |col: &ColumnDef, out: &mut Map<String, Value>| {
@@ -467,6 +493,11 @@ pub(crate) fn render(
                 _ => {}
             }
         }
+        let v = if wire && col.column_type == ColumnType::Money {
+            super::money::mark(v)
+        } else {
+            v
+        };
         out.insert(p, v);
     };
     match select {
@@ -510,7 +541,7 @@ fn render_with_expand(
 ) -> DvResult<Map<String, Value>> {
     let model = ctx.model;
     let store: &Store = ctx.store;
-    let mut out = render(model, store, table, row, select, prefer);
+    let mut out = render_wire(model, store, table, row, select, prefer);
     for item in expand {
         if let Some((column, target)) = table.navs.get(&item.nav) {
             let tt = model
@@ -535,7 +566,7 @@ fn render_with_expand(
             out.insert(
                 item.nav.clone(),
                 related.map_or(Value::Null, |r| {
-                    Value::Object(render(model, store, tt, r, sel.as_deref(), prefer))
+                    Value::Object(render_wire(model, store, tt, r, sel.as_deref(), prefer))
                 }),
             );
         } else if let Some(nav) = table.collections.get(&item.nav) {
@@ -551,7 +582,7 @@ fn render_with_expand(
             let value: Vec<Value> = related_ids(store, nav, id)
                 .into_iter()
                 .filter_map(|oid| store.get(&nav.other_table, &oid))
-                .map(|r| Value::Object(render(model, store, tt, r, sel.as_deref(), prefer)))
+                .map(|r| Value::Object(render_wire(model, store, tt, r, sel.as_deref(), prefer)))
                 .collect();
             out.insert(item.nav.clone(), Value::Array(value));
         } else {
@@ -897,8 +928,8 @@ fn token_version(token: &str) -> Option<u64> {
     token.split('!').next()?.trim().parse().ok()
 }
 
-/// The error for an expired change-tracking token ([UNCONFIRMED] status and code: the message
-/// is documented; a 400 with a distinct code is the tolerant choice).
+/// The error for an expired change-tracking token (code and message from D-ERR; the status is
+/// the emulator's choice, listed in `docs/fidelity-dataverse.md`).
 fn expired_token() -> DvError {
     DvError::bad_request(
         codes::EXPIRED_VERSION_STAMP,
@@ -966,7 +997,8 @@ fn delta(
     let rows = data.map_or(&empty, |d| &d.rows);
     let mut items: Vec<Value> = Vec::new();
     let mut next_cursor = None;
-    let render_row = |r: &Row| Value::Object(render(ctx.model, store, table, r, select, prefer));
+    let render_row =
+        |r: &Row| Value::Object(render_wire(ctx.model, store, table, r, select, prefer));
     match since {
         None => {
             let last = Uuid::parse_str(&cursor).ok();
@@ -1566,11 +1598,11 @@ fn check_alternate_keys(ctx: &Ctx<'_>, table: &Table, id: Uuid, row: &Row) -> Dv
             return Err(DvError::new(
                 StatusCode::PRECONDITION_FAILED,
                 codes::DUPLICATE_KEY,
+                // Source: D-ERR: DuplicateRecordEntityKey's message.
                 format!(
-                    "Entity Key {} violated. A record with the same value for {} already exists. A duplicate record cannot be created. Try again with a unique value for {}.",
+                    "Entity Key {} violated. A record with the same value for {} already exists. A duplicate record cannot be created. Select one or more unique values and try again.",
                     key.name,
                     key.columns.join(","),
-                    key.columns.join(",")
                 ),
             ));
         }
@@ -1605,11 +1637,8 @@ pub(crate) fn create_row(
         },
     };
     if ctx.store.get(table.logical(), &id).is_some() {
-        return Err(DvError::new(
-            StatusCode::PRECONDITION_FAILED,
-            codes::DUPLICATE_RECORD,
-            "Cannot insert duplicate key.",
-        ));
+        // Source: D-ERR: DuplicateRecord 0x80040237 (status: only a real tenant can confirm).
+        return Err(DvError::duplicate_record());
     }
     let mut row = Row::new();
     row.insert(table.pk().to_string(), Value::String(id.to_string()));
@@ -1707,11 +1736,8 @@ pub(crate) fn associate(
         return Err(DvError::unknown_property(nav, table.logical()));
     };
     if related_ids(ctx.store, n, Some(id)).contains(&other) {
-        return Err(DvError::new(
-            StatusCode::PRECONDITION_FAILED,
-            codes::DUPLICATE_RECORD,
-            "Cannot insert duplicate key: the rows are already associated.",
-        ));
+        // Source: D-ERR: DuplicateRecord 0x80040237 (status: only a real tenant can confirm).
+        return Err(DvError::duplicate_record());
     }
     let Some(it) = ctx.model.table(&n.intersect) else {
         return Err(DvError::unknown_property(nav, table.logical()));
@@ -1796,7 +1822,7 @@ fn write_response(
             "/$entity",
         )),
     );
-    body.extend(render(
+    body.extend(render_wire(
         ctx.model,
         ctx.store,
         table,
@@ -1941,7 +1967,16 @@ fn property_op(
         let value: Vec<Value> = related_ids(store, nav, Some(id))
             .into_iter()
             .filter_map(|oid| store.get(other.logical(), &oid))
-            .map(|r| Value::Object(render(model, store, other, r, select.as_deref(), &prefer)))
+            .map(|r| {
+                Value::Object(render_wire(
+                    model,
+                    store,
+                    other,
+                    r,
+                    select.as_deref(),
+                    &prefer,
+                ))
+            })
             .collect();
         return Ok(json_response(
             StatusCode::OK,
@@ -1975,7 +2010,7 @@ fn property_op(
                     "@odata.context".into(),
                     Value::String(context_url(ctx.api_base, tt, None, "/$entity")),
                 );
-                body.extend(render(model, store, tt, r, None, &prefer));
+                body.extend(render_wire(model, store, tt, r, None, &prefer));
                 json_response(StatusCode::OK, Value::Object(body))
             }
         });
@@ -1994,6 +2029,11 @@ fn property_op(
             if v.is_null() {
                 return Ok(OpResponse::new(StatusCode::NO_CONTENT));
             }
+            let v = if col.column_type == ColumnType::Money {
+                super::money::mark(v)
+            } else {
+                v
+            };
             Ok(json_response(
                 StatusCode::OK,
                 json!({
