@@ -55,7 +55,7 @@ use cosell::sync::engine::{RECONCILE_CHECKPOINT, crm_checkpoint};
 use cosell::sync::store::{AuditOutcome, AuditQuery, Direction, SqliteStore, StateStore};
 use cosell::sync::{
     DataverseCrm, Engine, IntakeError, Received, RegistrationOutcome, WebhookIntake,
-    register_callback, required_columns,
+    register_callback, required_columns, setup_problems,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -182,15 +182,23 @@ async fn check_schema(s: &Settings) -> Result<ExitCode, Box<dyn Error>> {
         .map(|(t, c)| (t.as_str(), c.as_str()))
         .collect();
     let report = dataverse.check_schema(&refs).await?;
+    let problems = setup_problems(&dataverse, &s.map).await?;
     println!(
         "CRM schema check of {} ({} columns in {} tables)",
         s.dataverse,
         pairs.len(),
         count_tables(&pairs)
     );
-    if report.is_complete() {
+    // Keys and change tracking: what every upsert and the change feed depend on.
+    for p in &problems {
+        println!("  {} (config key `{}`)", p.message, p.config_key);
+    }
+    if report.is_complete() && problems.is_empty() {
         println!("  everything the field map needs is there");
         return Ok(ExitCode::SUCCESS);
+    }
+    if report.is_complete() {
+        return Ok(ExitCode::FAILURE);
     }
     for table in &report.missing_tables {
         println!("  table `{table}` does not exist");

@@ -1173,3 +1173,46 @@ async fn an_update_of_one_field_resolves_no_customer_and_links_no_solution() {
     assert_eq!(h.dv().count("account"), 1);
     assert_eq!(h.dv().count("contact"), 1);
 }
+
+/// Issue 12: the check also names what every upsert and the change feed depend on: the
+/// alternate keys on the referral id and change tracking, each with the config key to change.
+#[tokio::test]
+async fn the_setup_check_names_missing_keys_and_change_tracking() {
+    let h = Harness::start().await;
+    let problems = cosell::sync::setup_problems(h.crm.client(), &FieldMap::default())
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // A CRM where the lead's key was never created and the link table is not tracked.
+    let cosell_schema = cosell::sandbox::DataverseSchema::cosell();
+    let mut lead = cosell_schema.table("lead").unwrap().clone();
+    lead.alternate_keys.clear();
+    let link = cosell_schema
+        .table("cosell_opportunitysolution")
+        .unwrap()
+        .clone()
+        .change_tracking(false);
+    let schema = cosell_schema.with_table(lead).with_table(link);
+    let s = Sandboxed::builder()
+        .sandbox(Sandbox::builder().dataverse_schema(schema))
+        .webhooks(false)
+        .start()
+        .await
+        .unwrap();
+    let problems = cosell::sync::setup_problems(s.crm.client(), &FieldMap::default())
+        .await
+        .unwrap();
+    let keys: Vec<&str> = problems.iter().map(|p| p.config_key).collect();
+    assert_eq!(
+        keys,
+        ["columns.lead.referral_id", "columns.solution.link_entity"],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0]
+            .message
+            .contains("no alternate key on `cosell_referralid`")
+    );
+    assert!(problems[1].message.contains("change tracking is off"));
+}

@@ -871,6 +871,96 @@ impl Crm for DataverseCrm {
     }
 }
 
+/// One thing the running sync depends on that the CRM lacks, with the config key to change
+/// if the map, not the CRM, is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupProblem {
+    /// The config key naming what is missing (`columns.lead.referral_id`).
+    pub config_key: &'static str,
+    /// What is wrong, naming the table and columns.
+    pub message: String,
+}
+
+/// Checks what the sync needs of each table beyond its columns: the alternate keys every
+/// upsert goes by (present, covering the right column, index Active) and change tracking on
+/// the tables whose changes sync. Columns are [`required_columns`]' job.
+pub async fn setup_problems(
+    client: &DataverseClient,
+    map: &FieldMap,
+) -> Result<Vec<SetupProblem>, dataverse_client::Error> {
+    let c = &map.config().columns;
+    // (table, key column, its config key, whether its changes are tracked, the table's key)
+    let needs: [(&str, Option<&str>, &'static str, bool, &'static str); 4] = [
+        (
+            &c.opportunity.entity,
+            Some(&c.opportunity.referral_id),
+            "columns.opportunity.referral_id",
+            true,
+            "columns.opportunity.entity",
+        ),
+        (
+            &c.lead.entity,
+            Some(&c.lead.referral_id),
+            "columns.lead.referral_id",
+            true,
+            "columns.lead.entity",
+        ),
+        (
+            &c.solution.entity,
+            Some(&c.solution.solution_id),
+            "columns.solution.solution_id",
+            false,
+            "columns.solution.entity",
+        ),
+        (
+            &c.solution.link_entity,
+            None,
+            "columns.solution.link_entity",
+            true,
+            "columns.solution.link_entity",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (table, key_column, key_config, tracked, table_config) in needs {
+        let Some(setup) = client.table_setup(table).await? else {
+            problems.push(SetupProblem {
+                config_key: table_config,
+                message: format!("table `{table}` does not exist"),
+            });
+            continue;
+        };
+        if let Some(column) = key_column {
+            match setup.key_covering(&[column]) {
+                None => problems.push(SetupProblem {
+                    config_key: key_config,
+                    message: format!(
+                        "`{table}` has no alternate key on `{column}`: every upsert by it fails \
+                         (\"The key in the request URI is not valid\")"
+                    ),
+                }),
+                Some(k) if !k.is_active() => problems.push(SetupProblem {
+                    config_key: key_config,
+                    message: format!(
+                        "the alternate key `{}` of `{table}` is {}, not Active: upserts by it fail \
+                         until its index is built (reactivate a Failed one)",
+                        k.logical_name, k.index_status
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+        if tracked && !setup.change_tracking_enabled {
+            problems.push(SetupProblem {
+                config_key: table_config,
+                message: format!(
+                    "change tracking is off on `{table}`: its changes never reach Partner Center"
+                ),
+            });
+        }
+    }
+    Ok(problems)
+}
+
 /// The (table, column) pairs the field map needs in the CRM, for [`DataverseClient::check_schema`].
 pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
     let c = &map.config().columns;

@@ -14,7 +14,7 @@ pub use crm::{
     Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, SolutionLinkChange, SolutionLinkChanges,
     WriteTarget,
 };
-pub use dataverse::{DataverseCrm, required_columns};
+pub use dataverse::{DataverseCrm, SetupProblem, required_columns, setup_problems};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, PlannedWrite,
     Report, Schedule,

@@ -42,7 +42,7 @@ pub use ops::{
 };
 pub use query::{Filter, Literal, Order, Query, encode_query_value, escape_string_literal};
 
-pub use schema::SchemaReport;
+pub use schema::{AlternateKeyInfo, SchemaReport, TableSetup};
 
 // Re-exported so callers name the same versions.
 pub use cosell_http;
