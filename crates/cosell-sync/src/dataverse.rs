@@ -163,6 +163,31 @@ impl DataverseCrm {
         vec![self.primary_key(kind), sync.clone(), referral.clone()]
     }
 
+    /// Changes to `entity_set` since `cursor` (a delta link), or every row with the `select`ed
+    /// columns when tracking starts.
+    async fn changes_of(
+        &self,
+        entity_set: &str,
+        select: &[&str],
+        cursor: Option<&str>,
+    ) -> Result<dataverse_client::Changes<Map<String, Value>>, RemoteError> {
+        let options = ChangeTrackingOptions::default();
+        Ok(match cursor {
+            Some(c) => {
+                self.client
+                    .changes_since::<Map<String, Value>>(&ChangeToken::new(c), &options)
+                    .collect()
+                    .await?
+            }
+            None => {
+                self.client
+                    .track_changes::<Map<String, Value>>(entity_set, select, &options)
+                    .collect()
+                    .await?
+            }
+        })
+    }
+
     /// The `$expand` items that bring a row's N:1 related records along. The solutions come
     /// from the link table, read by [`Self::attach_solutions`].
     fn expansions(&self, kind: RecordKind) -> Vec<String> {
@@ -775,23 +800,11 @@ impl Crm for DataverseCrm {
         kind: RecordKind,
         cursor: Option<&str>,
     ) -> Result<CrmChanges, RemoteError> {
-        let options = ChangeTrackingOptions::default();
-        let collected = match cursor {
-            Some(c) => {
-                self.client
-                    .changes_since::<Map<String, Value>>(&ChangeToken::new(c), &options)
-                    .collect()
-                    .await?
-            }
-            None => {
-                let columns = self.tracked_columns(kind);
-                let select: Vec<&str> = columns.iter().map(String::as_str).collect();
-                self.client
-                    .track_changes::<Map<String, Value>>(self.entity_set(kind), &select, &options)
-                    .collect()
-                    .await?
-            }
-        };
+        let columns = self.tracked_columns(kind);
+        let select: Vec<&str> = columns.iter().map(String::as_str).collect();
+        let collected = self
+            .changes_of(self.entity_set(kind), &select, cursor)
+            .await?;
         let pk = self.primary_key(kind);
         let changes = collected
             .changes
@@ -824,25 +837,13 @@ impl Crm for DataverseCrm {
         let s = &self.map.config().columns.solution;
         let link_pk = self.link_primary_key();
         let opportunity_value = format!("_{}_value", s.link_opportunity);
-        let options = ChangeTrackingOptions::default();
-        let collected = match cursor {
-            Some(c) => {
-                self.client
-                    .changes_since::<Map<String, Value>>(&ChangeToken::new(c), &options)
-                    .collect()
-                    .await?
-            }
-            None => {
-                self.client
-                    .track_changes::<Map<String, Value>>(
-                        &s.link_entity_set,
-                        &[link_pk.as_str(), opportunity_value.as_str(), "statecode"],
-                        &options,
-                    )
-                    .collect()
-                    .await?
-            }
-        };
+        let collected = self
+            .changes_of(
+                &s.link_entity_set,
+                &[link_pk.as_str(), opportunity_value.as_str(), "statecode"],
+                cursor,
+            )
+            .await?;
         let changes = collected
             .changes
             .into_iter()
@@ -961,69 +962,49 @@ pub async fn setup_problems(
     Ok(problems)
 }
 
-/// The (table, column) pairs the field map needs in the CRM, for [`DataverseClient::check_schema`].
+/// The (table, column) pairs the field map needs in the CRM, for [`DataverseClient::check_schema`]:
+/// every column the map reads or writes, the `[referral_create]` columns and every configured
+/// default, so a typo in any fails the check instead of every record at run time.
 pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
-    let c = &map.config().columns;
-    let o = &c.opportunity;
-    let l = &c.lead;
-    let s = &c.solution;
-    let mut pairs: Vec<(String, String)> = [
-        &o.sync_with_partner_center,
-        &o.referral_id,
-        &o.engagement_id,
-        &o.referral_link,
-        &o.help_required,
-        &o.visible_to_microsoft,
-        &o.microsoft_crm_id,
-        &o.audit,
-    ]
-    .into_iter()
-    .map(|col| (o.entity.clone(), col.clone()))
-    .collect();
-    pairs.push((o.entity.clone(), map.config().deal_value_field.clone()));
-    pairs.extend(
-        [
-            &l.sync_with_partner_center,
-            &l.referral_id,
-            &l.referral_link,
-            &l.engagement_id,
-        ]
-        .into_iter()
-        .map(|col| (l.entity.clone(), col.clone())),
+    let cfg = map.config();
+    let c = &cfg.columns;
+    let (o, l, a, ct, s) = (&c.opportunity, &c.lead, &c.account, &c.contact, &c.solution);
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut add = |entity: &str, columns: &[&str]| {
+        pairs.extend(
+            columns
+                .iter()
+                .map(|col| (entity.to_string(), col.to_string())),
+        );
+    };
+    add(
+        &o.entity,
+        &[
+            &o.name,
+            &o.description,
+            &o.close_date,
+            &o.sync_with_partner_center,
+            &o.referral_id,
+            &o.engagement_id,
+            &o.referral_link,
+            &o.help_required,
+            &o.visible_to_microsoft,
+            &o.microsoft_crm_id,
+            &o.audit,
+            &cfg.deal_value_field,
+        ],
     );
-    if let Some(audit) = &l.audit {
-        pairs.push((l.entity.clone(), audit.clone()));
-    }
-    pairs.extend(
-        [&s.solution_id, &s.name]
-            .into_iter()
-            .map(|col| (s.entity.clone(), col.clone())),
-    );
-    pairs.extend(
-        [&s.link_opportunity, &s.link_solution]
-            .into_iter()
-            .map(|col| (s.link_entity.clone(), col.clone())),
-    );
-    pairs.push((
-        c.account.entity.clone(),
-        map.config().country_code_field.clone(),
-    ));
-    pairs.extend(
-        map.config()
-            .referral_create
+    add(
+        &o.entity,
+        &cfg.referral_create
             .columns()
             .into_iter()
-            .map(|(_, col)| (o.entity.clone(), col.to_string())),
+            .map(|(_, col)| col)
+            .collect::<Vec<_>>(),
     );
-    // Every other column the map reads or writes: a typo in any of them would otherwise fail
-    // every record at run time instead of failing the check.
-    pairs.extend(
-        [&o.name, &o.description, &o.close_date]
-            .into_iter()
-            .map(|col| (o.entity.clone(), col.clone())),
-    );
-    pairs.extend(
-        [
+    add(
+        &l.entity,
+        &[
             &l.subject,
             &l.description,
             &l.deal_value,
@@ -1038,54 +1019,56 @@ pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
             &l.state,
             &l.postal_code,
             &l.country,
-        ]
-        .into_iter()
-        .map(|col| (l.entity.clone(), col.clone())),
+            &l.sync_with_partner_center,
+            &l.referral_id,
+            &l.referral_link,
+            &l.engagement_id,
+        ],
     );
-    let a = &c.account;
-    pairs.extend(
-        [
+    if let Some(audit) = &l.audit {
+        add(&l.entity, &[audit]);
+    }
+    add(
+        &a.entity,
+        &[
             &a.name,
             &a.address_line1,
             &a.address_line2,
             &a.city,
             &a.state,
             &a.postal_code,
-        ]
-        .into_iter()
-        .map(|col| (a.entity.clone(), col.clone())),
+            &cfg.country_code_field,
+        ],
     );
-    let ct = &c.contact;
-    pairs.extend(
-        [
+    add(
+        &ct.entity,
+        &[
             &ct.first_name,
             &ct.last_name,
             &ct.email,
             &ct.phone,
             &ct.job_title,
-        ]
-        .into_iter()
-        .map(|col| (ct.entity.clone(), col.clone())),
+        ],
     );
-    pairs.extend(
-        [&s.solution_type, &s.publisher]
-            .into_iter()
-            .map(|col| (s.entity.clone(), col.clone())),
+    add(
+        &s.entity,
+        &[&s.solution_id, &s.name, &s.solution_type, &s.publisher],
     );
+    add(&s.link_entity, &[&s.link_opportunity, &s.link_solution]);
     // Configured defaults name columns too (a `nav@odata.bind` key is a lookup, not a column).
-    let d = &map.config().defaults;
+    let d = &cfg.defaults;
     for (entity, values) in [
         (&o.entity, &d.opportunity),
         (&l.entity, &d.lead),
         (&a.entity, &d.account),
         (&ct.entity, &d.contact),
     ] {
-        pairs.extend(
-            values
-                .keys()
-                .filter(|k| !k.contains('@'))
-                .map(|k| (entity.clone(), k.clone())),
-        );
+        let columns: Vec<&str> = values
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !k.contains('@'))
+            .collect();
+        add(entity, &columns);
     }
     pairs.sort();
     pairs.dedup();
