@@ -176,6 +176,23 @@ impl ReferralState {
     pub fn is_terminal(&self) -> bool {
         self.substatus.is_terminal()
     }
+
+    /// Reads the `Status/Substatus` text [`Display`](fmt::Display) writes; `None` without the
+    /// `/`.
+    ///
+    /// ```
+    /// use cosell_mapping::ReferralState;
+    /// let s = ReferralState::parse("Closed/Declined").unwrap();
+    /// assert_eq!(s.to_string(), "Closed/Declined");
+    /// assert_eq!(ReferralState::parse("Closed"), None);
+    /// ```
+    pub fn parse(s: &str) -> Option<Self> {
+        let (status, substatus) = s.split_once('/')?;
+        Some(Self::new(
+            ReferralStatus::from(status),
+            ReferralSubstatus::from(substatus),
+        ))
+    }
 }
 
 impl fmt::Display for ReferralState {

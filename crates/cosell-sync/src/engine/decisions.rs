@@ -44,15 +44,6 @@ fn state_of(referral: &Referral) -> Option<ReferralState> {
     ))
 }
 
-/// A state stored as `Status/Substatus`.
-fn parse_state(s: &str) -> Option<ReferralState> {
-    let (status, substatus) = s.split_once('/')?;
-    Some(ReferralState::new(
-        ReferralStatus::from(status),
-        ReferralSubstatus::from(substatus),
-    ))
-}
-
 /// Who owns a related referral, as a name for the audit line: Microsoft (organisation `msft`,
 /// or named Microsoft; the docs do not say which Microsoft's own referral carries, so either
 /// counts), the organisation's name, or "another party".
@@ -161,7 +152,7 @@ impl Engine {
         if seen.as_deref() == Some(state.to_string().as_str()) {
             return Ok(None);
         }
-        let seen = seen.as_deref().and_then(parse_state);
+        let seen = seen.as_deref().and_then(ReferralState::parse);
         let Some(message) = related_decision(related, seen.as_ref(), &state) else {
             // Nothing decided yet (a referral still new): remember the state, tell nothing.
             self.commit(Commit::new().checkpoint(key, state.to_string()))
@@ -330,8 +321,8 @@ mod tests {
     #[test]
     fn states_round_trip_through_the_checkpoint() {
         let s = st(ReferralStatus::Closed, ReferralSubstatus::Declined);
-        assert_eq!(parse_state(&s.to_string()), Some(s));
-        assert_eq!(parse_state("garbage"), None);
+        assert_eq!(ReferralState::parse(&s.to_string()), Some(s));
+        assert_eq!(ReferralState::parse("garbage"), None);
         assert_eq!(related_checkpoint("a", "b"), "pc.related.a.b");
     }
 
