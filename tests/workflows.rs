@@ -22,7 +22,12 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Harness {
-        let s = Sandboxed::builder()
+        Harness::with(Sandboxed::builder()).await
+    }
+
+    /// A harness from `builder` (a schema, a field map), with fast client retries.
+    async fn with(builder: cosell::sandboxed::SandboxedBuilder) -> Harness {
+        let s = builder
             .retry(
                 RetryPolicy::default()
                     .with_initial_delay(Duration::from_millis(10))
@@ -32,6 +37,15 @@ impl Harness {
             .await
             .unwrap();
         Harness { s }
+    }
+
+    /// A harness whose leads have an audit column (the sandbox's leads carry `cosell_audit`;
+    /// the default map writes none on a lead).
+    async fn start_with_lead_audit() -> Harness {
+        let map =
+            cosell::mapping::FieldMap::from_toml("[columns.lead]\naudit = \"cosell_audit\"\n")
+                .unwrap();
+        Harness::with(Sandboxed::builder().field_map(map)).await
     }
 
     fn dry_run_engine(&self) -> Engine {
@@ -474,18 +488,12 @@ new_salesteam = "Co-sell desk"
 "#,
     )
     .unwrap();
-    let s = Sandboxed::builder()
-        .sandbox(Sandbox::builder().dataverse_schema(schema))
-        .field_map(map)
-        .retry(
-            RetryPolicy::default()
-                .with_initial_delay(Duration::from_millis(10))
-                .with_max_attempts(3),
-        )
-        .start()
-        .await
-        .unwrap();
-    let h = Harness { s };
+    let h = Harness::with(
+        Sandboxed::builder()
+            .sandbox(Sandbox::builder().dataverse_schema(schema))
+            .field_map(map),
+    )
+    .await;
     let incoming = h
         .s
         .sandbox
@@ -691,24 +699,6 @@ async fn solutions_added_or_removed_in_the_crm_reach_the_referral_on_their_own()
 // see. (Kept together at the end of the file.)
 // =============================================================================================
 
-/// A harness whose leads have an audit column (the sandbox's leads carry `cosell_audit`; the
-/// default map writes none on a lead).
-async fn harness_with_lead_audit() -> Harness {
-    let map =
-        cosell::mapping::FieldMap::from_toml("[columns.lead]\naudit = \"cosell_audit\"\n").unwrap();
-    let s = Sandboxed::builder()
-        .field_map(map)
-        .retry(
-            RetryPolicy::default()
-                .with_initial_delay(Duration::from_millis(10))
-                .with_max_attempts(3),
-        )
-        .start()
-        .await
-        .unwrap();
-    Harness { s }
-}
-
 /// What the audit says to do about a currency the CRM lacks.
 const ENABLE_NOK: &str = "\"NOK\" is not a currency enabled in Dynamics 365: add it under \
                           Settings > Business Management > Currencies";
@@ -726,7 +716,7 @@ async fn a_referral_in_a_currency_the_crm_lacks_reaches_the_seller_and_syncs_onc
     use cosell::mapping::{FieldId, FieldValue, MappedSnapshot};
     use cosell::sync::store::AuditOutcome;
 
-    let h = harness_with_lead_audit().await;
+    let h = Harness::start_with_lead_audit().await;
     let dv = h.s.sandbox.dataverse();
     assert!(dv.currency_id("NOK").is_none(), "the sandbox CRM lacks NOK");
     let incoming = h
@@ -1035,27 +1025,6 @@ async fn seeded_referrals_reach_a_running_service_and_sync_cleanly() {
 impl Harness {
     /// A harness whose map also writes the lead's audit column (`columns.lead.audit`; the
     /// default lead schema of DESIGN §6 has none).
-    async fn start_with_lead_audit() -> Harness {
-        let map = cosell::mapping::FieldMap::from_toml(
-            r#"
-[columns.lead]
-audit = "cosell_audit"
-"#,
-        )
-        .unwrap();
-        let s = Sandboxed::builder()
-            .field_map(map)
-            .retry(
-                RetryPolicy::default()
-                    .with_initial_delay(Duration::from_millis(10))
-                    .with_max_attempts(3),
-            )
-            .start()
-            .await
-            .unwrap();
-        Harness { s }
-    }
-
     /// A co-sell opportunity the seller shared, synced and settled: (opportunity, referral).
     async fn shared_co_sell(&self, name: &str) -> (Uuid, String) {
         let opp = self.s.seed_co_sell_opportunity(name).unwrap();
@@ -1528,13 +1497,12 @@ solution_play_column = "new_solutionplay"
 "#,
     )
     .unwrap();
-    let s = Sandboxed::builder()
-        .sandbox(Sandbox::builder().dataverse_schema(schema))
-        .field_map(map)
-        .start()
-        .await
-        .unwrap();
-    let h = Harness { s };
+    let h = Harness::with(
+        Sandboxed::builder()
+            .sandbox(Sandbox::builder().dataverse_schema(schema))
+            .field_map(map),
+    )
+    .await;
     let opp = h.s.seed_co_sell_opportunity("Services Deal").unwrap();
     h.s.sandbox
         .dataverse()

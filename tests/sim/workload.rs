@@ -540,37 +540,13 @@ impl Sim {
             return;
         }
         let (solution_id, name) = SOLUTIONS[self.solution_rng.random_range(0..SOLUTIONS.len())];
-        let solution = dv
-            .query(
-                "cosell_partnercentersolution",
-                &format!("cosell_solutionid eq '{solution_id}'"),
-            )
-            .ok()
-            .and_then(|rows| {
-                rows.first()
-                    .and_then(|r| uuid_of(r, "cosell_partnercentersolutionid"))
-            })
-            .or_else(|| {
-                dv.insert_row(
-                    "cosell_partnercentersolution",
-                    json!({"cosell_solutionid": solution_id, "cosell_name": name}),
-                )
-                .ok()
-            });
-        let Some(solution) = solution else { return };
+        let Some(solution) = solution_row(&dv, solution_id, name) else {
+            return;
+        };
         let linked = links
             .iter()
             .any(|l| uuid_of(l, "_cosell_partnercentersolutionid_value") == Some(solution));
-        if !linked
-            && dv
-                .insert_row(
-                    "cosell_opportunitysolution",
-                    json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
-                           "cosell_PartnerCenterSolutionId@odata.bind":
-                               format!("/cosell_partnercentersolutions({solution})")}),
-                )
-                .is_ok()
-        {
+        if !linked && link_solution(&dv, opp, solution) {
             self.history
                 .event(format!("pair {i}: CRM seller adds solution {solution_id}"));
         }
@@ -626,24 +602,8 @@ impl Sim {
         let Ok(opp) = dv.insert_row("opportunity", row) else {
             return;
         };
-        let solution = dv
-            .query("cosell_partnercentersolution", "cosell_solutionid eq 'SOL-34104-EBB'")
-            .ok()
-            .and_then(|rows| rows.first().and_then(|r| uuid_of(r, "cosell_partnercentersolutionid")))
-            .or_else(|| {
-                dv.insert_row(
-                    "cosell_partnercentersolution",
-                    json!({"cosell_solutionid": "SOL-34104-EBB", "cosell_name": "Contoso Supply Chain Suite"}),
-                )
-                .ok()
-            });
-        if let Some(s) = solution {
-            let _ = dv.insert_row(
-                "cosell_opportunitysolution",
-                json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
-                       "cosell_PartnerCenterSolutionId@odata.bind":
-                           format!("/cosell_partnercentersolutions({s})")}),
-            );
+        if let Some(s) = solution_row(&dv, "SOL-34104-EBB", "Contoso Supply Chain Suite") {
+            link_solution(&dv, opp, s);
         }
         self.history.event(format!(
             "pair {}: CRM seller creates opportunity {opp} ({}{})",
@@ -870,4 +830,35 @@ fn apply_edit(
                 .map_err(|e| e.to_string())
         }
     }
+}
+
+/// The solution row with `solution_id`, created (with `name`) when missing.
+fn solution_row(dv: &DataverseEmulator, solution_id: &str, name: &str) -> Option<Uuid> {
+    dv.query(
+        "cosell_partnercentersolution",
+        &format!("cosell_solutionid eq '{solution_id}'"),
+    )
+    .ok()
+    .and_then(|rows| {
+        rows.first()
+            .and_then(|r| uuid_of(r, "cosell_partnercentersolutionid"))
+    })
+    .or_else(|| {
+        dv.insert_row(
+            "cosell_partnercentersolution",
+            json!({"cosell_solutionid": solution_id, "cosell_name": name}),
+        )
+        .ok()
+    })
+}
+
+/// A seller linking a solution to an opportunity: a row of the link table. Whether it landed.
+fn link_solution(dv: &DataverseEmulator, opp: Uuid, solution: Uuid) -> bool {
+    dv.insert_row(
+        "cosell_opportunitysolution",
+        json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
+               "cosell_PartnerCenterSolutionId@odata.bind":
+                   format!("/cosell_partnercentersolutions({solution})")}),
+    )
+    .is_ok()
 }
