@@ -1,541 +1,92 @@
-//! One conformance suite, run against every state store.
+//! The conformance suite (`cosell_sync::store::conformance`), run against every state store,
+//! and what only a durable store must do (survive reopening).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::{Duration, TimeZone, Utc};
+use cosell_sync::store::conformance::{self, TestPostgres, hint, link};
 use cosell_sync::store::{
-    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction,
-    InboxHint, Link, MemoryStore, SqliteStore, StateStore, StoreError,
+    AuditEntry, AuditOutcome, AuditQuery, Commit, Direction, MemoryStore, SqliteStore, StateStore,
 };
 use pretty_assertions::assert_eq;
-use serde_json::json;
-
-fn t(secs: i64) -> chrono::DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + Duration::seconds(secs)
-}
-
-fn link(referral: &str, entity: &str, crm: &str) -> Link {
-    Link {
-        referral_id: referral.into(),
-        engagement_id: Some(format!("eng-{referral}")),
-        crm_entity: entity.into(),
-        crm_id: Some(crm.into()),
-        pc_etag: Some("\"e1\"".into()),
-        pc_updated_at: Some(t(10)),
-        crm_etag: Some("W/\"100\"".into()),
-        target: json!({"name": "Contoso", "deal_value": "50000.00", "solutions": ["SOL-1"]}),
-        crm_known: None,
-        pc_known: None,
-        in_sync: true,
-        crm_status_in_transit: false,
-        synced_at: t(11),
-    }
-}
-
-fn hint(referral: &str, secs: i64) -> InboxHint {
-    InboxHint {
-        seq: 0,
-        referral_id: referral.into(),
-        event: "referral-updated".into(),
-        change_time: Some(t(secs)),
-        received_at: t(secs + 1),
-    }
-}
-
-async fn links_are_a_bijection_and_commits_are_atomic(store: &dyn StateStore) {
-    store
-        .commit(Commit::new().link(link("r1", "lead", "c1")))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.link_by_referral("r1").await.unwrap(),
-        Some(link("r1", "lead", "c1"))
-    );
-    assert_eq!(
-        store
-            .link_by_crm("lead", "c1")
-            .await
-            .unwrap()
-            .unwrap()
-            .referral_id,
-        "r1"
-    );
-    assert_eq!(store.link_by_crm("opportunity", "c1").await.unwrap(), None);
-
-    // The lead is qualified into an opportunity: the same referral now points elsewhere.
-    store
-        .commit(Commit::new().link(link("r1", "opportunity", "o1")))
-        .await
-        .unwrap();
-    assert_eq!(store.link_by_crm("lead", "c1").await.unwrap(), None);
-    assert_eq!(
-        store
-            .link_by_crm("opportunity", "o1")
-            .await
-            .unwrap()
-            .unwrap()
-            .referral_id,
-        "r1"
-    );
-
-    // A second referral may not claim the same record; the whole commit is refused, so the
-    // checkpoint and audit entry in it do not move either.
-    let err = store
-        .commit(
-            Commit::new()
-                .checkpoint("pc.reconcile", "later")
-                .audit(AuditEntry::new(
-                    Direction::ToCrm,
-                    AuditOutcome::Created,
-                    "x",
-                ))
-                .link(link("r2", "opportunity", "o1")),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
-    assert!(err.to_string().contains("o1"));
-    assert_eq!(store.checkpoint("pc.reconcile").await.unwrap(), None);
-    assert!(
-        store
-            .audit(&AuditQuery::default())
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(store.link_by_referral("r2").await.unwrap(), None);
-
-    // Two referrals claiming one record in the same commit: refused as well.
-    let err = store
-        .commit(
-            Commit::new()
-                .link(link("r3", "opportunity", "o9"))
-                .link(link("r4", "opportunity", "o9")),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
-    assert_eq!(store.link_by_crm("opportunity", "o9").await.unwrap(), None);
-
-    // Unlinking the holder in the same commit frees the record for another referral.
-    store
-        .commit(
-            Commit::new()
-                .remove_link("r1")
-                .link(link("r5", "opportunity", "o1")),
-        )
-        .await
-        .unwrap();
-    assert_eq!(store.link_by_referral("r1").await.unwrap(), None);
-    assert_eq!(
-        store
-            .link_by_crm("opportunity", "o1")
-            .await
-            .unwrap()
-            .unwrap()
-            .referral_id,
-        "r5"
-    );
-    store
-        .commit(
-            Commit::new()
-                .remove_link("r5")
-                .link(link("r1", "opportunity", "o1")),
-        )
-        .await
-        .unwrap();
-
-    store
-        .commit(Commit::new().link(link("r0", "opportunity", "o0")))
-        .await
-        .unwrap();
-    let ids: Vec<_> = store
-        .links()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.referral_id)
-        .collect();
-    assert_eq!(ids, ["r0", "r1"]);
-    store.commit(Commit::new().remove_link("r0")).await.unwrap();
-    assert_eq!(store.links().await.unwrap().len(), 1);
-}
-
-async fn a_pair_keeps_its_per_side_state_and_a_pending_create(store: &dyn StateStore) {
-    // A plan whose sides differ (one written, the other not) comes back exactly.
-    let mut partial = link("r1", "opportunity", "o1");
-    partial.target = json!({"notes": "b"});
-    partial.crm_known = Some(json!({"notes": "b", "deal_value": "1.00"}));
-    partial.pc_known = Some(json!({"notes": "a"}));
-    partial.in_sync = false;
-    partial.crm_status_in_transit = true;
-    store
-        .commit(Commit::new().link(partial.clone()))
-        .await
-        .unwrap();
-    assert_eq!(store.link_by_referral("r1").await.unwrap(), Some(partial));
-
-    // Two creates whose CRM records are not confirmed yet claim no CRM record.
-    for r in ["r2", "r3"] {
-        let mut pending = link(r, "lead", "unused");
-        pending.crm_id = None;
-        store.commit(Commit::new().link(pending)).await.unwrap();
-    }
-    assert_eq!(
-        store.link_by_referral("r2").await.unwrap().unwrap().crm_id,
-        None
-    );
-    assert_eq!(store.links().await.unwrap().len(), 3);
-    // Confirming one claims its record like any link.
-    store
-        .commit(Commit::new().link(link("r2", "lead", "l2")))
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .link_by_crm("lead", "l2")
-            .await
-            .unwrap()
-            .unwrap()
-            .referral_id,
-        "r2"
-    );
-    let err = store
-        .commit(Commit::new().link(link("r3", "lead", "l2")))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
-}
-
-async fn intents_resolve_with_their_link(store: &dyn StateStore) {
-    let intent = |id: &str, secs| CreateIntent {
-        crm_entity: "opportunity".into(),
-        crm_id: id.into(),
-        external_reference_id: id.into(),
-        recorded_at: t(secs),
-        attempts: 1,
-        target: Some(json!({"name": format!("deal {id}")})),
-        crm_etag: Some("W/\"7\"".into()),
-    };
-    store
-        .commit(
-            Commit::new()
-                .intent(intent("o2", 20))
-                .intent(intent("o1", 10)),
-        )
-        .await
-        .unwrap();
-    let pending: Vec<_> = store
-        .intents()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.crm_id)
-        .collect();
-    assert_eq!(pending, ["o1", "o2"], "oldest first");
-
-    let mut retried = intent("o2", 20);
-    retried.attempts = 2;
-    store
-        .commit(Commit::new().intent(retried.clone()))
-        .await
-        .unwrap();
-    assert_eq!(store.intents().await.unwrap()[1], retried);
-
-    store
-        .commit(
-            Commit::new()
-                .link(link("r1", "opportunity", "o1"))
-                .resolve_intent("opportunity", "o1"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(store.intents().await.unwrap(), vec![retried]);
-    assert!(
-        store
-            .link_by_crm("opportunity", "o1")
-            .await
-            .unwrap()
-            .is_some()
-    );
-}
-
-async fn checkpoints_audit_and_dead_letters(store: &dyn StateStore) {
-    store
-        .commit(
-            Commit::new()
-                .checkpoint("pc.reconcile", "2026-01-01T00:00:00Z")
-                .checkpoint(
-                    "crm.delta.opportunity",
-                    "https://x/opportunities?$deltatoken=1",
-                ),
-        )
-        .await
-        .unwrap();
-    store
-        .commit(Commit::new().checkpoint("pc.reconcile", "2026-01-02T00:00:00Z"))
-        .await
-        .unwrap();
-    assert_eq!(
-        store.checkpoint("pc.reconcile").await.unwrap().as_deref(),
-        Some("2026-01-02T00:00:00Z")
-    );
-    assert_eq!(store.checkpoint("missing").await.unwrap(), None);
-
-    for (i, (referral, outcome)) in [
-        ("r1", AuditOutcome::Created),
-        ("r2", AuditOutcome::Failed),
-        ("r1", AuditOutcome::Merged),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut e = AuditEntry::new(Direction::ToCrm, outcome, format!("step {i}"))
-            .referral(referral)
-            .crm("opportunity", format!("o-{referral}"));
-        if outcome == AuditOutcome::Merged {
-            e = e.conflicts(vec!["deal_value: CRM wins".into()]);
-        }
-        store.commit(Commit::new().audit(e)).await.unwrap();
-    }
-    let all = store.audit(&AuditQuery::default()).await.unwrap();
-    assert_eq!(
-        all.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
-        ["step 2", "step 1", "step 0"],
-        "newest first"
-    );
-    assert!(all[0].id > all[1].id && all[1].id > all[2].id);
-    assert_eq!(all[0].conflicts, ["deal_value: CRM wins"]);
-    let r1 = store
-        .audit(&AuditQuery {
-            referral_id: Some("r1".into()),
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(r1.len(), 1);
-    assert_eq!(r1[0].outcome, AuditOutcome::Merged);
-    let by_crm = store
-        .audit(&AuditQuery {
-            crm_id: Some("o-r2".into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(by_crm.len(), 1);
-    assert_eq!(by_crm[0].direction, Direction::ToCrm);
-
-    let letter = |attempts, secs| DeadLetter {
-        key: "referral:r9".into(),
-        direction: Direction::ToCrm,
-        error: format!("attempt {attempts} failed"),
-        attempts,
-        first_failed_at: t(secs),
-        last_failed_at: t(secs),
-    };
-    store
-        .commit(Commit::new().dead_letter(letter(1, 100)))
-        .await
-        .unwrap();
-    store
-        .commit(Commit::new().dead_letter(letter(2, 200)))
-        .await
-        .unwrap();
-    let letters = store.dead_letters().await.unwrap();
-    assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].attempts, 2);
-    assert_eq!(letters[0].first_failed_at, t(100), "first failure is kept");
-    assert_eq!(letters[0].last_failed_at, t(200));
-    assert_eq!(
-        store
-            .dead_letter("referral:r9")
-            .await
-            .unwrap()
-            .unwrap()
-            .attempts,
-        2
-    );
-    assert_eq!(store.dead_letter("referral:nope").await.unwrap(), None);
-    store
-        .commit(Commit::new().clear_dead_letter("referral:r9"))
-        .await
-        .unwrap();
-    assert!(store.dead_letters().await.unwrap().is_empty());
-}
-
-async fn the_inbox_deduplicates_deliveries(store: &dyn StateStore) {
-    assert!(store.push_hint("hash-a", hint("r1", 1)).await.unwrap());
-    assert!(
-        !store.push_hint("hash-a", hint("r1", 1)).await.unwrap(),
-        "same body again"
-    );
-    assert!(store.push_hint("hash-b", hint("r2", 2)).await.unwrap());
-    assert!(store.push_hint("hash-c", hint("r1", 3)).await.unwrap());
-    let pending = store.pending_hints(10).await.unwrap();
-    assert_eq!(
-        pending
-            .iter()
-            .map(|h| h.referral_id.as_str())
-            .collect::<Vec<_>>(),
-        ["r1", "r2", "r1"]
-    );
-    assert_eq!(pending[0].change_time, Some(t(1)));
-    assert_eq!(store.pending_hints(1).await.unwrap().len(), 1);
-    store
-        .commit(Commit::new().ack([pending[0].seq, pending[2].seq]))
-        .await
-        .unwrap();
-    let left = store.pending_hints(10).await.unwrap();
-    assert_eq!(left.len(), 1);
-    assert_eq!(left[0].referral_id, "r2");
-    // An acknowledged delivery that arrives again is still recognised.
-    assert!(!store.push_hint("hash-a", hint("r1", 1)).await.unwrap());
-}
-
-/// A solution link row is remembered with its opportunity, replaced, forgotten; a commit that
-/// fails takes its child rows with it.
-async fn crm_children_name_their_parent(store: &dyn StateStore) {
-    let child = |id: &str, parent: &str| CrmChild {
-        entity: "cosell_opportunitysolution".into(),
-        id: id.into(),
-        parent_entity: "opportunity".into(),
-        parent_id: parent.into(),
-    };
-    assert_eq!(
-        store
-            .crm_child("cosell_opportunitysolution", "l1")
-            .await
-            .unwrap(),
-        None
-    );
-    store
-        .commit(
-            Commit::new()
-                .crm_child(child("l1", "o1"))
-                .crm_child(child("l2", "o1")),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .crm_child("cosell_opportunitysolution", "l1")
-            .await
-            .unwrap(),
-        Some(child("l1", "o1"))
-    );
-    // Another table's row with the same id is another row.
-    assert_eq!(store.crm_child("other", "l1").await.unwrap(), None);
-    store
-        .commit(
-            Commit::new()
-                .forget_crm_child("cosell_opportunitysolution", "l1")
-                .crm_child(child("l2", "o2")),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .crm_child("cosell_opportunitysolution", "l1")
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store
-            .crm_child("cosell_opportunitysolution", "l2")
-            .await
-            .unwrap(),
-        Some(child("l2", "o2"))
-    );
-    // Atomic: a commit refused for a broken link invariant remembers no child row.
-    store
-        .commit(Commit::new().link(link("r1", "opportunity", "o1")))
-        .await
-        .unwrap();
-    let refused = store
-        .commit(
-            Commit::new()
-                .crm_child(child("l3", "o1"))
-                .link(link("r2", "opportunity", "o1")),
-        )
-        .await;
-    assert!(
-        matches!(refused, Err(StoreError::Conflict(_))),
-        "{refused:?}"
-    );
-    assert_eq!(
-        store
-            .crm_child("cosell_opportunitysolution", "l3")
-            .await
-            .unwrap(),
-        None
-    );
-}
-
-/// The point lookups answer what the full lists hold.
-async fn point_lookups_agree_with_the_lists(store: &dyn StateStore) {
-    assert_eq!(store.link_count().await.unwrap(), 0);
-    let mut other = link("r2", "opportunity", "o2");
-    other.engagement_id = Some("eng-r1".into());
-    store
-        .commit(
-            Commit::new()
-                .link(link("r1", "opportunity", "o1"))
-                .link(other)
-                .link(link("r3", "lead", "l3"))
-                .intent(CreateIntent {
-                    crm_entity: "opportunity".into(),
-                    crm_id: "o9".into(),
-                    external_reference_id: "o9".into(),
-                    recorded_at: t(1),
-                    attempts: 1,
-                    target: None,
-                    crm_etag: None,
-                }),
-        )
-        .await
-        .unwrap();
-    assert_eq!(store.link_count().await.unwrap(), 3);
-    let in_engagement: Vec<String> = store
-        .links_by_engagement("eng-r1")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.referral_id)
-        .collect();
-    assert_eq!(in_engagement, ["r1", "r2"]);
-    assert!(
-        store
-            .links_by_engagement("eng-none")
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let intent = store.intent("opportunity", "o9").await.unwrap().unwrap();
-    assert_eq!(intent.external_reference_id, "o9");
-    assert_eq!(store.intent("lead", "o9").await.unwrap(), None);
-    assert_eq!(store.intent("opportunity", "o1").await.unwrap(), None);
-}
-
-async fn suite(make: impl AsyncFn() -> Box<dyn StateStore>) {
-    point_lookups_agree_with_the_lists(&*make().await).await;
-    crm_children_name_their_parent(&*make().await).await;
-    links_are_a_bijection_and_commits_are_atomic(&*make().await).await;
-    a_pair_keeps_its_per_side_state_and_a_pending_create(&*make().await).await;
-    intents_resolve_with_their_link(&*make().await).await;
-    checkpoints_audit_and_dead_letters(&*make().await).await;
-    the_inbox_deduplicates_deliveries(&*make().await).await;
-}
 
 #[tokio::test]
 async fn memory_store_conforms() {
-    suite(async || Box::new(MemoryStore::new()) as Box<dyn StateStore>).await;
+    conformance::run(async || Box::new(MemoryStore::new()) as Box<dyn StateStore>).await;
 }
 
 #[tokio::test]
 async fn sqlite_store_conforms() {
-    suite(async || Box::new(SqliteStore::in_memory().await.unwrap()) as Box<dyn StateStore>).await;
+    conformance::run(async || {
+        Box::new(SqliteStore::in_memory().await.unwrap()) as Box<dyn StateStore>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conforms() {
+    let Some(pg) = TestPostgres::for_test("postgres_store_conforms") else {
+        return;
+    };
+    conformance::run(async || Box::new(pg.store("conformance").await.unwrap()) as Box<dyn StateStore>)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_survives_reconnecting_and_migrates_once() {
+    let Some(pg) = TestPostgres::for_test("postgres_store_survives_reconnecting") else {
+        return;
+    };
+    let store = pg.store("reconnect").await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 1);
+    store
+        .commit(
+            Commit::new()
+                .link(link("r1", "opportunity", "o1"))
+                .checkpoint("pc.reconcile", "c1"),
+        )
+        .await
+        .unwrap();
+    assert!(store.push_hint("h", hint("r1", 1)).await.unwrap());
+    // The store's Debug shows no connection string (it may hold a password).
+    assert!(!format!("{store:?}").contains("postgres://"), "{store:?}");
+    // Several workers connecting at once to one schema: migrations run once, all see the data.
+    let schema = format!("{store:?}");
+    let name = schema
+        .split('"')
+        .nth(1)
+        .expect("the schema is shown")
+        .to_string();
+    store.close().await;
+    let again = futures::future::join_all(
+        (0..3).map(|_| cosell_sync::store::PostgresStore::connect_in_schema(pg.url(), &name)),
+    )
+    .await;
+    for store in again {
+        let store = store.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), 1, "migrations run once");
+        assert_eq!(
+            store.link_by_referral("r1").await.unwrap(),
+            Some(link("r1", "opportunity", "o1"))
+        );
+        assert_eq!(store.pending_hints(10).await.unwrap().len(), 1);
+        assert!(!store.push_hint("h", hint("r1", 1)).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_bad_postgres_url_or_schema_is_named_without_the_password() {
+    let err = cosell_sync::store::PostgresStore::connect("postgres://u:s3cret@127.0.0.1:notaport/db")
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+    assert!(err.to_string().contains("URL"), "{err}");
+    let err = cosell_sync::store::PostgresStore::connect_in_schema(
+        "postgres://u@127.0.0.1:1/db",
+        "Robert'); DROP",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("Robert"), "{err}");
 }
 
 #[tokio::test]
@@ -545,7 +96,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     assert!(!path.exists());
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), 4);
         store
             .commit(
                 Commit::new()
@@ -566,7 +117,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(
         store.schema_version().await.unwrap(),
-        3,
+        4,
         "migrations run once"
     );
     assert_eq!(

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -23,6 +24,10 @@ struct State {
     seen_hashes: BTreeSet<String>,
     next_seq: i64,
     crm_children: BTreeMap<(String, String), CrmChild>,
+    /// Lease key -> (holder, expiry): engines sharing this store in one process.
+    leases: BTreeMap<String, (String, Instant)>,
+    /// Inbox sequence number -> (holder, expiry) of its claim.
+    claims: BTreeMap<i64, (String, Instant)>,
 }
 
 /// A state store in process memory. Nothing survives the process.
@@ -138,6 +143,7 @@ fn apply(state: &mut State, commit: Commit) -> Result<(), StoreError> {
     }
     for seq in &commit.ack_hints {
         state.inbox.remove(seq);
+        state.claims.remove(seq);
     }
     Ok(())
 }
@@ -245,5 +251,51 @@ impl StateStore for MemoryStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         apply(&mut self.lock(), commit)
+    }
+
+    async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let free = state
+            .leases
+            .get(key)
+            .is_none_or(|(h, until)| h == holder || *until <= now);
+        if free {
+            state
+                .leases
+                .insert(key.to_string(), (holder.to_string(), now + ttl));
+        }
+        Ok(free)
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let mut state = self.lock();
+        if state.leases.get(key).is_some_and(|(h, _)| h == holder) {
+            state.leases.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn claim_hints(
+        &self,
+        holder: &str,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<Vec<InboxHint>, StoreError> {
+        let now = Instant::now();
+        let state = &mut *self.lock();
+        let claimable: Vec<InboxHint> = state
+            .inbox
+            .values()
+            .filter(|h| state.claims.get(&h.seq).is_none_or(|(_, until)| *until <= now))
+            .take(max)
+            .cloned()
+            .collect();
+        for h in &claimable {
+            state
+                .claims
+                .insert(h.seq, (holder.to_string(), now + ttl));
+        }
+        Ok(claimable)
     }
 }

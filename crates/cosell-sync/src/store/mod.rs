@@ -14,7 +14,11 @@
 //! link, the checkpoint that covers it, the audit entry and the inbox acknowledgement become
 //! durable together or not at all. That is how a checkpoint never moves ahead of its work.
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -25,6 +29,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
@@ -433,6 +439,20 @@ pub enum StoreError {
     /// The backend failed (I/O, SQL).
     #[error("state store backend: {0}")]
     Backend(String),
+    /// Another worker held the lease `key` for longer than this worker would wait; nothing was
+    /// done under it, so the work is simply done again later.
+    #[error("lease `{key}` is held by another worker")]
+    LeaseBusy {
+        /// The lease (`crm:<id>`, `referral:<id>`, `pass:<name>`).
+        key: String,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (another worker's lease, a backend hiccup).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::LeaseBusy { .. } | StoreError::Backend(_))
+    }
 }
 
 /// Durable state of the engine. Implementations must apply each [`Commit`] atomically.
@@ -499,4 +519,44 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     async fn crm_child(&self, entity: &str, id: &str) -> Result<Option<CrmChild>, StoreError>;
     /// Applies every write in `commit`, atomically.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+
+    // ------------------------------------------------------------ work distribution
+
+    /// Takes the lease `key` for `holder` until `ttl` from now, or extends it if `holder`
+    /// already holds it; returns whether `holder` holds it now. A lease held by another
+    /// holder is taken over only once it has expired (its holder died or stalled), so several
+    /// workers sharing one store never handle the same pair or pass at once.
+    ///
+    /// The default grants every lease: right for a store that only one engine (one process)
+    /// uses, where the engine's in-process locks already serialize. A store several processes
+    /// share must override the three lease methods (the conformance suite checks them).
+    async fn try_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (key, holder, ttl);
+        Ok(true)
+    }
+    /// Gives the lease `key` up if `holder` holds it (another holder's lease is left alone).
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let _ = (key, holder);
+        Ok(())
+    }
+    /// Claims up to `max` unacknowledged hints, oldest first, for `holder` until `ttl` from
+    /// now: hints no one has claimed, or whose claim expired (a worker that died before
+    /// acknowledging them). A claimed hint is not handed to another holder until its claim
+    /// expires; acknowledging it ([`Commit::ack`]) removes it for good.
+    ///
+    /// The default hands out [`pending_hints`](Self::pending_hints) (one engine per store).
+    async fn claim_hints(
+        &self,
+        holder: &str,
+        max: usize,
+        ttl: std::time::Duration,
+    ) -> Result<Vec<InboxHint>, StoreError> {
+        let _ = (holder, ttl);
+        self.pending_hints(max).await
+    }
 }

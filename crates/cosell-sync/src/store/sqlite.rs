@@ -424,22 +424,7 @@ impl StateStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
-                Ok(InboxHint {
-                    seq: row.try_get("seq").map_err(backend)?,
-                    referral_id: get("referral_id")?,
-                    event: get("event")?,
-                    change_time: opt_ts(
-                        "inbox hint",
-                        row.try_get::<Option<String>, _>("change_time")
-                            .map_err(backend)?,
-                    )?,
-                    received_at: parse_ts("inbox hint", &get("received_at")?)?,
-                })
-            })
-            .collect()
+        rows.iter().map(hint_from_row).collect()
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
@@ -608,4 +593,77 @@ impl StateStore for SqliteStore {
         }
         tx.commit().await.map_err(backend)
     }
+
+    async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(ttl).map_err(backend)?;
+        // One statement: taken when free, expired or ours; otherwise the row is left alone.
+        let taken = sqlx::query(
+            "INSERT INTO leases (key, holder, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
+        )
+        .bind(key)
+        .bind(holder)
+        .bind(ts(&until))
+        .bind(ts(&now))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+        Ok(taken == 1)
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM leases WHERE key = ? AND holder = ?")
+            .bind(key)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn claim_hints(
+        &self,
+        holder: &str,
+        max: usize,
+        ttl: Duration,
+    ) -> Result<Vec<InboxHint>, StoreError> {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(ttl).map_err(backend)?;
+        // SQLite serializes writers, so the sub-select and the update cannot interleave with
+        // another worker's claim.
+        let rows = sqlx::query(
+            "UPDATE inbox SET claimed_by = ?1, claimed_until = ?2 WHERE seq IN ( \
+               SELECT seq FROM inbox WHERE claimed_until IS NULL OR claimed_until <= ?3 \
+               ORDER BY seq LIMIT ?4) \
+             RETURNING seq, referral_id, event, change_time, received_at",
+        )
+        .bind(holder)
+        .bind(ts(&until))
+        .bind(ts(&now))
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut hints = rows.iter().map(hint_from_row).collect::<Result<Vec<_>, _>>()?;
+        hints.sort_by_key(|h| h.seq);
+        Ok(hints)
+    }
+}
+
+fn hint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InboxHint, StoreError> {
+    let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+    Ok(InboxHint {
+        seq: row.try_get("seq").map_err(backend)?,
+        referral_id: get("referral_id")?,
+        event: get("event")?,
+        change_time: opt_ts(
+            "inbox hint",
+            row.try_get::<Option<String>, _>("change_time")
+                .map_err(backend)?,
+        )?,
+        received_at: parse_ts("inbox hint", &get("received_at")?)?,
+    })
 }
