@@ -65,6 +65,8 @@ pub enum StoreChoice {
     Memory,
     /// A SQLite file, created on first use.
     Sqlite(PathBuf),
+    /// A store the caller opened (a PostgreSQL store several engines share).
+    Shared(Arc<dyn StateStore>),
 }
 
 /// Configures a [`Sandboxed`] setup.
@@ -163,6 +165,7 @@ impl SandboxedBuilder {
         let store: Arc<dyn StateStore> = match &self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+            StoreChoice::Shared(store) => store.clone(),
         };
         let crm = Arc::new(DataverseCrm::new(dataverse.clone(), self.map.clone()));
         let engine = Engine::new(

@@ -55,6 +55,9 @@ use crate::store::{
 };
 
 mod decisions;
+mod leases;
+
+pub use leases::LeaseConfig;
 
 /// Checkpoint holding the `updatedDateTime` the Partner Center reconcile has covered.
 pub const RECONCILE_CHECKPOINT: &str = "pc.reconcile";
@@ -113,6 +116,8 @@ pub struct EngineConfig {
     pub directions: BTreeMap<FieldId, FieldDirection>,
     /// Compute and report, write nothing.
     pub dry_run: bool,
+    /// How engines sharing one store split the work (leases, inbox claims).
+    pub leases: LeaseConfig,
 }
 
 impl Default for EngineConfig {
@@ -124,6 +129,7 @@ impl Default for EngineConfig {
             max_precondition_retries: 3,
             directions: BTreeMap::new(),
             dry_run: false,
+            leases: LeaseConfig::default(),
         }
     }
 }
@@ -331,11 +337,8 @@ impl KeyedLocks {
     }
 }
 
-/// Lock guards for one pair, released together.
-struct PairGuard {
-    _crm: Option<OwnedMutexGuard<()>>,
-    _referral: Option<OwnedMutexGuard<()>>,
-}
+/// Lock guards and store leases for one pair, released together (see `engine/leases.rs`).
+type PairGuard = leases::Held;
 
 /// The sync engine (cheap to clone; clones share everything).
 #[derive(Clone)]
@@ -351,6 +354,7 @@ struct Inner {
     config: EngineConfig,
     locks: KeyedLocks,
     stats: Stats,
+    worker: leases::Worker,
 }
 
 impl fmt::Debug for Engine {
@@ -624,6 +628,7 @@ impl Engine {
                 config,
                 locks: KeyedLocks::default(),
                 stats: Stats::default(),
+                worker: leases::Worker::default(),
             }),
         }
     }
@@ -655,20 +660,19 @@ impl Engine {
         }
     }
 
-    async fn lock_pair(&self, crm_id: Option<&str>, referral_id: Option<&str>) -> PairGuard {
+    /// Locks a pair in this process and leases it in the store (other workers).
+    async fn lock_pair(
+        &self,
+        crm_id: Option<&str>,
+        referral_id: Option<&str>,
+    ) -> Result<PairGuard, StoreError> {
         // Always CRM first, then referral: a consistent order cannot deadlock.
-        let crm = match crm_id {
-            Some(id) => Some(self.inner.locks.lock(format!("crm:{id}")).await),
-            None => None,
-        };
-        let referral = match referral_id {
-            Some(id) => Some(self.inner.locks.lock(format!("referral:{id}")).await),
-            None => None,
-        };
-        PairGuard {
-            _crm: crm,
-            _referral: referral,
-        }
+        let keys = crm_id
+            .map(|id| format!("crm:{id}"))
+            .into_iter()
+            .chain(referral_id.map(|id| format!("referral:{id}")))
+            .collect();
+        self.lease_keys(keys).await
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), Failure> {
@@ -717,7 +721,7 @@ impl Engine {
             .as_ref()
             .and_then(|l| l.crm_id.clone())
             .or_else(|| referral.external_reference_id.clone());
-        let _guard = self.lock_pair(crm_key.as_deref(), Some(&id)).await;
+        let _guard = self.lock_pair(crm_key.as_deref(), Some(&id)).await?;
         // Re-read under the lock: another task may have linked it meanwhile.
         let link = store.link_by_referral(&id).await?;
         // A referral listed before our own later write is older than what we know: read it
@@ -907,7 +911,7 @@ impl Engine {
     pub async fn reconcile_link(&self, link: Link) -> Result<Outcome, EngineError> {
         let _guard = self
             .lock_pair(link.crm_id.as_deref(), Some(&link.referral_id))
-            .await;
+            .await?;
         let link = match self.inner.store.link_by_referral(&link.referral_id).await? {
             Some(l) => l,
             None => return Ok(Outcome::new(Action::Skipped, "link removed meanwhile")),
@@ -2093,7 +2097,7 @@ impl Engine {
         if let Some(link) = self.inner.store.link_by_crm(entity_name(kind), id).await? {
             return Box::pin(self.reconcile_link(link)).await;
         }
-        let guard = self.lock_pair(Some(id), None).await;
+        let guard = self.lock_pair(Some(id), None).await?;
         if let Some(link) = self.inner.store.link_by_crm(entity_name(kind), id).await? {
             drop(guard);
             return Box::pin(self.reconcile_link(link)).await;
@@ -2383,6 +2387,9 @@ impl Engine {
     /// moves the checkpoint: the pass that heals lost webhooks.
     #[tracing::instrument(skip(self))]
     pub async fn reconcile(&self) -> Result<Report, EngineError> {
+        let Some(_pass) = self.lease_pass(RECONCILE_CHECKPOINT).await? else {
+            return Ok(Report::default());
+        };
         let inner = &self.inner;
         let checkpoint = inner
             .store
@@ -2449,6 +2456,9 @@ impl Engine {
     /// with its opportunity, and a deletion is traced back through it. The first read only
     /// learns the rows: the opportunity feed's own first read syncs every opportunity.
     async fn pull_solution_link_changes(&self) -> Result<Report, EngineError> {
+        let Some(_pass) = self.lease_pass(SOLUTION_LINKS_CHECKPOINT).await? else {
+            return Ok(Report::default());
+        };
         let inner = &self.inner;
         let cursor = inner.store.checkpoint(SOLUTION_LINKS_CHECKPOINT).await?;
         let mut learn_only = cursor.is_none();
@@ -2543,6 +2553,9 @@ impl Engine {
     async fn pull_crm_changes_of(&self, kind: RecordKind) -> Result<Report, EngineError> {
         let inner = &self.inner;
         let name = crm_checkpoint(kind);
+        let Some(_pass) = self.lease_pass(&name).await? else {
+            return Ok(Report::default());
+        };
         let cursor = inner.store.checkpoint(&name).await?;
         let changes = match inner.crm.changes(kind, cursor.as_deref()).await {
             Ok(c) => c,
@@ -2601,8 +2614,29 @@ impl Engine {
     /// (re-reading it: a callback is only a hint), and acknowledges the hints.
     #[tracing::instrument(skip(self))]
     pub async fn drain_inbox(&self) -> Result<Report, EngineError> {
-        let inner = &self.inner;
-        let hints = inner.store.pending_hints(1000).await?;
+        let mut report = Report::default();
+        let mut taken = 0;
+        // Batch after batch, each claimed for this worker (workers draining at once take
+        // different hints), up to 1000 hints a call.
+        while taken < 1000 {
+            let hints = self.claim_hints().await?;
+            if hints.is_empty() {
+                break;
+            }
+            taken += hints.len();
+            report.extend(self.drain_hints(hints).await?);
+            if self.inner.config.dry_run {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// One batch of the inbox, acknowledged as each referral is done.
+    async fn drain_hints(
+        &self,
+        hints: Vec<crate::store::InboxHint>,
+    ) -> Result<Report, EngineError> {
         // Per referral: the hints' sequence numbers, and whether every one was a
         // related-referral event (another party's referral in one of our engagements).
         let mut by_referral: BTreeMap<String, (Vec<i64>, bool)> = BTreeMap::new();
@@ -2834,6 +2868,10 @@ impl Engine {
             }
             Err(EngineError::Remote(e)) => {
                 tracing::warn!(error = %e, "pass failed; retrying on the next tick");
+                Ok(())
+            }
+            Err(e) if leases::is_lease_busy(&e) => {
+                tracing::warn!(error = %e, "pass cut short; retrying on the next tick");
                 Ok(())
             }
             Err(e) => Err(e),

@@ -16,8 +16,8 @@ pub use crm::{
 };
 pub use dataverse::{DataverseCrm, SetupProblem, required_columns, setup_problems};
 pub use engine::{
-    Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, PlannedWrite,
-    Report, Schedule,
+    Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, LeaseConfig, Outcome,
+    PlannedWrite, Report, Schedule,
 };
 pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;

@@ -27,8 +27,10 @@ async fn postgres_store_conforms() {
     let Some(pg) = TestPostgres::for_test("postgres_store_conforms") else {
         return;
     };
-    conformance::run(async || Box::new(pg.store("conformance").await.unwrap()) as Box<dyn StateStore>)
-        .await;
+    conformance::run(async || {
+        Box::new(pg.store("conformance").await.unwrap()) as Box<dyn StateStore>
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,12 +52,7 @@ async fn postgres_store_survives_reconnecting_and_migrates_once() {
     // The store's Debug shows no connection string (it may hold a password).
     assert!(!format!("{store:?}").contains("postgres://"), "{store:?}");
     // Several workers connecting at once to one schema: migrations run once, all see the data.
-    let schema = format!("{store:?}");
-    let name = schema
-        .split('"')
-        .nth(1)
-        .expect("the schema is shown")
-        .to_string();
+    let name = store.schema().unwrap().to_string();
     store.close().await;
     let again = futures::future::join_all(
         (0..3).map(|_| cosell_sync::store::PostgresStore::connect_in_schema(pg.url(), &name)),
@@ -63,7 +60,11 @@ async fn postgres_store_survives_reconnecting_and_migrates_once() {
     .await;
     for store in again {
         let store = store.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 1, "migrations run once");
+        assert_eq!(
+            store.schema_version().await.unwrap(),
+            1,
+            "migrations run once"
+        );
         assert_eq!(
             store.link_by_referral("r1").await.unwrap(),
             Some(link("r1", "opportunity", "o1"))
@@ -75,9 +76,10 @@ async fn postgres_store_survives_reconnecting_and_migrates_once() {
 
 #[tokio::test]
 async fn a_bad_postgres_url_or_schema_is_named_without_the_password() {
-    let err = cosell_sync::store::PostgresStore::connect("postgres://u:s3cret@127.0.0.1:notaport/db")
-        .await
-        .unwrap_err();
+    let err =
+        cosell_sync::store::PostgresStore::connect("postgres://u:s3cret@127.0.0.1:notaport/db")
+            .await
+            .unwrap_err();
     assert!(!err.to_string().contains("s3cret"), "{err}");
     assert!(err.to_string().contains("URL"), "{err}");
     let err = cosell_sync::store::PostgresStore::connect_in_schema(

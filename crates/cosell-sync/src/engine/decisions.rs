@@ -143,7 +143,7 @@ impl Engine {
         let Some(link) = inner.store.link_by_referral(ours).await? else {
             return Ok(None);
         };
-        let _guard = self.lock_pair(link.crm_id.as_deref(), Some(ours)).await;
+        let _guard = self.lock_pair(link.crm_id.as_deref(), Some(ours)).await?;
         // Re-read under the lock: the pair may have moved on (a lead became an opportunity).
         let Some(link) = inner.store.link_by_referral(ours).await? else {
             return Ok(None);

@@ -545,33 +545,78 @@ async fn point_lookups_agree_with_the_lists(store: &dyn StateStore) {
 /// expired, and won by exactly one of several holders racing for a free one.
 async fn leases_are_exclusive_and_expire(store: &dyn StateStore) {
     let long = StdDuration::from_secs(60);
-    assert!(store.try_lease("referral:r1", "worker-a", long).await.unwrap());
     assert!(
-        !store.try_lease("referral:r1", "worker-b", long).await.unwrap(),
+        store
+            .try_lease("referral:r1", "worker-a", long)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .try_lease("referral:r1", "worker-b", long)
+            .await
+            .unwrap(),
         "a live lease is not taken by another holder"
     );
     assert!(
-        store.try_lease("referral:r1", "worker-a", long).await.unwrap(),
+        store
+            .try_lease("referral:r1", "worker-a", long)
+            .await
+            .unwrap(),
         "its holder renews it"
     );
     // Another key is another lease.
     assert!(store.try_lease("crm:o1", "worker-b", long).await.unwrap());
     // Only the holder releases it.
-    store.release_lease("referral:r1", "worker-b").await.unwrap();
-    assert!(!store.try_lease("referral:r1", "worker-b", long).await.unwrap());
-    store.release_lease("referral:r1", "worker-a").await.unwrap();
-    assert!(store.try_lease("referral:r1", "worker-b", long).await.unwrap());
+    store
+        .release_lease("referral:r1", "worker-b")
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .try_lease("referral:r1", "worker-b", long)
+            .await
+            .unwrap()
+    );
+    store
+        .release_lease("referral:r1", "worker-a")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .try_lease("referral:r1", "worker-b", long)
+            .await
+            .unwrap()
+    );
 
     // A holder that dies keeps its lease only until it expires.
     let short = StdDuration::from_millis(300);
-    assert!(store.try_lease("pass:reconcile", "dead", short).await.unwrap());
-    assert!(!store.try_lease("pass:reconcile", "alive", long).await.unwrap());
+    assert!(
+        store
+            .try_lease("pass:reconcile", "dead", short)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .try_lease("pass:reconcile", "alive", long)
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(StdDuration::from_millis(700)).await;
     assert!(
-        store.try_lease("pass:reconcile", "alive", long).await.unwrap(),
+        store
+            .try_lease("pass:reconcile", "alive", long)
+            .await
+            .unwrap(),
         "an expired lease is taken over"
     );
-    assert!(!store.try_lease("pass:reconcile", "dead", long).await.unwrap());
+    assert!(
+        !store
+            .try_lease("pass:reconcile", "dead", long)
+            .await
+            .unwrap()
+    );
 
     // Several holders racing for one free lease: exactly one wins.
     let wins = futures::future::join_all(
@@ -603,21 +648,41 @@ async fn hints_are_claimed_by_one_worker(store: &dyn StateStore) {
     let a = store.claim_hints("worker-a", 2, short).await.unwrap();
     assert_eq!(ids(&a), ["r1", "r2"], "oldest first, at most max");
     let b = store.claim_hints("worker-b", 10, long).await.unwrap();
-    assert_eq!(ids(&b), ["r3", "r4"], "claimed hints are not handed out twice");
-    assert!(store.claim_hints("worker-c", 10, long).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&b),
+        ["r3", "r4"],
+        "claimed hints are not handed out twice"
+    );
+    assert!(
+        store
+            .claim_hints("worker-c", 10, long)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.pending_hints(10).await.unwrap().len(), 4);
 
     // worker-a acknowledges one hint and dies holding the other.
     store.commit(Commit::new().ack([a[0].seq])).await.unwrap();
     tokio::time::sleep(StdDuration::from_millis(700)).await;
     let c = store.claim_hints("worker-c", 10, long).await.unwrap();
-    assert_eq!(ids(&c), ["r2"], "an expired claim is handed to another worker");
+    assert_eq!(
+        ids(&c),
+        ["r2"],
+        "an expired claim is handed to another worker"
+    );
     store
         .commit(Commit::new().ack(b.iter().chain(&c).map(|h| h.seq)))
         .await
         .unwrap();
     assert!(store.pending_hints(10).await.unwrap().is_empty());
-    assert!(store.claim_hints("worker-a", 10, long).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_hints("worker-a", 10, long)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Runs every check of the suite, each against a fresh store from `make`. Panics on the first

@@ -287,14 +287,17 @@ impl StateStore for MemoryStore {
         let claimable: Vec<InboxHint> = state
             .inbox
             .values()
-            .filter(|h| state.claims.get(&h.seq).is_none_or(|(_, until)| *until <= now))
+            .filter(|h| {
+                state
+                    .claims
+                    .get(&h.seq)
+                    .is_none_or(|(_, until)| *until <= now)
+            })
             .take(max)
             .cloned()
             .collect();
         for h in &claimable {
-            state
-                .claims
-                .insert(h.seq, (holder.to_string(), now + ttl));
+            state.claims.insert(h.seq, (holder.to_string(), now + ttl));
         }
         Ok(claimable)
     }

@@ -120,6 +120,12 @@ impl PostgresStore {
         })
     }
 
+    /// The schema the tables live in, when connected with
+    /// [`connect_in_schema`](Self::connect_in_schema).
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
     /// The schema version (the latest applied migration).
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM _sqlx_migrations WHERE success")
@@ -676,7 +682,10 @@ impl StateStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut hints = rows.iter().map(hint_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut hints = rows
+            .iter()
+            .map(hint_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         hints.sort_by_key(|h| h.seq);
         Ok(hints)
     }

@@ -647,7 +647,10 @@ impl StateStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        let mut hints = rows.iter().map(hint_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut hints = rows
+            .iter()
+            .map(hint_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         hints.sort_by_key(|h| h.seq);
         Ok(hints)
     }

@@ -1,0 +1,326 @@
+//! Several workers on PostgreSQL (issue 15): engines sharing one `PostgresStore` (each with a
+//! connection pool of its own, as separate processes have) and one sandbox over loopback. A
+//! workload from both sides; the verdict is read from the emulators themselves: no duplicate
+//! CRM row or referral, no lost write, work spread over the workers, and a killed worker's
+//! hints and pairs taken over once its leases expire.
+//!
+//! PostgreSQL comes from `COSELL_TEST_POSTGRES_URL` (set by `.ci/run`) or is started from the
+//! binaries on this machine; without either the tests say loudly that they skipped (and fail on
+//! CI). Never mocked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cosell::http::RetryPolicy;
+use cosell::partner_center::models::Referral;
+use cosell::sandbox::{Fault, Service};
+use cosell::sandboxed::{Sandboxed, StoreChoice};
+use cosell::sync::store::conformance::TestPostgres;
+use cosell::sync::store::{PostgresStore, StateStore};
+use cosell::sync::{Action, Engine, EngineConfig, LeaseConfig, Report};
+use serde_json::{Value, json};
+
+struct Harness {
+    s: Sandboxed,
+    pg: TestPostgres,
+    schema: String,
+}
+
+impl Harness {
+    async fn start(test: &str) -> Option<Harness> {
+        let pg = TestPostgres::for_test(test)?;
+        let store = pg.store("workers").await.unwrap();
+        let schema = store.schema().unwrap().to_string();
+        let s = Sandboxed::builder()
+            .store(StoreChoice::Shared(Arc::new(store)))
+            .retry(
+                RetryPolicy::default()
+                    .with_initial_delay(Duration::from_millis(20))
+                    .with_max_attempts(4),
+            )
+            .start()
+            .await
+            .unwrap();
+        Some(Harness { s, pg, schema })
+    }
+
+    /// A worker: an engine over a store connection of its own to the shared schema.
+    async fn worker(&self, leases: LeaseConfig) -> (Engine, PostgresStore) {
+        let store = PostgresStore::connect_in_schema(self.pg.url(), &self.schema)
+            .await
+            .unwrap();
+        let engine = Engine::new(
+            Arc::new(self.s.partner_center.clone()),
+            self.s.crm.clone(),
+            Arc::new(store.clone()),
+            self.s.engine.field_map().clone(),
+            EngineConfig {
+                leases,
+                ..EngineConfig::default()
+            },
+        );
+        (engine, store)
+    }
+
+    async fn settled(&self) {
+        tokio::time::timeout(Duration::from_secs(20), self.s.deliveries_settled())
+            .await
+            .expect("webhook deliveries did not settle");
+    }
+
+    /// A referral as a partner seller creates it in Partner Center (fires a webhook).
+    async fn pc_referral(&self) -> String {
+        let body = self.s.sandbox.partner_center().generate_referral_request();
+        let referral: Referral = serde_json::from_value(body).unwrap();
+        let created = self
+            .s
+            .partner_center
+            .create_referral(&referral)
+            .await
+            .unwrap();
+        created.id.unwrap()
+    }
+
+    /// The CRM rows (opportunities and leads) carrying `referral_id`.
+    fn crm_rows_of(&self, referral_id: &str) -> Vec<Value> {
+        let dv = self.s.sandbox.dataverse();
+        ["opportunity", "lead"]
+            .into_iter()
+            .flat_map(|t| {
+                dv.query(t, &format!("cosell_referralid eq '{referral_id}'"))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn referrals_from(&self, crm_id: &str) -> Vec<Value> {
+        self.s
+            .sandbox
+            .partner_center()
+            .referrals()
+            .into_iter()
+            .filter(|r| r["externalReferenceId"] == json!(crm_id))
+            .collect()
+    }
+}
+
+/// Work that wrote something (not an echo, not unchanged or skipped).
+fn writes(report: &Report) -> usize {
+    [
+        Action::CreatedInCrm,
+        Action::CreatedReferral,
+        Action::UpdatedCrm,
+        Action::UpdatedReferral,
+        Action::UpdatedBoth,
+    ]
+    .into_iter()
+    .map(|a| report.count(a))
+    .sum()
+}
+
+/// Every worker runs one full round at the same time; returns what each wrote.
+async fn concurrent_round(workers: &[Engine]) -> Vec<usize> {
+    let tasks: Vec<_> = workers
+        .iter()
+        .cloned()
+        .map(|w| tokio::spawn(async move { w.run_once().await }))
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        let report = t.await.unwrap().unwrap();
+        assert_eq!(report.failures().count(), 0, "{report:#?}");
+        out.push(writes(&report));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_share_the_work_without_duplicates_or_lost_writes() {
+    let Some(h) = Harness::start("three_workers_share_the_work").await else {
+        return;
+    };
+    // Small inbox batches, so a burst of callbacks is spread over the workers.
+    let leases = LeaseConfig {
+        inbox_batch: 2,
+        ..LeaseConfig::default()
+    };
+    let mut workers = Vec::new();
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let (engine, store) = h.worker(leases.clone()).await;
+        workers.push(engine);
+        stores.push(store);
+    }
+    let ids: Vec<&str> = workers.iter().map(Engine::worker_id).collect();
+    assert!(
+        ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+        "{ids:?}"
+    );
+
+    // Both sides at once: partner sellers create referrals (callbacks into the shared inbox),
+    // CRM sellers mark opportunities for co-sell (the change feed).
+    const REFERRALS: usize = 12;
+    const CRM_ROWS: usize = 4;
+    let mut referrals = Vec::new();
+    for _ in 0..REFERRALS {
+        referrals.push(h.pc_referral().await);
+    }
+    let mut opportunities = Vec::new();
+    for i in 0..CRM_ROWS {
+        opportunities.push(
+            h.s.seed_co_sell_opportunity(&format!("Worker deal {i}"))
+                .unwrap(),
+        );
+    }
+    h.settled().await;
+
+    let mut done = vec![0usize; workers.len()];
+    for _ in 0..6 {
+        for (d, n) in done.iter_mut().zip(concurrent_round(&workers).await) {
+            *d += n;
+        }
+        h.settled().await;
+        if h.s.store.pending_hints(10).await.unwrap().is_empty()
+            && h.s.store.link_count().await.unwrap() as usize == REFERRALS + CRM_ROWS
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        h.s.store.link_count().await.unwrap() as usize,
+        REFERRALS + CRM_ROWS
+    );
+    // Spread: every worker wrote something.
+    assert!(done.iter().all(|&n| n > 0), "work per worker: {done:?}");
+
+    // Then edits from both sides: Microsoft changes notes, sellers change deal values.
+    for (i, id) in referrals.iter().enumerate().take(6) {
+        h.s.sandbox
+            .partner_center()
+            .update_as_microsoft(
+                id,
+                json!([{"op": "replace", "path": "/details/notes", "value": format!("Microsoft note {i}")}]),
+            )
+            .unwrap();
+    }
+    for (i, id) in opportunities.iter().enumerate() {
+        h.s.sandbox
+            .dataverse()
+            .update_as_user(
+                "opportunity",
+                *id,
+                json!({"estimatedvalue": 200000.0 + i as f64}),
+            )
+            .unwrap();
+    }
+    h.settled().await;
+    for _ in 0..4 {
+        concurrent_round(&workers).await;
+        h.settled().await;
+    }
+
+    // The emulators' own state: one CRM row per referral, one referral per CRM row, every
+    // edit on the other side.
+    for (i, id) in referrals.iter().enumerate() {
+        let rows = h.crm_rows_of(id);
+        assert_eq!(rows.len(), 1, "CRM rows of referral {id}: {rows:#?}");
+        if i < 6 {
+            assert_eq!(
+                rows[0]["description"],
+                json!(format!("Microsoft note {i}")),
+                "Microsoft's edit of {id} reached the CRM"
+            );
+        }
+    }
+    for (i, id) in opportunities.iter().enumerate() {
+        let found = h.referrals_from(&id.to_string());
+        assert_eq!(found.len(), 1, "referrals of opportunity {id}: {found:#?}");
+        assert_eq!(
+            found[0]["details"]["dealValue"].as_f64(),
+            Some(200000.0 + i as f64),
+            "the seller's edit of {id} reached Partner Center"
+        );
+    }
+    assert_eq!(
+        h.s.sandbox.partner_center().referral_count(),
+        REFERRALS + CRM_ROWS,
+        "no duplicate referral"
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+    assert!(h.s.store.pending_hints(10).await.unwrap().is_empty());
+    for store in &stores {
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_workers_hints_and_pairs_are_taken_over() {
+    let Some(h) = Harness::start("a_killed_workers_pairs").await else {
+        return;
+    };
+    // Short leases, so the dead worker's claims and pairs expire within the test.
+    let leases = LeaseConfig {
+        ttl: Duration::from_secs(1),
+        wait: Duration::from_secs(10),
+        inbox_batch: 50,
+    };
+    const REFERRALS: usize = 6;
+    let mut referrals = Vec::new();
+    for _ in 0..REFERRALS {
+        referrals.push(h.pc_referral().await);
+    }
+    h.settled().await;
+
+    // The first worker claims every hint and starts on the pairs; Dataverse answers slowly,
+    // so it is mid-pass, holding claims and pair leases, when it is killed.
+    let faults = h.s.sandbox.faults();
+    faults.inject(
+        Service::Dataverse,
+        Fault::latency(Duration::from_secs(3)).times(REFERRALS as u32),
+    );
+    let (doomed, doomed_store) = h.worker(leases.clone()).await;
+    let running = tokio::spawn(async move { doomed.drain_inbox().await });
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while faults.injected() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first worker never reached Dataverse");
+    // The kill: the task is gone and its database connections with it, so nothing it held
+    // is given back; only expiry frees it.
+    running.abort();
+    doomed_store.close().await;
+    faults.clear();
+
+    // Straight after the kill every hint is still claimed: the survivor finds nothing to take.
+    let (survivor, survivor_store) = h.worker(leases).await;
+    let mut handled = 0;
+    for _ in 0..40 {
+        let report = survivor.drain_inbox().await.unwrap();
+        assert_eq!(report.failures().count(), 0, "{report:#?}");
+        handled += writes(&report);
+        if h.s.store.pending_hints(10).await.unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        h.s.store.pending_hints(10).await.unwrap().is_empty(),
+        "the dead worker's hints were taken over"
+    );
+    assert!(handled > 0, "the survivor did the dead worker's work");
+    for id in &referrals {
+        let rows = h.crm_rows_of(id);
+        assert_eq!(rows.len(), 1, "CRM rows of referral {id}: {rows:#?}");
+        let link = h.s.store.link_by_referral(id).await.unwrap();
+        assert!(
+            link.as_ref()
+                .is_some_and(|l| l.in_sync && l.crm_id.is_some()),
+            "pair of {id}: {link:#?}"
+        );
+    }
+    survivor_store.close().await;
+}
