@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 
 struct Harness {
     s: Sandboxed,
-    pg: TestPostgres,
-    schema: String,
+    /// The server and schema of the shared PostgreSQL store; `None`: one shared memory store.
+    pg: Option<(TestPostgres, String)>,
 }
 
 impl Harness {
@@ -33,8 +33,12 @@ impl Harness {
         let pg = TestPostgres::for_test(test)?;
         let store = pg.store("workers").await.unwrap();
         let schema = store.schema().unwrap().to_string();
+        Some(Harness::with(StoreChoice::Shared(Arc::new(store)), Some((pg, schema))).await)
+    }
+
+    async fn with(store: StoreChoice, pg: Option<(TestPostgres, String)>) -> Harness {
         let s = Sandboxed::builder()
-            .store(StoreChoice::Shared(Arc::new(store)))
+            .store(store)
             .retry(
                 RetryPolicy::default()
                     .with_initial_delay(Duration::from_millis(20))
@@ -43,25 +47,32 @@ impl Harness {
             .start()
             .await
             .unwrap();
-        Some(Harness { s, pg, schema })
+        Harness { s, pg }
     }
 
-    /// A worker: an engine over a store connection of its own to the shared schema.
-    async fn worker(&self, leases: LeaseConfig) -> (Engine, PostgresStore) {
-        let store = PostgresStore::connect_in_schema(self.pg.url(), &self.schema)
-            .await
-            .unwrap();
+    /// A worker: an engine over a store connection of its own to the shared schema (or over
+    /// the shared memory store).
+    async fn worker(&self, leases: LeaseConfig) -> (Engine, Option<PostgresStore>) {
+        let (store, pool): (Arc<dyn StateStore>, _) = match &self.pg {
+            Some((pg, schema)) => {
+                let store = PostgresStore::connect_in_schema(pg.url(), schema)
+                    .await
+                    .unwrap();
+                (Arc::new(store.clone()), Some(store))
+            }
+            None => (self.s.store.clone(), None),
+        };
         let engine = Engine::new(
             Arc::new(self.s.partner_center.clone()),
             self.s.crm.clone(),
-            Arc::new(store.clone()),
+            store,
             self.s.engine.field_map().clone(),
             EngineConfig {
                 leases,
                 ..EngineConfig::default()
             },
         );
-        (engine, store)
+        (engine, pool)
     }
 
     async fn settled(&self) {
@@ -141,6 +152,17 @@ async fn three_workers_share_the_work_without_duplicates_or_lost_writes() {
     let Some(h) = Harness::start("three_workers_share_the_work").await else {
         return;
     };
+    three_workers_share_the_work(h).await;
+}
+
+/// The same engines on one memory store (one process): the lease code path every store shares,
+/// run even where there is no PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_engines_on_one_memory_store_share_the_work_the_same_way() {
+    three_workers_share_the_work(Harness::with(StoreChoice::Memory, None).await).await;
+}
+
+async fn three_workers_share_the_work(h: Harness) {
     // Small inbox batches, so a burst of callbacks is spread over the workers.
     let leases = LeaseConfig {
         inbox_batch: 2,
@@ -250,7 +272,7 @@ async fn three_workers_share_the_work_without_duplicates_or_lost_writes() {
     );
     assert!(h.s.store.dead_letters().await.unwrap().is_empty());
     assert!(h.s.store.pending_hints(10).await.unwrap().is_empty());
-    for store in &stores {
+    for store in stores.iter().flatten() {
         store.close().await;
     }
 }
@@ -292,7 +314,7 @@ async fn a_killed_workers_hints_and_pairs_are_taken_over() {
     // The kill: the task is gone and its database connections with it, so nothing it held
     // is given back; only expiry frees it.
     running.abort();
-    doomed_store.close().await;
+    doomed_store.expect("a PostgreSQL worker").close().await;
     faults.clear();
 
     // Straight after the kill every hint is still claimed: the survivor finds nothing to take.
@@ -322,5 +344,5 @@ async fn a_killed_workers_hints_and_pairs_are_taken_over() {
             "pair of {id}: {link:#?}"
         );
     }
-    survivor_store.close().await;
+    survivor_store.expect("a PostgreSQL worker").close().await;
 }

@@ -25,7 +25,9 @@
 //!   copied.
 //!
 //! Locks: one per CRM row and one per referral, always taken in that order, so events for one
-//! pair apply one at a time while different pairs run in parallel.
+//! pair apply one at a time while different pairs run in parallel. Each is also a lease in the
+//! state store, so several engines sharing one store (workers) never handle one pair at once
+//! (`engine/leases.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
