@@ -215,6 +215,7 @@ async fn three_workers_share_the_work(h: Harness) {
         REFERRALS + CRM_ROWS
     );
     // Spread: every worker wrote something.
+    eprintln!("writes per worker: {done:?}");
     assert!(done.iter().all(|&n| n > 0), "work per worker: {done:?}");
 
     // Then edits from both sides: Microsoft changes notes, sellers change deal values.
