@@ -341,7 +341,6 @@ async fn build_engine(
         Arc::new(partner_center.clone()),
         crm,
         store.clone(),
-        s.map.clone(),
         s.engine.clone(),
     );
     Ok((partner_center, store, engine))

@@ -18,10 +18,14 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "sandbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sandbox")))]
 pub mod sandboxed;
 
 pub use cosell_http as http;
 pub use cosell_mapping as mapping;
+#[cfg(feature = "sandbox")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sandbox")))]
 pub use cosell_sandbox as sandbox;
 pub use cosell_sync as sync;
 pub use dataverse_client as dataverse;

@@ -169,7 +169,6 @@ impl SandboxedBuilder {
             Arc::new(partner_center.clone()),
             crm.clone(),
             store.clone(),
-            self.map,
             self.config,
         );
         // The production defaults plus the sandbox's certificate host, PKI host and root: the
@@ -259,7 +258,6 @@ impl Sandboxed {
             Arc::new(self.partner_center.clone()),
             self.crm.clone(),
             self.store.clone(),
-            self.engine.field_map().clone(),
             config,
         )
     }

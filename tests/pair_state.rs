@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cosell::dataverse::{OpportunityClose, OpportunityStatus, QualifyLead};
 use cosell::http::RetryPolicy;
-use cosell::mapping::FieldMap;
 use cosell::partner_center::models::{PatchOperation, Referral};
 use cosell::sandbox::{Fault, Service};
 use cosell::sandboxed::{Sandboxed, StoreChoice};
@@ -195,7 +194,6 @@ impl Harness {
             Arc::new(s.partner_center.clone()),
             s.crm.clone(),
             store.clone(),
-            FieldMap::default(),
             EngineConfig::default(),
         );
         Harness {
@@ -219,7 +217,6 @@ impl Harness {
             pc,
             self.s.crm.clone(),
             self.store.clone(),
-            FieldMap::default(),
             config,
         )
     }

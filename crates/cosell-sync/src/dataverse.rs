@@ -83,7 +83,8 @@ pub struct DataverseCrm {
 }
 
 impl DataverseCrm {
-    /// An adapter writing through `client` with the names of `map`.
+    /// An adapter writing through `client` with the names of `map`; an [`Engine`](crate::Engine)
+    /// built over it maps with the same `map` ([`Crm::field_map`]).
     pub fn new(client: DataverseClient, map: FieldMap) -> Self {
         DataverseCrm {
             client,
@@ -549,6 +550,10 @@ fn solution_link_id(opportunity_id: &str, solution_row_id: &str) -> Uuid {
 
 #[async_trait]
 impl Crm for DataverseCrm {
+    fn field_map(&self) -> &FieldMap {
+        &self.map
+    }
+
     async fn find_by_referral(
         &self,
         kind: RecordKind,

@@ -607,14 +607,16 @@ impl CrmSide {
 }
 
 impl Engine {
-    /// An engine over the given Partner Center, CRM, state store and field map.
+    /// An engine over the given Partner Center, CRM and state store. It maps with the CRM's
+    /// field map ([`Crm::field_map`]), so the columns it plans and the columns the adapter reads
+    /// and writes cannot differ.
     pub fn new(
         pc: Arc<dyn PartnerCenter>,
         crm: Arc<dyn Crm>,
         store: Arc<dyn StateStore>,
-        map: FieldMap,
         config: EngineConfig,
     ) -> Self {
+        let map = crm.field_map().clone();
         Engine {
             inner: Arc::new(Inner {
                 pc,
@@ -633,7 +635,7 @@ impl Engine {
         &self.inner.store
     }
 
-    /// The field map.
+    /// The field map (the CRM adapter's, taken when the engine was built).
     pub fn field_map(&self) -> &FieldMap {
         &self.inner.map
     }

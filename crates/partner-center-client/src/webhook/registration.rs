@@ -4,12 +4,17 @@
 //! Both are accepted; PascalCase is written.
 
 use chrono::{DateTime, Utc};
+#[cfg(feature = "client")]
 use cosell_http::http::Method;
+#[cfg(feature = "client")]
 use cosell_http::url::Url;
+#[cfg(feature = "client")]
 use cosell_http::{SendOptions, json_body};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "client")]
 use crate::client::{PartnerCenterClient, non_empty, request};
+#[cfg(feature = "client")]
 use crate::error::Error;
 use crate::models::Extra;
 use crate::models::enums::string_enum;
@@ -276,6 +281,7 @@ pub struct TestEventResult {
     pub extra: Extra,
 }
 
+#[cfg(feature = "client")]
 impl PartnerCenterClient {
     fn registration_url(&self, tail: &[&str]) -> Result<Url, Error> {
         let mut segments = vec!["registration"];
