@@ -53,8 +53,8 @@ pub enum SetupError {
     #[error(transparent)]
     Store(#[from] crate::sync::store::StoreError),
     /// The webhook verifier could not be configured.
-    #[error("webhook verifier: {0}")]
-    Verifier(String),
+    #[error(transparent)]
+    Verifier(#[from] crate::partner_center::webhook::verify::VerifierConfigError),
 }
 
 /// Which state store to use.
@@ -176,8 +176,7 @@ impl SandboxedBuilder {
         let verifier = sandbox
             .partner_center()
             .webhook_verifier_builder()
-            .and_then(|b| b.build())
-            .map_err(|e| SetupError::Verifier(e.to_string()))?;
+            .and_then(|b| b.build())?;
         let intake = WebhookIntake::new(Arc::new(verifier), store.clone())
             .with_resource_hosts(["127.0.0.1"]);
         let mut webhook_url = None;

@@ -54,12 +54,15 @@ impl From<dataverse_client::Error> for RemoteError {
             _ if e.is_retryable() => RemoteErrorKind::Transient,
             _ => RemoteErrorKind::Rejected,
         };
-        RemoteError::new(kind, SERVICE, e.to_string()).with_retry_after(e.retry_after())
+        let retry_after = e.retry_after();
+        RemoteError::new(kind, SERVICE, e.to_string())
+            .with_retry_after(retry_after)
+            .with_source(e)
     }
 }
 
 fn mapping(e: MappingError) -> RemoteError {
-    RemoteError::new(RemoteErrorKind::Rejected, SERVICE, e.to_string())
+    RemoteError::new(RemoteErrorKind::Rejected, SERVICE, e.to_string()).with_source(e)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, RemoteError> {

@@ -208,6 +208,7 @@ impl fmt::Display for PlannedWrite {
 
 /// The result of syncing one referral or CRM record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Outcome {
     /// The referral, when known.
     pub referral_id: Option<String>,
@@ -254,6 +255,7 @@ impl Outcome {
 
 /// The outcomes of a pass (reconcile, change feed, inbox drain).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Report {
     /// One outcome per referral or record touched.
     pub outcomes: Vec<Outcome>,
@@ -299,6 +301,7 @@ struct Stats {
 
 /// A snapshot of the engine's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct EngineStats {
     /// Records written to the CRM.
     pub synced_to_crm: u64,
