@@ -213,12 +213,7 @@ impl Harness {
     }
 
     fn engine_with(&self, pc: Arc<dyn PartnerCenter>, config: EngineConfig) -> Engine {
-        Engine::new(
-            pc,
-            self.s.crm.clone(),
-            self.store.clone(),
-            config,
-        )
+        Engine::new(pc, self.s.crm.clone(), self.store.clone(), config)
     }
 
     /// The process dies after the next create's remote writes, before its link is committed.

@@ -163,13 +163,19 @@ mod tests {
     #[test]
     fn the_client_error_stays_reachable_through_source() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
-        let e = RemoteError::new(RemoteErrorKind::Transient, "crm", "connection reset").with_source(io);
+        let e =
+            RemoteError::new(RemoteErrorKind::Transient, "crm", "connection reset").with_source(io);
         let source = std::error::Error::source(&e).expect("a source");
-        let io = source.downcast_ref::<std::io::Error>().expect("the io error itself");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error itself");
         assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
         // Cloning shares the source; equality ignores it.
         let copy = e.clone();
         assert!(std::error::Error::source(&copy).is_some());
-        assert_eq!(copy, RemoteError::new(RemoteErrorKind::Transient, "crm", "connection reset"));
+        assert_eq!(
+            copy,
+            RemoteError::new(RemoteErrorKind::Transient, "crm", "connection reset")
+        );
     }
 }

@@ -49,8 +49,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cosell_mapping::{
-    CrmPayload, CrmRecords, FieldMap, Record, RecordKind, STATE_LOST, STATE_OPEN,
-    STATE_WON, StatusStep,
+    CrmPayload, CrmRecords, FieldMap, Record, RecordKind, STATE_LOST, STATE_OPEN, STATE_WON,
+    StatusStep,
 };
 use partner_center_client::models::{
     PatchOp, PatchOperation, Referral, ReferralDirection, check_transition,
@@ -209,11 +209,18 @@ impl MemoryPartnerCenter {
 }
 
 fn not_found(service: &'static str, what: String) -> RemoteError {
-    RemoteError::new(RemoteErrorKind::NotFound, service, format!("{what} not found"))
+    RemoteError::new(
+        RemoteErrorKind::NotFound,
+        service,
+        format!("{what} not found"),
+    )
 }
 
 /// Applies RFC 6902 `add`/`replace` operations (the two the client sends) to a referral.
-fn apply_patch(referral: &Referral, operations: &[PatchOperation]) -> Result<Referral, RemoteError> {
+fn apply_patch(
+    referral: &Referral,
+    operations: &[PatchOperation],
+) -> Result<Referral, RemoteError> {
     let rejected = |m: String| RemoteError::new(RemoteErrorKind::Rejected, PC, m);
     let mut doc = serde_json::to_value(referral).map_err(|e| rejected(e.to_string()))?;
     for op in operations {
@@ -229,23 +236,35 @@ fn apply_patch(referral: &Referral, operations: &[PatchOperation]) -> Result<Ref
             segments.pop();
         }
         let Some(last) = segments.pop() else {
-            return Err(rejected(format!("patch path `{}` names no member", op.path)));
+            return Err(rejected(format!(
+                "patch path `{}` names no member",
+                op.path
+            )));
         };
         let mut at = &mut doc;
         for segment in &segments {
             if !at.is_object() {
-                return Err(rejected(format!("patch path `{}` crosses a non-object", op.path)));
+                return Err(rejected(format!(
+                    "patch path `{}` crosses a non-object",
+                    op.path
+                )));
             }
             at = at
                 .as_object_mut()
-                .map(|o| o.entry(segment.clone()).or_insert(Value::Object(Default::default())))
+                .map(|o| {
+                    o.entry(segment.clone())
+                        .or_insert(Value::Object(Default::default()))
+                })
                 .ok_or_else(|| rejected(op.path.clone()))?;
             if at.is_null() {
                 *at = Value::Object(Default::default());
             }
         }
         let Some(parent) = at.as_object_mut() else {
-            return Err(rejected(format!("patch path `{}` crosses a non-object", op.path)));
+            return Err(rejected(format!(
+                "patch path `{}` crosses a non-object",
+                op.path
+            )));
         };
         if append {
             let list = parent.entry(last).or_insert(Value::Array(Vec::new()));
@@ -314,7 +333,8 @@ impl PartnerCenter for MemoryPartnerCenter {
         let mut created = referral.clone();
         // The service assigns the id and the engagement; what the caller sends is ignored.
         created.id = None;
-        created.engagement_id = Some(Uuid::from_u128(0xe9_0000 + u128::from(state.version)).to_string());
+        created.engagement_id =
+            Some(Uuid::from_u128(0xe9_0000 + u128::from(state.version)).to_string());
         created.direction = Some(ReferralDirection::Outgoing);
         Ok(state.store(created))
     }
@@ -452,7 +472,10 @@ impl MemoryCrm {
             .primary
             .entry("statecode")
             .or_insert(Value::from(STATE_OPEN));
-        records.primary.entry("statuscode").or_insert(Value::from(1));
+        records
+            .primary
+            .entry("statuscode")
+            .or_insert(Value::from(1));
         if kind == RecordKind::Opportunity {
             records.contacts.get_or_insert_with(Vec::new);
             records.solutions.get_or_insert_with(Vec::new);
@@ -468,10 +491,14 @@ impl MemoryCrm {
 
     /// A seller's edit of anything a row's records hold (its account, contacts, solutions).
     /// `false` if there is no row.
-    pub fn edit_records(&self, kind: RecordKind, id: &str, edit: impl FnOnce(&mut CrmRecords)) -> bool {
+    pub fn edit_records(
+        &self,
+        kind: RecordKind,
+        id: &str,
+        edit: impl FnOnce(&mut CrmRecords),
+    ) -> bool {
         let mut state = lock(&self.state);
-        let Some(mut records) = state.rows.get(&key(kind, id)).map(|r| r.records.clone())
-        else {
+        let Some(mut records) = state.rows.get(&key(kind, id)).map(|r| r.records.clone()) else {
             return false;
         };
         edit(&mut records);
@@ -496,10 +523,7 @@ impl MemoryCrm {
     /// A row with its records and ETag.
     pub fn row(&self, kind: RecordKind, id: &str) -> Option<CrmRow> {
         let state = lock(&self.state);
-        state
-            .rows
-            .get(&key(kind, id))
-            .map(|r| row_of(kind, id, r))
+        state.rows.get(&key(kind, id)).map(|r| row_of(kind, id, r))
     }
 
     /// Every row of `kind`, by id.
@@ -599,8 +623,12 @@ fn put(state: &mut CrmState, kind: RecordKind, id: &str, records: CrmRecords) ->
 }
 
 fn set_state(records: &mut CrmRecords, statecode: i64, statuscode: i64) {
-    records.primary.insert("statecode".into(), Value::from(statecode));
-    records.primary.insert("statuscode".into(), Value::from(statuscode));
+    records
+        .primary
+        .insert("statecode".into(), Value::from(statecode));
+    records
+        .primary
+        .insert("statuscode".into(), Value::from(statuscode));
 }
 
 #[async_trait]
@@ -616,18 +644,18 @@ impl Crm for MemoryCrm {
     ) -> Result<Option<CrmRow>, RemoteError> {
         let mut state = lock(&self.state);
         state.script.call(CrmCall::FindByReferral)?;
-        Ok(self
-            .find(&state, kind, referral_id)
-            .and_then(|id| state.rows.get(&key(kind, &id)).map(|r| row_of(kind, &id, r))))
+        Ok(self.find(&state, kind, referral_id).and_then(|id| {
+            state
+                .rows
+                .get(&key(kind, &id))
+                .map(|r| row_of(kind, &id, r))
+        }))
     }
 
     async fn read(&self, kind: RecordKind, id: &str) -> Result<Option<CrmRow>, RemoteError> {
         let mut state = lock(&self.state);
         state.script.call(CrmCall::Read)?;
-        Ok(state
-            .rows
-            .get(&key(kind, id))
-            .map(|r| row_of(kind, id, r)))
+        Ok(state.rows.get(&key(kind, id)).map(|r| row_of(kind, id, r)))
     }
 
     async fn write(
@@ -641,13 +669,18 @@ impl Crm for MemoryCrm {
         state.script.call(CrmCall::Write)?;
         let existing = match target {
             WriteTarget::ByKey => self.find(&state, kind, &payload.key.value),
-            WriteTarget::Row { id, etag } => Some(Self::stored(&state, kind, id, etag).map(|_| id.to_string())?),
+            WriteTarget::Row { id, etag } => {
+                Some(Self::stored(&state, kind, id, etag).map(|_| id.to_string())?)
+            }
         };
         let mut written = self.map.written_records(payload);
-        written.primary.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
         written
             .primary
-            .insert(payload.key.column.clone(), Value::String(payload.key.value.clone()));
+            .extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        written.primary.insert(
+            payload.key.column.clone(),
+            Value::String(payload.key.value.clone()),
+        );
         if let Some(code) = &written.currency_code
             && state.disabled_currencies.contains(code)
         {
@@ -679,7 +712,10 @@ impl Crm for MemoryCrm {
                             .is_some_and(|id| payload.solutions_removed.iter().any(|r| r == id))
                     });
                     for s in written.solutions.unwrap_or_default() {
-                        if !solutions.iter().any(|known| known.get(column) == s.get(column)) {
+                        if !solutions
+                            .iter()
+                            .any(|known| known.get(column) == s.get(column))
+                        {
                             solutions.push(s);
                         }
                     }
@@ -765,12 +801,14 @@ impl Crm for MemoryCrm {
         state.next_id += 1;
         let id = Uuid::from_u128(0xc0_0000_0000 + state.next_id).to_string();
         let mut opportunity = CrmRecords::new(RecordKind::Opportunity, Record::new());
-        opportunity
-            .primary
-            .insert(self.primary_key(RecordKind::Opportunity), Value::String(id.clone()));
-        opportunity
-            .primary
-            .insert("_originatingleadid_value".into(), Value::String(lead_id.to_string()));
+        opportunity.primary.insert(
+            self.primary_key(RecordKind::Opportunity),
+            Value::String(id.clone()),
+        );
+        opportunity.primary.insert(
+            "_originatingleadid_value".into(),
+            Value::String(lead_id.to_string()),
+        );
         set_state(&mut opportunity, STATE_OPEN, 1);
         opportunity.contacts = Some(Vec::new());
         opportunity.solutions = Some(Vec::new());
@@ -818,7 +856,15 @@ impl Crm for MemoryCrm {
                     .deleted
                     .iter()
                     .filter(|(seq, k, _)| *k == kind && *seq > since)
-                    .map(|(seq, k, id)| (*seq, CrmChange::Deleted { kind: *k, id: id.clone() })),
+                    .map(|(seq, k, id)| {
+                        (
+                            *seq,
+                            CrmChange::Deleted {
+                                kind: *k,
+                                id: id.clone(),
+                            },
+                        )
+                    }),
             );
         }
         changes.sort_by_key(|(seq, _)| *seq);
@@ -829,7 +875,10 @@ impl Crm for MemoryCrm {
     }
 
     async fn has_currency(&self, code: &str) -> Result<bool, RemoteError> {
-        Ok(!lock(&self.state).disabled_currencies.iter().any(|c| c == code))
+        Ok(!lock(&self.state)
+            .disabled_currencies
+            .iter()
+            .any(|c| c == code))
     }
 
     fn is_cursor_expired(&self, error: &RemoteError) -> bool {

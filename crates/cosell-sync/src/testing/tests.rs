@@ -64,7 +64,13 @@ fn opportunity_of(w: &World, referral_id: &str) -> crate::CrmRow {
     w.crm
         .rows(RecordKind::Opportunity)
         .into_iter()
-        .find(|r| r.records.primary.get("cosell_referralid").and_then(Value::as_str) == Some(referral_id))
+        .find(|r| {
+            r.records
+                .primary
+                .get("cosell_referralid")
+                .and_then(Value::as_str)
+                == Some(referral_id)
+        })
         .expect("an opportunity carries the referral id")
 }
 
@@ -93,7 +99,12 @@ async fn a_referral_creates_one_linked_opportunity() {
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
     assert_eq!(column(row, "cosell_referralid"), &json!(id));
-    assert!(column(row, "name").as_str().unwrap().contains("Contoso rollout"));
+    assert!(
+        column(row, "name")
+            .as_str()
+            .unwrap()
+            .contains("Contoso rollout")
+    );
     assert_eq!(column(row, "estimatedvalue").as_f64(), Some(50000.0));
     assert_eq!(row.records.currency_code.as_deref(), Some("USD"));
     assert_eq!(
@@ -129,14 +140,22 @@ async fn a_partner_center_edit_updates_the_crm_and_its_echo_writes_nothing_back(
     assert_eq!(report.count(Action::UpdatedCrm), 1, "{report:?}");
     let row = opportunity_of(&w, &id);
     assert!(
-        column(&row, "description").as_str().unwrap().contains("Budget approved."),
+        column(&row, "description")
+            .as_str()
+            .unwrap()
+            .contains("Budget approved."),
         "{row:?}"
     );
 
     // The CRM reports the engine's write in its feed; it must not travel back as an edit.
     let updates = w.pc.calls(PcCall::Update);
     let echo = w.engine.pull_crm_changes().await.unwrap();
-    assert!(echo.outcomes.iter().all(|o| o.action != Action::UpdatedReferral), "{echo:?}");
+    assert!(
+        echo.outcomes
+            .iter()
+            .all(|o| o.action != Action::UpdatedReferral),
+        "{echo:?}"
+    );
     assert_eq!(w.pc.calls(PcCall::Update), updates);
     assert_eq!(w.engine.stats().failures, 0);
 }
@@ -194,7 +213,9 @@ async fn edits_of_one_field_on_both_sides_are_a_conflict_both_sides_end_agreeing
     assert_eq!(w.engine.stats().conflicts, 1);
 
     let pc_value = w.pc.get(&id).unwrap().details.unwrap().deal_value.unwrap();
-    let crm_value = column(&opportunity_of(&w, &id), "estimatedvalue").as_f64().unwrap();
+    let crm_value = column(&opportunity_of(&w, &id), "estimatedvalue")
+        .as_f64()
+        .unwrap();
     assert_eq!(pc_value.to_string().parse::<f64>().unwrap(), crm_value);
     assert!([60000.0, 70000.0].contains(&crm_value), "{crm_value}");
 }
@@ -212,17 +233,27 @@ async fn a_broken_referral_is_dead_lettered_and_the_others_still_sync() {
     let failed: Vec<_> = report.failures().collect();
     assert_eq!(failed.len(), 1, "{report:?}");
     assert_eq!(failed[0].referral_id, broken.id);
-    assert!(failed[0].detail.contains("Atlantis"), "{}", failed[0].detail);
+    assert!(
+        failed[0].detail.contains("Atlantis"),
+        "{}",
+        failed[0].detail
+    );
 
     for ok in [&good, &later] {
         opportunity_of(&w, ok.id.as_deref().unwrap());
     }
     let letters = w.store.dead_letters().await.unwrap();
     assert_eq!(letters.len(), 1, "{letters:?}");
-    assert!(letters[0].key.contains(broken.id.as_deref().unwrap()), "{letters:?}");
-    assert!(w.crm.rows(RecordKind::Opportunity).iter().all(|r| {
-        column(r, "cosell_referralid").as_str() != broken.id.as_deref()
-    }));
+    assert!(
+        letters[0].key.contains(broken.id.as_deref().unwrap()),
+        "{letters:?}"
+    );
+    assert!(
+        w.crm
+            .rows(RecordKind::Opportunity)
+            .iter()
+            .all(|r| { column(r, "cosell_referralid").as_str() != broken.id.as_deref() })
+    );
 
     // Fixed in Partner Center: the replay creates it and clears the dead letter.
     w.pc.edit(broken.id.as_deref().unwrap(), |r| {
