@@ -82,10 +82,10 @@ fn column<'a>(row: &'a crate::CrmRow, name: &str) -> &'a Value {
 async fn synced(w: &World, name: &str) -> String {
     let referral = w.pc.insert(co_sell(name, "US"));
     let id = referral.id.clone().unwrap();
-    let outcome = w.engine.apply_referral(referral).await.unwrap();
+    let outcome = Box::pin(w.engine.apply_referral(referral)).await.unwrap();
     assert_eq!(outcome.action, Action::CreatedInCrm, "{}", outcome.detail);
     // The create comes back on the change feed: taken as our own write, not an edit.
-    let echo = w.engine.pull_crm_changes().await.unwrap();
+    let echo = Box::pin(w.engine.pull_crm_changes()).await.unwrap();
     assert_eq!(echo.failures().count(), 0, "{echo:?}");
     id
 }

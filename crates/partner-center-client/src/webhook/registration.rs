@@ -206,6 +206,7 @@ impl WebhookApiError {
     }
 }
 
+#[cfg(feature = "client")]
 impl Error {
     /// The webhook API's `{code, description, data, source}` error body, when the service
     /// answered with one.
