@@ -37,6 +37,8 @@ fn describe(outcome: &RegistrationOutcome) -> String {
         RegistrationOutcome::HeldByAnother { current_url } => {
             format!("left alone: held by {current_url} (pass overwrite to take it)")
         }
+        // Non-exhaustive: a later cosell may report more.
+        other => format!("{other:?}"),
     }
 }
 

@@ -341,7 +341,6 @@ async fn build_engine(
         Arc::new(partner_center.clone()),
         crm,
         store.clone(),
-        s.map.clone(),
         s.engine.clone(),
     );
     Ok((partner_center, store, engine))
@@ -464,6 +463,8 @@ async fn register(partner_center: &PartnerCenterClient, s: &Settings) {
                     "NOT registered: {current_url} holds the registration; changes arrive by the \
                      reconcile pass only. Use --take-over-registration if that URL is yours"
                 ),
+                // `RegistrationOutcome` is non-exhaustive: a later cosell may report more.
+                other => format!("{other:?}"),
             };
             println!("webhook registration {url}: {text}");
             if matches!(outcome, RegistrationOutcome::HeldByAnother { .. }) {
@@ -522,6 +523,8 @@ async fn webhook(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
                 Received::Queued { .. } => &counters.queued,
                 Received::Duplicate { .. } => &counters.duplicate,
                 Received::Ignored { .. } => &counters.ignored,
+                // `Received` is non-exhaustive: count what a later cosell adds as ignored.
+                _ => &counters.ignored,
             };
             counter.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(?received, "callback taken in");

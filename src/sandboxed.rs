@@ -53,8 +53,8 @@ pub enum SetupError {
     #[error(transparent)]
     Store(#[from] crate::sync::store::StoreError),
     /// The webhook verifier could not be configured.
-    #[error("webhook verifier: {0}")]
-    Verifier(String),
+    #[error(transparent)]
+    Verifier(#[from] crate::partner_center::webhook::verify::VerifierConfigError),
 }
 
 /// Which state store to use.
@@ -172,7 +172,6 @@ impl SandboxedBuilder {
             Arc::new(partner_center.clone()),
             crm.clone(),
             store.clone(),
-            self.map,
             self.config,
         );
         // The production defaults plus the sandbox's certificate host, PKI host and root: the
@@ -180,8 +179,7 @@ impl SandboxedBuilder {
         let verifier = sandbox
             .partner_center()
             .webhook_verifier_builder()
-            .and_then(|b| b.build())
-            .map_err(|e| SetupError::Verifier(e.to_string()))?;
+            .and_then(|b| b.build())?;
         let intake = WebhookIntake::new(Arc::new(verifier), store.clone())
             .with_resource_hosts(["127.0.0.1"]);
         let mut webhook_url = None;
@@ -262,7 +260,6 @@ impl Sandboxed {
             Arc::new(self.partner_center.clone()),
             self.crm.clone(),
             self.store.clone(),
-            self.engine.field_map().clone(),
             config,
         )
     }

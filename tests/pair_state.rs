@@ -16,7 +16,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cosell::dataverse::{OpportunityClose, OpportunityStatus, QualifyLead};
 use cosell::http::RetryPolicy;
-use cosell::mapping::FieldMap;
 use cosell::partner_center::models::{PatchOperation, Referral};
 use cosell::sandbox::{Fault, Service};
 use cosell::sandboxed::{Sandboxed, StoreChoice};
@@ -195,7 +194,6 @@ impl Harness {
             Arc::new(s.partner_center.clone()),
             s.crm.clone(),
             store.clone(),
-            FieldMap::default(),
             EngineConfig::default(),
         );
         Harness {
@@ -215,13 +213,7 @@ impl Harness {
     }
 
     fn engine_with(&self, pc: Arc<dyn PartnerCenter>, config: EngineConfig) -> Engine {
-        Engine::new(
-            pc,
-            self.s.crm.clone(),
-            self.store.clone(),
-            FieldMap::default(),
-            config,
-        )
+        Engine::new(pc, self.s.crm.clone(), self.store.clone(), config)
     }
 
     /// The process dies after the next create's remote writes, before its link is committed.

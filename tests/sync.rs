@@ -67,7 +67,6 @@ impl Harness {
             pc,
             self.crm.clone(),
             self.store.clone(),
-            FieldMap::default(),
             EngineConfig::default(),
         )
     }
@@ -689,7 +688,6 @@ impl Harness {
             Arc::new(self.pc.clone()),
             self.crm.clone(),
             self.store.clone(),
-            FieldMap::default(),
             config,
         )
     }

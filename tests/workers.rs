@@ -66,7 +66,6 @@ impl Harness {
             Arc::new(self.s.partner_center.clone()),
             self.s.crm.clone(),
             store,
-            self.s.engine.field_map().clone(),
             EngineConfig {
                 leases,
                 ..EngineConfig::default()

@@ -172,7 +172,6 @@ impl World {
             Arc::new(pc),
             Arc::new(crm),
             Arc::new(store),
-            self.map.clone(),
             EngineConfig::default(),
         )
     }

@@ -62,6 +62,10 @@ pub struct TransportError {
     kind: TransportErrorKind,
     may_have_been_sent: bool,
     message: String,
+    /// The HTTP stack's own error (hyper, I/O, TLS), for `source()` chains; shared so the
+    /// error stays `Clone`. Never a reqwest type in a signature: it is only `dyn Error`.
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl TransportError {
@@ -76,7 +80,14 @@ impl TransportError {
             kind,
             may_have_been_sent,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// Keeps the failure below (the HTTP stack's error) as this error's `source()`.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     /// A connection that could not be established (nothing sent).
@@ -266,6 +277,7 @@ mod reqwest_impl {
                 .build()
                 .map_err(|e| {
                     TransportError::new(TransportErrorKind::Request, false, e.to_string())
+                        .with_source(e)
                 })?;
             Ok(ReqwestTransport { client })
         }
@@ -283,10 +295,10 @@ mod reqwest_impl {
         }
     }
 
-    fn classify(e: &reqwest::Error) -> TransportError {
+    fn classify(e: reqwest::Error) -> TransportError {
         // reqwest's Display includes the URL; our URLs carry no secrets (tokens travel in headers).
         let msg = e.to_string();
-        if e.is_builder() {
+        let error = if e.is_builder() {
             TransportError::new(TransportErrorKind::Request, false, msg)
         } else if e.is_connect() {
             TransportError::new(TransportErrorKind::Connect, false, msg)
@@ -296,7 +308,8 @@ mod reqwest_impl {
             TransportError::new(TransportErrorKind::Io, true, msg)
         } else {
             TransportError::new(TransportErrorKind::Other, true, msg)
-        }
+        };
+        error.with_source(e)
     }
 
     #[async_trait]
@@ -307,21 +320,50 @@ mod reqwest_impl {
         ) -> Result<http::Response<Bytes>, TransportError> {
             let request = reqwest::Request::try_from(request).map_err(|e| {
                 TransportError::new(TransportErrorKind::Request, false, e.to_string())
+                    .with_source(e)
             })?;
-            let response = self
-                .client
-                .execute(request)
-                .await
-                .map_err(|e| classify(&e))?;
+            let response = self.client.execute(request).await.map_err(classify)?;
             let status = response.status();
             let version = response.version();
             let headers = response.headers().clone();
-            let body = response.bytes().await.map_err(|e| classify(&e))?;
+            let body = response.bytes().await.map_err(classify)?;
             let mut out = http::Response::new(body);
             *out.status_mut() = status;
             *out.version_mut() = version;
             *out.headers_mut() = headers;
             Ok(out)
         }
+    }
+}
+
+#[cfg(all(test, feature = "reqwest"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_keeps_the_stack_error_as_source() {
+        // Bind and drop a listener: its port is free and nothing accepts on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        let transport = ReqwestTransport::new().unwrap_or_else(|e| panic!("{e}"));
+        let request = http::Request::get(format!("http://127.0.0.1:{port}/"))
+            .body(Bytes::new())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Err(e) = transport.send(request).await else {
+            panic!("nothing listens on {port}");
+        };
+        assert_eq!(e.kind(), TransportErrorKind::Connect);
+        assert!(!e.may_have_been_sent());
+        let source = std::error::Error::source(&e).unwrap_or_else(|| panic!("no source: {e}"));
+        // The chain goes on below reqwest, down to the refused connection.
+        let mut depth = 1;
+        let mut next = source.source();
+        while let Some(s) = next {
+            depth += 1;
+            next = s.source();
+        }
+        assert!(depth >= 2, "only {depth} level(s) below: {source}");
     }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 /// The order of the variants is the order of a snapshot's entries and of every change list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FieldId {
     /// Referral `name` ↔ opportunity `name` / lead `subject` (without the check mark).
     Name,

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use cosell_mapping::{CrmPayload, CrmRecords, RecordKind, StatusStep};
+use cosell_mapping::{CrmPayload, CrmRecords, FieldMap, RecordKind, StatusStep};
 use serde_json::{Map, Value};
 
 use crate::remote::RemoteError;
@@ -112,6 +112,11 @@ pub struct SolutionLinkChanges {
 /// What the engine needs from a CRM.
 #[async_trait]
 pub trait Crm: Send + Sync + fmt::Debug {
+    /// The field map this adapter reads and writes rows with. The [`Engine`](crate::Engine)
+    /// plans with the same map (it has no map of its own), so the two cannot disagree on a
+    /// table or column name.
+    fn field_map(&self) -> &FieldMap;
+
     /// The row of `kind` whose referral id column holds `referral_id`, with its related records.
     async fn find_by_referral(
         &self,

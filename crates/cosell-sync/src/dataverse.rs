@@ -54,12 +54,15 @@ impl From<dataverse_client::Error> for RemoteError {
             _ if e.is_retryable() => RemoteErrorKind::Transient,
             _ => RemoteErrorKind::Rejected,
         };
-        RemoteError::new(kind, SERVICE, e.to_string()).with_retry_after(e.retry_after())
+        let retry_after = e.retry_after();
+        RemoteError::new(kind, SERVICE, e.to_string())
+            .with_retry_after(retry_after)
+            .with_source(e)
     }
 }
 
 fn mapping(e: MappingError) -> RemoteError {
-    RemoteError::new(RemoteErrorKind::Rejected, SERVICE, e.to_string())
+    RemoteError::new(RemoteErrorKind::Rejected, SERVICE, e.to_string()).with_source(e)
 }
 
 fn parse_id(id: &str) -> Result<Uuid, RemoteError> {
@@ -83,7 +86,8 @@ pub struct DataverseCrm {
 }
 
 impl DataverseCrm {
-    /// An adapter writing through `client` with the names of `map`.
+    /// An adapter writing through `client` with the names of `map`; an [`Engine`](crate::Engine)
+    /// built over it maps with the same `map` ([`Crm::field_map`]).
     pub fn new(client: DataverseClient, map: FieldMap) -> Self {
         DataverseCrm {
             client,
@@ -549,6 +553,10 @@ fn solution_link_id(opportunity_id: &str, solution_row_id: &str) -> Uuid {
 
 #[async_trait]
 impl Crm for DataverseCrm {
+    fn field_map(&self) -> &FieldMap {
+        &self.map
+    }
+
     async fn find_by_referral(
         &self,
         kind: RecordKind,

@@ -216,6 +216,7 @@ impl fmt::Display for PlannedWrite {
 
 /// The result of syncing one referral or CRM record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Outcome {
     /// The referral, when known.
     pub referral_id: Option<String>,
@@ -262,6 +263,7 @@ impl Outcome {
 
 /// The outcomes of a pass (reconcile, change feed, inbox drain).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Report {
     /// One outcome per referral or record touched.
     pub outcomes: Vec<Outcome>,
@@ -307,6 +309,7 @@ struct Stats {
 
 /// A snapshot of the engine's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct EngineStats {
     /// Records written to the CRM.
     pub synced_to_crm: u64,
@@ -613,14 +616,16 @@ impl CrmSide {
 }
 
 impl Engine {
-    /// An engine over the given Partner Center, CRM, state store and field map.
+    /// An engine over the given Partner Center, CRM and state store. It maps with the CRM's
+    /// field map ([`Crm::field_map`]), so the columns it plans and the columns the adapter reads
+    /// and writes cannot differ.
     pub fn new(
         pc: Arc<dyn PartnerCenter>,
         crm: Arc<dyn Crm>,
         store: Arc<dyn StateStore>,
-        map: FieldMap,
         config: EngineConfig,
     ) -> Self {
+        let map = crm.field_map().clone();
         Engine {
             inner: Arc::new(Inner {
                 pc,
@@ -640,7 +645,7 @@ impl Engine {
         &self.inner.store
     }
 
-    /// The field map.
+    /// The field map (the CRM adapter's, taken when the engine was built).
     pub fn field_map(&self) -> &FieldMap {
         &self.inner.map
     }

@@ -19,6 +19,7 @@ use crate::store::{InboxHint, StateStore, StoreError};
 
 /// What the intake did with a callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Received {
     /// A new hint for this referral is in the inbox.
     Queued {

@@ -2,6 +2,7 @@
 //! service (or test double) produced it.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What kind of failure a remote call had, from the engine's point of view.
@@ -30,13 +31,29 @@ pub enum RemoteErrorKind {
 }
 
 /// A failed remote call, classified.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RemoteError {
     kind: RemoteErrorKind,
     service: &'static str,
     message: String,
     retry_after: Option<Duration>,
+    /// The client error this was classified from, for `source()` chains (shared: `RemoteError`
+    /// is `Clone`, the client errors are not).
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+/// Equal when kind, service, message and `retry_after` are; the source is not compared (the
+/// message already carries its text).
+impl PartialEq for RemoteError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.service == other.service
+            && self.message == other.message
+            && self.retry_after == other.retry_after
+    }
+}
+
+impl Eq for RemoteError {}
 
 impl RemoteError {
     /// A classified error from `service` (`partner-center`, `dataverse`, …).
@@ -46,7 +63,15 @@ impl RemoteError {
             service,
             message: message.into(),
             retry_after: None,
+            source: None,
         }
+    }
+
+    /// Keeps `source` as the error's [`source()`](std::error::Error::source), so a report of
+    /// the failure can walk down to the client's error (status, service error body, transport).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     /// Adds the delay the service asked for.
@@ -97,7 +122,13 @@ impl fmt::Display for RemoteError {
     }
 }
 
-impl std::error::Error for RemoteError {}
+impl std::error::Error for RemoteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<partner_center_client::Error> for RemoteError {
     fn from(e: partner_center_client::Error) -> Self {
@@ -118,6 +149,33 @@ impl From<partner_center_client::Error> for RemoteError {
             _ if e.is_retryable() => RemoteErrorKind::Transient,
             _ => RemoteErrorKind::Rejected,
         };
-        RemoteError::new(kind, "partner-center", e.to_string()).with_retry_after(e.retry_after())
+        let retry_after = e.retry_after();
+        RemoteError::new(kind, "partner-center", e.to_string())
+            .with_retry_after(retry_after)
+            .with_source(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_error_stays_reachable_through_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let e =
+            RemoteError::new(RemoteErrorKind::Transient, "crm", "connection reset").with_source(io);
+        let source = std::error::Error::source(&e).expect("a source");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("the io error itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionReset);
+        // Cloning shares the source; equality ignores it.
+        let copy = e.clone();
+        assert!(std::error::Error::source(&copy).is_some());
+        assert_eq!(
+            copy,
+            RemoteError::new(RemoteErrorKind::Transient, "crm", "connection reset")
+        );
     }
 }

@@ -10,6 +10,7 @@ use partner_center_client::webhook::registration::{WebhookEvent, WebhookRegistra
 
 /// What [`register_callback`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegistrationOutcome {
     /// There was no registration; ours was created.
     Created,

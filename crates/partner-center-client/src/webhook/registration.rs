@@ -4,12 +4,17 @@
 //! Both are accepted; PascalCase is written.
 
 use chrono::{DateTime, Utc};
+#[cfg(feature = "client")]
 use cosell_http::http::Method;
+#[cfg(feature = "client")]
 use cosell_http::url::Url;
+#[cfg(feature = "client")]
 use cosell_http::{SendOptions, json_body};
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "client")]
 use crate::client::{PartnerCenterClient, non_empty, request};
+#[cfg(feature = "client")]
 use crate::error::Error;
 use crate::models::Extra;
 use crate::models::enums::string_enum;
@@ -201,6 +206,7 @@ impl WebhookApiError {
     }
 }
 
+#[cfg(feature = "client")]
 impl Error {
     /// The webhook API's `{code, description, data, source}` error body, when the service
     /// answered with one.
@@ -276,6 +282,7 @@ pub struct TestEventResult {
     pub extra: Extra,
 }
 
+#[cfg(feature = "client")]
 impl PartnerCenterClient {
     fn registration_url(&self, tail: &[&str]) -> Result<Url, Error> {
         let mut segments = vec!["registration"];

@@ -1,0 +1,308 @@
+//! The engine on the in-memory fakes: each story drives real passes and checks both sides and
+//! the store afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use cosell_mapping::{FieldMap, RecordKind};
+use partner_center_client::models::Referral;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::store::{MemoryStore, StateStore};
+use crate::{Action, Engine, EngineConfig};
+
+struct World {
+    pc: MemoryPartnerCenter,
+    crm: MemoryCrm,
+    store: Arc<MemoryStore>,
+    engine: Engine,
+}
+
+fn world() -> World {
+    let pc = MemoryPartnerCenter::new();
+    let crm = MemoryCrm::new(FieldMap::default());
+    let store = Arc::new(MemoryStore::new());
+    let engine = Engine::new(
+        Arc::new(pc.clone()),
+        Arc::new(crm.clone()),
+        store.clone(),
+        EngineConfig::default(),
+    );
+    World {
+        pc,
+        crm,
+        store,
+        engine,
+    }
+}
+
+/// A co-sell referral Microsoft sent and the partner accepted.
+fn co_sell(name: &str, country: &str) -> Referral {
+    serde_json::from_value(json!({
+        "name": name,
+        "status": "Active", "substatus": "Accepted",
+        "type": "Shared", "qualification": "SalesQualified", "direction": "Incoming",
+        "customerProfile": {
+            "name": "Contoso Customer Inc",
+            "address": { "addressLine1": "One Microsoft Way", "city": "Redmond",
+                         "state": "WA", "postalCode": "98052", "country": country },
+            "team": [ { "firstName": "Sue", "lastName": "Smith",
+                        "email": "sue.smith@contoso.com" } ]
+        },
+        "consent": { "consentToShareReferralWithMicrosoftSellers": true },
+        "details": {
+            "notes": "Customer wants Dynamics 365.",
+            "dealValue": 50000, "currency": "USD", "closingDateTime": "2030-11-14T00:00:00Z"
+        },
+        "inviteContext": { "assistanceRequestCode": "CustomerTechnicalArchitecture" }
+    }))
+    .unwrap()
+}
+
+fn opportunity_of(w: &World, referral_id: &str) -> crate::CrmRow {
+    w.crm
+        .rows(RecordKind::Opportunity)
+        .into_iter()
+        .find(|r| {
+            r.records
+                .primary
+                .get("cosell_referralid")
+                .and_then(Value::as_str)
+                == Some(referral_id)
+        })
+        .expect("an opportunity carries the referral id")
+}
+
+fn column<'a>(row: &'a crate::CrmRow, name: &str) -> &'a Value {
+    row.records.primary.get(name).unwrap_or(&Value::Null)
+}
+
+/// A referral synced into the CRM, with its id.
+async fn synced(w: &World, name: &str) -> String {
+    let referral = w.pc.insert(co_sell(name, "US"));
+    let id = referral.id.clone().unwrap();
+    let outcome = Box::pin(w.engine.apply_referral(referral)).await.unwrap();
+    assert_eq!(outcome.action, Action::CreatedInCrm, "{}", outcome.detail);
+    // The create comes back on the change feed: taken as our own write, not an edit.
+    let echo = Box::pin(w.engine.pull_crm_changes()).await.unwrap();
+    assert_eq!(echo.failures().count(), 0, "{echo:?}");
+    id
+}
+
+#[tokio::test]
+async fn a_referral_creates_one_linked_opportunity() {
+    let w = world();
+    let id = synced(&w, "Contoso rollout").await;
+
+    let rows = w.crm.rows(RecordKind::Opportunity);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(column(row, "cosell_referralid"), &json!(id));
+    assert!(
+        column(row, "name")
+            .as_str()
+            .unwrap()
+            .contains("Contoso rollout")
+    );
+    assert_eq!(column(row, "estimatedvalue").as_f64(), Some(50000.0));
+    assert_eq!(row.records.currency_code.as_deref(), Some("USD"));
+    assert_eq!(
+        row.records.account.as_ref().and_then(|a| a.get("name")),
+        Some(&json!("Contoso Customer Inc"))
+    );
+
+    let link = w.store.link_by_referral(&id).await.unwrap().unwrap();
+    assert_eq!(link.crm_id.as_deref(), Some(row.id.as_str()));
+    assert_eq!(link.crm_entity, "opportunity");
+    assert!(link.in_sync);
+    // A second pass over the same referral is an echo: nothing is written anywhere.
+    let writes = w.crm.calls(CrmCall::Write);
+    let again = w.engine.sync_referral(&id).await.unwrap();
+    assert!(
+        matches!(again.action, Action::Echo | Action::Unchanged),
+        "{again:?}"
+    );
+    assert_eq!(w.crm.calls(CrmCall::Write), writes);
+    assert_eq!(w.pc.calls(PcCall::Update), 0);
+}
+
+#[tokio::test]
+async fn a_partner_center_edit_updates_the_crm_and_its_echo_writes_nothing_back() {
+    let w = world();
+    let id = synced(&w, "Fabrikam deal").await;
+
+    w.pc.edit(&id, |r| {
+        r.details.get_or_insert_with(Default::default).notes = Some("Budget approved.".into());
+    })
+    .unwrap();
+    let report = w.engine.reconcile().await.unwrap();
+    assert_eq!(report.count(Action::UpdatedCrm), 1, "{report:?}");
+    let row = opportunity_of(&w, &id);
+    assert!(
+        column(&row, "description")
+            .as_str()
+            .unwrap()
+            .contains("Budget approved."),
+        "{row:?}"
+    );
+
+    // The CRM reports the engine's write in its feed; it must not travel back as an edit.
+    let updates = w.pc.calls(PcCall::Update);
+    let echo = w.engine.pull_crm_changes().await.unwrap();
+    assert!(
+        echo.outcomes
+            .iter()
+            .all(|o| o.action != Action::UpdatedReferral),
+        "{echo:?}"
+    );
+    assert_eq!(w.pc.calls(PcCall::Update), updates);
+    assert_eq!(w.engine.stats().failures, 0);
+}
+
+#[tokio::test]
+async fn a_seller_edit_in_the_crm_is_written_to_partner_center_under_its_etag() {
+    let w = world();
+    let id = synced(&w, "Northwind migration").await;
+    let before = w.pc.get(&id).unwrap();
+    let row = opportunity_of(&w, &id);
+
+    assert!(w.crm.edit(
+        RecordKind::Opportunity,
+        &row.id,
+        serde_json::from_value(json!({ "estimatedvalue": 75000.0 })).unwrap(),
+    ));
+    let report = w.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::UpdatedReferral), 1, "{report:?}");
+
+    let after = w.pc.get(&id).unwrap();
+    let deal_value = after.details.as_ref().and_then(|d| d.deal_value).unwrap();
+    assert_eq!(deal_value.to_string().parse::<f64>().unwrap(), 75000.0);
+    assert_ne!(after.e_tag, before.e_tag);
+    let link = w.store.link_by_referral(&id).await.unwrap().unwrap();
+    assert_eq!(link.pc_etag, after.e_tag, "the link follows the new eTag");
+    assert!(link.in_sync);
+}
+
+#[tokio::test]
+async fn edits_of_one_field_on_both_sides_are_a_conflict_both_sides_end_agreeing_on() {
+    let w = world();
+    let id = synced(&w, "Tailspin expansion").await;
+    let row = opportunity_of(&w, &id);
+
+    w.pc.edit(&id, |r| {
+        r.details.get_or_insert_with(Default::default).deal_value =
+            serde_json::from_value(json!(60000)).unwrap();
+    })
+    .unwrap();
+    assert!(w.crm.edit(
+        RecordKind::Opportunity,
+        &row.id,
+        serde_json::from_value(json!({ "estimatedvalue": 70000.0 })).unwrap(),
+    ));
+    let report = w.engine.pull_crm_changes().await.unwrap();
+    let outcome = report
+        .outcomes
+        .iter()
+        .find(|o| o.referral_id.as_deref() == Some(id.as_str()))
+        .expect("the pair was synced");
+    assert!(
+        outcome.conflicts.iter().any(|c| c.contains("deal_value")),
+        "{outcome:?}"
+    );
+    assert_eq!(w.engine.stats().conflicts, 1);
+
+    let pc_value = w.pc.get(&id).unwrap().details.unwrap().deal_value.unwrap();
+    let crm_value = column(&opportunity_of(&w, &id), "estimatedvalue")
+        .as_f64()
+        .unwrap();
+    assert_eq!(pc_value.to_string().parse::<f64>().unwrap(), crm_value);
+    assert!([60000.0, 70000.0].contains(&crm_value), "{crm_value}");
+}
+
+#[tokio::test]
+async fn a_broken_referral_is_dead_lettered_and_the_others_still_sync() {
+    let w = world();
+    let good = w.pc.insert(co_sell("Good deal", "US"));
+    // Not an ISO 3166 country: the mapping refuses the record.
+    let broken = w.pc.insert(co_sell("Broken deal", "Atlantis"));
+    let later = w.pc.insert(co_sell("Later deal", "DE"));
+
+    let report = w.engine.reconcile().await.unwrap();
+    assert_eq!(report.count(Action::CreatedInCrm), 2, "{report:?}");
+    let failed: Vec<_> = report.failures().collect();
+    assert_eq!(failed.len(), 1, "{report:?}");
+    assert_eq!(failed[0].referral_id, broken.id);
+    assert!(
+        failed[0].detail.contains("Atlantis"),
+        "{}",
+        failed[0].detail
+    );
+
+    for ok in [&good, &later] {
+        opportunity_of(&w, ok.id.as_deref().unwrap());
+    }
+    let letters = w.store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].key.contains(broken.id.as_deref().unwrap()),
+        "{letters:?}"
+    );
+    assert!(
+        w.crm
+            .rows(RecordKind::Opportunity)
+            .iter()
+            .all(|r| { column(r, "cosell_referralid").as_str() != broken.id.as_deref() })
+    );
+
+    // Fixed in Partner Center: the replay creates it and clears the dead letter.
+    w.pc.edit(broken.id.as_deref().unwrap(), |r| {
+        if let Some(a) = r.customer_profile.as_mut().and_then(|c| c.address.as_mut()) {
+            a.country = Some("FR".into());
+        }
+    })
+    .unwrap();
+    let replay = w.engine.replay_dead_letters().await.unwrap();
+    assert_eq!(replay.count(Action::CreatedInCrm), 1, "{replay:?}");
+    assert!(w.store.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_crm_write_is_not_taken_for_done() {
+    let w = world();
+    let referral = w.pc.insert(co_sell("Flaky deal", "US"));
+    let id = referral.id.clone().unwrap();
+    w.crm.fail_next(
+        CrmCall::Write,
+        RemoteError::new(RemoteErrorKind::Transient, "crm", "503 from the CRM"),
+    );
+    let first = w.engine.apply_referral(referral).await.unwrap();
+    assert_eq!(first.action, Action::Failed, "{first:?}");
+    assert!(w.crm.rows(RecordKind::Opportunity).is_empty());
+    assert!(w.store.dead_letters().await.unwrap().len() == 1);
+
+    let retry = w.engine.replay_dead_letters().await.unwrap();
+    assert_eq!(retry.count(Action::CreatedInCrm), 1, "{retry:?}");
+    opportunity_of(&w, &id);
+    assert!(w.store.dead_letters().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_crm_etag_is_refused_by_the_fake() {
+    let crm = MemoryCrm::new(FieldMap::default());
+    let mut records = CrmRecords::new(RecordKind::Opportunity, Record::new());
+    records.primary.insert("name".into(), json!("Seed"));
+    let id = crm.insert(records);
+    let etag = crm.row(RecordKind::Opportunity, &id).unwrap().etag.unwrap();
+    let columns: Record = serde_json::from_value(json!({ "name": "One" })).unwrap();
+    let new = crm
+        .update_columns(RecordKind::Opportunity, &id, &columns, Some(&etag))
+        .await
+        .unwrap();
+    assert_ne!(new.as_deref(), Some(etag.as_str()));
+    let stale = crm
+        .update_columns(RecordKind::Opportunity, &id, &columns, Some(&etag))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind(), RemoteErrorKind::PreconditionFailed);
+}
