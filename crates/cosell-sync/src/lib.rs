@@ -6,6 +6,7 @@ pub mod dataverse;
 pub mod engine;
 pub mod intake;
 pub mod partner_center;
+pub mod provision;
 pub mod remote;
 pub mod setup;
 pub mod store;
@@ -22,4 +23,5 @@ pub use engine::{
 pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;
 pub use remote::{RemoteError, RemoteErrorKind};
+pub use provision::{ProvisionOptions, ProvisionReport, SetupError, provision};
 pub use setup::{RegistrationOutcome, register_callback};
