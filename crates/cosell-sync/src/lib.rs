@@ -15,7 +15,9 @@ pub use crm::{
     Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, SolutionLinkChange, SolutionLinkChanges,
     WriteTarget,
 };
-pub use dataverse::{DataverseCrm, SetupProblem, required_columns, setup_problems};
+pub use dataverse::{
+    DataverseCrm, MappedColumn, SetupProblem, mapped_columns, required_columns, setup_problems,
+};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, Outcome, PlannedWrite,
     Report, Schedule,
@@ -24,4 +26,7 @@ pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;
 pub use remote::{RemoteError, RemoteErrorKind};
 pub use provision::{ProvisionOptions, ProvisionReport, SetupError, provision};
-pub use setup::{RegistrationOutcome, register_callback};
+pub use setup::{
+    CheckProblem, PartnerCenterCheck, RegistrationOutcome, WebhookState, dataverse_problems,
+    partner_center_problems, register_callback,
+};

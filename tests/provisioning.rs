@@ -1,0 +1,240 @@
+//! Issue 12: installing into a Dynamics 365 that has nothing of cosell's. Provisioning through
+//! the metadata Web API against the emulator started bare, the complete check, and the
+//! solution catalogue import, over real HTTP on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use cosell::mapping::FieldMap;
+use cosell::sandbox::{DataverseSchema, Sandbox};
+use cosell::sandboxed::Sandboxed;
+use cosell::sync::provision::{ItemStatus, ProvisionOptions, definitions};
+use cosell::sync::{Action, dataverse_problems, provision};
+use serde_json::json;
+use uuid::Uuid;
+
+fn quick() -> ProvisionOptions {
+    // Key indexes advance per read in the emulator: no need to wait between reads.
+    ProvisionOptions::default().key_wait(10, Duration::from_millis(1))
+}
+
+async fn bare() -> Sandboxed {
+    Sandboxed::builder()
+        .sandbox(Sandbox::builder().dataverse_schema(DataverseSchema::bare()))
+        .webhooks(false)
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn start(schema: DataverseSchema) -> Sandboxed {
+    Sandboxed::builder()
+        .sandbox(Sandbox::builder().dataverse_schema(schema))
+        .webhooks(false)
+        .start()
+        .await
+        .unwrap()
+}
+
+fn keys_of(problems: &[cosell::sync::CheckProblem]) -> Vec<&str> {
+    problems.iter().map(|p| p.config_key.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_bare_environment_is_provisioned_checked_clean_and_syncs_both_ways() {
+    let s = bare().await;
+    let dv = s.sandbox.dataverse();
+    let map = FieldMap::default();
+
+    // Bare: the check names what is missing, with config keys.
+    let before = dataverse_problems(&s.dataverse, &map).await.unwrap();
+    let keys = keys_of(&before);
+    assert!(keys.contains(&"columns.opportunity.referral_id"), "{before:#?}");
+    assert!(keys.contains(&"columns.solution.entity"), "{before:#?}");
+    assert!(keys.contains(&"columns.opportunity.entity"), "change tracking: {before:#?}");
+
+    // A dry run prints the plan and changes nothing.
+    let writes = dv.write_requests();
+    let plan = provision(&s.dataverse, &map, &quick().dry_run(), &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(dv.write_requests(), writes, "a dry run writes nothing");
+    assert_eq!(plan.created(), 0);
+    assert!(plan.planned() > 20, "{plan}");
+    assert!(dv.schema().table("cosell_partnercentersolution").is_none());
+
+    // Provision: everything created, keys waited for (with progress), then published.
+    let mut progress = Vec::new();
+    let report = provision(&s.dataverse, &map, &quick(), &mut |p| progress.push(p.to_string()))
+        .await
+        .unwrap();
+    assert!(report.conflicts().is_empty(), "{report}");
+    assert_eq!(report.created(), plan.planned(), "{report}");
+    assert!(report.published);
+    assert!(dv.publishes() >= 1);
+    assert!(
+        progress.iter().any(|p| p.contains("Pending")) && progress.iter().any(|p| p.contains("Active")),
+        "key progress: {progress:#?}"
+    );
+    let d = definitions(&map);
+    // Every component was created inside the solution.
+    let components = dv.solution_components();
+    assert!(components.iter().all(|(sol, _, _)| sol == "cosell"));
+    assert_eq!(
+        components.iter().filter(|(_, k, _)| k == "column").count(),
+        d.columns.len()
+    );
+    assert_eq!(components.iter().filter(|(_, k, _)| k == "key").count(), 3);
+    assert_eq!(components.iter().filter(|(_, k, _)| k == "relationship").count(), 2);
+
+    // The check is clean.
+    let problems = dataverse_problems(&s.dataverse, &map).await.unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // Provision again: nothing changes, not one write request.
+    let writes = dv.write_requests();
+    let metadata = dv.metadata_writes();
+    let again = provision(&s.dataverse, &map, &quick(), &mut |_| {}).await.unwrap();
+    assert!(again.all_exist(), "{again}");
+    assert!(!again.published);
+    assert_eq!(dv.write_requests(), writes);
+    assert_eq!(dv.metadata_writes(), metadata);
+
+    // Partner Center -> CRM.
+    let created = s
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "Provisioned inbound"}))
+        .unwrap();
+    let referral_id = created["id"].as_str().unwrap().to_string();
+    let report = s.engine.reconcile().await.unwrap();
+    assert_eq!(report.count(Action::CreatedInCrm), 1, "{report:#?}");
+    let rows = dv
+        .query("lead", &format!("cosell_referralid eq '{referral_id}'"))
+        .unwrap();
+    let rows = if rows.is_empty() {
+        dv.query("opportunity", &format!("cosell_referralid eq '{referral_id}'"))
+            .unwrap()
+    } else {
+        rows
+    };
+    assert_eq!(rows.len(), 1, "the referral's record");
+
+    // CRM -> Partner Center.
+    let account = dv
+        .insert_row(
+            "account",
+            json!({"name": "Provisioned Customer", "address1_line1": "1 Main St",
+                   "address1_city": "Seattle", "address1_postalcode": "98101",
+                   "address1_country": "US"}),
+        )
+        .unwrap();
+    let opp = dv
+        .insert_row(
+            "opportunity",
+            json!({
+                "name": "Provisioned outbound",
+                "estimatedvalue": 50000.0,
+                "estimatedclosedate": "2027-06-30",
+                "description": "Created after provisioning.",
+                "cosell_syncwithpartnercenter": true,
+                // No help asked of Microsoft: a private deal needs no contact or solution.
+                "cosell_helprequired": 100000000,
+                "cosell_visibletomicrosoft": false,
+                "customerid_account@odata.bind": format!("/accounts({account})"),
+                "transactioncurrencyid@odata.bind":
+                    format!("/transactioncurrencies({})", dv.currency_id("USD").unwrap()),
+            }),
+        )
+        .unwrap();
+    let report = s.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::CreatedReferral), 1, "{report:#?}");
+    let row = dv.row("opportunity", opp).unwrap();
+    assert!(row["cosell_referralid"].is_string(), "{row}");
+}
+
+#[tokio::test]
+async fn a_failed_key_index_is_reactivated_and_waited_for() {
+    let s = bare().await;
+    let dv = s.sandbox.dataverse();
+    dv.fail_next_key_index();
+    let mut progress = Vec::new();
+    provision(&s.dataverse, &FieldMap::default(), &quick(), &mut |p| {
+        progress.push(p.to_string())
+    })
+    .await
+    .unwrap();
+    assert!(progress.iter().any(|p| p.contains("Failed")), "{progress:#?}");
+    assert!(progress.iter().any(|p| p.starts_with("reactivating")), "{progress:#?}");
+    for (table, key) in [
+        ("opportunity", "cosell_referralid_key"),
+        ("lead", "cosell_referralid_key"),
+        ("cosell_partnercentersolution", "cosell_solutionid_key"),
+    ] {
+        assert_eq!(dv.key_index_status(table, key), "Active", "{table}");
+    }
+}
+
+#[tokio::test]
+async fn a_column_of_the_wrong_type_is_a_conflict_never_altered() {
+    // Someone made the referral id a whole number.
+    let schema = DataverseSchema::bare().with_column(
+        "opportunity",
+        cosell::sandbox::dataverse::ColumnDef::integer("cosell_referralid"),
+    );
+    let s = start(schema).await;
+    let plan = provision(&s.dataverse, &FieldMap::default(), &quick(), &mut |_| {})
+        .await
+        .unwrap();
+    let conflict = plan
+        .items
+        .iter()
+        .find(|i| i.config_key == "columns.opportunity.referral_id" && i.component.starts_with("column"))
+        .unwrap();
+    assert!(
+        matches!(&conflict.status, ItemStatus::Conflict(why) if why.contains("Integer")),
+        "{plan}"
+    );
+    let col = s
+        .sandbox
+        .dataverse()
+        .schema()
+        .table("opportunity")
+        .unwrap()
+        .declared_column("cosell_referralid")
+        .cloned()
+        .unwrap();
+    assert_eq!(col.column_type, cosell::sandbox::dataverse::ColumnType::Integer);
+    let problems = dataverse_problems(&s.dataverse, &FieldMap::default()).await.unwrap();
+    assert!(
+        problems.iter().any(|p| p.config_key == "columns.opportunity.referral_id"
+            && p.message.contains("Integer")),
+        "{problems:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_upsert_by_a_key_still_indexing_fails_as_dataverse_does() {
+    let s = bare().await;
+    let dv = s.sandbox.dataverse();
+    provision(&s.dataverse, &FieldMap::default(), &quick(), &mut |_| {})
+        .await
+        .unwrap();
+    dv.set_key_index_failed("lead", "cosell_referralid_key");
+    let err = s
+        .dataverse
+        .upsert(
+            "leads",
+            &cosell::dataverse::Key::alternate("cosell_referralid", "r-1"),
+            &json!({"subject": "x"}),
+            &Default::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("The key in the request URI is not valid"), "{err}");
+    let problems = dataverse_problems(&s.dataverse, &FieldMap::default()).await.unwrap();
+    assert_eq!(keys_of(&problems), ["columns.lead.referral_id"], "{problems:#?}");
+    assert!(problems[0].message.contains("Failed"));
+    let _ = Uuid::nil();
+}
