@@ -238,3 +238,71 @@ async fn an_upsert_by_a_key_still_indexing_fails_as_dataverse_does() {
     assert!(problems[0].message.contains("Failed"));
     let _ = Uuid::nil();
 }
+
+#[tokio::test]
+async fn the_catalogue_imports_once_and_a_referral_naming_a_known_solution_keeps_its_row() {
+    use cosell::mapping::RecordKind;
+    use cosell::partner_center::models::Referral;
+    use cosell::sync::catalogue::{import_catalogue, parse_catalogue_csv};
+    use cosell::sync::{Crm, WriteTarget};
+
+    let s = bare().await;
+    let dv = s.sandbox.dataverse();
+    let map = FieldMap::default();
+    provision(&s.dataverse, &map, &quick(), &mut |_| {}).await.unwrap();
+
+    let csv = "id,name,publisher,type\n\
+               sol-analytics,\"Contoso Analytics, Enterprise\",Contoso,IP co-sell\n\
+               sol-backup,Fabrikam Backup,Fabrikam,Services\n\
+               ,Nameless,X,Y\n";
+    let (entries, errors) = parse_catalogue_csv(csv);
+    assert_eq!(entries.len(), 2);
+    assert_eq!(errors.len(), 1, "the bad line is reported, the rest imported");
+    let first = import_catalogue(&s.dataverse, &map, &entries).await;
+    assert_eq!((first.created, first.updated, first.unchanged), (2, 0, 0), "{:?}", first.failed);
+    assert_eq!(dv.count("cosell_partnercentersolution"), 2);
+
+    // Re-import: nothing written.
+    let writes = dv.write_requests();
+    let again = import_catalogue(&s.dataverse, &map, &entries).await;
+    assert_eq!((again.created, again.updated, again.unchanged), (0, 0, 2));
+    assert_eq!(dv.write_requests(), writes);
+
+    // A changed publisher updates that row only.
+    let mut changed = entries.clone();
+    changed[1].publisher = "Fabrikam Ltd".into();
+    let third = import_catalogue(&s.dataverse, &map, &changed).await;
+    assert_eq!((third.created, third.updated, third.unchanged), (0, 1, 1));
+
+    // An accepted referral that names the known solution by id alone.
+    let created = s
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(json!({"name": "Names a catalogue solution"}))
+        .unwrap();
+    let mut accepted = created;
+    accepted["status"] = json!("Active");
+    accepted["substatus"] = json!("Accepted");
+    accepted["details"]["requirements"]["solutions"] = json!([{"id": "sol-analytics"}]);
+    let referral: Referral = serde_json::from_value(accepted).unwrap();
+    let payload = map.map_referral(&referral, None).unwrap();
+    assert_eq!(payload.kind, RecordKind::Opportunity);
+    let written = s
+        .crm
+        .write(&payload, &serde_json::Map::new(), WriteTarget::ByKey)
+        .await
+        .unwrap();
+    let rows = dv
+        .query("cosell_partnercentersolution", "cosell_solutionid eq 'sol-analytics'")
+        .unwrap();
+    assert_eq!(rows.len(), 1, "no second row for a known solution");
+    assert_eq!(rows[0]["cosell_name"], json!("Contoso Analytics, Enterprise"));
+    assert_eq!(rows[0]["cosell_publishername"], json!("Contoso"));
+    assert_eq!(rows[0]["cosell_solutiontype"], json!("IP co-sell"));
+    let opp = Uuid::parse_str(&written.id).unwrap();
+    let links = dv
+        .query("cosell_opportunitysolution", &format!("_cosell_opportunityid_value eq {opp}"))
+        .unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0]["cosell_name"], json!("Contoso Analytics, Enterprise"), "the link is named after the catalogue row");
+}

@@ -475,13 +475,17 @@ impl DataverseCrm {
                 continue;
             }
             let key = Key::alternate(solution.key.column.clone(), solution.key.value.clone());
+            // A referral often names a solution by id alone: only what it knows is written, so
+            // linking never blanks a catalogue row's name, publisher or type.
+            let record = known_values(&solution.record);
             let up = self
                 .client
                 .upsert(
                     &solution.key.entity_set,
                     &key,
-                    &solution.record,
-                    &UpsertOptions::default().return_representation([solution_pk.as_str()]),
+                    &record,
+                    &UpsertOptions::default()
+                        .return_representation([solution_pk.as_str(), s.name.as_str()]),
                 )
                 .await?;
             let Some(solution_id) = up.id(&solution_pk) else {
@@ -489,7 +493,13 @@ impl DataverseCrm {
             };
             let link_id = solution_link_id(opportunity_id, &solution_id.to_string());
             let mut body = Map::new();
-            if let Some(name) = solution.record.get(&s.name) {
+            let name = up
+                .representation
+                .as_ref()
+                .and_then(|r| r.get(&s.name))
+                .or_else(|| record.get(&s.name))
+                .filter(|v| !v.is_null());
+            if let Some(name) = name {
                 body.insert(s.name.clone(), name.clone());
             }
             body.insert(
@@ -530,6 +540,19 @@ impl DataverseCrm {
         }
         Ok(())
     }
+}
+
+/// The values of `record` that say something: nulls and blank text dropped.
+fn known_values(record: &Map<String, Value>) -> Map<String, Value> {
+    record
+        .iter()
+        .filter(|(_, v)| match v {
+            Value::Null => false,
+            Value::String(t) => !t.trim().is_empty(),
+            _ => true,
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The id of the link row between an opportunity and a solution row: a name-based UUID, the
