@@ -306,3 +306,70 @@ async fn the_catalogue_imports_once_and_a_referral_naming_a_known_solution_keeps
     assert_eq!(links.len(), 1);
     assert_eq!(links[0]["cosell_name"], json!("Contoso Analytics, Enterprise"), "the link is named after the catalogue row");
 }
+
+/// Each way a provisioned environment or a map can be wrong, found by the check and named by
+/// the config key to change.
+#[tokio::test]
+async fn the_check_names_each_problem_with_its_config_key() {
+    use cosell::sandbox::dataverse::ColumnDef;
+    let cosell_schema = DataverseSchema::cosell;
+    let problems_of = |schema: DataverseSchema, map: FieldMap| async move {
+        let s = start(schema).await;
+        dataverse_problems(&s.dataverse, &map).await.unwrap()
+    };
+
+    // The provisioned default and the default map: clean.
+    let clean = problems_of(cosell_schema(), FieldMap::default()).await;
+    assert!(clean.is_empty(), "{clean:#?}");
+
+    // A misspelt mapped column.
+    let typo = FieldMap::from_toml("[columns.lead]\ncompany_name = \"companynam\"\n").unwrap();
+    let p = problems_of(cosell_schema(), typo).await;
+    assert_eq!(keys_of(&p), ["columns.lead.company_name"], "{p:#?}");
+    assert!(p[0].message.contains("lead.companynam"));
+
+    // A choice value the map writes is missing from the column.
+    let short_help = cosell_schema().with_column(
+        "opportunity",
+        ColumnDef::choice("cosell_helprequired", &[(100000000, "No help needed"), (100000001, "General")]),
+    );
+    let p = problems_of(short_help, FieldMap::default()).await;
+    let keys = keys_of(&p);
+    assert_eq!(keys.len(), 5, "{p:#?}");
+    assert!(keys.contains(&"choices.help_required.QuotesOrLicensing"), "{p:#?}");
+    assert!(p.iter().any(|x| x.message.contains("100000004")));
+
+    // A missing alternate key.
+    let p = problems_of(
+        cosell_schema().without_alternate_key("opportunity", "cosell_referralid_key"),
+        FieldMap::default(),
+    )
+    .await;
+    assert_eq!(keys_of(&p), ["columns.opportunity.referral_id"], "{p:#?}");
+
+    // A missing relationship (the link table has no lookup to the solution).
+    let p = problems_of(
+        cosell_schema().without_column("cosell_opportunitysolution", "cosell_partnercentersolutionid"),
+        FieldMap::default(),
+    )
+    .await;
+    assert_eq!(
+        keys_of(&p),
+        ["columns.solution.link_solution", "columns.solution.link_solution_bind"],
+        "{p:#?}"
+    );
+    // A relationship whose navigation property is not the one the map binds.
+    let nav = FieldMap::from_toml("[columns.solution]\nlink_opportunity_bind = \"cosell_opportunity\"\n").unwrap();
+    let p = problems_of(cosell_schema(), nav).await;
+    assert_eq!(keys_of(&p), ["columns.solution.link_opportunity_bind"], "{p:#?}");
+    assert!(p[0].message.contains("cosell_OpportunityId"));
+
+    // Change tracking off where changes sync.
+    let p = problems_of(cosell_schema().with_change_tracking("lead", false), FieldMap::default()).await;
+    assert_eq!(keys_of(&p), ["columns.lead.entity"], "{p:#?}");
+
+    // A configured default names a column the CRM lacks.
+    let defaults = FieldMap::from_toml("[defaults.opportunity]\nnew_region = \"EMEA\"\n").unwrap();
+    let p = problems_of(cosell_schema(), defaults).await;
+    assert_eq!(keys_of(&p), ["defaults.opportunity.new_region"], "{p:#?}");
+}
