@@ -373,3 +373,49 @@ async fn the_check_names_each_problem_with_its_config_key() {
     let p = problems_of(cosell_schema(), defaults).await;
     assert_eq!(keys_of(&p), ["defaults.opportunity.new_region"], "{p:#?}");
 }
+
+#[tokio::test]
+async fn the_partner_center_check_reads_referrals_and_tells_whose_webhook_it_is() {
+    use cosell::sync::{WebhookState, partner_center_problems};
+    let s = Sandboxed::builder().start().await.unwrap();
+    let ours = s.webhook_url.clone().unwrap();
+    let check = partner_center_problems(&s.partner_center, Some(&ours)).await;
+    assert!(check.referrals_readable);
+    assert_eq!(check.webhook, WebhookState::Ours);
+    assert!(check.problems.is_empty(), "{:#?}", check.problems);
+
+    // Another install's URL: named, never taken over by the check.
+    let check = partner_center_problems(&s.partner_center, Some("https://staging.example/webhook")).await;
+    assert_eq!(check.webhook, WebhookState::Another(ours.clone()));
+    assert_eq!(check.problems.len(), 1);
+    assert_eq!(check.problems[0].config_key, "webhook.public_url");
+    assert!(check.problems[0].message.contains(&ours));
+
+    // Nothing registered.
+    let quiet = bare().await;
+    let check = partner_center_problems(&quiet.partner_center, Some("https://prod.example/webhook")).await;
+    assert_eq!(check.webhook, WebhookState::None);
+    assert_eq!(check.problems[0].config_key, "webhook.public_url");
+}
+
+#[tokio::test]
+async fn a_delta_on_a_table_without_change_tracking_fails_until_provisioning_enables_it() {
+    use cosell::dataverse::ChangeTrackingOptions;
+    let s = bare().await;
+    let options = ChangeTrackingOptions::default();
+    let err = s
+        .dataverse
+        .track_changes::<serde_json::Value>("opportunities", &["opportunityid"], &options)
+        .collect()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("Change tracking is not enabled"), "{err}");
+    provision(&s.dataverse, &FieldMap::default(), &quick(), &mut |_| {}).await.unwrap();
+    let changes = s
+        .dataverse
+        .track_changes::<serde_json::Value>("opportunities", &["opportunityid"], &options)
+        .collect()
+        .await
+        .unwrap();
+    assert!(changes.changes.is_empty());
+}
