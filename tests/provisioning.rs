@@ -419,3 +419,51 @@ async fn a_delta_on_a_table_without_change_tracking_fails_until_provisioning_ena
         .unwrap();
     assert!(changes.changes.is_empty());
 }
+
+/// A customised map tried before going live: the sandbox starts bare plus the partner's own
+/// schema file (a country lookup table), provisioning creates the renamed columns under their
+/// configured names, and the check is clean.
+#[tokio::test]
+async fn a_customised_map_is_tried_on_a_bare_sandbox_with_the_partners_schema_file() {
+    let dir = std::env::temp_dir().join(format!("cosell-schema-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("schema.json");
+    std::fs::write(
+        &file,
+        r#"{
+          "tables": [{
+            "logical_name": "contoso_country", "entity_set_name": "contoso_countries",
+            "primary_name": "contoso_name",
+            "columns": [{"name": "contoso_name", "type": "text", "max_length": 100},
+                        {"name": "contoso_isocode", "type": "text", "max_length": 2}]
+          }],
+          "columns": [{"table": "account", "name": "contoso_countryid", "type": "lookup",
+                       "target": "contoso_country", "navigation_property": "contoso_CountryId"}]
+        }"#,
+    )
+    .unwrap();
+    let schema = DataverseSchema::bare().with_schema_file(&file).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let map = FieldMap::from_toml(
+        "[columns.opportunity]\nreferral_id = \"contoso_pcreferralid\"\n\
+         [country_lookup]\nnavigation_property = \"contoso_CountryId\"\n\
+         entity_set = \"contoso_countries\"\ncode_column = \"contoso_isocode\"\n",
+    )
+    .unwrap();
+    let s = Sandboxed::builder()
+        .sandbox(Sandbox::builder().dataverse_schema(schema))
+        .field_map(map.clone())
+        .webhooks(false)
+        .start()
+        .await
+        .unwrap();
+    let report = provision(&s.dataverse, &map, &quick(), &mut |_| {}).await.unwrap();
+    assert!(report.conflicts().is_empty(), "{report}");
+    let dv = s.sandbox.dataverse();
+    let opportunity = dv.schema().table("opportunity").unwrap().clone();
+    assert!(opportunity.declared_column("contoso_pcreferralid").is_some());
+    assert!(opportunity.declared_column("cosell_referralid").is_none());
+    assert!(opportunity.alternate_keys.iter().any(|k| k.columns == ["contoso_pcreferralid"]));
+    let problems = dataverse_problems(&s.dataverse, &map).await.unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+}

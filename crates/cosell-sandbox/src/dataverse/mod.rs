@@ -52,6 +52,7 @@ mod ops;
 mod query;
 mod request;
 mod schema;
+mod schema_file;
 mod store;
 
 use std::collections::HashMap;
@@ -72,6 +73,7 @@ use uuid::Uuid;
 
 pub use error::codes;
 pub use limits::{LimitKind, ServiceLimits, ThrottleCounts};
+pub use schema_file::SchemaFileError;
 pub use schema::{
     AlternateKey, ColumnDef, ColumnType, DataverseSchema, LookupTarget, ManyToMany, SeedCurrency,
     StateModel, StateOption, TableDef,
