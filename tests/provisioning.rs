@@ -467,3 +467,14 @@ async fn a_customised_map_is_tried_on_a_bare_sandbox_with_the_partners_schema_fi
     let problems = dataverse_problems(&s.dataverse, &map).await.unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// docs/going-live.md lists the columns from the definitions the provisioner uses.
+#[test]
+fn the_going_live_guide_lists_exactly_what_provisioning_creates() {
+    let doc = include_str!("../docs/going-live.md");
+    let table = cosell::sync::provision::columns_markdown(&FieldMap::default());
+    if !doc.contains(&table) {
+        // Print the table to paste, so a changed definition is one copy away from the doc.
+        panic!("docs/going-live.md must contain this table, verbatim:\n\n{table}");
+    }
+}

@@ -331,6 +331,18 @@ pub fn columns_markdown(map: &FieldMap) -> String {
             k.table, k.name, k.column, k.config_key
         ));
     }
+    for c in &d.columns {
+        if let ColumnKind::Choice { options } = &c.column.kind {
+            out.push_str(&format!(
+                "\nValues of `{}.{}`:\n\n| Value | Label |\n|---|---|\n",
+                c.table,
+                c.column.logical_name()
+            ));
+            for (v, l) in options {
+                out.push_str(&format!("| {v} | {l} |\n"));
+            }
+        }
+    }
     out
 }
 
