@@ -478,3 +478,76 @@ fn the_going_live_guide_lists_exactly_what_provisioning_creates() {
         panic!("docs/going-live.md must contain this table, verbatim:\n\n{table}");
     }
 }
+
+/// The emulator's metadata rules, seen through raw requests: a key indexes Pending, InProgress,
+/// Active; a partial definition PUT and an unknown solution are refused; change tracking
+/// cannot be turned off again.
+#[tokio::test]
+async fn the_emulator_enforces_the_metadata_rules() {
+    use cosell::dataverse::cosell_http::http::Method;
+    let s = bare().await;
+    let dv = s.sandbox.dataverse();
+    let raw = |m: Method, p: &str| s.dataverse.raw().request(m, p.to_string());
+
+    // A column created under a solution that does not exist.
+    let column = json!({
+        "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
+        "SchemaName": "contoso_Code", "DisplayName": {"LocalizedLabels": []}, "MaxLength": 20,
+    });
+    let err = raw(Method::POST, "EntityDefinitions(LogicalName='account')/Attributes")
+        .header("MSCRM.SolutionUniqueName", "nosuch")
+        .json(&column)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("nosuch"), "{err}");
+    // Without a solution it is created; a lookup cannot be created as a plain column.
+    raw(Method::POST, "EntityDefinitions(LogicalName='account')/Attributes")
+        .json(&column)
+        .send()
+        .await
+        .unwrap();
+    let lookup = json!({"@odata.type": "Microsoft.Dynamics.CRM.LookupAttributeMetadata",
+                        "SchemaName": "contoso_X", "DisplayName": {}});
+    let err = raw(Method::POST, "EntityDefinitions(LogicalName='account')/Attributes")
+        .json(&lookup)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("RelationshipDefinitions"), "{err}");
+
+    // A key: Pending, then InProgress, then Active, one read of the definition each.
+    raw(Method::POST, "EntityDefinitions(LogicalName='account')/Keys")
+        .json(&json!({"SchemaName": "contoso_code_key", "DisplayName": {}, "KeyAttributes": ["contoso_code"]}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let setup = s.dataverse.table_setup("account").await.unwrap().unwrap();
+        let key = setup.key_covering(&["contoso_code"]).unwrap();
+        seen.push(key.index_status.clone());
+    }
+    assert_eq!(seen, ["Pending", "InProgress", "Active"]);
+    assert_eq!(dv.key_index_status("account", "contoso_code_key"), "Active");
+
+    // A PUT of part of a definition would reset the rest: refused.
+    let err = raw(Method::PUT, "EntityDefinitions(LogicalName='lead')")
+        .json(&json!({"ChangeTrackingEnabled": true}))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("whole definition"), "{err}");
+    assert!(s.dataverse.enable_change_tracking("lead").await.unwrap());
+    assert!(!s.dataverse.enable_change_tracking("lead").await.unwrap(), "already on: no PUT");
+    // Once on, change tracking cannot be turned off.
+    let resp = raw(Method::GET, "EntityDefinitions(LogicalName='lead')").send().await.unwrap();
+    let mut def: serde_json::Map<String, serde_json::Value> = resp.json().unwrap();
+    def.insert("ChangeTrackingEnabled".into(), json!(false));
+    let err = raw(Method::PUT, "EntityDefinitions(LogicalName='lead')")
+        .json(&def)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot be disabled"), "{err}");
+}
