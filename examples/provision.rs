@@ -57,13 +57,19 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // The sandbox's key indexes finish after a few reads; a real one takes seconds to minutes.
     let options = ProvisionOptions::default().key_wait(20, Duration::from_millis(50));
 
-    println!("What provisioning creates for this map:\n\n{}", columns_markdown(&map));
+    println!(
+        "What provisioning creates for this map:\n\n{}",
+        columns_markdown(&map)
+    );
     println!("-- dry run (changes nothing)");
     let plan = provision(&s.dataverse, &map, &options.clone().dry_run(), &mut |_| {}).await?;
     print!("{plan}");
 
     println!("\n-- provisioning");
-    let report = provision(&s.dataverse, &map, &options, &mut |step| println!("  .. {step}")).await?;
+    let report = provision(&s.dataverse, &map, &options, &mut |step| {
+        println!("  .. {step}")
+    })
+    .await?;
     print!("{report}");
 
     println!("\n-- provisioning again (nothing changes)");
@@ -82,7 +88,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
             println!("  skipped: {e}");
         }
         let r = import_catalogue(&s.dataverse, &map, &entries).await;
-        println!("  created {}, updated {}, unchanged {}", r.created, r.updated, r.unchanged);
+        println!(
+            "  created {}, updated {}, unchanged {}",
+            r.created, r.updated, r.unchanged
+        );
         for e in &r.failed {
             println!("  failed: {e}");
         }
@@ -91,7 +100,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("\n-- check");
     let mut problems = dataverse_problems(&s.dataverse, &map).await?;
     let pc = partner_center_problems(&s.partner_center, s.webhook_url.as_deref()).await;
-    println!("  Partner Center: referrals readable {}, webhook {:?}", pc.referrals_readable, pc.webhook);
+    println!(
+        "  Partner Center: referrals readable {}, webhook {:?}",
+        pc.referrals_readable, pc.webhook
+    );
     problems.extend(pc.problems);
     if problems.is_empty() {
         println!("  clean: the sync can run");

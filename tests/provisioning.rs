@@ -50,9 +50,15 @@ async fn a_bare_environment_is_provisioned_checked_clean_and_syncs_both_ways() {
     // Bare: the check names what is missing, with config keys.
     let before = dataverse_problems(&s.dataverse, &map).await.unwrap();
     let keys = keys_of(&before);
-    assert!(keys.contains(&"columns.opportunity.referral_id"), "{before:#?}");
+    assert!(
+        keys.contains(&"columns.opportunity.referral_id"),
+        "{before:#?}"
+    );
     assert!(keys.contains(&"columns.solution.entity"), "{before:#?}");
-    assert!(keys.contains(&"columns.opportunity.entity"), "change tracking: {before:#?}");
+    assert!(
+        keys.contains(&"columns.opportunity.entity"),
+        "change tracking: {before:#?}"
+    );
 
     // A dry run prints the plan and changes nothing.
     let writes = dv.write_requests();
@@ -66,15 +72,18 @@ async fn a_bare_environment_is_provisioned_checked_clean_and_syncs_both_ways() {
 
     // Provision: everything created, keys waited for (with progress), then published.
     let mut progress = Vec::new();
-    let report = provision(&s.dataverse, &map, &quick(), &mut |p| progress.push(p.to_string()))
-        .await
-        .unwrap();
+    let report = provision(&s.dataverse, &map, &quick(), &mut |p| {
+        progress.push(p.to_string())
+    })
+    .await
+    .unwrap();
     assert!(report.conflicts().is_empty(), "{report}");
     assert_eq!(report.created(), plan.planned(), "{report}");
     assert!(report.published);
     assert!(dv.publishes() >= 1);
     assert!(
-        progress.iter().any(|p| p.contains("Pending")) && progress.iter().any(|p| p.contains("Active")),
+        progress.iter().any(|p| p.contains("Pending"))
+            && progress.iter().any(|p| p.contains("Active")),
         "key progress: {progress:#?}"
     );
     let d = definitions(&map);
@@ -86,7 +95,13 @@ async fn a_bare_environment_is_provisioned_checked_clean_and_syncs_both_ways() {
         d.columns.len()
     );
     assert_eq!(components.iter().filter(|(_, k, _)| k == "key").count(), 3);
-    assert_eq!(components.iter().filter(|(_, k, _)| k == "relationship").count(), 2);
+    assert_eq!(
+        components
+            .iter()
+            .filter(|(_, k, _)| k == "relationship")
+            .count(),
+        2
+    );
 
     // The check is clean.
     let problems = dataverse_problems(&s.dataverse, &map).await.unwrap();
@@ -95,7 +110,9 @@ async fn a_bare_environment_is_provisioned_checked_clean_and_syncs_both_ways() {
     // Provision again: nothing changes, not one write request.
     let writes = dv.write_requests();
     let metadata = dv.metadata_writes();
-    let again = provision(&s.dataverse, &map, &quick(), &mut |_| {}).await.unwrap();
+    let again = provision(&s.dataverse, &map, &quick(), &mut |_| {})
+        .await
+        .unwrap();
     assert!(again.all_exist(), "{again}");
     assert!(!again.published);
     assert_eq!(dv.write_requests(), writes);
@@ -114,8 +131,11 @@ async fn a_bare_environment_is_provisioned_checked_clean_and_syncs_both_ways() {
         .query("lead", &format!("cosell_referralid eq '{referral_id}'"))
         .unwrap();
     let rows = if rows.is_empty() {
-        dv.query("opportunity", &format!("cosell_referralid eq '{referral_id}'"))
-            .unwrap()
+        dv.query(
+            "opportunity",
+            &format!("cosell_referralid eq '{referral_id}'"),
+        )
+        .unwrap()
     } else {
         rows
     };
@@ -165,8 +185,14 @@ async fn a_failed_key_index_is_reactivated_and_waited_for() {
     })
     .await
     .unwrap();
-    assert!(progress.iter().any(|p| p.contains("Failed")), "{progress:#?}");
-    assert!(progress.iter().any(|p| p.starts_with("reactivating")), "{progress:#?}");
+    assert!(
+        progress.iter().any(|p| p.contains("Failed")),
+        "{progress:#?}"
+    );
+    assert!(
+        progress.iter().any(|p| p.starts_with("reactivating")),
+        "{progress:#?}"
+    );
     for (table, key) in [
         ("opportunity", "cosell_referralid_key"),
         ("lead", "cosell_referralid_key"),
@@ -190,7 +216,9 @@ async fn a_column_of_the_wrong_type_is_a_conflict_never_altered() {
     let conflict = plan
         .items
         .iter()
-        .find(|i| i.config_key == "columns.opportunity.referral_id" && i.component.starts_with("column"))
+        .find(|i| {
+            i.config_key == "columns.opportunity.referral_id" && i.component.starts_with("column")
+        })
         .unwrap();
     assert!(
         matches!(&conflict.status, ItemStatus::Conflict(why) if why.contains("Integer")),
@@ -205,11 +233,18 @@ async fn a_column_of_the_wrong_type_is_a_conflict_never_altered() {
         .declared_column("cosell_referralid")
         .cloned()
         .unwrap();
-    assert_eq!(col.column_type, cosell::sandbox::dataverse::ColumnType::Integer);
-    let problems = dataverse_problems(&s.dataverse, &FieldMap::default()).await.unwrap();
+    assert_eq!(
+        col.column_type,
+        cosell::sandbox::dataverse::ColumnType::Integer
+    );
+    let problems = dataverse_problems(&s.dataverse, &FieldMap::default())
+        .await
+        .unwrap();
     assert!(
-        problems.iter().any(|p| p.config_key == "columns.opportunity.referral_id"
-            && p.message.contains("Integer")),
+        problems
+            .iter()
+            .any(|p| p.config_key == "columns.opportunity.referral_id"
+                && p.message.contains("Integer")),
         "{problems:#?}"
     );
 }
@@ -232,9 +267,19 @@ async fn an_upsert_by_a_key_still_indexing_fails_as_dataverse_does() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("The key in the request URI is not valid"), "{err}");
-    let problems = dataverse_problems(&s.dataverse, &FieldMap::default()).await.unwrap();
-    assert_eq!(keys_of(&problems), ["columns.lead.referral_id"], "{problems:#?}");
+    assert!(
+        err.to_string()
+            .contains("The key in the request URI is not valid"),
+        "{err}"
+    );
+    let problems = dataverse_problems(&s.dataverse, &FieldMap::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        keys_of(&problems),
+        ["columns.lead.referral_id"],
+        "{problems:#?}"
+    );
     assert!(problems[0].message.contains("Failed"));
     let _ = Uuid::nil();
 }
@@ -249,7 +294,9 @@ async fn the_catalogue_imports_once_and_a_referral_naming_a_known_solution_keeps
     let s = bare().await;
     let dv = s.sandbox.dataverse();
     let map = FieldMap::default();
-    provision(&s.dataverse, &map, &quick(), &mut |_| {}).await.unwrap();
+    provision(&s.dataverse, &map, &quick(), &mut |_| {})
+        .await
+        .unwrap();
 
     let csv = "id,name,publisher,type\n\
                sol-analytics,\"Contoso Analytics, Enterprise\",Contoso,IP co-sell\n\
@@ -257,9 +304,18 @@ async fn the_catalogue_imports_once_and_a_referral_naming_a_known_solution_keeps
                ,Nameless,X,Y\n";
     let (entries, errors) = parse_catalogue_csv(csv);
     assert_eq!(entries.len(), 2);
-    assert_eq!(errors.len(), 1, "the bad line is reported, the rest imported");
+    assert_eq!(
+        errors.len(),
+        1,
+        "the bad line is reported, the rest imported"
+    );
     let first = import_catalogue(&s.dataverse, &map, &entries).await;
-    assert_eq!((first.created, first.updated, first.unchanged), (2, 0, 0), "{:?}", first.failed);
+    assert_eq!(
+        (first.created, first.updated, first.unchanged),
+        (2, 0, 0),
+        "{:?}",
+        first.failed
+    );
     assert_eq!(dv.count("cosell_partnercentersolution"), 2);
 
     // Re-import: nothing written.
@@ -293,18 +349,31 @@ async fn the_catalogue_imports_once_and_a_referral_naming_a_known_solution_keeps
         .await
         .unwrap();
     let rows = dv
-        .query("cosell_partnercentersolution", "cosell_solutionid eq 'sol-analytics'")
+        .query(
+            "cosell_partnercentersolution",
+            "cosell_solutionid eq 'sol-analytics'",
+        )
         .unwrap();
     assert_eq!(rows.len(), 1, "no second row for a known solution");
-    assert_eq!(rows[0]["cosell_name"], json!("Contoso Analytics, Enterprise"));
+    assert_eq!(
+        rows[0]["cosell_name"],
+        json!("Contoso Analytics, Enterprise")
+    );
     assert_eq!(rows[0]["cosell_publishername"], json!("Contoso"));
     assert_eq!(rows[0]["cosell_solutiontype"], json!("IP co-sell"));
     let opp = Uuid::parse_str(&written.id).unwrap();
     let links = dv
-        .query("cosell_opportunitysolution", &format!("_cosell_opportunityid_value eq {opp}"))
+        .query(
+            "cosell_opportunitysolution",
+            &format!("_cosell_opportunityid_value eq {opp}"),
+        )
         .unwrap();
     assert_eq!(links.len(), 1);
-    assert_eq!(links[0]["cosell_name"], json!("Contoso Analytics, Enterprise"), "the link is named after the catalogue row");
+    assert_eq!(
+        links[0]["cosell_name"],
+        json!("Contoso Analytics, Enterprise"),
+        "the link is named after the catalogue row"
+    );
 }
 
 /// Each way a provisioned environment or a map can be wrong, found by the check and named by
@@ -331,12 +400,18 @@ async fn the_check_names_each_problem_with_its_config_key() {
     // A choice value the map writes is missing from the column.
     let short_help = cosell_schema().with_column(
         "opportunity",
-        ColumnDef::choice("cosell_helprequired", &[(100000000, "No help needed"), (100000001, "General")]),
+        ColumnDef::choice(
+            "cosell_helprequired",
+            &[(100000000, "No help needed"), (100000001, "General")],
+        ),
     );
     let p = problems_of(short_help, FieldMap::default()).await;
     let keys = keys_of(&p);
     assert_eq!(keys.len(), 5, "{p:#?}");
-    assert!(keys.contains(&"choices.help_required.QuotesOrLicensing"), "{p:#?}");
+    assert!(
+        keys.contains(&"choices.help_required.QuotesOrLicensing"),
+        "{p:#?}"
+    );
     assert!(p.iter().any(|x| x.message.contains("100000004")));
 
     // A missing alternate key.
@@ -349,23 +424,39 @@ async fn the_check_names_each_problem_with_its_config_key() {
 
     // A missing relationship (the link table has no lookup to the solution).
     let p = problems_of(
-        cosell_schema().without_column("cosell_opportunitysolution", "cosell_partnercentersolutionid"),
+        cosell_schema().without_column(
+            "cosell_opportunitysolution",
+            "cosell_partnercentersolutionid",
+        ),
         FieldMap::default(),
     )
     .await;
     assert_eq!(
         keys_of(&p),
-        ["columns.solution.link_solution", "columns.solution.link_solution_bind"],
+        [
+            "columns.solution.link_solution",
+            "columns.solution.link_solution_bind"
+        ],
         "{p:#?}"
     );
     // A relationship whose navigation property is not the one the map binds.
-    let nav = FieldMap::from_toml("[columns.solution]\nlink_opportunity_bind = \"cosell_opportunity\"\n").unwrap();
+    let nav =
+        FieldMap::from_toml("[columns.solution]\nlink_opportunity_bind = \"cosell_opportunity\"\n")
+            .unwrap();
     let p = problems_of(cosell_schema(), nav).await;
-    assert_eq!(keys_of(&p), ["columns.solution.link_opportunity_bind"], "{p:#?}");
+    assert_eq!(
+        keys_of(&p),
+        ["columns.solution.link_opportunity_bind"],
+        "{p:#?}"
+    );
     assert!(p[0].message.contains("cosell_OpportunityId"));
 
     // Change tracking off where changes sync.
-    let p = problems_of(cosell_schema().with_change_tracking("lead", false), FieldMap::default()).await;
+    let p = problems_of(
+        cosell_schema().with_change_tracking("lead", false),
+        FieldMap::default(),
+    )
+    .await;
     assert_eq!(keys_of(&p), ["columns.lead.entity"], "{p:#?}");
 
     // A configured default names a column the CRM lacks.
@@ -385,7 +476,8 @@ async fn the_partner_center_check_reads_referrals_and_tells_whose_webhook_it_is(
     assert!(check.problems.is_empty(), "{:#?}", check.problems);
 
     // Another install's URL: named, never taken over by the check.
-    let check = partner_center_problems(&s.partner_center, Some("https://staging.example/webhook")).await;
+    let check =
+        partner_center_problems(&s.partner_center, Some("https://staging.example/webhook")).await;
     assert_eq!(check.webhook, WebhookState::Another(ours.clone()));
     assert_eq!(check.problems.len(), 1);
     assert_eq!(check.problems[0].config_key, "webhook.public_url");
@@ -393,7 +485,8 @@ async fn the_partner_center_check_reads_referrals_and_tells_whose_webhook_it_is(
 
     // Nothing registered.
     let quiet = bare().await;
-    let check = partner_center_problems(&quiet.partner_center, Some("https://prod.example/webhook")).await;
+    let check =
+        partner_center_problems(&quiet.partner_center, Some("https://prod.example/webhook")).await;
     assert_eq!(check.webhook, WebhookState::None);
     assert_eq!(check.problems[0].config_key, "webhook.public_url");
 }
@@ -409,8 +502,13 @@ async fn a_delta_on_a_table_without_change_tracking_fails_until_provisioning_ena
         .collect()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("Change tracking is not enabled"), "{err}");
-    provision(&s.dataverse, &FieldMap::default(), &quick(), &mut |_| {}).await.unwrap();
+    assert!(
+        err.to_string().contains("Change tracking is not enabled"),
+        "{err}"
+    );
+    provision(&s.dataverse, &FieldMap::default(), &quick(), &mut |_| {})
+        .await
+        .unwrap();
     let changes = s
         .dataverse
         .track_changes::<serde_json::Value>("opportunities", &["opportunityid"], &options)
@@ -457,13 +555,24 @@ async fn a_customised_map_is_tried_on_a_bare_sandbox_with_the_partners_schema_fi
         .start()
         .await
         .unwrap();
-    let report = provision(&s.dataverse, &map, &quick(), &mut |_| {}).await.unwrap();
+    let report = provision(&s.dataverse, &map, &quick(), &mut |_| {})
+        .await
+        .unwrap();
     assert!(report.conflicts().is_empty(), "{report}");
     let dv = s.sandbox.dataverse();
     let opportunity = dv.schema().table("opportunity").unwrap().clone();
-    assert!(opportunity.declared_column("contoso_pcreferralid").is_some());
+    assert!(
+        opportunity
+            .declared_column("contoso_pcreferralid")
+            .is_some()
+    );
     assert!(opportunity.declared_column("cosell_referralid").is_none());
-    assert!(opportunity.alternate_keys.iter().any(|k| k.columns == ["contoso_pcreferralid"]));
+    assert!(
+        opportunity
+            .alternate_keys
+            .iter()
+            .any(|k| k.columns == ["contoso_pcreferralid"])
+    );
     let problems = dataverse_problems(&s.dataverse, &map).await.unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
 }
@@ -494,26 +603,35 @@ async fn the_emulator_enforces_the_metadata_rules() {
         "@odata.type": "Microsoft.Dynamics.CRM.StringAttributeMetadata",
         "SchemaName": "contoso_Code", "DisplayName": {"LocalizedLabels": []}, "MaxLength": 20,
     });
-    let err = raw(Method::POST, "EntityDefinitions(LogicalName='account')/Attributes")
-        .header("MSCRM.SolutionUniqueName", "nosuch")
-        .json(&column)
-        .send()
-        .await
-        .unwrap_err();
+    let err = raw(
+        Method::POST,
+        "EntityDefinitions(LogicalName='account')/Attributes",
+    )
+    .header("MSCRM.SolutionUniqueName", "nosuch")
+    .json(&column)
+    .send()
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("nosuch"), "{err}");
     // Without a solution it is created; a lookup cannot be created as a plain column.
-    raw(Method::POST, "EntityDefinitions(LogicalName='account')/Attributes")
-        .json(&column)
-        .send()
-        .await
-        .unwrap();
+    raw(
+        Method::POST,
+        "EntityDefinitions(LogicalName='account')/Attributes",
+    )
+    .json(&column)
+    .send()
+    .await
+    .unwrap();
     let lookup = json!({"@odata.type": "Microsoft.Dynamics.CRM.LookupAttributeMetadata",
                         "SchemaName": "contoso_X", "DisplayName": {}});
-    let err = raw(Method::POST, "EntityDefinitions(LogicalName='account')/Attributes")
-        .json(&lookup)
-        .send()
-        .await
-        .unwrap_err();
+    let err = raw(
+        Method::POST,
+        "EntityDefinitions(LogicalName='account')/Attributes",
+    )
+    .json(&lookup)
+    .send()
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("RelationshipDefinitions"), "{err}");
 
     // A key: Pending, then InProgress, then Active, one read of the definition each.
@@ -539,9 +657,15 @@ async fn the_emulator_enforces_the_metadata_rules() {
         .unwrap_err();
     assert!(err.to_string().contains("whole definition"), "{err}");
     assert!(s.dataverse.enable_change_tracking("lead").await.unwrap());
-    assert!(!s.dataverse.enable_change_tracking("lead").await.unwrap(), "already on: no PUT");
+    assert!(
+        !s.dataverse.enable_change_tracking("lead").await.unwrap(),
+        "already on: no PUT"
+    );
     // Once on, change tracking cannot be turned off.
-    let resp = raw(Method::GET, "EntityDefinitions(LogicalName='lead')").send().await.unwrap();
+    let resp = raw(Method::GET, "EntityDefinitions(LogicalName='lead')")
+        .send()
+        .await
+        .unwrap();
     let mut def: serde_json::Map<String, serde_json::Value> = resp.json().unwrap();
     def.insert("ChangeTrackingEnabled".into(), json!(false));
     let err = raw(Method::PUT, "EntityDefinitions(LogicalName='lead')")

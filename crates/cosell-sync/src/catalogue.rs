@@ -63,7 +63,13 @@ pub fn parse_catalogue_csv(text: &str) -> (Vec<CatalogueEntry>, Vec<SetupError>)
         .filter(|(_, l)| !l.trim().is_empty());
     let mut errors = Vec::new();
     let Some((header_line, header)) = lines.next() else {
-        return (Vec::new(), vec![SetupError::InvalidRow { line: 1, message: "the file is empty; expected a header `id,name,publisher,type`".into() }]);
+        return (
+            Vec::new(),
+            vec![SetupError::InvalidRow {
+                line: 1,
+                message: "the file is empty; expected a header `id,name,publisher,type`".into(),
+            }],
+        );
     };
     let header: Vec<String> = split_record(header)
         .unwrap_or_default()
@@ -71,28 +77,58 @@ pub fn parse_catalogue_csv(text: &str) -> (Vec<CatalogueEntry>, Vec<SetupError>)
         .map(|h| h.to_ascii_lowercase())
         .collect();
     let position = |name: &str| header.iter().position(|h| h == name);
-    let (Some(id), Some(name), Some(publisher), Some(kind)) =
-        (position("id"), position("name"), position("publisher"), position("type"))
-    else {
-        return (Vec::new(), vec![SetupError::InvalidRow {
-            line: header_line,
-            message: format!("the header `{}` must name the columns id, name, publisher and type", header.join(",")),
-        }]);
+    let (Some(id), Some(name), Some(publisher), Some(kind)) = (
+        position("id"),
+        position("name"),
+        position("publisher"),
+        position("type"),
+    ) else {
+        return (
+            Vec::new(),
+            vec![SetupError::InvalidRow {
+                line: header_line,
+                message: format!(
+                    "the header `{}` must name the columns id, name, publisher and type",
+                    header.join(",")
+                ),
+            }],
+        );
     };
     let mut entries: Vec<CatalogueEntry> = Vec::new();
     for (line, text) in lines {
         let Some(fields) = split_record(text) else {
-            errors.push(SetupError::InvalidRow { line, message: "a quoted field is not closed".into() });
+            errors.push(SetupError::InvalidRow {
+                line,
+                message: "a quoted field is not closed".into(),
+            });
             continue;
         };
         let get = |i: usize| fields.get(i).cloned().unwrap_or_default();
-        let entry = CatalogueEntry { line, solution_id: get(id), name: get(name), publisher: get(publisher), solution_type: get(kind) };
+        let entry = CatalogueEntry {
+            line,
+            solution_id: get(id),
+            name: get(name),
+            publisher: get(publisher),
+            solution_type: get(kind),
+        };
         if entry.solution_id.is_empty() {
-            errors.push(SetupError::InvalidRow { line, message: "`id` is empty".into() });
+            errors.push(SetupError::InvalidRow {
+                line,
+                message: "`id` is empty".into(),
+            });
         } else if entry.name.is_empty() {
-            errors.push(SetupError::InvalidRow { line, message: format!("`name` is empty for solution `{}`", entry.solution_id) });
+            errors.push(SetupError::InvalidRow {
+                line,
+                message: format!("`name` is empty for solution `{}`", entry.solution_id),
+            });
         } else if let Some(first) = entries.iter().find(|e| e.solution_id == entry.solution_id) {
-            errors.push(SetupError::InvalidRow { line, message: format!("solution `{}` is listed already on line {}", entry.solution_id, first.line) });
+            errors.push(SetupError::InvalidRow {
+                line,
+                message: format!(
+                    "solution `{}` is listed already on line {}",
+                    entry.solution_id, first.line
+                ),
+            });
         } else {
             entries.push(entry);
         }
@@ -128,25 +164,51 @@ pub async fn import_catalogue(
         body.insert(s.solution_id.clone(), Value::String(e.solution_id.clone()));
         body.insert(s.name.clone(), Value::String(e.name.clone()));
         body.insert(s.publisher.clone(), Value::String(e.publisher.clone()));
-        body.insert(s.solution_type.clone(), Value::String(e.solution_type.clone()));
-        let options = RetrieveOptions::default().select([s.name.as_str(), s.publisher.as_str(), s.solution_type.as_str()]);
-        let existing = match client.try_retrieve::<Map<String, Value>>(&s.entity_set, &key, &options).await {
+        body.insert(
+            s.solution_type.clone(),
+            Value::String(e.solution_type.clone()),
+        );
+        let options = RetrieveOptions::default().select([
+            s.name.as_str(),
+            s.publisher.as_str(),
+            s.solution_type.as_str(),
+        ]);
+        let existing = match client
+            .try_retrieve::<Map<String, Value>>(&s.entity_set, &key, &options)
+            .await
+        {
             Ok(row) => row,
             Err(source) => {
-                report.failed.push(SetupError::Dataverse { step: format!("line {}: reading solution `{}`", e.line, e.solution_id), source });
+                report.failed.push(SetupError::Dataverse {
+                    step: format!("line {}: reading solution `{}`", e.line, e.solution_id),
+                    source,
+                });
                 continue;
             }
         };
         if let Some(row) = &existing
-            && [&s.name, &s.publisher, &s.solution_type].iter().all(|c| row.value.get(*c) == body.get(*c))
+            && [&s.name, &s.publisher, &s.solution_type]
+                .iter()
+                .all(|c| row.value.get(*c) == body.get(*c))
         {
             report.unchanged += 1;
             continue;
         }
-        match client.upsert(&s.entity_set, &key, &body, &UpsertOptions::default().mode(UpsertMode::CreateOrUpdate)).await {
+        match client
+            .upsert(
+                &s.entity_set,
+                &key,
+                &body,
+                &UpsertOptions::default().mode(UpsertMode::CreateOrUpdate),
+            )
+            .await
+        {
             Ok(_) if existing.is_some() => report.updated += 1,
             Ok(_) => report.created += 1,
-            Err(source) => report.failed.push(SetupError::Dataverse { step: format!("line {}: writing solution `{}`", e.line, e.solution_id), source }),
+            Err(source) => report.failed.push(SetupError::Dataverse {
+                step: format!("line {}: writing solution `{}`", e.line, e.solution_id),
+                source,
+            }),
         }
     }
     report

@@ -25,8 +25,8 @@ pub use engine::{
 };
 pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;
-pub use remote::{RemoteError, RemoteErrorKind};
 pub use provision::{ProvisionOptions, ProvisionReport, SetupError, provision};
+pub use remote::{RemoteError, RemoteErrorKind};
 pub use setup::{
     CheckProblem, PartnerCenterCheck, RegistrationOutcome, WebhookState, dataverse_problems,
     partner_center_problems, register_callback,

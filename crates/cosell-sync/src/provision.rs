@@ -196,26 +196,142 @@ pub fn definitions(map: &FieldMap) -> Definitions {
     help.sort();
     let text = |n: u32| ColumnKind::Text { max_length: n };
     let mut columns = vec![
-        col(&o.entity, "columns.opportunity.sync_with_partner_center", &o.sync_with_partner_center, "Sync with Partner Center", "Whether cosell keeps this opportunity in sync with a Partner Center referral.", yes_no()),
-        col(&o.entity, "columns.opportunity.referral_id", &o.referral_id, "Referral ID", "The Partner Center referral id (the alternate key of every upsert).", text(100)),
-        col(&o.entity, "columns.opportunity.engagement_id", &o.engagement_id, "Engagement ID", "The Partner Center engagement id.", text(100)),
-        col(&o.entity, "columns.opportunity.referral_link", &o.referral_link, "Referral link", "Link to the referral in Partner Center.", ColumnKind::Url { max_length: 2000 }),
-        col(&o.entity, "columns.opportunity.help_required", &o.help_required, "How can Microsoft help?", "The assistance the partner asks of Microsoft.", ColumnKind::Choice { options: help }),
-        col(&o.entity, "columns.opportunity.visible_to_microsoft", &o.visible_to_microsoft, "Visible to Microsoft", "Whether Microsoft sellers can see the referral.", yes_no()),
-        col(&o.entity, "columns.opportunity.microsoft_crm_id", &o.microsoft_crm_id, "Microsoft CRM ID", "Microsoft's id of the opportunity.", text(100)),
-        col(&o.entity, "columns.opportunity.audit", &o.audit, "Co-sell audit", "What cosell changed and why.", ColumnKind::Memo { max_length: 100_000 }),
-        col(&l.entity, "columns.lead.sync_with_partner_center", &l.sync_with_partner_center, "Sync with Partner Center", "Whether cosell keeps this lead in sync with a Partner Center referral.", yes_no()),
-        col(&l.entity, "columns.lead.referral_id", &l.referral_id, "Referral ID", "The Partner Center referral id (the alternate key of every upsert).", text(100)),
-        col(&l.entity, "columns.lead.engagement_id", &l.engagement_id, "Engagement ID", "The Partner Center engagement id.", text(100)),
-        col(&l.entity, "columns.lead.referral_link", &l.referral_link, "Referral link", "Link to the referral in Partner Center.", ColumnKind::Url { max_length: 2000 }),
+        col(
+            &o.entity,
+            "columns.opportunity.sync_with_partner_center",
+            &o.sync_with_partner_center,
+            "Sync with Partner Center",
+            "Whether cosell keeps this opportunity in sync with a Partner Center referral.",
+            yes_no(),
+        ),
+        col(
+            &o.entity,
+            "columns.opportunity.referral_id",
+            &o.referral_id,
+            "Referral ID",
+            "The Partner Center referral id (the alternate key of every upsert).",
+            text(100),
+        ),
+        col(
+            &o.entity,
+            "columns.opportunity.engagement_id",
+            &o.engagement_id,
+            "Engagement ID",
+            "The Partner Center engagement id.",
+            text(100),
+        ),
+        col(
+            &o.entity,
+            "columns.opportunity.referral_link",
+            &o.referral_link,
+            "Referral link",
+            "Link to the referral in Partner Center.",
+            ColumnKind::Url { max_length: 2000 },
+        ),
+        col(
+            &o.entity,
+            "columns.opportunity.help_required",
+            &o.help_required,
+            "How can Microsoft help?",
+            "The assistance the partner asks of Microsoft.",
+            ColumnKind::Choice { options: help },
+        ),
+        col(
+            &o.entity,
+            "columns.opportunity.visible_to_microsoft",
+            &o.visible_to_microsoft,
+            "Visible to Microsoft",
+            "Whether Microsoft sellers can see the referral.",
+            yes_no(),
+        ),
+        col(
+            &o.entity,
+            "columns.opportunity.microsoft_crm_id",
+            &o.microsoft_crm_id,
+            "Microsoft CRM ID",
+            "Microsoft's id of the opportunity.",
+            text(100),
+        ),
+        col(
+            &o.entity,
+            "columns.opportunity.audit",
+            &o.audit,
+            "Co-sell audit",
+            "What cosell changed and why.",
+            ColumnKind::Memo {
+                max_length: 100_000,
+            },
+        ),
+        col(
+            &l.entity,
+            "columns.lead.sync_with_partner_center",
+            &l.sync_with_partner_center,
+            "Sync with Partner Center",
+            "Whether cosell keeps this lead in sync with a Partner Center referral.",
+            yes_no(),
+        ),
+        col(
+            &l.entity,
+            "columns.lead.referral_id",
+            &l.referral_id,
+            "Referral ID",
+            "The Partner Center referral id (the alternate key of every upsert).",
+            text(100),
+        ),
+        col(
+            &l.entity,
+            "columns.lead.engagement_id",
+            &l.engagement_id,
+            "Engagement ID",
+            "The Partner Center engagement id.",
+            text(100),
+        ),
+        col(
+            &l.entity,
+            "columns.lead.referral_link",
+            &l.referral_link,
+            "Referral link",
+            "Link to the referral in Partner Center.",
+            ColumnKind::Url { max_length: 2000 },
+        ),
     ];
     if let Some(audit) = &l.audit {
-        columns.push(col(&l.entity, "columns.lead.audit", audit, "Co-sell audit", "What cosell changed and why.", ColumnKind::Memo { max_length: 100_000 }));
+        columns.push(col(
+            &l.entity,
+            "columns.lead.audit",
+            audit,
+            "Co-sell audit",
+            "What cosell changed and why.",
+            ColumnKind::Memo {
+                max_length: 100_000,
+            },
+        ));
     }
     columns.extend([
-        col(&s.entity, "columns.solution.solution_id", &s.solution_id, "Solution ID", "The Partner Center solution id (the catalogue's alternate key).", text(100)),
-        col(&s.entity, "columns.solution.solution_type", &s.solution_type, "Solution type", "Partner Center solution type.", text(100)),
-        col(&s.entity, "columns.solution.publisher", &s.publisher, "Publisher", "The solution's publisher.", text(200)),
+        col(
+            &s.entity,
+            "columns.solution.solution_id",
+            &s.solution_id,
+            "Solution ID",
+            "The Partner Center solution id (the catalogue's alternate key).",
+            text(100),
+        ),
+        col(
+            &s.entity,
+            "columns.solution.solution_type",
+            &s.solution_type,
+            "Solution type",
+            "Partner Center solution type.",
+            text(100),
+        ),
+        col(
+            &s.entity,
+            "columns.solution.publisher",
+            &s.publisher,
+            "Publisher",
+            "The solution's publisher.",
+            text(200),
+        ),
     ]);
     let primary = |table_key: &'static str| ColumnDefinition {
         schema_name: s.name.clone(),
@@ -251,7 +367,11 @@ pub fn definitions(map: &FieldMap) -> Definitions {
     ];
     let lookup_schema = |column: &str, nav: &str| {
         // The lookup's schema name is the navigation property when they agree in all but case.
-        if nav.eq_ignore_ascii_case(column) { nav.to_string() } else { column.to_string() }
+        if nav.eq_ignore_ascii_case(column) {
+            nav.to_string()
+        } else {
+            column.to_string()
+        }
     };
     let relationships = vec![
         RelationshipSpec {
@@ -280,16 +400,37 @@ pub fn definitions(map: &FieldMap) -> Definitions {
         },
     ];
     let keys = vec![
-        KeySpec { table: o.entity.clone(), name: format!("{}_key", o.referral_id), column: o.referral_id.clone(), config_key: "columns.opportunity.referral_id" },
-        KeySpec { table: l.entity.clone(), name: format!("{}_key", l.referral_id), column: l.referral_id.clone(), config_key: "columns.lead.referral_id" },
-        KeySpec { table: s.entity.clone(), name: format!("{}_key", s.solution_id), column: s.solution_id.clone(), config_key: "columns.solution.solution_id" },
+        KeySpec {
+            table: o.entity.clone(),
+            name: format!("{}_key", o.referral_id),
+            column: o.referral_id.clone(),
+            config_key: "columns.opportunity.referral_id",
+        },
+        KeySpec {
+            table: l.entity.clone(),
+            name: format!("{}_key", l.referral_id),
+            column: l.referral_id.clone(),
+            config_key: "columns.lead.referral_id",
+        },
+        KeySpec {
+            table: s.entity.clone(),
+            name: format!("{}_key", s.solution_id),
+            column: s.solution_id.clone(),
+            config_key: "columns.solution.solution_id",
+        },
     ];
     let tracked = vec![
         (o.entity.clone(), "columns.opportunity.entity"),
         (l.entity.clone(), "columns.lead.entity"),
         (s.link_entity.clone(), "columns.solution.link_entity"),
     ];
-    Definitions { tables, columns, relationships, keys, tracked }
+    Definitions {
+        tables,
+        columns,
+        relationships,
+        keys,
+        tracked,
+    }
 }
 
 /// The markdown table of the custom columns and tables provisioning creates for `map` (the
@@ -381,7 +522,11 @@ pub struct ProvisionReport {
 
 impl ProvisionReport {
     fn push(&mut self, component: String, config_key: &'static str, status: ItemStatus) {
-        self.items.push(ProvisionItem { component, config_key, status });
+        self.items.push(ProvisionItem {
+            component,
+            config_key,
+            status,
+        });
     }
 
     fn count(&self, f: impl Fn(&ItemStatus) -> bool) -> usize {
@@ -400,7 +545,10 @@ impl ProvisionReport {
 
     /// The conflicts.
     pub fn conflicts(&self) -> Vec<&ProvisionItem> {
-        self.items.iter().filter(|i| matches!(i.status, ItemStatus::Conflict(_))).collect()
+        self.items
+            .iter()
+            .filter(|i| matches!(i.status, ItemStatus::Conflict(_)))
+            .collect()
     }
 
     /// Whether everything already existed as needed.
@@ -512,16 +660,34 @@ pub async fn provision(
     let mut report = ProvisionReport::default();
     let mut touched: Vec<String> = Vec::new();
     let status = |exists: bool| {
-        if exists { ItemStatus::Exists } else if dry { ItemStatus::Planned } else { ItemStatus::Created }
+        if exists {
+            ItemStatus::Exists
+        } else if dry {
+            ItemStatus::Planned
+        } else {
+            ItemStatus::Created
+        }
     };
 
     // 1. Publisher and solution.
-    let publisher = find_row(client, "publishers", "uniquename", &options.publisher_prefix).await?;
+    let publisher = find_row(
+        client,
+        "publishers",
+        "uniquename",
+        &options.publisher_prefix,
+    )
+    .await?;
     let publisher_id = match &publisher {
-        Some(p) => p.get("publisherid").and_then(Value::as_str).map(str::to_string),
+        Some(p) => p
+            .get("publisherid")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         None if dry => None,
         None => {
-            progress(&format!("creating publisher `{}`", options.publisher_prefix));
+            progress(&format!(
+                "creating publisher `{}`",
+                options.publisher_prefix
+            ));
             let id = client
                 .create(
                     "publishers",
@@ -538,11 +704,20 @@ pub async fn provision(
         }
     };
     if let Some(p) = &publisher
-        && p.get("customizationprefix").and_then(Value::as_str) != Some(options.publisher_prefix.as_str())
+        && p.get("customizationprefix").and_then(Value::as_str)
+            != Some(options.publisher_prefix.as_str())
     {
-        report.push(format!("publisher {}", options.publisher_prefix), "publisher", ItemStatus::Conflict("its customization prefix differs".into()));
+        report.push(
+            format!("publisher {}", options.publisher_prefix),
+            "publisher",
+            ItemStatus::Conflict("its customization prefix differs".into()),
+        );
     } else {
-        report.push(format!("publisher {}", options.publisher_prefix), "publisher", status(publisher.is_some()));
+        report.push(
+            format!("publisher {}", options.publisher_prefix),
+            "publisher",
+            status(publisher.is_some()),
+        );
     }
     let existing_solution = find_row(client, "solutions", "uniquename", &options.solution).await?;
     if existing_solution.is_none() && !dry {
@@ -556,17 +731,31 @@ pub async fn provision(
         if let Some(id) = &publisher_id {
             body["publisherid@odata.bind"] = json!(format!("/publishers({id})"));
         }
-        client.create("solutions", &body).await.map_err(dv("creating the solution"))?;
+        client
+            .create("solutions", &body)
+            .await
+            .map_err(dv("creating the solution"))?;
     }
-    report.push(format!("solution {}", options.solution), "solution", status(existing_solution.is_some()));
+    report.push(
+        format!("solution {}", options.solution),
+        "solution",
+        status(existing_solution.is_some()),
+    );
 
     // 2. Custom tables.
     for t in &defs.tables {
         let name = t.table.logical_name();
-        let exists = client.table_setup(&name).await.map_err(dv(format!("reading {name}")))?.is_some();
+        let exists = client
+            .table_setup(&name)
+            .await
+            .map_err(dv(format!("reading {name}")))?
+            .is_some();
         if !exists && !dry {
             progress(&format!("creating table `{name}`"));
-            client.create_table(&t.table, solution).await.map_err(dv(format!("creating table {name}")))?;
+            client
+                .create_table(&t.table, solution)
+                .await
+                .map_err(dv(format!("creating table {name}")))?;
             touched.push(name.clone());
         }
         report.push(format!("table {name}"), t.config_key, status(exists));
@@ -576,24 +765,46 @@ pub async fn provision(
     let mut tables: Vec<&str> = defs.columns.iter().map(|c| c.table.as_str()).collect();
     tables.dedup();
     for table in tables {
-        let existing = client.columns(table).await.map_err(dv(format!("reading columns of {table}")))?;
+        let existing = client
+            .columns(table)
+            .await
+            .map_err(dv(format!("reading columns of {table}")))?;
         for c in defs.columns.iter().filter(|c| c.table == table) {
             let name = c.column.logical_name();
             let component = format!("column {table}.{name}");
-            let found = existing.as_ref().and_then(|cols| cols.iter().find(|x| x.logical_name.eq_ignore_ascii_case(&name)));
+            let found = existing.as_ref().and_then(|cols| {
+                cols.iter()
+                    .find(|x| x.logical_name.eq_ignore_ascii_case(&name))
+            });
             match found {
                 Some(x) if !type_fits(&c.column.kind, &x.attribute_type) => {
-                    report.push(component, c.config_key, ItemStatus::Conflict(format!(
-                        "it is a {} column, cosell needs {}", x.attribute_type, c.column.kind.describe()
-                    )));
+                    report.push(
+                        component,
+                        c.config_key,
+                        ItemStatus::Conflict(format!(
+                            "it is a {} column, cosell needs {}",
+                            x.attribute_type,
+                            c.column.kind.describe()
+                        )),
+                    );
                 }
                 Some(_) => {
                     let mut st = ItemStatus::Exists;
                     if let ColumnKind::Choice { options: wanted } = &c.column.kind {
-                        let have = client.choice_values(table, &name).await.map_err(dv(format!("reading choices of {table}.{name}")))?;
-                        let missing: Vec<String> = wanted.iter().filter(|(v, _)| !have.contains(v)).map(|(v, _)| v.to_string()).collect();
+                        let have = client
+                            .choice_values(table, &name)
+                            .await
+                            .map_err(dv(format!("reading choices of {table}.{name}")))?;
+                        let missing: Vec<String> = wanted
+                            .iter()
+                            .filter(|(v, _)| !have.contains(v))
+                            .map(|(v, _)| v.to_string())
+                            .collect();
                         if !missing.is_empty() {
-                            st = ItemStatus::Conflict(format!("choice values {} are missing", missing.join(", ")));
+                            st = ItemStatus::Conflict(format!(
+                                "choice values {} are missing",
+                                missing.join(", ")
+                            ));
                         }
                     }
                     report.push(component, c.config_key, st);
@@ -601,7 +812,10 @@ pub async fn provision(
                 None => {
                     if !dry {
                         progress(&format!("creating {component}"));
-                        client.create_column(table, &c.column, solution).await.map_err(dv(format!("creating {component}")))?;
+                        client
+                            .create_column(table, &c.column, solution)
+                            .await
+                            .map_err(dv(format!("creating {component}")))?;
                         touched.push(table.to_string());
                     }
                     report.push(component, c.config_key, status(false));
@@ -613,24 +827,61 @@ pub async fn provision(
     // 4. The link table's lookups (one-to-many relationships).
     for r in &defs.relationships {
         let rel = &r.relationship;
-        let component = format!("relationship {} ({}.{})", rel.schema_name, rel.referencing_table, r.lookup_column);
-        let existing = if dry && client.table_setup(&rel.referencing_table).await.map_err(dv("reading the link table"))?.is_none() {
+        let component = format!(
+            "relationship {} ({}.{})",
+            rel.schema_name, rel.referencing_table, r.lookup_column
+        );
+        let existing = if dry
+            && client
+                .table_setup(&rel.referencing_table)
+                .await
+                .map_err(dv("reading the link table"))?
+                .is_none()
+        {
             Vec::new()
         } else {
-            client.many_to_one_relationships(&rel.referencing_table).await.map_err(dv(format!("reading relationships of {}", rel.referencing_table)))?
+            client
+                .many_to_one_relationships(&rel.referencing_table)
+                .await
+                .map_err(dv(format!(
+                    "reading relationships of {}",
+                    rel.referencing_table
+                )))?
         };
-        match existing.iter().find(|x| x.lookup_column.eq_ignore_ascii_case(&r.lookup_column)) {
-            Some(x) if !x.referenced_table.eq_ignore_ascii_case(&rel.referenced_table) => report.push(component, r.config_key, ItemStatus::Conflict(format!(
-                "the lookup points at `{}`, not `{}`", x.referenced_table, rel.referenced_table
-            ))),
-            Some(x) if x.navigation_property != rel.navigation_property => report.push(component, r.config_key, ItemStatus::Conflict(format!(
-                "its navigation property is `{}`, the map binds `{}`", x.navigation_property, rel.navigation_property
-            ))),
+        match existing
+            .iter()
+            .find(|x| x.lookup_column.eq_ignore_ascii_case(&r.lookup_column))
+        {
+            Some(x)
+                if !x
+                    .referenced_table
+                    .eq_ignore_ascii_case(&rel.referenced_table) =>
+            {
+                report.push(
+                    component,
+                    r.config_key,
+                    ItemStatus::Conflict(format!(
+                        "the lookup points at `{}`, not `{}`",
+                        x.referenced_table, rel.referenced_table
+                    )),
+                )
+            }
+            Some(x) if x.navigation_property != rel.navigation_property => report.push(
+                component,
+                r.config_key,
+                ItemStatus::Conflict(format!(
+                    "its navigation property is `{}`, the map binds `{}`",
+                    x.navigation_property, rel.navigation_property
+                )),
+            ),
             Some(_) => report.push(component, r.config_key, ItemStatus::Exists),
             None => {
                 if !dry {
                     progress(&format!("creating {component}"));
-                    client.create_lookup_relationship(rel, solution).await.map_err(dv(format!("creating {component}")))?;
+                    client
+                        .create_lookup_relationship(rel, solution)
+                        .await
+                        .map_err(dv(format!("creating {component}")))?;
                     touched.push(rel.referencing_table.clone());
                 }
                 report.push(component, r.config_key, status(false));
@@ -642,7 +893,10 @@ pub async fn provision(
     let mut waiting: Vec<&KeySpec> = Vec::new();
     for k in &defs.keys {
         let component = format!("alternate key {}.{} on {}", k.table, k.name, k.column);
-        let setup = client.table_setup(&k.table).await.map_err(dv(format!("reading keys of {}", k.table)))?;
+        let setup = client
+            .table_setup(&k.table)
+            .await
+            .map_err(dv(format!("reading keys of {}", k.table)))?;
         match setup.as_ref().and_then(|s| s.key_covering(&[&k.column])) {
             Some(found) => {
                 if !found.is_active() {
@@ -653,7 +907,14 @@ pub async fn provision(
             None => {
                 if !dry {
                     progress(&format!("creating {component}"));
-                    client.create_alternate_key(&k.table, &k.name, &format!("Referral key ({})", k.column), &[&k.column], solution)
+                    client
+                        .create_alternate_key(
+                            &k.table,
+                            &k.name,
+                            &format!("Referral key ({})", k.column),
+                            &[&k.column],
+                            solution,
+                        )
                         .await
                         .map_err(dv(format!("creating {component}")))?;
                     waiting.push(k);
@@ -669,10 +930,17 @@ pub async fn provision(
     // 6. Change tracking on the tables whose changes sync.
     for (table, key) in &defs.tracked {
         let component = format!("change tracking on {table}");
-        let on = client.table_setup(table).await.map_err(dv(format!("reading {table}")))?.is_some_and(|s| s.change_tracking_enabled);
+        let on = client
+            .table_setup(table)
+            .await
+            .map_err(dv(format!("reading {table}")))?
+            .is_some_and(|s| s.change_tracking_enabled);
         if !on && !dry {
             progress(&format!("enabling {component}"));
-            client.enable_change_tracking(table).await.map_err(dv(format!("enabling {component}")))?;
+            client
+                .enable_change_tracking(table)
+                .await
+                .map_err(dv(format!("enabling {component}")))?;
             touched.push(table.clone());
         }
         report.push(component, key, status(on));
@@ -684,7 +952,10 @@ pub async fn provision(
         touched.dedup();
         progress("publishing customisations");
         let names: Vec<&str> = touched.iter().map(String::as_str).collect();
-        client.publish_customizations(&names).await.map_err(dv("publishing customisations"))?;
+        client
+            .publish_customizations(&names)
+            .await
+            .map_err(dv("publishing customisations"))?;
         report.published = true;
     }
     Ok(report)
@@ -701,13 +972,21 @@ async fn wait_for_keys(
         let mut polls = 0;
         loop {
             polls += 1;
-            let setup = client.table_setup(&k.table).await.map_err(dv(format!("reading keys of {}", k.table)))?;
+            let setup = client
+                .table_setup(&k.table)
+                .await
+                .map_err(dv(format!("reading keys of {}", k.table)))?;
             let status = setup
                 .as_ref()
                 .and_then(|s| s.key_covering(&[&k.column]))
                 .map(|x| (x.index_status.clone(), x.logical_name.clone()));
             let Some((status, name)) = status else {
-                return Err(SetupError::KeyNotActive { table: k.table.clone(), key: k.name.clone(), status: "missing".into(), polls });
+                return Err(SetupError::KeyNotActive {
+                    table: k.table.clone(),
+                    key: k.name.clone(),
+                    status: "missing".into(),
+                    polls,
+                });
             };
             progress(&format!("alternate key {}.{}: {status}", k.table, name));
             if status.eq_ignore_ascii_case("active") {
@@ -715,10 +994,18 @@ async fn wait_for_keys(
             }
             if status.eq_ignore_ascii_case("failed") && !reactivated {
                 progress(&format!("reactivating alternate key {}.{}", k.table, name));
-                client.reactivate_alternate_key(&k.table, &name).await.map_err(dv(format!("reactivating {}", name)))?;
+                client
+                    .reactivate_alternate_key(&k.table, &name)
+                    .await
+                    .map_err(dv(format!("reactivating {}", name)))?;
                 reactivated = true;
             } else if polls >= options.key_polls || status.eq_ignore_ascii_case("failed") {
-                return Err(SetupError::KeyNotActive { table: k.table.clone(), key: name, status, polls });
+                return Err(SetupError::KeyNotActive {
+                    table: k.table.clone(),
+                    key: name,
+                    status,
+                    polls,
+                });
             }
             tokio::time::sleep(options.key_poll_interval).await;
         }
@@ -732,17 +1019,34 @@ mod tests {
 
     #[test]
     fn renamed_columns_are_provisioned_under_their_configured_names() {
-        let map = FieldMap::from_toml("[columns.opportunity]\nreferral_id = \"contoso_pcreferral\"\n").unwrap();
+        let map =
+            FieldMap::from_toml("[columns.opportunity]\nreferral_id = \"contoso_pcreferral\"\n")
+                .unwrap();
         let d = definitions(&map);
-        assert!(d.columns.iter().any(|c| c.column.logical_name() == "contoso_pcreferral" && c.config_key == "columns.opportunity.referral_id"));
-        assert!(d.keys.iter().any(|k| k.table == "opportunity" && k.column == "contoso_pcreferral"));
+        assert!(
+            d.columns
+                .iter()
+                .any(|c| c.column.logical_name() == "contoso_pcreferral"
+                    && c.config_key == "columns.opportunity.referral_id")
+        );
+        assert!(
+            d.keys
+                .iter()
+                .any(|k| k.table == "opportunity" && k.column == "contoso_pcreferral")
+        );
     }
 
     #[test]
     fn the_help_choice_has_the_configured_values() {
         let d = definitions(&FieldMap::default());
-        let help = d.columns.iter().find(|c| c.config_key == "columns.opportunity.help_required").unwrap();
-        let ColumnKind::Choice { options } = &help.column.kind else { panic!("not a choice") };
+        let help = d
+            .columns
+            .iter()
+            .find(|c| c.config_key == "columns.opportunity.help_required")
+            .unwrap();
+        let ColumnKind::Choice { options } = &help.column.kind else {
+            panic!("not a choice")
+        };
         assert_eq!(options.first().map(|o| o.0), Some(100_000_000));
         assert_eq!(options.len(), 7);
     }

@@ -125,12 +125,36 @@ pub async fn dataverse_problems(
     let cfg = map.config();
     let c = &cfg.columns;
     let table_keys: HashMap<&str, (&str, &str)> = [
-        (c.opportunity.entity.as_str(), ("columns.opportunity.entity", c.opportunity.entity_set.as_str())),
-        (c.lead.entity.as_str(), ("columns.lead.entity", c.lead.entity_set.as_str())),
-        (c.account.entity.as_str(), ("columns.account.entity", c.account.entity_set.as_str())),
-        (c.contact.entity.as_str(), ("columns.contact.entity", c.contact.entity_set.as_str())),
-        (c.solution.entity.as_str(), ("columns.solution.entity", c.solution.entity_set.as_str())),
-        (c.solution.link_entity.as_str(), ("columns.solution.link_entity", c.solution.link_entity_set.as_str())),
+        (
+            c.opportunity.entity.as_str(),
+            (
+                "columns.opportunity.entity",
+                c.opportunity.entity_set.as_str(),
+            ),
+        ),
+        (
+            c.lead.entity.as_str(),
+            ("columns.lead.entity", c.lead.entity_set.as_str()),
+        ),
+        (
+            c.account.entity.as_str(),
+            ("columns.account.entity", c.account.entity_set.as_str()),
+        ),
+        (
+            c.contact.entity.as_str(),
+            ("columns.contact.entity", c.contact.entity_set.as_str()),
+        ),
+        (
+            c.solution.entity.as_str(),
+            ("columns.solution.entity", c.solution.entity_set.as_str()),
+        ),
+        (
+            c.solution.link_entity.as_str(),
+            (
+                "columns.solution.link_entity",
+                c.solution.link_entity_set.as_str(),
+            ),
+        ),
     ]
     .into_iter()
     .collect();
@@ -144,7 +168,9 @@ pub async fn dataverse_problems(
                 .await
                 .map_err(dv("reading table columns"))?;
             if found.is_none() {
-                let key = table_keys.get(m.table.as_str()).map_or(m.config_key.as_str(), |k| k.0);
+                let key = table_keys
+                    .get(m.table.as_str())
+                    .map_or(m.config_key.as_str(), |k| k.0);
                 problems.push(problem(key, format!("table `{}` does not exist", m.table)));
             }
             columns.insert(m.table.clone(), found);
@@ -192,14 +218,20 @@ pub async fn dataverse_problems(
                 if !have.contains(value) {
                     problems.push(problem(
                         format!("choices.help_required.{code}"),
-                        format!("choice `{}.{name}` has no value {value} (for {code})", spec.table),
+                        format!(
+                            "choice `{}.{name}` has no value {value} (for {code})",
+                            spec.table
+                        ),
                     ));
                 }
             }
         }
     }
     // Keys and change tracking.
-    for p in setup_problems(client, map).await.map_err(dv("reading table setup"))? {
+    for p in setup_problems(client, map)
+        .await
+        .map_err(dv("reading table setup"))?
+    {
         // A missing table is reported once, above.
         if !p.message.contains("does not exist") {
             problems.push(problem(p.config_key, p.message));
@@ -213,7 +245,10 @@ pub async fn dataverse_problems(
             .map_err(dv("reading relationships"))?;
         for r in &defs.relationships {
             let want = &r.relationship;
-            match rels.iter().find(|x| x.lookup_column.eq_ignore_ascii_case(&r.lookup_column)) {
+            match rels
+                .iter()
+                .find(|x| x.lookup_column.eq_ignore_ascii_case(&r.lookup_column))
+            {
                 None => problems.push(problem(
                     r.config_key,
                     format!(
@@ -221,19 +256,28 @@ pub async fn dataverse_problems(
                         want.referencing_table, want.referenced_table, r.lookup_column
                     ),
                 )),
-                Some(x) if !x.referenced_table.eq_ignore_ascii_case(&want.referenced_table) => {
+                Some(x)
+                    if !x
+                        .referenced_table
+                        .eq_ignore_ascii_case(&want.referenced_table) =>
+                {
                     problems.push(problem(
                         r.config_key,
-                        format!("the lookup `{}` points at `{}`, not `{}`", r.lookup_column, x.referenced_table, want.referenced_table),
+                        format!(
+                            "the lookup `{}` points at `{}`, not `{}`",
+                            r.lookup_column, x.referenced_table, want.referenced_table
+                        ),
                     ))
                 }
-                Some(x) if x.navigation_property != want.navigation_property => problems.push(problem(
-                    r.config_key,
-                    format!(
-                        "the lookup `{}` binds through `{}`, the map names `{}`",
-                        r.lookup_column, x.navigation_property, want.navigation_property
-                    ),
-                )),
+                Some(x) if x.navigation_property != want.navigation_property => {
+                    problems.push(problem(
+                        r.config_key,
+                        format!(
+                            "the lookup `{}` binds through `{}`, the map names `{}`",
+                            r.lookup_column, x.navigation_property, want.navigation_property
+                        ),
+                    ))
+                }
                 Some(_) => {}
             }
         }
@@ -241,14 +285,20 @@ pub async fn dataverse_problems(
     // The country lookup table, when configured: a read of one row proves the set and column.
     if let Some(lookup) = &cfg.country_lookup {
         let probe = client
-            .query::<serde_json::Value>(&lookup.entity_set, &Query::new().select([lookup.code_column.as_str()]).top(1))
+            .query::<serde_json::Value>(
+                &lookup.entity_set,
+                &Query::new().select([lookup.code_column.as_str()]).top(1),
+            )
             .into_stream()
             .next()
             .await;
         if let Some(Err(e)) = probe {
             problems.push(problem(
                 "country_lookup.entity_set",
-                format!("the country lookup `{}`.`{}` cannot be read: {e}", lookup.entity_set, lookup.code_column),
+                format!(
+                    "the country lookup `{}`.`{}` cannot be read: {e}",
+                    lookup.entity_set, lookup.code_column
+                ),
             ));
         }
     }
@@ -313,7 +363,9 @@ pub async fn partner_center_problems(
     if let Some(Err(e)) = first {
         problems.push(problem(
             "credentials.refresh_token_env",
-            format!("reading referrals failed (the app+user token, consent or the partner's role): {e}"),
+            format!(
+                "reading referrals failed (the app+user token, consent or the partner's role): {e}"
+            ),
         ));
     }
     let webhook = match client.get_webhook_registration().await {

@@ -421,7 +421,10 @@ impl DataverseClient {
         let resp = self
             .execute(Method::GET, &url, HeaderMap::new(), None, None)
             .await?;
-        Ok(decode_body::<Collection<RelationshipInfo>>(resp.body(), "ManyToOneRelationships")?.value)
+        Ok(
+            decode_body::<Collection<RelationshipInfo>>(resp.body(), "ManyToOneRelationships")?
+                .value,
+        )
     }
 
     /// Creates a custom table with its primary name column.
@@ -488,8 +491,12 @@ impl DataverseClient {
         relationship: &LookupRelationship,
         solution: Option<&str>,
     ) -> Result<(), Error> {
-        self.metadata_post(&["RelationshipDefinitions"], &relationship.to_json(), solution)
-            .await
+        self.metadata_post(
+            &["RelationshipDefinitions"],
+            &relationship.to_json(),
+            solution,
+        )
+        .await
     }
 
     /// Turns change tracking on for `table`: reads the whole definition and PUTs it back with

@@ -59,7 +59,9 @@ async fn change_tracking_is_enabled_by_putting_the_whole_definition_back_with_me
     Mock::given(method("PUT"))
         .and(path(format!("/api/data/v9.2/EntityDefinitions({id})")))
         .and(header("MSCRM.MergeLabels", "true"))
-        .and(move |r: &Request| serde_json::from_slice::<Value>(&r.body).ok() == Some(expected.clone()))
+        .and(move |r: &Request| {
+            serde_json::from_slice::<Value>(&r.body).ok() == Some(expected.clone())
+        })
         .respond_with(ResponseTemplate::new(204))
         .expect(1)
         .mount(&server)
@@ -73,7 +75,9 @@ async fn change_tracking_is_enabled_by_putting_the_whole_definition_back_with_me
 async fn a_column_is_created_in_the_named_solution_with_its_metadata_type() {
     let (server, client) = setup().await;
     Mock::given(method("POST"))
-        .and(|r: &Request| r.url.path() == "/api/data/v9.2/EntityDefinitions(LogicalName='opportunity')/Attributes")
+        .and(|r: &Request| {
+            r.url.path() == "/api/data/v9.2/EntityDefinitions(LogicalName='opportunity')/Attributes"
+        })
         .and(header("MSCRM.SolutionUniqueName", "cosell"))
         .and(|r: &Request| {
             let b: Value = serde_json::from_slice(&r.body).unwrap_or_default();
@@ -90,7 +94,13 @@ async fn a_column_is_created_in_the_named_solution_with_its_metadata_type() {
         schema_name: "cosell_visibletomicrosoft".into(),
         display_name: "Visible to Microsoft".into(),
         description: String::new(),
-        kind: ColumnKind::YesNo { true_label: "Yes".into(), false_label: "No".into() },
+        kind: ColumnKind::YesNo {
+            true_label: "Yes".into(),
+            false_label: "No".into(),
+        },
     };
-    client.create_column("opportunity", &column, Some("cosell")).await.unwrap();
+    client
+        .create_column("opportunity", &column, Some("cosell"))
+        .await
+        .unwrap();
 }

@@ -258,7 +258,9 @@ pub(crate) fn entity_definitions(
             // `Attributes(LogicalName='x')/Microsoft.Dynamics.CRM.PicklistAttributeMetadata`:
             // the cast reaches the type's own properties (MaxLength, OptionSet).
             let attr = logical_name_arg(seg.args.as_deref().unwrap_or_default())?;
-            let c = t.column(&attr).ok_or_else(|| attribute_not_found(t, &attr))?;
+            let c = t
+                .column(&attr)
+                .ok_or_else(|| attribute_not_found(t, &attr))?;
             let wanted = cast.name.trim_start_matches('#');
             if c.column_type.metadata_type().trim_start_matches('#') != wanted {
                 return Err(DvError::new(
@@ -296,7 +298,9 @@ pub(crate) fn entity_definitions(
             }
             Some(a) => {
                 let attr = logical_name_arg(a)?;
-                let c = t.column(&attr).ok_or_else(|| attribute_not_found(t, &attr))?;
+                let c = t
+                    .column(&attr)
+                    .ok_or_else(|| attribute_not_found(t, &attr))?;
                 let mut m = select(attribute_json(t, c), sel.as_deref());
                 m.insert(
                     "@odata.context".into(),
@@ -397,8 +401,13 @@ fn custom_schema_name(name: &str, of: &str) -> DvResult<String> {
             "The schema name '{name}' of {of} has no customization prefix ('prefix_Name')."
         )));
     };
-    if prefix.is_empty() || rest.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(DvError::odata(format!("'{name}' is not a valid schema name for {of}.")));
+    if prefix.is_empty()
+        || rest.is_empty()
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(DvError::odata(format!(
+            "'{name}' is not a valid schema name for {of}."
+        )));
     }
     Ok(name.to_ascii_lowercase())
 }
@@ -439,7 +448,13 @@ fn solution_of(ctx: &Ctx<'_>, req: &OpRequest) -> DvResult<Option<String>> {
 }
 
 /// Stages `schema` as the model's next definition and counts the write.
-fn stage(ctx: &mut Ctx<'_>, solution: Option<String>, kind: &str, name: &str, schema: DataverseSchema) {
+fn stage(
+    ctx: &mut Ctx<'_>,
+    solution: Option<String>,
+    kind: &str,
+    name: &str,
+    schema: DataverseSchema,
+) {
     ctx.store.meta.schema_change = Some(schema);
     ctx.store.meta.writes += 1;
     if let Some(s) = solution {
@@ -468,7 +483,11 @@ fn created(ctx: &Ctx<'_>, path: String) -> OpResponse {
 
 /// The plural entity set name Dataverse derives from a logical name.
 fn plural(logical: &str) -> String {
-    if logical.ends_with('s') || logical.ends_with('x') || logical.ends_with("ch") || logical.ends_with("sh") {
+    if logical.ends_with('s')
+        || logical.ends_with('x')
+        || logical.ends_with("ch")
+        || logical.ends_with("sh")
+    {
         format!("{logical}es")
     } else if let Some(stem) = logical.strip_suffix('y')
         && !stem.ends_with(['a', 'e', 'i', 'o', 'u'])
@@ -493,12 +512,20 @@ fn column_from_json(body: &Map<String, Value>) -> DvResult<ColumnDef> {
         let n = required(body, "MaxLength", what)?
             .as_u64()
             .filter(|n| (lo..=hi).contains(n))
-            .ok_or_else(|| DvError::odata(format!("MaxLength of '{schema_name}' must be between {lo} and {hi}.")))?;
+            .ok_or_else(|| {
+                DvError::odata(format!(
+                    "MaxLength of '{schema_name}' must be between {lo} and {hi}."
+                ))
+            })?;
         Ok(n as usize)
     };
     let t = match odata_type(body) {
-        "Microsoft.Dynamics.CRM.StringAttributeMetadata" => ColumnType::Text { max_length: max_length(1, 4000)? },
-        "Microsoft.Dynamics.CRM.MemoAttributeMetadata" => ColumnType::Memo { max_length: max_length(1, 1_048_576)? },
+        "Microsoft.Dynamics.CRM.StringAttributeMetadata" => ColumnType::Text {
+            max_length: max_length(1, 4000)?,
+        },
+        "Microsoft.Dynamics.CRM.MemoAttributeMetadata" => ColumnType::Memo {
+            max_length: max_length(1, 1_048_576)?,
+        },
         "Microsoft.Dynamics.CRM.BooleanAttributeMetadata" => {
             let os = required(body, "OptionSet", what)?;
             if os.get("TrueOption").is_none() || os.get("FalseOption").is_none() {
@@ -510,18 +537,20 @@ fn column_from_json(body: &Map<String, Value>) -> DvResult<ColumnDef> {
         }
         "Microsoft.Dynamics.CRM.PicklistAttributeMetadata" => {
             let os = required(body, "OptionSet", what)?;
-            let options = os
-                .get("Options")
-                .and_then(Value::as_array)
-                .ok_or_else(|| DvError::odata(format!("The choice column '{schema_name}' needs OptionSet.Options.")))?;
+            let options = os.get("Options").and_then(Value::as_array).ok_or_else(|| {
+                DvError::odata(format!(
+                    "The choice column '{schema_name}' needs OptionSet.Options."
+                ))
+            })?;
             let mut out = Vec::new();
             for o in options {
-                let v = o
-                    .get("Value")
-                    .and_then(Value::as_i64)
-                    .ok_or_else(|| DvError::odata(format!("An option of '{schema_name}' has no Value.")))?;
+                let v = o.get("Value").and_then(Value::as_i64).ok_or_else(|| {
+                    DvError::odata(format!("An option of '{schema_name}' has no Value."))
+                })?;
                 if out.iter().any(|(x, _)| *x == v) {
-                    return Err(DvError::odata(format!("The option value {v} of '{schema_name}' is used twice.")));
+                    return Err(DvError::odata(format!(
+                        "The option value {v} of '{schema_name}' is used twice."
+                    )));
                 }
                 out.push((v, label_text(o.get("Label")).unwrap_or_default()));
             }
@@ -569,7 +598,11 @@ pub(crate) fn create_table(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpRes
     if ctx.model.table(&logical).is_some() {
         return Err(metadata_exists("table", &logical));
     }
-    let attributes = body.get("Attributes").and_then(Value::as_array).cloned().unwrap_or_default();
+    let attributes = body
+        .get("Attributes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut columns = Vec::new();
     let mut primary = None;
     for a in &attributes {
@@ -579,7 +612,9 @@ pub(crate) fn create_table(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpRes
         let c = column_from_json(a)?;
         if a.get("IsPrimaryName").and_then(Value::as_bool) == Some(true) {
             if !matches!(c.column_type, ColumnType::Text { .. }) {
-                return Err(DvError::odata("The primary name attribute must be a StringAttributeMetadata."));
+                return Err(DvError::odata(
+                    "The primary name attribute must be a StringAttributeMetadata.",
+                ));
             }
             primary = Some(c.logical_name.clone());
         }
@@ -599,24 +634,41 @@ pub(crate) fn create_table(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpRes
     }
     let schema = current_schema(ctx).with_table(def);
     stage(ctx, solution, "table", &logical, schema);
-    Ok(created(ctx, format!("EntityDefinitions({})", metadata_id(&logical))))
+    Ok(created(
+        ctx,
+        format!("EntityDefinitions({})", metadata_id(&logical)),
+    ))
 }
 
 /// `POST EntityDefinitions(…)/Attributes`.
 // Source: "Create and update column definitions using the Web API": POST the attribute's JSON
 // to the table's Attributes collection; 204 with the column's URI.
-pub(crate) fn create_column(ctx: &mut Ctx<'_>, table: &str, req: &OpRequest) -> DvResult<OpResponse> {
+pub(crate) fn create_column(
+    ctx: &mut Ctx<'_>,
+    table: &str,
+    req: &OpRequest,
+) -> DvResult<OpResponse> {
     let body = super::ops::json_body(req, "AttributeMetadata")?;
     let solution = solution_of(ctx, req)?;
     let t = find_table(ctx.model, table).ok_or_else(|| not_found(table))?;
     let c = column_from_json(&body)?;
     if t.column(&c.logical_name).is_some() {
-        return Err(metadata_exists("column", &format!("{}.{}", t.logical(), c.logical_name)));
+        return Err(metadata_exists(
+            "column",
+            &format!("{}.{}", t.logical(), c.logical_name),
+        ));
     }
     let (tl, cl) = (t.logical().to_string(), c.logical_name.clone());
     let schema = current_schema(ctx).with_column(&tl, c);
     stage(ctx, solution, "column", &format!("{tl}.{cl}"), schema);
-    Ok(created(ctx, format!("EntityDefinitions({})/Attributes({})", metadata_id(&tl), metadata_id(&format!("{tl}.{cl}")))))
+    Ok(created(
+        ctx,
+        format!(
+            "EntityDefinitions({})/Attributes({})",
+            metadata_id(&tl),
+            metadata_id(&format!("{tl}.{cl}"))
+        ),
+    ))
 }
 
 /// `POST EntityDefinitions(…)/Keys`: the key is created Pending and indexed asynchronously.
@@ -632,18 +684,31 @@ pub(crate) fn create_key(ctx: &mut Ctx<'_>, table: &str, req: &OpRequest) -> DvR
     required(&body, "DisplayName", what)?;
     let columns: Vec<String> = required(&body, "KeyAttributes", what)?
         .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default();
     if columns.is_empty() || columns.len() > 16 {
-        return Err(DvError::odata("An alternate key covers between 1 and 16 columns."));
+        return Err(DvError::odata(
+            "An alternate key covers between 1 and 16 columns.",
+        ));
     }
     for c in &columns {
         if t.column(c).is_none() {
-            return Err(DvError::odata(format!("The key column '{c}' does not exist on '{}'.", t.logical())));
+            return Err(DvError::odata(format!(
+                "The key column '{c}' does not exist on '{}'.",
+                t.logical()
+            )));
         }
     }
     if t.def.alternate_keys.len() >= 10 {
-        return Err(DvError::odata(format!("The table '{}' already has 10 alternate keys.", t.logical())));
+        return Err(DvError::odata(format!(
+            "The table '{}' already has 10 alternate keys.",
+            t.logical()
+        )));
     }
     if t.def.alternate_keys.iter().any(|k| k.name == name) {
         return Err(metadata_exists("key", &name));
@@ -654,11 +719,20 @@ pub(crate) fn create_key(ctx: &mut Ctx<'_>, table: &str, req: &OpRequest) -> DvR
     let state = if std::mem::take(&mut ctx.store.meta.fail_next_key) {
         KeyIndex::Failed
     } else {
-        KeyIndex::Pending { reads_left: KEY_INDEX_READS }
+        KeyIndex::Pending {
+            reads_left: KEY_INDEX_READS,
+        }
     };
     ctx.store.meta.keys.insert(format!("{tl}#{name}"), state);
     stage(ctx, solution, "key", &format!("{tl}.{name}"), schema);
-    Ok(created(ctx, format!("EntityDefinitions({})/Keys({})", metadata_id(&tl), metadata_id(&format!("{tl}#{name}")))))
+    Ok(created(
+        ctx,
+        format!(
+            "EntityDefinitions({})/Keys({})",
+            metadata_id(&tl),
+            metadata_id(&format!("{tl}#{name}"))
+        ),
+    ))
 }
 
 /// `POST ReactivateEntityKey`: queues a Failed key's index again.
@@ -671,14 +745,27 @@ pub(crate) fn reactivate_key(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpR
     let key = required_str(&body, "EntityKeyLogicalName", "ReactivateEntityKey")?.to_string();
     let t = ctx.model.table(&table).ok_or_else(|| not_found(&table))?;
     if !t.def.alternate_keys.iter().any(|k| k.name == key) {
-        return Err(DvError::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, format!("The alternate key '{key}' does not exist on '{table}'.")));
+        return Err(DvError::new(
+            StatusCode::NOT_FOUND,
+            codes::NOT_FOUND,
+            format!("The alternate key '{key}' does not exist on '{table}'."),
+        ));
     }
     let name = format!("{table}#{key}");
     if ctx.store.meta.keys.get(&name) == Some(&KeyIndex::Failed) {
-        ctx.store.meta.keys.insert(name, KeyIndex::Pending { reads_left: KEY_INDEX_READS });
+        ctx.store.meta.keys.insert(
+            name,
+            KeyIndex::Pending {
+                reads_left: KEY_INDEX_READS,
+            },
+        );
     }
     ctx.store.meta.writes += 1;
-    Ok(OpResponse { status: StatusCode::NO_CONTENT, headers: Vec::new(), body: None })
+    Ok(OpResponse {
+        status: StatusCode::NO_CONTENT,
+        headers: Vec::new(),
+        body: None,
+    })
 }
 
 /// `POST RelationshipDefinitions`: a one-to-many relationship and its lookup column.
@@ -700,28 +787,47 @@ pub(crate) fn create_relationship(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResul
     let referenced = required_str(&body, "ReferencedEntity", what)?;
     let referencing = required_str(&body, "ReferencingEntity", what)?;
     let referenced_attribute = required_str(&body, "ReferencedAttribute", what)?;
-    let one = ctx.model.table(referenced).ok_or_else(|| not_found(referenced))?;
-    let many = ctx.model.table(referencing).ok_or_else(|| not_found(referencing))?;
+    let one = ctx
+        .model
+        .table(referenced)
+        .ok_or_else(|| not_found(referenced))?;
+    let many = ctx
+        .model
+        .table(referencing)
+        .ok_or_else(|| not_found(referencing))?;
     if referenced_attribute != one.pk() {
         return Err(DvError::odata(format!(
             "ReferencedAttribute must be the primary key of '{referenced}' ('{}').",
             one.pk()
         )));
     }
-    if ctx.store.meta.relationship_names.values().any(|n| n.eq_ignore_ascii_case(&name)) {
+    if ctx
+        .store
+        .meta
+        .relationship_names
+        .values()
+        .any(|n| n.eq_ignore_ascii_case(&name))
+    {
         return Err(metadata_exists("relationship", &name));
     }
     let Some(Value::Object(lookup)) = body.get("Lookup") else {
-        return Err(DvError::odata("The relationship needs its Lookup (LookupAttributeMetadata)."));
+        return Err(DvError::odata(
+            "The relationship needs its Lookup (LookupAttributeMetadata).",
+        ));
     };
     if odata_type(lookup) != "Microsoft.Dynamics.CRM.LookupAttributeMetadata" {
-        return Err(DvError::odata("Lookup must be a Microsoft.Dynamics.CRM.LookupAttributeMetadata."));
+        return Err(DvError::odata(
+            "Lookup must be a Microsoft.Dynamics.CRM.LookupAttributeMetadata.",
+        ));
     }
     let lookup_schema = required_str(lookup, "SchemaName", "a lookup column")?;
     required(lookup, "DisplayName", "a lookup column")?;
     let column = custom_schema_name(lookup_schema, "a lookup column")?;
     if many.column(&column).is_some() {
-        return Err(metadata_exists("column", &format!("{referencing}.{column}")));
+        return Err(metadata_exists(
+            "column",
+            &format!("{referencing}.{column}"),
+        ));
     }
     let nav = body
         .get("ReferencingEntityNavigationPropertyName")
@@ -738,7 +844,10 @@ pub(crate) fn create_relationship(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResul
         .relationship_names
         .insert(format!("{many_l}.{column}"), name.clone());
     stage(ctx, solution, "relationship", &name, schema);
-    Ok(created(ctx, format!("RelationshipDefinitions({})", metadata_id(&name))))
+    Ok(created(
+        ctx,
+        format!("RelationshipDefinitions({})", metadata_id(&name)),
+    ))
 }
 
 /// `PUT EntityDefinitions(…)`: replaces the table definition (change tracking here).
@@ -746,12 +855,23 @@ pub(crate) fn create_relationship(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResul
 // the whole EntityMetadata is PUT back, properties left out reset to their defaults, and
 // MSCRM.MergeLabels: true keeps labels in other languages; "Use change tracking to synchronize
 // data with external systems" (D-CT): ChangeTrackingEnabled, which cannot be turned off again.
-pub(crate) fn update_table(ctx: &mut Ctx<'_>, table: &str, req: &OpRequest) -> DvResult<OpResponse> {
+pub(crate) fn update_table(
+    ctx: &mut Ctx<'_>,
+    table: &str,
+    req: &OpRequest,
+) -> DvResult<OpResponse> {
     let body = super::ops::json_body(req, "EntityMetadata")?;
     let t = find_table(ctx.model, table).ok_or_else(|| not_found(table))?;
     // The whole definition, as read: a body with only the changed property would reset the
     // others, so the emulator refuses one that lacks what a GET returns.
-    for p in ["MetadataId", "LogicalName", "SchemaName", "EntitySetName", "PrimaryIdAttribute", "ChangeTrackingEnabled"] {
+    for p in [
+        "MetadataId",
+        "LogicalName",
+        "SchemaName",
+        "EntitySetName",
+        "PrimaryIdAttribute",
+        "ChangeTrackingEnabled",
+    ] {
         if !body.contains_key(p) {
             return Err(DvError::odata(format!(
                 "The PUT of the definition of '{}' lacks '{p}': send the whole definition as read.",
@@ -762,16 +882,26 @@ pub(crate) fn update_table(ctx: &mut Ctx<'_>, table: &str, req: &OpRequest) -> D
     if body.get("LogicalName").and_then(Value::as_str) != Some(t.logical()) {
         return Err(DvError::odata("LogicalName cannot be changed."));
     }
-    let tracking = body.get("ChangeTrackingEnabled").and_then(Value::as_bool).unwrap_or(false);
+    let tracking = body
+        .get("ChangeTrackingEnabled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if t.def.change_tracking && !tracking {
-        return Err(DvError::odata(format!("Change tracking cannot be disabled on '{}' once enabled.", t.logical())));
+        return Err(DvError::odata(format!(
+            "Change tracking cannot be disabled on '{}' once enabled.",
+            t.logical()
+        )));
     }
     if tracking != t.def.change_tracking {
         let tl = t.logical().to_string();
         let schema = current_schema(ctx).with_change_tracking(&tl, tracking);
         stage(ctx, None, "table", &tl, schema);
     }
-    Ok(OpResponse { status: StatusCode::NO_CONTENT, headers: Vec::new(), body: None })
+    Ok(OpResponse {
+        status: StatusCode::NO_CONTENT,
+        headers: Vec::new(),
+        body: None,
+    })
 }
 
 /// `POST PublishXml` / `POST PublishAllXml`.
@@ -782,18 +912,26 @@ pub(crate) fn publish(ctx: &mut Ctx<'_>, all: bool, req: &OpRequest) -> DvResult
         let body = super::ops::json_body(req, "PublishXml")?;
         let xml = required_str(&body, "ParameterXml", "PublishXml")?;
         if !xml.trim_start().starts_with("<importexportxml>") {
-            return Err(DvError::odata("ParameterXml must be an <importexportxml> document."));
+            return Err(DvError::odata(
+                "ParameterXml must be an <importexportxml> document.",
+            ));
         }
     }
     ctx.store.meta.publishes += 1;
-    Ok(OpResponse { status: StatusCode::NO_CONTENT, headers: Vec::new(), body: None })
+    Ok(OpResponse {
+        status: StatusCode::NO_CONTENT,
+        headers: Vec::new(),
+        body: None,
+    })
 }
 
 /// `GET EntityDefinitions(…)/ManyToOneRelationships`: one per lookup target.
 fn many_to_one_json(ctx: &Ctx<'_>, t: &Table) -> Vec<Value> {
     let mut out = Vec::new();
     for c in &t.columns {
-        let ColumnType::Lookup { targets } = &c.column_type else { continue };
+        let ColumnType::Lookup { targets } = &c.column_type else {
+            continue;
+        };
         for target in targets {
             let name = ctx
                 .store

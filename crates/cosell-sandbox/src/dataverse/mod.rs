@@ -17,6 +17,9 @@
 //! | `POST /leads(id)/Microsoft.Dynamics.CRM.QualifyLead` | create account/contact/opportunity, qualify the lead |
 //! | `GET /WhoAmI` | user, business unit and organization ids |
 //! | `GET /EntityDefinitions(LogicalName='x')[/Attributes[(LogicalName='y')]|/Keys]` | metadata for the schema check (404 on an unknown table) |
+//! | `GET …/Attributes(LogicalName='y')/Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$expand=OptionSet`, `GET …/ManyToOneRelationships` | a column's own properties and option set; the lookups with their navigation properties |
+//! | `POST /EntityDefinitions`, `POST …/Attributes`, `POST …/Keys`, `POST /RelationshipDefinitions` (one-to-many) | metadata writes, each under `MSCRM.SolutionUniqueName` when given; keys index Pending → InProgress → Active over reads ([`fail_next_key_index`](DataverseEmulator::fail_next_key_index)) and refuse upserts until Active |
+//! | `PUT /EntityDefinitions(id)`, `POST /PublishXml`, `POST /PublishAllXml`, `POST /ReactivateEntityKey` | the whole definition back (change tracking on, never off), publishing, a failed key queued again |
 //! | `GET /$metadata`, `GET /` | minimal CSDL, service document |
 //!
 //! Every response carries `OData-Version: 4.0`, `x-ms-dop-hint` and the
@@ -39,7 +42,11 @@
 //! [`reset_limit_windows`](DataverseEmulator::reset_limit_windows) /
 //! [`throttle_counts`](DataverseEmulator::throttle_counts),
 //! [`expire_change_tracking_tokens`](DataverseEmulator::expire_change_tracking_tokens),
-//! [`version`](DataverseEmulator::version).
+//! [`version`](DataverseEmulator::version),
+//! [`write_requests`](DataverseEmulator::write_requests),
+//! [`metadata_writes`](DataverseEmulator::metadata_writes),
+//! [`solution_components`](DataverseEmulator::solution_components),
+//! [`key_index_status`](DataverseEmulator::key_index_status).
 
 mod actions;
 mod batch;
@@ -73,11 +80,11 @@ use uuid::Uuid;
 
 pub use error::codes;
 pub use limits::{LimitKind, ServiceLimits, ThrottleCounts};
-pub use schema_file::SchemaFileError;
 pub use schema::{
     AlternateKey, ColumnDef, ColumnType, DataverseSchema, LookupTarget, ManyToMany, SeedCurrency,
     StateModel, StateOption, TableDef,
 };
+pub use schema_file::SchemaFileError;
 
 use crate::EmulatorContext;
 use error::{DvError, DvResult};
@@ -270,14 +277,7 @@ impl DataverseEmulator {
             .map(|rows| {
                 rows.values()
                     .map(|r| {
-                        Value::Object(ops::render(
-                            &model,
-                            &store,
-                            t,
-                            r,
-                            None,
-                            &Prefer::default(),
-                        ))
+                        Value::Object(ops::render(&model, &store, t, r, None, &Prefer::default()))
                     })
                     .collect()
             })
@@ -289,16 +289,9 @@ impl DataverseEmulator {
         let model = self.model();
         let t = table_in(&model, table).ok()?;
         let store = self.lock();
-        store.get(t.logical(), &id).map(|r| {
-            Value::Object(ops::render(
-                &model,
-                &store,
-                t,
-                r,
-                None,
-                &Prefer::default(),
-            ))
-        })
+        store
+            .get(t.logical(), &id)
+            .map(|r| Value::Object(ops::render(&model, &store, t, r, None, &Prefer::default())))
     }
 
     /// Rows matching a `$filter` expression (same parser and semantics as the API).
@@ -315,14 +308,7 @@ impl DataverseEmulator {
                 rows.values()
                     .filter(|r| query::eval(r, &bound))
                     .map(|r| {
-                        Value::Object(ops::render(
-                            &model,
-                            &store,
-                            t,
-                            r,
-                            None,
-                            &Prefer::default(),
-                        ))
+                        Value::Object(ops::render(&model, &store, t, r, None, &Prefer::default()))
                     })
                     .collect()
             })
@@ -332,7 +318,9 @@ impl DataverseEmulator {
     /// Number of rows in `table` (0 when unknown).
     pub fn count(&self, table: &str) -> usize {
         let model = self.model();
-        let Ok(t) = table_in(&model, table) else { return 0 };
+        let Ok(t) = table_in(&model, table) else {
+            return 0;
+        };
         self.lock().rows(t.logical()).map_or(0, |r| r.len())
     }
 

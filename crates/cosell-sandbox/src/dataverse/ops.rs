@@ -89,7 +89,9 @@ fn dispatch(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
             return match (&req.method, table.as_deref(), rest) {
                 (&Method::GET, _, _) => metadata::entity_definitions(ctx, args, rest, &pairs),
                 (&Method::POST, None, []) => metadata::create_table(ctx, req),
-                (&Method::POST, Some(t), [seg]) if seg.name == "Attributes" && seg.args.is_none() => {
+                (&Method::POST, Some(t), [seg])
+                    if seg.name == "Attributes" && seg.args.is_none() =>
+                {
                     metadata::create_column(ctx, t, req)
                 }
                 (&Method::POST, Some(t), [seg]) if seg.name == "Keys" && seg.args.is_none() => {

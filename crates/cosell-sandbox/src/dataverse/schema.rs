@@ -710,7 +710,16 @@ impl DataverseSchema {
             .column(ColumnDef::lookup("publisherid", "publisher"))
             .change_tracking(false);
         let mut schema = DataverseSchema::empty();
-        for t in [opportunity, lead, account, contact, currency, close, publisher, solution] {
+        for t in [
+            opportunity,
+            lead,
+            account,
+            contact,
+            currency,
+            close,
+            publisher,
+            solution,
+        ] {
             schema = schema.with_table(t);
         }
         schema.currencies = currencies;
@@ -857,7 +866,8 @@ impl DataverseSchema {
     pub fn without_column(mut self, table: &str, column: &str) -> Self {
         if let Some(t) = self.tables.get_mut(table) {
             t.columns.retain(|c| c.logical_name != column);
-            t.alternate_keys.retain(|k| !k.columns.iter().any(|c| c == column));
+            t.alternate_keys
+                .retain(|k| !k.columns.iter().any(|c| c == column));
         }
         self
     }

@@ -121,13 +121,19 @@ fn column(c: &FileColumn) -> Result<ColumnDef, SchemaFileError> {
         "datetime" => ColumnDef::date_time(&c.name),
         "dateonly" => ColumnDef::date_only(&c.name),
         "choice" => {
-            let options: Vec<(i64, &str)> =
-                c.options.iter().map(|o| (o.value, o.label.as_str())).collect();
+            let options: Vec<(i64, &str)> = c
+                .options
+                .iter()
+                .map(|o| (o.value, o.label.as_str()))
+                .collect();
             ColumnDef::choice(&c.name, &options)
         }
         "lookup" => {
             let target = c.target.as_deref().ok_or_else(|| {
-                SchemaFileError::Invalid(format!("lookup column `{}` needs a `target` table", c.name))
+                SchemaFileError::Invalid(format!(
+                    "lookup column `{}` needs a `target` table",
+                    c.name
+                ))
             })?;
             let nav = c.navigation_property.as_deref().unwrap_or(&c.name);
             ColumnDef::lookup_with_navigation(&c.name, &[(nav, target)])
@@ -164,7 +170,10 @@ impl DataverseSchema {
         }
         for c in &file.columns {
             let table = c.table.as_deref().ok_or_else(|| {
-                SchemaFileError::Invalid(format!("column `{}` needs the `table` it goes on", c.name))
+                SchemaFileError::Invalid(format!(
+                    "column `{}` needs the `table` it goes on",
+                    c.name
+                ))
             })?;
             if self.table(table).is_none() {
                 return Err(SchemaFileError::Invalid(format!(
@@ -179,7 +188,10 @@ impl DataverseSchema {
                 SchemaFileError::Invalid(format!("key `{}` needs the `table` it goes on", k.name))
             })?;
             if self.table(table).is_none() {
-                return Err(SchemaFileError::Invalid(format!("key `{}` goes on unknown table `{table}`", k.name)));
+                return Err(SchemaFileError::Invalid(format!(
+                    "key `{}` goes on unknown table `{table}`",
+                    k.name
+                )));
             }
             let cols: Vec<&str> = k.columns.iter().map(String::as_str).collect();
             self = self.with_alternate_key(table, &k.name, &cols);
@@ -188,7 +200,10 @@ impl DataverseSchema {
     }
 
     /// [`with_schema_json`](Self::with_schema_json) from a file.
-    pub fn with_schema_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, SchemaFileError> {
+    pub fn with_schema_file(
+        self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Self, SchemaFileError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| SchemaFileError::Io {
             path: path.display().to_string(),
