@@ -675,3 +675,23 @@ async fn the_emulator_enforces_the_metadata_rules() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot be disabled"), "{err}");
 }
+
+/// The application user's access rights, asked of Dataverse (RetrievePrincipalAccess) on a row
+/// of each table: a role without Write on accounts is named with the entity-set config key.
+#[tokio::test]
+async fn a_missing_privilege_of_the_application_user_is_named() {
+    let s = start(DataverseSchema::cosell()).await;
+    let dv = s.sandbox.dataverse();
+    dv.insert_row("account", json!({"name": "Existing customer"}))
+        .unwrap();
+    let clean = dataverse_problems(&s.dataverse, &FieldMap::default())
+        .await
+        .unwrap();
+    assert!(clean.is_empty(), "{clean:#?}");
+    dv.deny_access("account", "WriteAccess");
+    let p = dataverse_problems(&s.dataverse, &FieldMap::default())
+        .await
+        .unwrap();
+    assert_eq!(keys_of(&p), ["columns.account.entity_set"], "{p:#?}");
+    assert!(p[0].message.contains("WriteAccess"));
+}

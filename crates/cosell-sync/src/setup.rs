@@ -302,22 +302,64 @@ pub async fn dataverse_problems(
             ));
         }
     }
-    // Read access of the application user: one row of every table it syncs. (A 403 here is
-    // a missing privilege of its security role.)
-    for (table, (key, set)) in &table_keys {
-        if !matches!(columns.get(*table), Some(Some(_))) {
+    // The application user's privileges: one row of every table it syncs is read (a 403 is a
+    // missing Read privilege), and its access rights to that row are asked of Dataverse
+    // (RetrievePrincipalAccess). A table without rows yet is checked for Read only.
+    let user = client.caller_id().await.map_err(dv("WhoAmI"))?;
+    let mut tables: Vec<(&str, (&str, &str))> = table_keys.iter().map(|(t, k)| (*t, *k)).collect();
+    tables.sort();
+    for (table, (key, set)) in tables {
+        if !matches!(columns.get(table), Some(Some(_))) {
             continue;
         }
+        let entity_set_key = key.replace(".entity", ".entity_set");
+        let pk = format!("{table}id");
         let probe = client
-            .query::<serde_json::Value>(set, &Query::new().select([format!("{table}id")]).top(1))
+            .query::<serde_json::Value>(set, &Query::new().select([pk.as_str()]).top(1))
             .into_stream()
             .next()
             .await;
-        if let Some(Err(e)) = probe {
-            let entity_set_key = key.replace(".entity", ".entity_set");
+        let row = match probe {
+            Some(Err(e)) => {
+                problems.push(problem(
+                    entity_set_key,
+                    format!("the application user cannot read `{set}`: {e}"),
+                ));
+                continue;
+            }
+            Some(Ok(e)) => e
+                .value
+                .get(&pk)
+                .and_then(|v| v.as_str())
+                .and_then(|v| uuid::Uuid::parse_str(v).ok()),
+            None => None,
+        };
+        let Some(row) = row else { continue };
+        let rights = client
+            .principal_access(user, set, row)
+            .await
+            .map_err(dv("RetrievePrincipalAccess"))?;
+        let mut needed = vec![
+            "ReadAccess",
+            "WriteAccess",
+            "CreateAccess",
+            "AppendAccess",
+            "AppendToAccess",
+        ];
+        if table == c.solution.link_entity {
+            needed.push("DeleteAccess");
+        }
+        let missing: Vec<&str> = needed
+            .into_iter()
+            .filter(|r| !rights.iter().any(|x| x == r))
+            .collect();
+        if !missing.is_empty() {
             problems.push(problem(
                 entity_set_key,
-                format!("the application user cannot read `{set}`: {e}"),
+                format!(
+                    "the application user lacks {} on `{set}`: give its security role the privileges",
+                    missing.join(", ")
+                ),
             ));
         }
     }

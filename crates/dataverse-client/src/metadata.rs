@@ -427,6 +427,59 @@ impl DataverseClient {
         )
     }
 
+    /// The id of the calling user (`WhoAmI`): for an app, its application user.
+    #[tracing::instrument(skip(self))]
+    pub async fn caller_id(&self) -> Result<uuid::Uuid, Error> {
+        #[derive(Deserialize)]
+        struct WhoAmI {
+            #[serde(rename = "UserId")]
+            user_id: uuid::Uuid,
+        }
+        let url = self.url_for(&["WhoAmI"], None)?;
+        let resp = self
+            .execute(Method::GET, &url, HeaderMap::new(), None, None)
+            .await?;
+        Ok(decode_body::<WhoAmI>(resp.body(), "WhoAmI")?.user_id)
+    }
+
+    /// The access rights `user` has to one row (`RetrievePrincipalAccess`): `ReadAccess`,
+    /// `WriteAccess`, `AppendAccess`, `AppendToAccess`, `CreateAccess`, `DeleteAccess`, …
+    #[tracing::instrument(skip(self))]
+    pub async fn principal_access(
+        &self,
+        user: uuid::Uuid,
+        entity_set: &str,
+        id: uuid::Uuid,
+    ) -> Result<Vec<String>, Error> {
+        #[derive(Deserialize)]
+        struct Access {
+            #[serde(rename = "AccessRights")]
+            rights: String,
+        }
+        check_name(entity_set, "entity set name")?;
+        let target = json!({ "@odata.id": format!("{entity_set}({id})") }).to_string();
+        let url = self.url_for(
+            &[
+                &format!("systemusers({user})"),
+                "Microsoft.Dynamics.CRM.RetrievePrincipalAccess(Target=@target)",
+            ],
+            Some(&format!(
+                "@target={}",
+                crate::query::encode_query_value(&target)
+            )),
+        )?;
+        let resp = self
+            .execute(Method::GET, &url, HeaderMap::new(), None, None)
+            .await?;
+        let access: Access = decode_body(resp.body(), "RetrievePrincipalAccess")?;
+        Ok(access
+            .rights
+            .split(',')
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty() && r != "None")
+            .collect())
+    }
+
     /// Creates a custom table with its primary name column.
     #[tracing::instrument(skip_all, fields(table = %table.schema_name))]
     pub async fn create_table(

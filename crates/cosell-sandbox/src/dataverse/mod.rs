@@ -16,6 +16,7 @@
 //! | `POST /WinOpportunity`, `POST /LoseOpportunity` | close the opportunity, create the `opportunityclose` |
 //! | `POST /leads(id)/Microsoft.Dynamics.CRM.QualifyLead` | create account/contact/opportunity, qualify the lead |
 //! | `GET /WhoAmI` | user, business unit and organization ids |
+//! | `GET /systemusers(id)/Microsoft.Dynamics.CRM.RetrievePrincipalAccess(Target=@t)` | the application user's access rights to a row ([`deny_access`](DataverseEmulator::deny_access)) |
 //! | `GET /EntityDefinitions(LogicalName='x')[/Attributes[(LogicalName='y')]|/Keys]` | metadata for the schema check (404 on an unknown table) |
 //! | `GET …/Attributes(LogicalName='y')/Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$expand=OptionSet`, `GET …/ManyToOneRelationships` | a column's own properties and option set; the lookups with their navigation properties |
 //! | `POST /EntityDefinitions`, `POST …/Attributes`, `POST …/Keys`, `POST /RelationshipDefinitions` (one-to-many) | metadata writes, each under `MSCRM.SolutionUniqueName` when given; keys index Pending → InProgress → Active over reads ([`fail_next_key_index`](DataverseEmulator::fail_next_key_index)) and refuse upserts until Active |
@@ -450,6 +451,18 @@ impl DataverseEmulator {
             .meta
             .keys
             .insert(format!("{table}#{key}"), store::KeyIndex::Failed);
+    }
+
+    /// Takes an access right (`WriteAccess`, `CreateAccess`, …) on `table` from the application
+    /// user, as a security role without that privilege would: `RetrievePrincipalAccess` no
+    /// longer reports it (the data operations themselves are not refused).
+    pub fn deny_access(&self, table: &str, right: &str) {
+        self.lock()
+            .meta
+            .denied
+            .entry(table.to_string())
+            .or_default()
+            .push(right.to_string());
     }
 
     /// The index status of an alternate key: `Pending`, `InProgress`, `Active` or `Failed`.

@@ -104,6 +104,17 @@ fn dispatch(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
                 ))),
             };
         }
+        ("systemusers", Some(user), [f])
+            if f.name == "Microsoft.Dynamics.CRM.RetrievePrincipalAccess" =>
+        {
+            only(&req.method, &[Method::GET])?;
+            return actions::retrieve_principal_access(
+                ctx,
+                user,
+                f.args.as_deref().unwrap_or(""),
+                &pairs,
+            );
+        }
         ("RelationshipDefinitions", None, []) => {
             only(&req.method, &[Method::POST])?;
             return metadata::create_relationship(ctx, req);

@@ -254,6 +254,8 @@ pub(crate) struct MetaState {
     pub(crate) components: Vec<(String, String, String)>,
     /// One-to-many relationship schema names by `referencing table.lookup column`.
     pub(crate) relationship_names: HashMap<String, String>,
+    /// Access rights the application user lacks, by table (`WriteAccess`, …).
+    pub(crate) denied: HashMap<String, Vec<String>>,
 }
 
 impl MetaState {
