@@ -459,6 +459,14 @@ async fn the_check_names_each_problem_with_its_config_key() {
     .await;
     assert_eq!(keys_of(&p), ["columns.lead.entity"], "{p:#?}");
 
+    // The configured country lookup table does not exist.
+    let lookup = FieldMap::from_toml(
+        "[country_lookup]\nnavigation_property = \"new_CountryId\"\nentity_set = \"new_countries\"\ncode_column = \"new_isocode\"\n",
+    )
+    .unwrap();
+    let p = problems_of(cosell_schema(), lookup).await;
+    assert_eq!(keys_of(&p), ["country_lookup.entity_set"], "{p:#?}");
+
     // A configured default names a column the CRM lacks.
     let defaults = FieldMap::from_toml("[defaults.opportunity]\nnew_region = \"EMEA\"\n").unwrap();
     let p = problems_of(cosell_schema(), defaults).await;

@@ -365,7 +365,8 @@ const ACCESS_RIGHTS: [&str; 8] = [
 ];
 
 /// `GET systemusers(id)/Microsoft.Dynamics.CRM.RetrievePrincipalAccess(Target=@t)?@t={"@odata.id":"set(id)"}`.
-// Source: RetrievePrincipalAccess Function: bound to systemuser, the Target parameter names the
+// Source: RetrievePrincipalAccess function
+// (https://learn.microsoft.com/dotnet/api/microsoft.crm.sdk.messages.retrieveprincipalaccessrequest): bound to systemuser, the Target parameter names the
 // record, the answer is a RetrievePrincipalAccessResponse with AccessRights (flags of the
 // AccessRights enum). The emulated application user has every right unless a test denied one.
 pub(crate) fn retrieve_principal_access(

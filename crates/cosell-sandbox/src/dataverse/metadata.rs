@@ -103,7 +103,8 @@ fn attribute_type(c: &ColumnDef) -> &'static str {
 }
 
 /// The keys with their index status; each read moves a Pending index on.
-// Source: "Work with alternate keys" (D-AKDEF): the index is built asynchronously and
+// Source: "Work with alternate keys" (D-AKDEF,
+// https://learn.microsoft.com/power-apps/developer/data-platform/define-alternate-keys-entity): the index is built asynchronously and
 // EntityKeyIndexStatus tells where it is.
 fn keys_json(ctx: &mut Ctx<'_>, t: &Table) -> Vec<Value> {
     let out = t
@@ -393,7 +394,8 @@ fn required_str<'v>(body: &'v Map<String, Value>, name: &str, of: &str) -> DvRes
 }
 
 /// A custom component's schema name carries its publisher's customization prefix.
-// Source: "Create and update table definitions using the Web API": the SchemaName "should
+// Source: "Create and update table definitions using the Web API"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-update-entity-definitions-using-web-api): the SchemaName "should
 // include the customization prefix that matches the solution publisher".
 fn custom_schema_name(name: &str, of: &str) -> DvResult<String> {
     let Some((prefix, rest)) = name.split_once('_') else {
@@ -427,7 +429,8 @@ fn metadata_exists(what: &str, name: &str) -> DvError {
 }
 
 /// The solution named by `MSCRM.SolutionUniqueName`, which must exist.
-// Source: "Create and update table definitions using the Web API": the MSCRM.SolutionUniqueName
+// Source: "Create and update table definitions using the Web API"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-update-entity-definitions-using-web-api): the MSCRM.SolutionUniqueName
 // header associates the created component with the solution of that unique name.
 fn solution_of(ctx: &Ctx<'_>, req: &OpRequest) -> DvResult<Option<String>> {
     let Some(name) = header(&req.headers, "MSCRM.SolutionUniqueName") else {
@@ -499,7 +502,8 @@ fn plural(logical: &str) -> String {
 }
 
 /// A column definition from `…AttributeMetadata` JSON.
-// Source: "Create and update column definitions using the Web API": each column type is posted
+// Source: "Create and update column definitions using the Web API"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-update-column-definitions-using-web-api): each column type is posted
 // with its `@odata.type` (StringAttributeMetadata with MaxLength, MemoAttributeMetadata,
 // BooleanAttributeMetadata with an OptionSet of TrueOption/FalseOption, PicklistAttributeMetadata
 // with OptionSet.Options, …); lookups are created with their relationship instead.
@@ -582,7 +586,8 @@ fn column_from_json(body: &Map<String, Value>) -> DvResult<ColumnDef> {
 }
 
 /// `POST EntityDefinitions`: a custom table with its primary name column.
-// Source: "Create and update table definitions using the Web API": the posted EntityMetadata
+// Source: "Create and update table definitions using the Web API"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-update-entity-definitions-using-web-api): the posted EntityMetadata
 // needs SchemaName, DisplayName, DisplayCollectionName, OwnershipType and the primary name
 // attribute (a StringAttributeMetadata with IsPrimaryName true); the answer is 204 with the
 // definition's URI in OData-EntityId. New tables do not track changes until enabled.
@@ -641,7 +646,8 @@ pub(crate) fn create_table(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpRes
 }
 
 /// `POST EntityDefinitions(…)/Attributes`.
-// Source: "Create and update column definitions using the Web API": POST the attribute's JSON
+// Source: "Create and update column definitions using the Web API"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-update-column-definitions-using-web-api): POST the attribute's JSON
 // to the table's Attributes collection; 204 with the column's URI.
 pub(crate) fn create_column(
     ctx: &mut Ctx<'_>,
@@ -672,7 +678,8 @@ pub(crate) fn create_column(
 }
 
 /// `POST EntityDefinitions(…)/Keys`: the key is created Pending and indexed asynchronously.
-// Source: "Work with alternate keys" (D-AKDEF): at most 10 keys per table and 16 columns per
+// Source: "Work with alternate keys" (D-AKDEF,
+// https://learn.microsoft.com/power-apps/developer/data-platform/define-alternate-keys-entity): at most 10 keys per table and 16 columns per
 // key; the index is built by a system job, EntityKeyIndexStatus Pending, InProgress, Active or
 // Failed.
 pub(crate) fn create_key(ctx: &mut Ctx<'_>, table: &str, req: &OpRequest) -> DvResult<OpResponse> {
@@ -736,7 +743,8 @@ pub(crate) fn create_key(ctx: &mut Ctx<'_>, table: &str, req: &OpRequest) -> DvR
 }
 
 /// `POST ReactivateEntityKey`: queues a Failed key's index again.
-// Source: ReactivateEntityKeyRequest (EntityLogicalName, EntityKeyLogicalName): "submit a new
+// Source: ReactivateEntityKeyRequest
+// (https://learn.microsoft.com/dotnet/api/microsoft.xrm.sdk.messages.reactivateentitykeyrequest): "submit a new
 // asynchronous system job to create the index for the key"; the Web API has the
 // ReactivateEntityKey action.
 pub(crate) fn reactivate_key(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
@@ -769,7 +777,8 @@ pub(crate) fn reactivate_key(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpR
 }
 
 /// `POST RelationshipDefinitions`: a one-to-many relationship and its lookup column.
-// Source: "Create and update table relationships using the Web API": a
+// Source: "Create and update table relationships using the Web API"
+// (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/create-update-entity-relationships-using-web-api): a
 // OneToManyRelationshipMetadata with ReferencedEntity, ReferencedAttribute, ReferencingEntity
 // and the Lookup (LookupAttributeMetadata) created with it by deep insert;
 // ReferencingEntityNavigationPropertyName names the single-valued navigation property.
@@ -854,7 +863,8 @@ pub(crate) fn create_relationship(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResul
 // Source: "Create and update table definitions using the Web API" (Update table definitions):
 // the whole EntityMetadata is PUT back, properties left out reset to their defaults, and
 // MSCRM.MergeLabels: true keeps labels in other languages; "Use change tracking to synchronize
-// data with external systems" (D-CT): ChangeTrackingEnabled, which cannot be turned off again.
+// data with external systems" (D-CT,
+// https://learn.microsoft.com/power-apps/developer/data-platform/use-change-tracking-synchronize-data-external-systems): ChangeTrackingEnabled, which cannot be turned off again.
 pub(crate) fn update_table(
     ctx: &mut Ctx<'_>,
     table: &str,
@@ -905,7 +915,8 @@ pub(crate) fn update_table(
 }
 
 /// `POST PublishXml` / `POST PublishAllXml`.
-// Source: "Publish customizations": PublishXml takes ParameterXml (an `<importexportxml>`
+// Source: "Publish customizations", publish request schema
+// (https://learn.microsoft.com/power-apps/developer/model-driven-apps/publish-request-schema): PublishXml takes ParameterXml (an `<importexportxml>`
 // naming the entities); PublishAllXml publishes everything.
 pub(crate) fn publish(ctx: &mut Ctx<'_>, all: bool, req: &OpRequest) -> DvResult<OpResponse> {
     if !all {

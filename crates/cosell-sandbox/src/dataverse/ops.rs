@@ -333,7 +333,8 @@ pub(crate) fn address(table: &Table, args: &str) -> DvResult<Addr> {
 }
 
 /// A row addressed by an alternate key whose index is not Active cannot be used.
-// Source: "Work with alternate keys" (D-AKDEF): a key is usable once its index is Active; until
+// Source: "Work with alternate keys" (D-AKDEF,
+// https://learn.microsoft.com/power-apps/developer/data-platform/define-alternate-keys-entity): a key is usable once its index is Active; until
 // then (or when it Failed) Dataverse refuses the key in the URI.
 fn ensure_key_active(ctx: &Ctx<'_>, table: &Table, addr: &Addr) -> DvResult<()> {
     let Addr::Alt(parts) = addr else {
