@@ -21,7 +21,7 @@ fn quick() -> ProvisionOptions {
 
 async fn bare() -> Sandboxed {
     Sandboxed::builder()
-        .sandbox(Sandbox::builder().dataverse_schema(DataverseSchema::bare()))
+        .sandbox(Sandbox::builder().bare_dataverse())
         .webhooks(false)
         .start()
         .await
