@@ -397,6 +397,12 @@ async fn the_check_names_each_problem_with_its_config_key() {
     assert_eq!(keys_of(&p), ["columns.lead.company_name"], "{p:#?}");
     assert!(p[0].message.contains("lead.companynam"));
 
+    // A text column too short for what cosell writes.
+    let short = cosell_schema().with_column("lead", ColumnDef::text("cosell_referralid", 20));
+    let p = problems_of(short, FieldMap::default()).await;
+    assert_eq!(keys_of(&p), ["columns.lead.referral_id"], "{p:#?}");
+    assert!(p[0].message.contains("at most 20"), "{p:#?}");
+
     // A choice value the map writes is missing from the column.
     let short_help = cosell_schema().with_column(
         "opportunity",

@@ -209,6 +209,21 @@ pub async fn dataverse_problems(
             ));
             continue;
         }
+        if let Some(needed) = spec.column.kind.max_length() {
+            let length = client
+                .text_max_length(&spec.table, &name, &found.attribute_type)
+                .await
+                .map_err(dv("reading a column's length"))?;
+            if let Some(have) = length.filter(|have| *have < needed) {
+                problems.push(problem(
+                    spec.config_key,
+                    format!(
+                        "column `{}.{name}` holds at most {have} characters; cosell writes up to {needed}",
+                        spec.table
+                    ),
+                ));
+            }
+        }
         if spec.config_key == "columns.opportunity.help_required" {
             let have = client
                 .choice_values(&spec.table, &name)

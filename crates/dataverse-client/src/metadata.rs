@@ -74,6 +74,16 @@ impl ColumnKind {
         }
     }
 
+    /// The length a text column needs, if this kind is text.
+    pub fn max_length(&self) -> Option<u32> {
+        match self {
+            ColumnKind::Text { max_length }
+            | ColumnKind::Url { max_length }
+            | ColumnKind::Memo { max_length } => Some(*max_length),
+            _ => None,
+        }
+    }
+
     /// A short human description ("Text (100)", "Yes/No", "Choice").
     pub fn describe(&self) -> String {
         match self {
@@ -408,6 +418,38 @@ impl DataverseClient {
             .option_set
             .map(|o| o.options.into_iter().map(|v| v.value).collect())
             .unwrap_or_default())
+    }
+
+    /// The maximum length of a text column (`String` or `Memo`), read through its metadata
+    /// type's cast.
+    #[tracing::instrument(skip(self))]
+    pub async fn text_max_length(
+        &self,
+        table: &str,
+        column: &str,
+        attribute_type: &str,
+    ) -> Result<Option<u32>, Error> {
+        #[derive(Deserialize)]
+        struct Length {
+            #[serde(rename = "MaxLength")]
+            max_length: Option<u32>,
+        }
+        check_name(table, "table logical name")?;
+        check_name(column, "column logical name")?;
+        let cast = match attribute_type {
+            "String" => "Microsoft.Dynamics.CRM.StringAttributeMetadata",
+            "Memo" => "Microsoft.Dynamics.CRM.MemoAttributeMetadata",
+            _ => return Ok(None),
+        };
+        let attr = format!("Attributes(LogicalName={})", escape_string_literal(column));
+        let url = self.url_for(
+            &[&entity_segment(table), &attr, cast],
+            Some("$select=LogicalName,MaxLength"),
+        )?;
+        let resp = self
+            .execute(Method::GET, &url, HeaderMap::new(), None, None)
+            .await?;
+        Ok(decode_body::<Length>(resp.body(), cast)?.max_length)
     }
 
     /// The many-to-one relationships of `table` (its lookups and their navigation properties).
