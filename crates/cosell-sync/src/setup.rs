@@ -114,8 +114,8 @@ fn dv(step: &str) -> impl FnOnce(dataverse_client::Error) -> SetupError + '_ {
 
 /// Checks everything the running sync needs of Dataverse, naming each problem with its config
 /// key: every mapped column (defaults and `[referral_create]` included) exists, cosell's own
-/// columns have a compatible type and length, every choice value the map writes exists, the alternate keys
-/// exist on the right column and are Active, the link table's lookups exist with the
+/// columns have a compatible type and length, every choice value the map writes exists, the
+/// alternate keys exist on the right column and are Active, the link table's lookups exist with the
 /// navigation properties the map binds, change tracking is on where changes sync, the country
 /// lookup table answers, and the application user can read every table it syncs.
 pub async fn dataverse_problems(
