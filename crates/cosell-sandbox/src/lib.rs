@@ -136,6 +136,12 @@ impl SandboxBuilder {
         self
     }
 
+    /// Starts Dataverse bare, as a new environment: the standard tables only, nothing of
+    /// cosell's ([`DataverseSchema::bare`]); provisioning creates the rest.
+    pub fn bare_dataverse(self) -> Self {
+        self.dataverse_schema(DataverseSchema::bare())
+    }
+
     /// Binds every listener and starts serving. The servers stop when the [`Sandbox`] is dropped
     /// or [`Sandbox::shutdown`] is called.
     pub async fn start(self) -> io::Result<Sandbox> {

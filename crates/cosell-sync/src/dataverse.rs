@@ -479,13 +479,17 @@ impl DataverseCrm {
                 continue;
             }
             let key = Key::alternate(solution.key.column.clone(), solution.key.value.clone());
+            // A referral often names a solution by id alone: only what it knows is written, so
+            // linking never blanks a catalogue row's name, publisher or type.
+            let record = known_values(&solution.record);
             let up = self
                 .client
                 .upsert(
                     &solution.key.entity_set,
                     &key,
-                    &solution.record,
-                    &UpsertOptions::default().return_representation([solution_pk.as_str()]),
+                    &record,
+                    &UpsertOptions::default()
+                        .return_representation([solution_pk.as_str(), s.name.as_str()]),
                 )
                 .await?;
             let Some(solution_id) = up.id(&solution_pk) else {
@@ -493,7 +497,13 @@ impl DataverseCrm {
             };
             let link_id = solution_link_id(opportunity_id, &solution_id.to_string());
             let mut body = Map::new();
-            if let Some(name) = solution.record.get(&s.name) {
+            let name = up
+                .representation
+                .as_ref()
+                .and_then(|r| r.get(&s.name))
+                .or_else(|| record.get(&s.name))
+                .filter(|v| !v.is_null());
+            if let Some(name) = name {
                 body.insert(s.name.clone(), name.clone());
             }
             body.insert(
@@ -534,6 +544,19 @@ impl DataverseCrm {
         }
         Ok(())
     }
+}
+
+/// The values of `record` that say something: nulls and blank text dropped.
+fn known_values(record: &Map<String, Value>) -> Map<String, Value> {
+    record
+        .iter()
+        .filter(|(_, v)| match v {
+            Value::Null => false,
+            Value::String(t) => !t.trim().is_empty(),
+            _ => true,
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// The id of the link row between an opportunity and a solution row: a name-based UUID, the
@@ -970,114 +993,152 @@ pub async fn setup_problems(
     Ok(problems)
 }
 
-/// The (table, column) pairs the field map needs in the CRM, for [`DataverseClient::check_schema`]:
-/// every column the map reads or writes, the `[referral_create]` columns and every configured
-/// default, so a typo in any fails the check instead of every record at run time.
-pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
+/// A column the field map reads or writes, with the config key that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedColumn {
+    /// Table logical name.
+    pub table: String,
+    /// Column logical name.
+    pub column: String,
+    /// The config key to change if the name is wrong (`columns.lead.company_name`,
+    /// `defaults.opportunity.x`).
+    pub config_key: String,
+}
+
+/// Every column the field map reads or writes, the `[referral_create]` columns and every
+/// configured default, each with its config key, so a typo in any fails the check instead of
+/// every record at run time.
+pub fn mapped_columns(map: &FieldMap) -> Vec<MappedColumn> {
     let cfg = map.config();
     let c = &cfg.columns;
     let (o, l, a, ct, s) = (&c.opportunity, &c.lead, &c.account, &c.contact, &c.solution);
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    let mut add = |entity: &str, columns: &[&str]| {
-        pairs.extend(
-            columns
-                .iter()
-                .map(|col| (entity.to_string(), col.to_string())),
-        );
+    let mut out: Vec<MappedColumn> = Vec::new();
+    let mut add = |entity: &str, columns: &[(&str, &str)]| {
+        for (key, col) in columns {
+            out.push(MappedColumn {
+                table: entity.to_string(),
+                column: col.to_string(),
+                config_key: key.to_string(),
+            });
+        }
     };
     add(
         &o.entity,
         &[
-            &o.name,
-            &o.description,
-            &o.close_date,
-            &o.sync_with_partner_center,
-            &o.referral_id,
-            &o.engagement_id,
-            &o.referral_link,
-            &o.help_required,
-            &o.visible_to_microsoft,
-            &o.microsoft_crm_id,
-            &o.audit,
-            &cfg.deal_value_field,
+            ("columns.opportunity.name", &o.name),
+            ("columns.opportunity.description", &o.description),
+            ("columns.opportunity.close_date", &o.close_date),
+            (
+                "columns.opportunity.sync_with_partner_center",
+                &o.sync_with_partner_center,
+            ),
+            ("columns.opportunity.referral_id", &o.referral_id),
+            ("columns.opportunity.engagement_id", &o.engagement_id),
+            ("columns.opportunity.referral_link", &o.referral_link),
+            ("columns.opportunity.help_required", &o.help_required),
+            (
+                "columns.opportunity.visible_to_microsoft",
+                &o.visible_to_microsoft,
+            ),
+            ("columns.opportunity.microsoft_crm_id", &o.microsoft_crm_id),
+            ("columns.opportunity.audit", &o.audit),
+            ("deal_value_field", &cfg.deal_value_field),
         ],
     );
-    add(
-        &o.entity,
-        &cfg.referral_create
-            .columns()
-            .into_iter()
-            .map(|(_, col)| col)
-            .collect::<Vec<_>>(),
-    );
+    add(&o.entity, &cfg.referral_create.columns());
     add(
         &l.entity,
         &[
-            &l.subject,
-            &l.description,
-            &l.deal_value,
-            &l.close_date,
-            &l.company_name,
-            &l.first_name,
-            &l.last_name,
-            &l.email,
-            &l.phone,
-            &l.job_title,
-            &l.city,
-            &l.state,
-            &l.postal_code,
-            &l.country,
-            &l.sync_with_partner_center,
-            &l.referral_id,
-            &l.referral_link,
-            &l.engagement_id,
+            ("columns.lead.subject", &l.subject),
+            ("columns.lead.description", &l.description),
+            ("columns.lead.deal_value", &l.deal_value),
+            ("columns.lead.close_date", &l.close_date),
+            ("columns.lead.company_name", &l.company_name),
+            ("columns.lead.first_name", &l.first_name),
+            ("columns.lead.last_name", &l.last_name),
+            ("columns.lead.email", &l.email),
+            ("columns.lead.phone", &l.phone),
+            ("columns.lead.job_title", &l.job_title),
+            ("columns.lead.city", &l.city),
+            ("columns.lead.state", &l.state),
+            ("columns.lead.postal_code", &l.postal_code),
+            ("columns.lead.country", &l.country),
+            (
+                "columns.lead.sync_with_partner_center",
+                &l.sync_with_partner_center,
+            ),
+            ("columns.lead.referral_id", &l.referral_id),
+            ("columns.lead.referral_link", &l.referral_link),
+            ("columns.lead.engagement_id", &l.engagement_id),
         ],
     );
     if let Some(audit) = &l.audit {
-        add(&l.entity, &[audit]);
+        add(&l.entity, &[("columns.lead.audit", audit)]);
     }
     add(
         &a.entity,
         &[
-            &a.name,
-            &a.address_line1,
-            &a.address_line2,
-            &a.city,
-            &a.state,
-            &a.postal_code,
-            &cfg.country_code_field,
+            ("columns.account.name", &a.name),
+            ("columns.account.address_line1", &a.address_line1),
+            ("columns.account.address_line2", &a.address_line2),
+            ("columns.account.city", &a.city),
+            ("columns.account.state", &a.state),
+            ("columns.account.postal_code", &a.postal_code),
+            ("country_code_field", &cfg.country_code_field),
         ],
     );
     add(
         &ct.entity,
         &[
-            &ct.first_name,
-            &ct.last_name,
-            &ct.email,
-            &ct.phone,
-            &ct.job_title,
+            ("columns.contact.first_name", &ct.first_name),
+            ("columns.contact.last_name", &ct.last_name),
+            ("columns.contact.email", &ct.email),
+            ("columns.contact.phone", &ct.phone),
+            ("columns.contact.job_title", &ct.job_title),
         ],
     );
     add(
         &s.entity,
-        &[&s.solution_id, &s.name, &s.solution_type, &s.publisher],
+        &[
+            ("columns.solution.solution_id", &s.solution_id),
+            ("columns.solution.name", &s.name),
+            ("columns.solution.solution_type", &s.solution_type),
+            ("columns.solution.publisher", &s.publisher),
+        ],
     );
-    add(&s.link_entity, &[&s.link_opportunity, &s.link_solution]);
+    add(
+        &s.link_entity,
+        &[
+            ("columns.solution.link_opportunity", &s.link_opportunity),
+            ("columns.solution.link_solution", &s.link_solution),
+        ],
+    );
     // Configured defaults name columns too (a `nav@odata.bind` key is a lookup, not a column).
     let d = &cfg.defaults;
-    for (entity, values) in [
-        (&o.entity, &d.opportunity),
-        (&l.entity, &d.lead),
-        (&a.entity, &d.account),
-        (&ct.entity, &d.contact),
+    for (entity, values, section) in [
+        (&o.entity, &d.opportunity, "opportunity"),
+        (&l.entity, &d.lead, "lead"),
+        (&a.entity, &d.account, "account"),
+        (&ct.entity, &d.contact, "contact"),
     ] {
-        let columns: Vec<&str> = values
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !k.contains('@'))
-            .collect();
-        add(entity, &columns);
+        for k in values.keys().filter(|k| !k.contains('@')) {
+            out.push(MappedColumn {
+                table: entity.to_string(),
+                column: k.clone(),
+                config_key: format!("defaults.{section}.{k}"),
+            });
+        }
     }
+    out
+}
+
+/// The (table, column) pairs the field map needs in the CRM, for [`DataverseClient::check_schema`]:
+/// [`mapped_columns`] without their config keys, sorted, each once.
+pub fn required_columns(map: &FieldMap) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = mapped_columns(map)
+        .into_iter()
+        .map(|m| (m.table, m.column))
+        .collect();
     pairs.sort();
     pairs.dedup();
     pairs

@@ -1,6 +1,9 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "dataverse")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dataverse")))]
+pub mod catalogue;
 pub mod crm;
 #[cfg(feature = "dataverse")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dataverse")))]
@@ -10,6 +13,9 @@ pub mod engine;
 #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
 pub mod intake;
 pub mod partner_center;
+#[cfg(feature = "dataverse")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dataverse")))]
+pub mod provision;
 pub mod remote;
 pub mod setup;
 pub mod store;
@@ -22,7 +28,9 @@ pub use crm::{
     WriteTarget,
 };
 #[cfg(feature = "dataverse")]
-pub use dataverse::{DataverseCrm, SetupProblem, required_columns, setup_problems};
+pub use dataverse::{
+    DataverseCrm, MappedColumn, SetupProblem, mapped_columns, required_columns, setup_problems,
+};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, LeaseConfig, Outcome,
     PlannedWrite, Report, Schedule,
@@ -30,5 +38,12 @@ pub use engine::{
 #[cfg(feature = "webhook")]
 pub use intake::{IntakeError, Received, WebhookIntake};
 pub use partner_center::PartnerCenter;
+#[cfg(feature = "dataverse")]
+pub use provision::{ProvisionOptions, ProvisionReport, SetupError, provision};
 pub use remote::{RemoteError, RemoteErrorKind};
-pub use setup::{RegistrationOutcome, register_callback};
+#[cfg(feature = "dataverse")]
+pub use setup::dataverse_problems;
+pub use setup::{
+    CheckProblem, PartnerCenterCheck, RegistrationOutcome, WebhookState, partner_center_problems,
+    register_callback,
+};

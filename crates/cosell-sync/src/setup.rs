@@ -72,3 +72,124 @@ pub async fn register_callback(
         previous_url: current.webhook_url,
     })
 }
+
+// ----- the complete check -------------------------------------------------------------------
+
+use futures::StreamExt;
+
+/// One thing the running sync depends on that is missing or wrong, with the config key to
+/// change if the configuration, not the environment, is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckProblem {
+    /// The config key (`columns.lead.company_name`, `choices.help_required.QuotesOrLicensing`).
+    pub config_key: String,
+    /// What is wrong, naming the table, column or value.
+    pub message: String,
+}
+
+impl std::fmt::Display for CheckProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (config key `{}`)", self.message, self.config_key)
+    }
+}
+
+fn problem(config_key: impl Into<String>, message: impl Into<String>) -> CheckProblem {
+    CheckProblem {
+        config_key: config_key.into(),
+        message: message.into(),
+    }
+}
+
+#[cfg(feature = "dataverse")]
+mod dataverse;
+#[cfg(feature = "dataverse")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dataverse")))]
+pub use dataverse::dataverse_problems;
+
+/// Who holds the Partner Center webhook registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookState {
+    /// Our callback URL, for every referral event.
+    Ours,
+    /// Our URL, but some referral events are missing.
+    OursMissingEvents,
+    /// Another URL holds it.
+    Another(String),
+    /// Nothing is registered.
+    None,
+    /// It could not be read.
+    Unknown,
+}
+
+/// What [`partner_center_problems`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartnerCenterCheck {
+    /// Whether a referrals GET (app+user token) answered.
+    pub referrals_readable: bool,
+    /// The webhook registration (app-only token).
+    pub webhook: WebhookState,
+    /// Problems, each with its config key.
+    pub problems: Vec<CheckProblem>,
+}
+
+/// Checks the Partner Center side: a token for each audience works (one referrals GET with
+/// the app+user credential, the webhook registration read with the app-only one) and who holds
+/// the webhook registration, compared with `callback_url` when given.
+pub async fn partner_center_problems(
+    client: &PartnerCenterClient,
+    callback_url: Option<&str>,
+) -> PartnerCenterCheck {
+    let mut problems = Vec::new();
+    let first = client.list_referrals().top(1).into_pages().next().await;
+    let referrals_readable = !matches!(first, Some(Err(_)));
+    if let Some(Err(e)) = first {
+        problems.push(problem(
+            "credentials.refresh_token_env",
+            format!(
+                "reading referrals failed (the app+user token, consent or the partner's role): {e}"
+            ),
+        ));
+    }
+    let webhook = match client.get_webhook_registration().await {
+        Err(e) => {
+            problems.push(problem(
+                "credentials.client_secret_env",
+                format!("reading the webhook registration failed (the app-only token): {e}"),
+            ));
+            WebhookState::Unknown
+        }
+        Ok(None) => WebhookState::None,
+        Ok(Some(r)) => match callback_url {
+            Some(url) if r.webhook_url != url => WebhookState::Another(r.webhook_url),
+            _ if WebhookEvent::REFERRAL_EVENTS
+                .iter()
+                .all(|e| r.webhook_events.contains(e)) =>
+            {
+                WebhookState::Ours
+            }
+            _ => WebhookState::OursMissingEvents,
+        },
+    };
+    if let Some(url) = callback_url {
+        match &webhook {
+            WebhookState::None => problems.push(problem(
+                "webhook.public_url",
+                format!("no webhook is registered; register `{url}`"),
+            )),
+            WebhookState::Another(other) => problems.push(problem(
+                "webhook.public_url",
+                format!("the webhook registration belongs to `{other}`, not `{url}`: another integration (or install) receives the referral events"),
+            )),
+            WebhookState::OursMissingEvents => problems.push(problem(
+                "webhook.public_url",
+                "our webhook misses some referral events; register again",
+            )),
+            _ => {}
+        }
+    }
+    PartnerCenterCheck {
+        referrals_readable,
+        webhook,
+        problems,
+    }
+}

@@ -10,6 +10,7 @@ mod batch_exec;
 mod changes;
 mod client;
 mod error;
+mod metadata;
 mod model;
 mod ops;
 mod query;
@@ -42,6 +43,9 @@ pub use ops::{
 };
 pub use query::{Filter, Literal, Order, Query, encode_query_value, escape_string_literal};
 
+pub use metadata::{
+    ColumnDefinition, ColumnInfo, ColumnKind, LookupRelationship, RelationshipInfo, TableDefinition,
+};
 pub use schema::{AlternateKeyInfo, SchemaReport, TableSetup};
 
 // Re-exported so callers name the same versions.

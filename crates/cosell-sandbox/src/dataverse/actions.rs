@@ -351,3 +351,67 @@ pub(crate) fn qualify_lead(
         }),
     ))
 }
+
+/// Every access right, in the order of the `AccessRights` enum.
+const ACCESS_RIGHTS: [&str; 8] = [
+    "ReadAccess",
+    "WriteAccess",
+    "AppendAccess",
+    "AppendToAccess",
+    "CreateAccess",
+    "DeleteAccess",
+    "ShareAccess",
+    "AssignAccess",
+];
+
+/// `GET systemusers(id)/Microsoft.Dynamics.CRM.RetrievePrincipalAccess(Target=@t)?@t={"@odata.id":"set(id)"}`.
+// Source: RetrievePrincipalAccess function
+// (https://learn.microsoft.com/dotnet/api/microsoft.crm.sdk.messages.retrieveprincipalaccessrequest): bound to systemuser, the Target parameter names the
+// record, the answer is a RetrievePrincipalAccessResponse with AccessRights (flags of the
+// AccessRights enum). The emulated application user has every right unless a test denied one.
+pub(crate) fn retrieve_principal_access(
+    ctx: &Ctx<'_>,
+    user: &str,
+    args: &str,
+    pairs: &[(String, String)],
+) -> DvResult<OpResponse> {
+    let user = Uuid::parse_str(user.trim())
+        .map_err(|_| DvError::odata("systemusers must be addressed by id."))?;
+    if user != ctx.identity.user_id {
+        return Err(DvError::row_not_found("systemuser", &user.to_string()));
+    }
+    let alias = args
+        .strip_prefix("Target=")
+        .ok_or_else(|| DvError::odata("RetrievePrincipalAccess needs its Target parameter."))?;
+    let value = pairs
+        .iter()
+        .find(|(k, _)| k == alias)
+        .map(|(_, v)| v.as_str())
+        .ok_or_else(|| DvError::odata(format!("The parameter alias '{alias}' has no value.")))?;
+    let target: Value = serde_json::from_str(value)
+        .map_err(|e| DvError::odata(format!("Target is not a JSON entity reference: {e}")))?;
+    let reference = target
+        .get("@odata.id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| DvError::odata("Target needs an @odata.id."))?;
+    let (table, _id) = resolve_ref(ctx, reference)?;
+    let denied = ctx
+        .store
+        .meta
+        .denied
+        .get(table.logical())
+        .cloned()
+        .unwrap_or_default();
+    let rights: Vec<&str> = ACCESS_RIGHTS
+        .iter()
+        .copied()
+        .filter(|r| !denied.iter().any(|d| d == r))
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        json!({
+            "@odata.context": format!("{}$metadata#Microsoft.Dynamics.CRM.RetrievePrincipalAccessResponse", ctx.api_base),
+            "AccessRights": if rights.is_empty() { "None".to_string() } else { rights.join(", ") },
+        }),
+    ))
+}

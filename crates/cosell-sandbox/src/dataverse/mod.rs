@@ -16,7 +16,11 @@
 //! | `POST /WinOpportunity`, `POST /LoseOpportunity` | close the opportunity, create the `opportunityclose` |
 //! | `POST /leads(id)/Microsoft.Dynamics.CRM.QualifyLead` | create account/contact/opportunity, qualify the lead |
 //! | `GET /WhoAmI` | user, business unit and organization ids |
+//! | `GET /systemusers(id)/Microsoft.Dynamics.CRM.RetrievePrincipalAccess(Target=@t)` | the application user's access rights to a row ([`deny_access`](DataverseEmulator::deny_access)) |
 //! | `GET /EntityDefinitions(LogicalName='x')[/Attributes[(LogicalName='y')]|/Keys]` | metadata for the schema check (404 on an unknown table) |
+//! | `GET …/Attributes(LogicalName='y')/Microsoft.Dynamics.CRM.PicklistAttributeMetadata?$expand=OptionSet`, `GET …/ManyToOneRelationships` | a column's own properties and option set; the lookups with their navigation properties |
+//! | `POST /EntityDefinitions`, `POST …/Attributes`, `POST …/Keys`, `POST /RelationshipDefinitions` (one-to-many) | metadata writes, each under `MSCRM.SolutionUniqueName` when given; keys index Pending → InProgress → Active over reads ([`fail_next_key_index`](DataverseEmulator::fail_next_key_index)) and refuse upserts until Active |
+//! | `PUT /EntityDefinitions(id)`, `POST /PublishXml`, `POST /PublishAllXml`, `POST /ReactivateEntityKey` | the whole definition back (change tracking on, never off), publishing, a failed key queued again |
 //! | `GET /$metadata`, `GET /` | minimal CSDL, service document |
 //!
 //! Every response carries `OData-Version: 4.0`, `x-ms-dop-hint` and the
@@ -39,7 +43,11 @@
 //! [`reset_limit_windows`](DataverseEmulator::reset_limit_windows) /
 //! [`throttle_counts`](DataverseEmulator::throttle_counts),
 //! [`expire_change_tracking_tokens`](DataverseEmulator::expire_change_tracking_tokens),
-//! [`version`](DataverseEmulator::version).
+//! [`version`](DataverseEmulator::version),
+//! [`write_requests`](DataverseEmulator::write_requests),
+//! [`metadata_writes`](DataverseEmulator::metadata_writes),
+//! [`solution_components`](DataverseEmulator::solution_components),
+//! [`key_index_status`](DataverseEmulator::key_index_status).
 
 mod actions;
 mod batch;
@@ -52,11 +60,13 @@ mod ops;
 mod query;
 mod request;
 mod schema;
+mod schema_file;
 mod store;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use axum::Router;
@@ -75,6 +85,7 @@ pub use schema::{
     AlternateKey, ColumnDef, ColumnType, DataverseSchema, LookupTarget, ManyToMany, SeedCurrency,
     StateModel, StateOption, TableDef,
 };
+pub use schema_file::SchemaFileError;
 
 use crate::EmulatorContext;
 use error::{DvError, DvResult};
@@ -131,7 +142,10 @@ impl From<DvError> for ControlError {
 
 #[derive(Debug)]
 struct Inner {
-    model: Model,
+    /// Replaced (under the store lock) when a metadata write changes the schema.
+    model: RwLock<Arc<Model>>,
+    /// Requests other than GET (a `$batch` counts once).
+    writes: AtomicU64,
     store: Mutex<Store>,
     limiter: Limiter,
     identity: Identity,
@@ -183,7 +197,8 @@ impl DataverseEmulator {
         let api_base = format!("{}{API_PATH}", ctx.urls.dataverse);
         DataverseEmulator {
             inner: Arc::new(Inner {
-                model,
+                model: RwLock::new(Arc::new(model)),
+                writes: AtomicU64::new(0),
                 store: Mutex::new(store),
                 limiter: Limiter::new(ServiceLimits::default()),
                 identity,
@@ -198,9 +213,17 @@ impl DataverseEmulator {
         &self.ctx
     }
 
-    /// The schema served.
-    pub fn schema(&self) -> &DataverseSchema {
-        &self.inner.model.schema
+    /// The schema served (metadata writes through the API change it).
+    pub fn schema(&self) -> DataverseSchema {
+        self.model().schema.clone()
+    }
+
+    fn model(&self) -> Arc<Model> {
+        self.inner
+            .model
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The Web API root, `{environment}/api/data/v9.2/`.
@@ -219,22 +242,25 @@ impl DataverseEmulator {
 
     fn with_ctx<T>(&self, f: impl FnOnce(&mut Ctx<'_>) -> T) -> T {
         let mut store = self.lock();
+        // Read under the store lock: a metadata write replaces the model under it too.
+        let model = self.model();
         let empty = HashMap::new();
         let mut ctx = Ctx {
-            model: &self.inner.model,
+            model: &model,
             store: &mut store,
             api_base: &self.inner.api_base,
             content_ids: &empty,
             identity: &self.inner.identity,
         };
-        f(&mut ctx)
-    }
-
-    fn table(&self, name: &str) -> Result<&store::Table, ControlError> {
-        self.inner
-            .model
-            .resolve(name)
-            .ok_or_else(|| DvError::unknown_segment(name).into())
+        let out = f(&mut ctx);
+        if let Some(schema) = store.meta.schema_change.take() {
+            let next = Model::compile(schema);
+            for name in next.tables.keys() {
+                store.data.entry(name.clone()).or_default();
+            }
+            *self.inner.model.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        }
+        out
     }
 
     // ----- control API: data ------------------------------------------------------------
@@ -242,7 +268,8 @@ impl DataverseEmulator {
     /// Every row of `table` (logical or entity set name), as the API renders it without
     /// `$select` (lookups as `_x_value`, `@odata.etag`, `versionnumber`). Empty when unknown.
     pub fn rows(&self, table: &str) -> Vec<Value> {
-        let Ok(t) = self.table(table) else {
+        let model = self.model();
+        let Ok(t) = table_in(&model, table) else {
             return Vec::new();
         };
         let store = self.lock();
@@ -251,14 +278,7 @@ impl DataverseEmulator {
             .map(|rows| {
                 rows.values()
                     .map(|r| {
-                        Value::Object(ops::render(
-                            &self.inner.model,
-                            &store,
-                            t,
-                            r,
-                            None,
-                            &Prefer::default(),
-                        ))
+                        Value::Object(ops::render(&model, &store, t, r, None, &Prefer::default()))
                     })
                     .collect()
             })
@@ -267,23 +287,18 @@ impl DataverseEmulator {
 
     /// One row by primary key.
     pub fn row(&self, table: &str, id: Uuid) -> Option<Value> {
-        let t = self.table(table).ok()?;
+        let model = self.model();
+        let t = table_in(&model, table).ok()?;
         let store = self.lock();
-        store.get(t.logical(), &id).map(|r| {
-            Value::Object(ops::render(
-                &self.inner.model,
-                &store,
-                t,
-                r,
-                None,
-                &Prefer::default(),
-            ))
-        })
+        store
+            .get(t.logical(), &id)
+            .map(|r| Value::Object(ops::render(&model, &store, t, r, None, &Prefer::default())))
     }
 
     /// Rows matching a `$filter` expression (same parser and semantics as the API).
     pub fn query(&self, table: &str, filter: &str) -> Result<Vec<Value>, ControlError> {
-        let t = self.table(table)?;
+        let model = self.model();
+        let t = table_in(&model, table)?;
         let expr = filter::parse(filter, &HashMap::new())
             .map_err(|e| ControlError::from(DvError::odata(e.message().to_string())))?;
         let bound = query::bind(t, &expr)?;
@@ -294,14 +309,7 @@ impl DataverseEmulator {
                 rows.values()
                     .filter(|r| query::eval(r, &bound))
                     .map(|r| {
-                        Value::Object(ops::render(
-                            &self.inner.model,
-                            &store,
-                            t,
-                            r,
-                            None,
-                            &Prefer::default(),
-                        ))
+                        Value::Object(ops::render(&model, &store, t, r, None, &Prefer::default()))
                     })
                     .collect()
             })
@@ -310,14 +318,18 @@ impl DataverseEmulator {
 
     /// Number of rows in `table` (0 when unknown).
     pub fn count(&self, table: &str) -> usize {
-        let Ok(t) = self.table(table) else { return 0 };
+        let model = self.model();
+        let Ok(t) = table_in(&model, table) else {
+            return 0;
+        };
         self.lock().rows(t.logical()).map_or(0, |r| r.len())
     }
 
     /// Inserts a row as a create through the API would (same body format: columns,
     /// `nav@odata.bind`, validation, alternate keys), without counting as a request.
     pub fn insert_row(&self, table: &str, body: Value) -> Result<Uuid, ControlError> {
-        let t = self.table(table)?;
+        let model = self.model();
+        let t = table_in(&model, table)?;
         let body = as_object(t, body)?;
         Ok(self.with_ctx(|ctx| ops::atomic(ctx, |ctx| ops::create_row(ctx, t, &body, None, &[])))?)
     }
@@ -330,14 +342,16 @@ impl DataverseEmulator {
         id: Uuid,
         changes: Value,
     ) -> Result<(), ControlError> {
-        let t = self.table(table)?;
+        let model = self.model();
+        let t = table_in(&model, table)?;
         let body = as_object(t, changes)?;
         Ok(self.with_ctx(|ctx| ops::atomic(ctx, |ctx| ops::update_row(ctx, t, id, &body, &[])))?)
     }
 
     /// Deletes a row as a CRM user would (change tracking reports it as deleted).
     pub fn delete_as_user(&self, table: &str, id: Uuid) -> Result<(), ControlError> {
-        let t = self.table(table)?;
+        let model = self.model();
+        let t = table_in(&model, table)?;
         self.with_ctx(|ctx| {
             if ctx.store.get(t.logical(), &id).is_none() {
                 return Err(DvError::row_not_found(t.logical(), &id.to_string()).into());
@@ -356,7 +370,8 @@ impl DataverseEmulator {
         relationship: &str,
         other: Uuid,
     ) -> Result<(), ControlError> {
-        let t = self.table(table)?;
+        let model = self.model();
+        let t = table_in(&model, table)?;
         Ok(self.with_ctx(|ctx| {
             let Some(n) = t.collections.get(relationship) else {
                 return Err(DvError::unknown_property(relationship, t.logical()));
@@ -370,7 +385,8 @@ impl DataverseEmulator {
 
     /// Ids of the rows related to `id` through an N:N relationship.
     pub fn related(&self, table: &str, id: Uuid, relationship: &str) -> Vec<Uuid> {
-        let Ok(t) = self.table(table) else {
+        let model = self.model();
+        let Ok(t) = table_in(&model, table) else {
             return Vec::new();
         };
         let Some(n) = t.collections.get(relationship) else {
@@ -397,6 +413,63 @@ impl DataverseEmulator {
         s.token_floor = s.version + 1;
     }
 
+    // ----- control API: metadata ---------------------------------------------------------
+
+    /// Requests other than GET the API accepted for processing (a `$batch` counts once):
+    /// a provisioning run against a provisioned environment must leave it unchanged.
+    pub fn write_requests(&self) -> u64 {
+        self.inner.writes.load(Ordering::Relaxed)
+    }
+
+    /// Metadata writes applied: tables, columns, alternate keys, relationships, definition
+    /// updates.
+    pub fn metadata_writes(&self) -> u64 {
+        self.lock().meta.writes
+    }
+
+    /// How many times customisations were published (`PublishXml`, `PublishAllXml`).
+    pub fn publishes(&self) -> u64 {
+        self.lock().meta.publishes
+    }
+
+    /// `(solution unique name, component kind, name)` of every component created under an
+    /// `MSCRM.SolutionUniqueName` header, in order (kind: `table`, `column`, `key`,
+    /// `relationship`).
+    pub fn solution_components(&self) -> Vec<(String, String, String)> {
+        self.lock().meta.components.clone()
+    }
+
+    /// Makes the index of the next alternate key created fail (`EntityKeyIndexStatus` Failed
+    /// until `ReactivateEntityKey`).
+    pub fn fail_next_key_index(&self) {
+        self.lock().meta.fail_next_key = true;
+    }
+
+    /// Marks an existing alternate key's index Failed (upserts by it then fail).
+    pub fn set_key_index_failed(&self, table: &str, key: &str) {
+        self.lock()
+            .meta
+            .keys
+            .insert(format!("{table}#{key}"), store::KeyIndex::Failed);
+    }
+
+    /// Takes an access right (`WriteAccess`, `CreateAccess`, …) on `table` from the application
+    /// user, as a security role without that privilege would: `RetrievePrincipalAccess` no
+    /// longer reports it (the data operations themselves are not refused).
+    pub fn deny_access(&self, table: &str, right: &str) {
+        self.lock()
+            .meta
+            .denied
+            .entry(table.to_string())
+            .or_default()
+            .push(right.to_string());
+    }
+
+    /// The index status of an alternate key: `Pending`, `InProgress`, `Active` or `Failed`.
+    pub fn key_index_status(&self, table: &str, key: &str) -> &'static str {
+        self.lock().meta.key_status(table, key)
+    }
+
     // ----- control API: limits ----------------------------------------------------------
 
     /// The service-protection limits in force.
@@ -418,6 +491,12 @@ impl DataverseEmulator {
     pub fn throttle_counts(&self) -> ThrottleCounts {
         self.inner.limiter.counts()
     }
+}
+
+fn table_in<'m>(model: &'m Model, name: &str) -> Result<&'m store::Table, ControlError> {
+    model
+        .resolve(name)
+        .ok_or_else(|| DvError::unknown_segment(name).into())
 }
 
 fn as_object(t: &store::Table, v: Value) -> Result<Map<String, Value>, ControlError> {
@@ -530,6 +609,9 @@ async fn serve(emu: &DataverseEmulator, request: Request) -> Response {
     let delay = emu.inner.limiter.config().processing_delay;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if parts.method != axum::http::Method::GET {
+        emu.inner.writes.fetch_add(1, Ordering::Relaxed);
     }
     let started = Instant::now();
     let op = OpRequest {

@@ -85,8 +85,47 @@ fn dispatch(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
             return atomic(ctx, |ctx| actions::close_opportunity(ctx, &body, win));
         }
         ("EntityDefinitions", args, rest) => {
+            let table = args.map(metadata::logical_name_arg).transpose()?;
+            return match (&req.method, table.as_deref(), rest) {
+                (&Method::GET, _, _) => metadata::entity_definitions(ctx, args, rest, &pairs),
+                (&Method::POST, None, []) => metadata::create_table(ctx, req),
+                (&Method::POST, Some(t), [seg])
+                    if seg.name == "Attributes" && seg.args.is_none() =>
+                {
+                    metadata::create_column(ctx, t, req)
+                }
+                (&Method::POST, Some(t), [seg]) if seg.name == "Keys" && seg.args.is_none() => {
+                    metadata::create_key(ctx, t, req)
+                }
+                (&Method::PUT, Some(t), []) => metadata::update_table(ctx, t, req),
+                _ => Err(DvError::method_not_allowed(format!(
+                    "The HTTP method '{}' is not allowed on this metadata resource.",
+                    req.method
+                ))),
+            };
+        }
+        ("systemusers", Some(user), [f])
+            if f.name == "Microsoft.Dynamics.CRM.RetrievePrincipalAccess" =>
+        {
             only(&req.method, &[Method::GET])?;
-            return metadata::entity_definitions(ctx, args, rest, &pairs);
+            return actions::retrieve_principal_access(
+                ctx,
+                user,
+                f.args.as_deref().unwrap_or(""),
+                &pairs,
+            );
+        }
+        ("RelationshipDefinitions", None, []) => {
+            only(&req.method, &[Method::POST])?;
+            return metadata::create_relationship(ctx, req);
+        }
+        ("PublishXml" | "PublishAllXml", None, []) => {
+            only(&req.method, &[Method::POST])?;
+            return metadata::publish(ctx, first.name == "PublishAllXml", req);
+        }
+        ("ReactivateEntityKey", None, []) => {
+            only(&req.method, &[Method::POST])?;
+            return metadata::reactivate_key(ctx, req);
         }
         _ => {}
     }
@@ -112,6 +151,7 @@ fn dispatch(ctx: &mut Ctx<'_>, req: &OpRequest) -> DvResult<OpResponse> {
         };
     };
     let addr = address(table, args)?;
+    ensure_key_active(ctx, table, &addr)?;
     match rest {
         [] => match req.method {
             Method::GET => get_one(ctx, table, &addr, req, &pairs, &prefer),
@@ -289,6 +329,30 @@ pub(crate) fn address(table: &Table, args: &str) -> DvResult<Addr> {
                 cols.into_iter().map(|(_, p, v)| (p, v)).collect(),
             ))
         }
+    }
+}
+
+/// A row addressed by an alternate key whose index is not Active cannot be used.
+// Source: "Work with alternate keys" (D-AKDEF,
+// https://learn.microsoft.com/power-apps/developer/data-platform/define-alternate-keys-entity): a key is usable once its index is Active; until
+// then (or when it Failed) Dataverse refuses the key in the URI.
+fn ensure_key_active(ctx: &Ctx<'_>, table: &Table, addr: &Addr) -> DvResult<()> {
+    let Addr::Alt(parts) = addr else {
+        return Ok(());
+    };
+    let key = table.def.alternate_keys.iter().find(|k| {
+        k.columns.len() == parts.len()
+            && k.columns.iter().all(|c| {
+                table
+                    .column(c)
+                    .is_some_and(|col| parts.iter().any(|(p, _)| *p == col.property_name()))
+            })
+    });
+    match key {
+        Some(k) if ctx.store.meta.key_status(table.logical(), &k.name) != "Active" => {
+            Err(key_invalid(table))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -692,13 +692,48 @@ impl DataverseSchema {
             precision,
         })
         .collect();
+        // Solution components: the publisher whose prefix custom names carry, and the solution
+        // that groups them for export (rows created with an ordinary POST).
+        let publisher = TableDef::new("publisher", "publishers")
+            .primary_name("friendlyname")
+            .column(ColumnDef::text("uniquename", 256))
+            .column(ColumnDef::text("friendlyname", 256))
+            .column(ColumnDef::text("customizationprefix", 8))
+            .column(ColumnDef::integer("customizationoptionvalueprefix"))
+            .change_tracking(false);
+        let solution = TableDef::new("solution", "solutions")
+            .primary_name("friendlyname")
+            .column(ColumnDef::text("uniquename", 256))
+            .column(ColumnDef::text("friendlyname", 256))
+            .column(ColumnDef::text("version", 256))
+            .column(ColumnDef::memo("description", 2000))
+            .column(ColumnDef::lookup("publisherid", "publisher"))
+            .change_tracking(false);
         let mut schema = DataverseSchema::empty();
-        for t in [opportunity, lead, account, contact, currency, close] {
+        for t in [
+            opportunity,
+            lead,
+            account,
+            contact,
+            currency,
+            close,
+            publisher,
+            solution,
+        ] {
             schema = schema.with_table(t);
         }
         schema.currencies = currencies;
         schema.base_currency = Some("USD".to_string());
         schema
+    }
+
+    /// A new Dynamics 365 environment: [`standard`](Self::standard) with nothing of cosell's
+    /// and change tracking off on opportunity and lead (as on a new environment, where it is
+    /// enabled per table). Provisioning turns this into [`cosell`](Self::cosell)'s shape.
+    pub fn bare() -> Self {
+        Self::standard()
+            .with_change_tracking("opportunity", false)
+            .with_change_tracking("lead", false)
     }
 
     /// [`standard`](Self::standard) plus the co-sell customisation of DESIGN §6: the `cosell_*`
@@ -815,6 +850,32 @@ impl DataverseSchema {
         if let Some(t) = self.tables.remove(table) {
             let t = t.alternate_key(name, columns);
             self.tables.insert(t.logical_name.clone(), t);
+        }
+        self
+    }
+
+    /// Turns change tracking on or off on an existing table (ignored when unknown).
+    pub fn with_change_tracking(mut self, table: &str, enabled: bool) -> Self {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.change_tracking = enabled;
+        }
+        self
+    }
+
+    /// Removes a column from an existing table (a test's way to misconfigure an environment).
+    pub fn without_column(mut self, table: &str, column: &str) -> Self {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.columns.retain(|c| c.logical_name != column);
+            t.alternate_keys
+                .retain(|k| !k.columns.iter().any(|c| c == column));
+        }
+        self
+    }
+
+    /// Removes an alternate key from an existing table.
+    pub fn without_alternate_key(mut self, table: &str, key: &str) -> Self {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.alternate_keys.retain(|k| k.name != key);
         }
         self
     }

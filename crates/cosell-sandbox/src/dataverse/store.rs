@@ -217,6 +217,69 @@ pub(crate) struct Store {
     in_transaction: bool,
     /// Delta tokens older than this version have expired.
     pub(crate) token_floor: u64,
+    /// Metadata state that changes without a schema change (key indexes, publishing).
+    pub(crate) meta: MetaState,
+}
+
+/// The index of an alternate key created through the metadata API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyIndex {
+    /// Queued; becomes `InProgress` then `Active` as the key's table definition is read.
+    Pending {
+        /// Reads of the key before it is Active.
+        reads_left: u32,
+    },
+    /// The index job failed; `ReactivateEntityKey` queues it again.
+    Failed,
+}
+
+/// Reads of a new key's metadata before its index is Active (Pending, InProgress, Active).
+pub(crate) const KEY_INDEX_READS: u32 = 2;
+
+/// Metadata state kept beside the compiled model.
+#[derive(Debug, Default)]
+pub(crate) struct MetaState {
+    /// `table#key` → index state; a key absent here is Active.
+    pub(crate) keys: HashMap<String, KeyIndex>,
+    /// The next key created fails to index (a fault for tests).
+    pub(crate) fail_next_key: bool,
+    /// A schema the current operation produced, installed when it returns.
+    pub(crate) schema_change: Option<DataverseSchema>,
+    /// Metadata writes accepted (tables, columns, keys, relationships, definition updates).
+    pub(crate) writes: u64,
+    /// PublishXml / PublishAllXml calls.
+    pub(crate) publishes: u64,
+    /// `(solution unique name, component kind, component name)` added under
+    /// `MSCRM.SolutionUniqueName`.
+    pub(crate) components: Vec<(String, String, String)>,
+    /// One-to-many relationship schema names by `referencing table.lookup column`.
+    pub(crate) relationship_names: HashMap<String, String>,
+    /// Access rights the application user lacks, by table (`WriteAccess`, …).
+    pub(crate) denied: HashMap<String, Vec<String>>,
+}
+
+impl MetaState {
+    /// `Pending`, `InProgress`, `Active` or `Failed`.
+    pub(crate) fn key_status(&self, table: &str, key: &str) -> &'static str {
+        match self.keys.get(&format!("{table}#{key}")) {
+            None => "Active",
+            Some(KeyIndex::Failed) => "Failed",
+            Some(KeyIndex::Pending { reads_left }) if *reads_left >= KEY_INDEX_READS => "Pending",
+            Some(KeyIndex::Pending { .. }) => "InProgress",
+        }
+    }
+
+    /// One read of the key's metadata: the index job moves on.
+    pub(crate) fn advance_key(&mut self, table: &str, key: &str) {
+        let name = format!("{table}#{key}");
+        if let Some(KeyIndex::Pending { reads_left }) = self.keys.get_mut(&name) {
+            if *reads_left <= 1 {
+                self.keys.remove(&name);
+            } else {
+                *reads_left -= 1;
+            }
+        }
+    }
 }
 
 pub(crate) fn now_string() -> String {
@@ -237,6 +300,7 @@ impl Store {
             journal: Vec::new(),
             in_transaction: false,
             token_floor: 0,
+            meta: MetaState::default(),
         }
     }
 

@@ -53,6 +53,8 @@ impl Direction {
         }
     }
 
+    // Only the SQL stores read these back from text.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     fn parse(s: &str) -> Option<Self> {
         match s {
             "to_crm" => Some(Direction::ToCrm),
@@ -178,6 +180,8 @@ impl AuditOutcome {
         }
     }
 
+    // Only the SQL stores read these back from text.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "created" => AuditOutcome::Created,
