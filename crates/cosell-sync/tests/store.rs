@@ -518,7 +518,76 @@ async fn point_lookups_agree_with_the_lists(store: &dyn StateStore) {
     assert_eq!(store.intent("opportunity", "o1").await.unwrap(), None);
 }
 
+fn letter(key: &str, direction: Direction, first: i64) -> DeadLetter {
+    DeadLetter {
+        key: key.into(),
+        direction,
+        error: "customer text that status must not show".into(),
+        attempts: 1,
+        first_failed_at: t(first),
+        last_failed_at: t(first + 5),
+    }
+}
+
+/// The counts `/status` and the metrics show, queried without loading the rows.
+async fn status_counts_come_from_the_store(store: &dyn StateStore) {
+    assert_eq!(store.dead_letter_classes().await.unwrap(), []);
+    assert_eq!(store.inbox_depth().await.unwrap(), 0);
+    assert_eq!(store.last_synced_at(Direction::ToCrm).await.unwrap(), None);
+    store
+        .commit(
+            Commit::new()
+                .dead_letter(letter("referral:r2", Direction::ToCrm, 30))
+                .dead_letter(letter("referral:r1", Direction::ToCrm, 20))
+                .dead_letter(letter("opportunity:o1", Direction::ToPartnerCenter, 40))
+                .dead_letter(letter("no-colon", Direction::ToCrm, 50)),
+        )
+        .await
+        .unwrap();
+    let classes = store.dead_letter_classes().await.unwrap();
+    let summary: Vec<(&str, Direction, u64, chrono::DateTime<Utc>)> = classes
+        .iter()
+        .map(|c| (c.class.as_str(), c.direction, c.count, c.oldest_failed_at))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("no-colon", Direction::ToCrm, 1, t(50)),
+            ("opportunity", Direction::ToPartnerCenter, 1, t(40)),
+            ("referral", Direction::ToCrm, 2, t(20)),
+        ]
+    );
+
+    assert!(store.push_hint("a", hint("r1", 1)).await.unwrap());
+    assert!(store.push_hint("b", hint("r2", 2)).await.unwrap());
+    assert_eq!(store.inbox_depth().await.unwrap(), 2);
+    let first = store.pending_hints(1).await.unwrap()[0].seq;
+    store.commit(Commit::new().ack([first])).await.unwrap();
+    assert_eq!(store.inbox_depth().await.unwrap(), 1);
+
+    let mut written = AuditEntry::new(Direction::ToCrm, AuditOutcome::Updated, "w");
+    written.at = t(100);
+    let mut later_failure = AuditEntry::new(Direction::ToCrm, AuditOutcome::Failed, "f");
+    later_failure.at = t(200);
+    let mut other_way = AuditEntry::new(Direction::ToPartnerCenter, AuditOutcome::Echo, "e");
+    other_way.at = t(300);
+    store
+        .commit(Commit::new().audit(written).audit(later_failure).audit(other_way))
+        .await
+        .unwrap();
+    // A failure or an echo is not a sync.
+    assert_eq!(
+        store.last_synced_at(Direction::ToCrm).await.unwrap(),
+        Some(t(100))
+    );
+    assert_eq!(
+        store.last_synced_at(Direction::ToPartnerCenter).await.unwrap(),
+        None
+    );
+}
+
 async fn suite(make: impl AsyncFn() -> Box<dyn StateStore>) {
+    status_counts_come_from_the_store(&*make().await).await;
     point_lookups_agree_with_the_lists(&*make().await).await;
     crm_children_name_their_parent(&*make().await).await;
     links_are_a_bijection_and_commits_are_atomic(&*make().await).await;
@@ -583,5 +652,33 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     );
     assert_eq!(store.pending_hints(10).await.unwrap().len(), 1);
     assert!(!store.push_hint("h", hint("r1", 1)).await.unwrap());
+    store.close().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let path = state.join("cosell.sqlite");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .commit(Commit::new().link(link("r1", "opportunity", "o1")))
+        .await
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the directory");
+    for name in ["cosell.sqlite", "cosell.sqlite-wal", "cosell.sqlite-shm"] {
+        let file = state.join(name);
+        assert!(file.exists(), "{name}");
+        assert_eq!(mode(&file), 0o600, "{name}");
+    }
+    store.close().await;
+
+    // A file left world-readable (made by hand, or by an older version) is narrowed at open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
     store.close().await;
 }
