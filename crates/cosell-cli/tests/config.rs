@@ -1,16 +1,16 @@
-//! The sync service example's configuration: the shipped sandbox config loads, and mistakes are
-//! reported with the key they are about. The example's config module is compiled in as is.
+//! The `cosell` configuration: the shipped sandbox config loads, and mistakes are reported with
+//! the key they are about.
 
-#[allow(dead_code)]
-#[path = "../examples/sync_service/config.rs"]
-mod config;
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cosell_cli::config;
 
 use std::path::Path;
 use std::time::Duration;
 
 use config::Settings;
 
-const SHIPPED: &str = include_str!("../examples/sync_service.toml");
+const SHIPPED: &str = include_str!("../cosell.sandbox.toml");
 
 fn error_of(text: &str) -> String {
     match Settings::parse(text, Path::new("examples")) {
@@ -21,7 +21,7 @@ fn error_of(text: &str) -> String {
 
 #[test]
 fn the_shipped_sandbox_config_loads() {
-    let s = Settings::load(Path::new("examples/sync_service.toml")).unwrap();
+    let s = Settings::load(Path::new("cosell.sandbox.toml")).unwrap();
     assert_eq!(
         s.referrals.as_str(),
         "http://127.0.0.1:7101/v1.0/engagements/"
@@ -61,15 +61,15 @@ fn a_minimal_production_config_takes_the_defaults() {
     .unwrap();
     assert_eq!(
         s.referrals.as_str(),
-        cosell::partner_center::DEFAULT_REFERRALS_ENDPOINT
+        partner_center_client::DEFAULT_REFERRALS_ENDPOINT
     );
     assert_eq!(
         s.authority_host.as_str(),
         "https://login.microsoftonline.com/"
     );
     assert_eq!(s.dataverse.as_str(), "https://contoso.crm.dynamics.com/");
-    assert_eq!(s.schedule, cosell::sync::Schedule::default());
-    assert_eq!(s.engine, cosell::sync::EngineConfig::default());
+    assert_eq!(s.schedule, cosell_sync::Schedule::default());
+    assert_eq!(s.engine, cosell_sync::EngineConfig::default());
     assert!(s.verification.certificate_url_prefixes.is_empty());
     assert!(s.verification.certificate_hosts.is_empty() && s.verification.default_roots);
     assert!(s.verification.issuer_url_prefixes.is_empty());
