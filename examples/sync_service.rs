@@ -34,7 +34,9 @@ const LISTEN: &str = "127.0.0.1:7110";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     // App-only for Dataverse and the webhook API; app+user for the referrals API. A real
     // service keeps secrets out of the source and persists the rotated refresh token.
     let app = ClientSecretCredential::builder(TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
@@ -69,7 +71,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let root = fetch_pem("http://127.0.0.1:7103/cert/sandbox-root-ca.pem").await?;
     let verifier = WebhookVerifier::builder()
         .expected_organization("cosell sandbox")
-        .allow_certificate_url(CertificateUrlRule::from_prefix("http://127.0.0.1:7103/cert/")?)
+        .allow_certificate_url(CertificateUrlRule::from_prefix(
+            "http://127.0.0.1:7103/cert/",
+        )?)
         .allow_issuer_url(CertificateUrlRule::from_prefix(
             "http://127.0.0.1:7105/pkiops/certs/",
         )?)
@@ -96,7 +100,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
 }
 
 /// `POST /webhook`: verify and queue; the engine's inbox pass does the work.
-async fn webhook(State(intake): State<WebhookIntake>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn webhook(
+    State(intake): State<WebhookIntake>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
     match intake.receive(&headers, &body).await {
         Ok(_) => StatusCode::OK,
         Err(e) => StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),

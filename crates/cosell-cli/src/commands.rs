@@ -237,17 +237,17 @@ pub async fn sync_referral(s: &Settings, id: &str) -> Result<ExitCode, Error> {
 /// `cosell sync crm <table> <id>`: `table` is the opportunity or lead table of the field map.
 pub async fn sync_crm(s: &Settings, table: &str, id: &str) -> Result<ExitCode, Error> {
     let columns = &s.map.config().columns;
-    let kind = if table == columns.opportunity.entity || table == entity_name(RecordKind::Opportunity)
-    {
-        RecordKind::Opportunity
-    } else if table == columns.lead.entity || table == entity_name(RecordKind::Lead) {
-        RecordKind::Lead
-    } else {
-        return Err(Error::Message(format!(
-            "table `{table}`: cosell syncs `{}` (opportunities) and `{}` (leads)",
-            columns.opportunity.entity, columns.lead.entity
-        )));
-    };
+    let kind =
+        if table == columns.opportunity.entity || table == entity_name(RecordKind::Opportunity) {
+            RecordKind::Opportunity
+        } else if table == columns.lead.entity || table == entity_name(RecordKind::Lead) {
+            RecordKind::Lead
+        } else {
+            return Err(Error::Message(format!(
+                "table `{table}`: cosell syncs `{}` (opportunities) and `{}` (leads)",
+                columns.opportunity.entity, columns.lead.entity
+            )));
+        };
     let w = wire(s).await?;
     let outcome = w.engine.sync_crm_record(kind, id).await?;
     print_outcome(&outcome);

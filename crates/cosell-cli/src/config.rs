@@ -8,11 +8,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use url::{Host, Url};
 use cosell_mapping::FieldMap;
 use cosell_sandbox::entra::{SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
+use url::{Host, Url};
 
 /// A configuration problem, naming the key (dotted path) it is about.
 #[derive(Debug, thiserror::Error)]
@@ -526,7 +526,10 @@ impl Settings {
 
         let address = |key: &str, raw: &str| {
             raw.parse::<SocketAddr>().map_err(|_| {
-                ConfigError::new(key, format!("`{raw}` is not an address such as 127.0.0.1:8080"))
+                ConfigError::new(
+                    key,
+                    format!("`{raw}` is not an address such as 127.0.0.1:8080"),
+                )
             })
         };
         let listen = address("server.listen", &c.server.listen)?;
@@ -555,7 +558,10 @@ impl Settings {
             ));
         }
         if c.server.max_connections == 0 {
-            return Err(ConfigError::new("server.max_connections", "must be at least 1"));
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "must be at least 1",
+            ));
         }
         for (key, d) in [
             ("server.header_read_timeout", c.server.header_read_timeout),

@@ -7,8 +7,8 @@
 pub mod commands;
 pub mod config;
 pub mod listener;
-pub mod login;
 pub mod logging;
+pub mod login;
 pub mod sandbox;
 pub mod service;
 pub mod token;
@@ -33,13 +33,13 @@ pub enum Error {
     Store(#[from] cosell_sync::store::StoreError),
     /// The engine failed (its store, or a call a whole pass needs).
     #[error(transparent)]
-    Engine(#[from] cosell_sync::EngineError),
+    Engine(Box<cosell_sync::EngineError>),
     /// A Partner Center call or client setting failed.
     #[error(transparent)]
-    PartnerCenter(#[from] partner_center_client::Error),
+    PartnerCenter(Box<partner_center_client::Error>),
     /// A Dataverse call or client setting failed.
     #[error(transparent)]
-    Dataverse(#[from] dataverse_client::Error),
+    Dataverse(Box<dataverse_client::Error>),
     /// A credential could not be built or a token obtained.
     #[error(transparent)]
     Credential(#[from] cosell_http::CredentialError),
@@ -57,6 +57,25 @@ pub enum Error {
     Message(String),
 }
 
+// Boxed: the clients' errors are large, and every command returns this.
+impl From<cosell_sync::EngineError> for Error {
+    fn from(e: cosell_sync::EngineError) -> Self {
+        Error::Engine(Box::new(e))
+    }
+}
+
+impl From<partner_center_client::Error> for Error {
+    fn from(e: partner_center_client::Error) -> Self {
+        Error::PartnerCenter(Box::new(e))
+    }
+}
+
+impl From<dataverse_client::Error> for Error {
+    fn from(e: dataverse_client::Error) -> Self {
+        Error::Dataverse(Box::new(e))
+    }
+}
+
 impl Error {
     /// Whether running the command again later may succeed (a service unreachable or
     /// throttling) rather than needing a fix.
@@ -64,7 +83,10 @@ impl Error {
         match self {
             Error::Transport(e) => e.is_retryable(),
             Error::Credential(e) => e.is_retryable(),
-            Error::Engine(cosell_sync::EngineError::Remote(e)) => e.is_retryable(),
+            Error::Engine(e) => match e.as_ref() {
+                cosell_sync::EngineError::Remote(e) => e.is_retryable(),
+                _ => false,
+            },
             _ => false,
         }
     }

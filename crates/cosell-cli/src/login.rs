@@ -57,10 +57,7 @@ fn describe(what: &str, status: u16, body: &[u8]) -> Error {
 /// `credentials.refresh_token_file`, where `cosell serve` reads it.
 pub async fn login(s: &Settings) -> Result<ExitCode, Error> {
     let base = format!("{}{}/oauth2/v2.0", s.authority_host, s.tenant);
-    let scope = format!(
-        "{} offline_access",
-        partner_center_client::REFERRALS_SCOPE
-    );
+    let scope = format!("{} offline_access", partner_center_client::REFERRALS_SCOPE);
     let client_id = s.credentials.client_id.as_str();
     let (status, body) = crate::http_post_form(
         &format!("{base}/devicecode"),
@@ -76,7 +73,10 @@ pub async fn login(s: &Settings) -> Result<ExitCode, Error> {
         "To sign in as the Referrals admin, open {} and enter the code {}",
         code.verification_uri, code.user_code
     );
-    println!("Waiting for the sign-in to finish (the code expires in {} s)…", code.expires_in);
+    println!(
+        "Waiting for the sign-in to finish (the code expires in {} s)…",
+        code.expires_in
+    );
     let mut interval = Duration::from_secs(code.interval.max(1));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(code.expires_in);
     loop {
@@ -96,7 +96,9 @@ pub async fn login(s: &Settings) -> Result<ExitCode, Error> {
         )
         .await?;
         let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|_| {
-            Error::Message(format!("the token endpoint answered HTTP {status}, not JSON"))
+            Error::Message(format!(
+                "the token endpoint answered HTTP {status}, not JSON"
+            ))
         })?;
         match (status, answer.error.as_deref()) {
             (200, _) => {

@@ -20,10 +20,21 @@ use cosell_cli::{Error, login, service};
 )]
 struct Cli {
     /// The configuration file.
-    #[arg(long, global = true, env = "COSELL_CONFIG", default_value = "cosell.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "COSELL_CONFIG",
+        default_value = "cosell.toml"
+    )]
     config: PathBuf,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, env = "COSELL_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "COSELL_LOG_FORMAT",
+        default_value = "text"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

@@ -98,8 +98,12 @@ pub async fn run(args: SandboxArgs) -> Result<ExitCode, Error> {
     println!("  PKI host                 {}", urls.pki);
     println!("  Dataverse                {}", urls.dataverse);
     println!();
-    println!("  client id {SANDBOX_CLIENT_ID}, client secret {SANDBOX_CLIENT_SECRET}, tenant {SANDBOX_TENANT}");
-    println!("  refresh token {SANDBOX_REFRESH_TOKEN} (app+user, scope {REFERRALS_AUDIENCE}/.default)");
+    println!(
+        "  client id {SANDBOX_CLIENT_ID}, client secret {SANDBOX_CLIENT_SECRET}, tenant {SANDBOX_TENANT}"
+    );
+    println!(
+        "  refresh token {SANDBOX_REFRESH_TOKEN} (app+user, scope {REFERRALS_AUDIENCE}/.default)"
+    );
     println!("  referrals {} stored", pc.referral_count());
     println!();
     println!("Run the service against it (in another terminal):");

@@ -124,9 +124,9 @@ pub async fn serve(s: Settings) -> Result<std::process::ExitCode, Error> {
         .with_state(state.clone());
 
     // Bound before registering, so the first callback finds us listening.
-    let listener = tokio::net::TcpListener::bind(s.listen)
-        .await
-        .map_err(|e| Error::Message(format!("server.listen: cannot listen on {}: {e}", s.listen)))?;
+    let listener = tokio::net::TcpListener::bind(s.listen).await.map_err(|e| {
+        Error::Message(format!("server.listen: cannot listen on {}: {e}", s.listen))
+    })?;
     let admin_listener = tokio::net::TcpListener::bind(s.admin_listen)
         .await
         .map_err(|e| {
@@ -168,10 +168,7 @@ pub async fn serve(s: Settings) -> Result<std::process::ExitCode, Error> {
 
     if s.register {
         let seen = register(&partner_center, &s).await;
-        *state
-            .registration
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = seen;
+        *state.registration.lock().unwrap_or_else(|p| p.into_inner()) = seen;
     } else {
         tracing::info!("webhook.register = false: the callback registration is left as it is");
     }
@@ -232,9 +229,11 @@ async fn register(
     match cosell_sync::register_callback(partner_center, url, s.take_over_registration).await {
         Ok(outcome) => {
             let (text, code, holder) = match &outcome {
-                RegistrationOutcome::Created => {
-                    ("registered (there was no registration)".to_string(), "registered", None)
-                }
+                RegistrationOutcome::Created => (
+                    "registered (there was no registration)".to_string(),
+                    "registered",
+                    None,
+                ),
                 RegistrationOutcome::AlreadyCurrent => {
                     ("already registered".into(), "registered", None)
                 }
@@ -516,10 +515,7 @@ async fn set_gauges(state: &AppState) -> Result<(), StoreError> {
         present.insert(key);
     }
     {
-        let mut seen = state
-            .classes_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut seen = state.classes_seen.lock().unwrap_or_else(|p| p.into_inner());
         for (class, direction) in seen.difference(&present) {
             metrics::gauge!("cosell_dead_letters", "class" => class.clone(), "direction" => *direction)
                 .set(0.0);

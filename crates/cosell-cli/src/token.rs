@@ -77,6 +77,11 @@ mod tests {
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(&dir.path().join("state")), 0o700);
         }
-        assert_eq!(std::fs::read_dir(dir.path().join("state")).map(|d| d.count()).unwrap_or(0), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("state"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            1
+        );
     }
 }

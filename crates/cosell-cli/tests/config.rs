@@ -96,11 +96,17 @@ fn a_minimal_production_config_takes_the_defaults() {
 fn mistakes_name_their_key() {
     let cases = [
         (
-            SHIPPED.replace("admin_listen = \"127.0.0.1:7111\"", "admin_listen = \"0.0.0.0:7111\""),
+            SHIPPED.replace(
+                "admin_listen = \"127.0.0.1:7111\"",
+                "admin_listen = \"0.0.0.0:7111\"",
+            ),
             "`server.admin_listen`",
         ),
         (
-            SHIPPED.replace("admin_listen = \"127.0.0.1:7111\"", "admin_listen = \"127.0.0.1:7110\""),
+            SHIPPED.replace(
+                "admin_listen = \"127.0.0.1:7111\"",
+                "admin_listen = \"127.0.0.1:7110\"",
+            ),
             "`server.admin_listen`",
         ),
         (
@@ -112,7 +118,10 @@ fn mistakes_name_their_key() {
             "`server.max_connections`",
         ),
         (
-            SHIPPED.replace("header_read_timeout = \"10s\"", "header_read_timeout = \"0s\""),
+            SHIPPED.replace(
+                "header_read_timeout = \"10s\"",
+                "header_read_timeout = \"0s\"",
+            ),
             "`server.header_read_timeout`",
         ),
         (

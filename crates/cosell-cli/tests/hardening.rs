@@ -44,13 +44,21 @@ async fn idle_and_slow_connections_cannot_take_the_listener_down() {
     // 300 idle connections, far more than the 64 served at once.
     let mut idle = Vec::new();
     for _ in 0..300 {
-        idle.push(TcpStream::connect(("127.0.0.1", setup.listen)).await.unwrap());
+        idle.push(
+            TcpStream::connect(("127.0.0.1", setup.listen))
+                .await
+                .unwrap(),
+        );
     }
     // Slow-loris: headers a byte at a time, never finished.
     let mut loris = Vec::new();
     for _ in 0..20 {
-        let mut s = TcpStream::connect(("127.0.0.1", setup.listen)).await.unwrap();
-        s.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", setup.listen))
+            .await
+            .unwrap();
+        s.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         loris.push(s);
     }
     let dripping = tokio::spawn(async move {
@@ -64,15 +72,28 @@ async fn idle_and_slow_connections_cannot_take_the_listener_down() {
     });
 
     // The health check still gets through: the idle ones are closed after the header timeout.
-    let (code, body) = request(setup.listen, "GET /healthz", &[], "").await.unwrap();
+    let (code, body) = request(setup.listen, "GET /healthz", &[], "")
+        .await
+        .unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
-    assert!(closed_by_server(&mut idle[0]).await, "an idle connection stays open");
-    assert!(closed_by_server(&mut idle[299]).await, "an idle connection stays open");
+    assert!(
+        closed_by_server(&mut idle[0]).await,
+        "an idle connection stays open"
+    );
+    assert!(
+        closed_by_server(&mut idle[299]).await,
+        "an idle connection stays open"
+    );
     let mut loris = dripping.await.unwrap();
-    assert!(closed_by_server(&mut loris[0]).await, "a slow-loris connection stays open");
+    assert!(
+        closed_by_server(&mut loris[0]).await,
+        "a slow-loris connection stays open"
+    );
 
     // An oversize body is refused from its Content-Length, before it is sent.
-    let mut big = TcpStream::connect(("127.0.0.1", setup.listen)).await.unwrap();
+    let mut big = TcpStream::connect(("127.0.0.1", setup.listen))
+        .await
+        .unwrap();
     big.write_all(
         b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{",
     )
@@ -89,12 +110,19 @@ async fn idle_and_slow_connections_cannot_take_the_listener_down() {
     // The admin routes want the token; they answer with it.
     let (code, _) = request(setup.admin, "GET /status", &[], "").await.unwrap();
     assert_eq!(code, 401);
-    let (code, _) = request(setup.admin, "GET /metrics", &[("Authorization", "Bearer wrong")], "")
-        .await
-        .unwrap();
+    let (code, _) = request(
+        setup.admin,
+        "GET /metrics",
+        &[("Authorization", "Bearer wrong")],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(code, 401);
     let auth = [("Authorization", "Bearer s3cret-admin")];
-    let (code, body) = request(setup.admin, "GET /status", &auth, "").await.unwrap();
+    let (code, body) = request(setup.admin, "GET /status", &auth, "")
+        .await
+        .unwrap();
     assert_eq!(code, 200, "{body}");
     let (code, _) = request(setup.admin, "GET /healthz", &[], "").await.unwrap();
     assert_eq!(code, 200, "the admin health check needs no token");

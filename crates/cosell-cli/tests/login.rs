@@ -48,7 +48,10 @@ async fn login_saves_a_refresh_token_that_serve_then_uses() {
         }
         out
     });
-    let exit = tokio::time::timeout(PATIENCE, login.wait()).await.unwrap().unwrap();
+    let exit = tokio::time::timeout(PATIENCE, login.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(exit.success(), "{}", setup.log("login.log"));
     assert!(rest.await.unwrap().contains("Signed in"));
 

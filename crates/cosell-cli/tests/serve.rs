@@ -31,7 +31,10 @@ async fn serve_syncs_a_referral_and_the_commands_see_and_fix_what_failed() {
         .create_incoming_referral(json!({"name": "Spawned Pharma - data platform"}))
         .unwrap();
     let referral_id = referral["id"].as_str().unwrap().to_string();
-    eventually("the lead in the CRM", || async { (dv.count("lead") == 1).then_some(()) }).await;
+    eventually("the lead in the CRM", || async {
+        (dv.count("lead") == 1).then_some(())
+    })
+    .await;
 
     // /status: counts from the store, the registration, the throttle, no customer text.
     let status: Value = eventually("a status with the link", || async {
@@ -56,8 +59,11 @@ async fn serve_syncs_a_referral_and_the_commands_see_and_fix_what_failed() {
         let (code, text) = request(setup.admin, "GET /metrics", &[], "").await.ok()?;
         let counted = sample_sum(&text, "cosell_http_requests_total", "service=\"dataverse\"");
         let answered = faults.calls(Service::Dataverse) as f64;
-        let synced =
-            sample_sum(&text, "cosell_sync_records_synced_total", "direction=\"to_crm\"");
+        let synced = sample_sum(
+            &text,
+            "cosell_sync_records_synced_total",
+            "direction=\"to_crm\"",
+        );
         (code == 200 && counted > 0.0 && counted == answered && synced == 1.0).then_some(text)
     })
     .await;
@@ -80,7 +86,10 @@ async fn serve_syncs_a_referral_and_the_commands_see_and_fix_what_failed() {
     // The decision history of the referral.
     let (ok, audit) = setup.run(&["audit", &referral_id]).await;
     assert!(ok.success());
-    assert!(audit.contains("to_crm") && audit.contains("created"), "{audit}");
+    assert!(
+        audit.contains("to_crm") && audit.contains("created"),
+        "{audit}"
+    );
 
     // A referral in a currency the CRM lacks: `sync referral` fails and leaves a dead letter.
     let nok = pc
@@ -95,7 +104,10 @@ async fn serve_syncs_a_referral_and_the_commands_see_and_fix_what_failed() {
     assert!(!failed.success(), "{out}");
     assert!(out.contains("Failed"), "{out}");
     let (_, list) = setup.run(&["dead-letters", "list"]).await;
-    assert!(list.contains(&key) && list.contains("1 dead letter(s)"), "{list}");
+    assert!(
+        list.contains(&key) && list.contains("1 dead letter(s)"),
+        "{list}"
+    );
     let (_, shown) = setup.run(&["dead-letters", "show", &key]).await;
     assert!(shown.contains("NOK"), "{shown}");
 
@@ -132,7 +144,9 @@ async fn serve_syncs_a_referral_and_the_commands_see_and_fix_what_failed() {
     assert!(!list.contains(&sek_key), "{list}");
     let (_, audit) = setup.run(&["audit", &sek_id]).await;
     assert!(audit.contains("dropped by an operator"), "{audit}");
-    let (missing, _) = setup.run(&["dead-letters", "replay", "referral:nope"]).await;
+    let (missing, _) = setup
+        .run(&["dead-letters", "replay", "referral:nope"])
+        .await;
     assert!(!missing.success());
 
     // A CRM row synced on demand: the lead of the first referral, already in sync.

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::response::Html;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use chrono::{DateTime, Utc};
@@ -497,7 +497,10 @@ async fn device_code(
         );
     }
     let device_code = format!("sbx-dc-{}", uuid::Uuid::new_v4().simple());
-    let letters = uuid::Uuid::new_v4().simple().to_string().to_ascii_uppercase();
+    let letters = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .to_ascii_uppercase();
     let user_code = letters[..9].to_string();
     entra.lock().device_codes.insert(
         device_code.clone(),
@@ -552,7 +555,10 @@ async fn device_login(
             "Signed in. You can close this page and return to the application.\n",
         )
     } else {
-        (StatusCode::BAD_REQUEST, "That code is unknown or has expired.\n")
+        (
+            StatusCode::BAD_REQUEST,
+            "That code is unknown or has expired.\n",
+        )
     }
 }
 
@@ -716,7 +722,12 @@ mod tests {
         let answer = body(answer).await;
         let dc = answer["device_code"].as_str().unwrap().to_string();
         let uc = answer["user_code"].as_str().unwrap().to_string();
-        assert!(answer["verification_uri"].as_str().unwrap().ends_with("/devicelogin"));
+        assert!(
+            answer["verification_uri"]
+                .as_str()
+                .unwrap()
+                .ends_with("/devicelogin")
+        );
         let poll = || {
             token(
                 State(e.clone()),
@@ -731,7 +742,7 @@ mod tests {
         let pending = poll().await;
         assert_eq!(pending.status(), 400);
         assert_eq!(body(pending).await["error"], "authorization_pending");
-        assert_eq!(e.pending_user_codes(), [uc.clone()]);
+        assert_eq!(e.pending_user_codes(), std::slice::from_ref(&uc));
         assert!(!e.approve_device_code("NOT-A-CODE"));
         assert!(e.approve_device_code(&uc.to_ascii_lowercase()));
         let tokens = body(poll().await).await;

@@ -572,7 +572,12 @@ async fn status_counts_come_from_the_store(store: &dyn StateStore) {
     let mut other_way = AuditEntry::new(Direction::ToPartnerCenter, AuditOutcome::Echo, "e");
     other_way.at = t(300);
     store
-        .commit(Commit::new().audit(written).audit(later_failure).audit(other_way))
+        .commit(
+            Commit::new()
+                .audit(written)
+                .audit(later_failure)
+                .audit(other_way),
+        )
         .await
         .unwrap();
     // A failure or an echo is not a sync.
@@ -581,7 +586,10 @@ async fn status_counts_come_from_the_store(store: &dyn StateStore) {
         Some(t(100))
     );
     assert_eq!(
-        store.last_synced_at(Direction::ToPartnerCenter).await.unwrap(),
+        store
+            .last_synced_at(Direction::ToPartnerCenter)
+            .await
+            .unwrap(),
         None
     );
 }

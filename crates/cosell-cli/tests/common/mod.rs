@@ -167,7 +167,12 @@ impl Setup {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
-            eprintln!("cosell {} → {}\n{stdout}\n{}", args.join(" "), out.status, self.log(&name));
+            eprintln!(
+                "cosell {} → {}\n{stdout}\n{}",
+                args.join(" "),
+                out.status,
+                self.log(&name)
+            );
         }
         (out.status, stdout)
     }
@@ -234,7 +239,10 @@ pub fn parse(answer: &[u8]) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         let mut out = String::new();
         let mut rest = body;
         while let Some((size, tail)) = rest.split_once("\r\n") {
@@ -263,7 +271,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

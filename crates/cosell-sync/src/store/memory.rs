@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AuditEntry, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction, InboxHint,
-    Link, StateStore, StoreError,
+    AuditEntry, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction, InboxHint, Link,
+    StateStore, StoreError,
 };
 
 #[derive(Debug, Default)]

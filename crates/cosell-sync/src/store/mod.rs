@@ -297,7 +297,9 @@ pub struct DeadLetterClass {
 impl DeadLetter {
     /// The class of the letter: its key's prefix (`referral:…` → `referral`).
     pub fn class(&self) -> &str {
-        self.key.split_once(':').map_or(self.key.as_str(), |(c, _)| c)
+        self.key
+            .split_once(':')
+            .map_or(self.key.as_str(), |(c, _)| c)
     }
 }
 
@@ -552,7 +554,10 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// When a record was last written to the side `direction` leads to (the newest audit entry
     /// created, updated or merged that way). The default scans the audit trail; stores
     /// override it with a query.
-    async fn last_synced_at(&self, direction: Direction) -> Result<Option<DateTime<Utc>>, StoreError> {
+    async fn last_synced_at(
+        &self,
+        direction: Direction,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(self
             .audit(&AuditQuery::default())
             .await?

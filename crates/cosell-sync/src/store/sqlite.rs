@@ -196,7 +196,11 @@ fn private_file(path: &Path) -> std::io::Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         // A file created before this version (or by hand) may be wider.
-        for file in [path.to_path_buf(), sidecar(path, "-wal"), sidecar(path, "-shm")] {
+        for file in [
+            path.to_path_buf(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ] {
             if file.exists() {
                 std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
             }
