@@ -163,3 +163,52 @@ async fn the_state_on_disk_is_private() {
     let saved = std::fs::read_to_string(state.join("refresh-token")).unwrap();
     assert_ne!(saved.trim(), setup.refresh_token.as_deref().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_answers_503_while_stopping_until_the_listener_closes() {
+    use cosell_sandbox::{Fault, Service};
+    let setup = Setup::new("", true).await;
+    let service = setup.serve().await;
+    let faults = setup.sandbox.faults();
+    let before = faults.calls(Service::Dataverse);
+    // Every Dataverse call now takes 3 s: the pass a referral starts is still in flight below.
+    faults.inject(
+        Service::Dataverse,
+        Fault::latency(Duration::from_secs(3)).times(3),
+    );
+    setup
+        .sandbox
+        .partner_center()
+        .create_incoming_referral(serde_json::json!({"name": "Slow"}))
+        .unwrap();
+    common::eventually("a Dataverse call in flight", || async {
+        (faults.calls(Service::Dataverse) > before).then_some(())
+    })
+    .await;
+    let pid = service.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let (code, body) = common::eventually("503 from /healthz", || async {
+        let answer = request(setup.listen, "GET /healthz", &[], "").await.ok()?;
+        (answer.0 == 503).then_some(answer)
+    })
+    .await;
+    assert_eq!((code, body.as_str()), (503, "stopping\n"));
+    let exit = stop_after_signal(service).await;
+    assert!(exit.success(), "{}", setup.log("serve.log"));
+    // Closed now.
+    assert!(
+        request(setup.listen, "GET /healthz", &[], "")
+            .await
+            .is_err()
+    );
+}
+
+async fn stop_after_signal(mut child: tokio::process::Child) -> std::process::ExitStatus {
+    tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("cosell serve did not stop")
+        .unwrap()
+}
