@@ -2781,30 +2781,28 @@ impl Engine {
     /// Retries the dead letter `key` (an operator's "replay this one"); cleared when it
     /// succeeds. `None` when the key names no kind of record the engine knows.
     pub async fn replay_dead_letter(&self, key: &str) -> Result<Option<Outcome>, EngineError> {
-        {
-            let outcome = match key.split_once(':') {
-                // A linked pair is reconciled in full: its referral's eTag may not have moved
-                // while a write to it is still pending.
-                Some(("referral", id)) => match self.inner.store.link_by_referral(id).await? {
-                    Some(link) => Box::pin(self.reconcile_link(link)).await?,
-                    None => Box::pin(self.sync_referral(id)).await?,
-                },
-                // A decision on a related referral that could not be written yet.
-                Some(("related", id)) => Box::pin(self.sync_related(id)).await?,
-                Some((entity, id)) => match kind_of(entity) {
-                    Some(kind) => Box::pin(self.sync_crm_record(kind, id)).await?,
-                    None => return Ok(None),
-                },
+        let outcome = match key.split_once(':') {
+            // A linked pair is reconciled in full: its referral's eTag may not have moved
+            // while a write to it is still pending.
+            Some(("referral", id)) => match self.inner.store.link_by_referral(id).await? {
+                Some(link) => Box::pin(self.reconcile_link(link)).await?,
+                None => Box::pin(self.sync_referral(id)).await?,
+            },
+            // A decision on a related referral that could not be written yet.
+            Some(("related", id)) => Box::pin(self.sync_related(id)).await?,
+            Some((entity, id)) => match kind_of(entity) {
+                Some(kind) => Box::pin(self.sync_crm_record(kind, id)).await?,
                 None => return Ok(None),
-            };
-            if outcome.action != Action::Failed && !self.inner.config.dry_run {
-                self.inner
-                    .store
-                    .commit(Commit::new().clear_dead_letter(key))
-                    .await?;
-            }
-            Ok(Some(outcome))
+            },
+            None => return Ok(None),
+        };
+        if outcome.action != Action::Failed && !self.inner.config.dry_run {
+            self.inner
+                .store
+                .commit(Commit::new().clear_dead_letter(key))
+                .await?;
         }
+        Ok(Some(outcome))
     }
 
     /// Runs the passes on `schedule` until `shutdown` completes, then returns after the pass in
