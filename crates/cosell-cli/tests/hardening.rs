@@ -137,7 +137,8 @@ async fn idle_and_slow_connections_cannot_take_the_listener_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_on_disk_is_private() {
     use std::os::unix::fs::PermissionsExt;
-    let setup = Setup::new("", true).await;
+    let mut setup = Setup::new("", true).await;
+    setup.envs.push(("COSELL_LOG_FORMAT".into(), "json".into()));
     let service = setup.serve().await;
     setup
         .sandbox
@@ -149,6 +150,14 @@ async fn the_state_on_disk_is_private() {
     })
     .await;
     assert!(stop(service).await.success());
+    // Asked for JSON, every log line is a JSON object (a collector parses them).
+    let log = setup.log("serve.log");
+    assert!(log.contains("record synced"), "{log}");
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let state = setup.state_dir();
     assert_eq!(mode(&state), 0o700);
