@@ -378,6 +378,13 @@ impl Pipeline {
                         if status == StatusCode::TOO_MANY_REQUESTS {
                             metrics::counter!("cosell_http_throttled_total", "service" => inner.service.clone())
                                 .increment(1);
+                            // An operator must see why a run went quiet (a backfill behind a
+                            // long Retry-After), not only a counter.
+                            tracing::warn!(
+                                service = %inner.service,
+                                wait = ?retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE),
+                                "throttled by the service; pausing requests"
+                            );
                             if let Some(l) = &inner.limiter {
                                 l.on_throttled(retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE));
                             }

@@ -184,6 +184,16 @@ impl AdaptiveLimiter {
         s.limit = s.limit.min(s.max);
     }
 
+    /// How long new requests stay paused for a `Retry-After` (`None`: not paused). For status
+    /// pages, gauges and progress estimates.
+    pub fn pause_remaining(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.lock()
+            .paused_until
+            .filter(|u| *u > now)
+            .map(|u| u - now)
+    }
+
     /// The current state.
     pub fn snapshot(&self) -> LimiterSnapshot {
         let s = self.lock();

@@ -24,6 +24,22 @@ pub trait HttpTransport: Send + Sync + fmt::Debug + 'static {
         &self,
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, TransportError>;
+
+    /// Like [`send`](Self::send), but a body longer than `max_body` bytes fails with
+    /// [`TransportErrorKind::BodyTooLarge`]. Streaming transports stop reading at the limit
+    /// (a download a remote party chooses, such as a certificate URL, cannot make the caller
+    /// buffer more); the default checks the buffered body.
+    async fn send_limited(
+        &self,
+        request: http::Request<Bytes>,
+        max_body: usize,
+    ) -> Result<http::Response<Bytes>, TransportError> {
+        let response = self.send(request).await?;
+        if response.body().len() > max_body {
+            return Err(TransportError::body_too_large(max_body));
+        }
+        Ok(response)
+    }
 }
 
 #[async_trait]
@@ -33,6 +49,14 @@ impl<T: HttpTransport + ?Sized> HttpTransport for Arc<T> {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, TransportError> {
         (**self).send(request).await
+    }
+
+    async fn send_limited(
+        &self,
+        request: http::Request<Bytes>,
+        max_body: usize,
+    ) -> Result<http::Response<Bytes>, TransportError> {
+        (**self).send_limited(request, max_body).await
     }
 }
 
@@ -48,6 +72,8 @@ pub enum TransportErrorKind {
     Io,
     /// The request could not be built (bad URL, bad header); nothing was sent.
     Request,
+    /// The response body was longer than the caller's limit; reading stopped there.
+    BodyTooLarge,
     /// Anything else.
     Other,
 }
@@ -93,6 +119,15 @@ impl TransportError {
     /// A connection that could not be established (nothing sent).
     pub fn connect(message: impl Into<String>) -> Self {
         Self::new(TransportErrorKind::Connect, false, message)
+    }
+
+    /// A body over `max` bytes (see [`HttpTransport::send_limited`]).
+    pub fn body_too_large(max: usize) -> Self {
+        TransportError::new(
+            TransportErrorKind::BodyTooLarge,
+            true,
+            format!("the response body is over {max} bytes"),
+        )
     }
 
     /// A timeout after the request was sent.
@@ -328,6 +363,43 @@ mod reqwest_impl {
             let headers = response.headers().clone();
             let body = response.bytes().await.map_err(classify)?;
             let mut out = http::Response::new(body);
+            *out.status_mut() = status;
+            *out.version_mut() = version;
+            *out.headers_mut() = headers;
+            Ok(out)
+        }
+
+        async fn send_limited(
+            &self,
+            request: http::Request<Bytes>,
+            max_body: usize,
+        ) -> Result<http::Response<Bytes>, TransportError> {
+            let request = reqwest::Request::try_from(request).map_err(|e| {
+                TransportError::new(TransportErrorKind::Request, false, e.to_string())
+            })?;
+            let mut response = self
+                .client
+                .execute(request)
+                .await
+                .map_err(classify)?;
+            if response
+                .content_length()
+                .is_some_and(|n| n > max_body as u64)
+            {
+                return Err(TransportError::body_too_large(max_body));
+            }
+            let status = response.status();
+            let version = response.version();
+            let headers = response.headers().clone();
+            // Chunk by chunk, so a body without (or lying about) its length stops at the limit.
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(classify)? {
+                if body.len() + chunk.len() > max_body {
+                    return Err(TransportError::body_too_large(max_body));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let mut out = http::Response::new(Bytes::from(body));
             *out.status_mut() = status;
             *out.version_mut() = version;
             *out.headers_mut() = headers;

@@ -1,7 +1,10 @@
 //! A stand-in for Entra ID's token endpoints, so the real credential code path runs in every
 //! test: `POST /{tenant}/oauth2/v2.0/token` with the `client_credentials` and `refresh_token`
 //! grants, and the v1 `POST /{tenant}/oauth2/token` with the `password` grant (ROPC) that
-//! Microsoft's referral authentication page documents. Issued tokens are opaque, remembered with
+//! Microsoft's referral authentication page documents, and the device authorization grant
+//! (`POST /{tenant}/oauth2/v2.0/devicecode`, then the token endpoint polled with
+//! `authorization_pending` until the user approves the code at `/devicelogin`, where the
+//! sandbox asks for the code and nothing else). Issued tokens are opaque, remembered with
 //! their audience and expiry, and checked by the emulated APIs, which answer 401 to a missing,
 //! unknown, expired or wrong-audience token.
 
@@ -11,8 +14,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Html;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -70,8 +74,25 @@ struct IssuedToken {
     expires_on: DateTime<Utc>,
 }
 
+/// A device code handed out and not yet redeemed.
+#[derive(Debug, Clone)]
+struct DeviceCode {
+    client_id: String,
+    user_code: String,
+    scope: String,
+    expires_on: DateTime<Utc>,
+    approved: bool,
+}
+
+/// How long a device code is valid (Microsoft's answer says 900 seconds).
+const DEVICE_CODE_LIFETIME: i64 = 900;
+/// The polling interval the device code answer asks for, in seconds.
+const DEVICE_CODE_INTERVAL: u64 = 1;
+
 #[derive(Debug)]
 struct State_ {
+    /// Device codes by `device_code`.
+    device_codes: HashMap<String, DeviceCode>,
     apps: HashMap<String, String>,
     access_tokens: HashMap<String, IssuedToken>,
     refresh_tokens: HashMap<String, String>,
@@ -102,6 +123,7 @@ impl EntraStandIn {
         );
         EntraStandIn {
             state: Arc::new(Mutex::new(State_ {
+                device_codes: HashMap::new(),
                 apps,
                 access_tokens: HashMap::new(),
                 refresh_tokens: HashMap::new(),
@@ -175,6 +197,36 @@ impl EntraStandIn {
         self.lock().access_tokens.clear();
     }
 
+    /// Approves the pending device code whose user code is `user_code` (case-insensitive), as
+    /// the signed-in user does at the verification page; the next poll of the token endpoint
+    /// gets tokens. Returns whether such a code was pending.
+    pub fn approve_device_code(&self, user_code: &str) -> bool {
+        let now = Utc::now();
+        let mut s = self.lock();
+        match s
+            .device_codes
+            .values_mut()
+            .find(|d| d.user_code.eq_ignore_ascii_case(user_code.trim()) && d.expires_on > now)
+        {
+            Some(d) => {
+                d.approved = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The user codes of the device codes waiting for approval.
+    pub fn pending_user_codes(&self) -> Vec<String> {
+        let now = Utc::now();
+        self.lock()
+            .device_codes
+            .values()
+            .filter(|d| !d.approved && d.expires_on > now)
+            .map(|d| d.user_code.clone())
+            .collect()
+    }
+
     /// Token grants answered so far.
     pub fn grants(&self) -> u64 {
         self.lock().grants
@@ -231,6 +283,8 @@ impl EntraStandIn {
         Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .route("/{tenant}/oauth2/token", post(token_v1))
+            .route("/{tenant}/oauth2/v2.0/devicecode", post(device_code))
+            .route("/devicelogin", get(device_login_page).post(device_login))
             .with_state(self.clone())
     }
 
@@ -367,11 +421,144 @@ async fn token(
                 ),
             }
         }
+        // https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-device-code
+        // ("Authenticating the user"): the client polls with the device code; 400 with
+        // `authorization_pending` until the user finishes, then the tokens.
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            if form.contains_key("client_secret") && !secret_ok {
+                return oauth_error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    "AADSTS7000215: Invalid client secret provided.",
+                );
+            }
+            let code = entra.lock().device_codes.get(get("device_code")).cloned();
+            match code {
+                Some(code) if code.client_id != client_id => oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_verification_code",
+                    "AADSTS70019: The device code was issued to another client.",
+                ),
+                None => oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_verification_code",
+                    "AADSTS70019: The device code was not recognized.",
+                ),
+                Some(code) if code.expires_on <= Utc::now() => {
+                    entra.lock().device_codes.remove(get("device_code"));
+                    oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "expired_token",
+                        "AADSTS70020: The device code has expired; start again.",
+                    )
+                }
+                Some(code) if !code.approved => oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "authorization_pending",
+                    "AADSTS70016: The user has not yet finished authenticating.",
+                ),
+                Some(code) => {
+                    // Redeemed once: the device code is spent.
+                    entra.lock().device_codes.remove(get("device_code"));
+                    issued(entra.issue(client_id, &code.scope, true))
+                }
+            }
+        }
         other => oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             &format!("AADSTS70003: The grant type `{other}` is not supported here."),
         ),
+    }
+}
+
+/// `POST /{tenant}/oauth2/v2.0/devicecode`: a device code and the user code to enter at the
+/// verification page.
+async fn device_code(
+    State(entra): State<EntraStandIn>,
+    Path(_tenant): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    let client_id = get("client_id");
+    if !entra.lock().apps.contains_key(client_id) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+        );
+    }
+    if !get("scope").contains("://") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "AADSTS70011: The provided request must include a resource scope.",
+        );
+    }
+    let device_code = format!("sbx-dc-{}", uuid::Uuid::new_v4().simple());
+    let letters = uuid::Uuid::new_v4()
+        .simple()
+        .to_string()
+        .to_ascii_uppercase();
+    let user_code = letters[..9].to_string();
+    entra.lock().device_codes.insert(
+        device_code.clone(),
+        DeviceCode {
+            client_id: client_id.to_string(),
+            user_code: user_code.clone(),
+            scope: get("scope").to_string(),
+            expires_on: Utc::now() + chrono::Duration::seconds(DEVICE_CODE_LIFETIME),
+            approved: false,
+        },
+    );
+    // The page is on this server; the Host header says how the client reached it.
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let verification_uri = format!("http://{host}/devicelogin");
+    // https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-device-code
+    // ("Device authorization response"): these six fields.
+    Json(json!({
+        "device_code": device_code,
+        "user_code": user_code,
+        "verification_uri": verification_uri,
+        "expires_in": DEVICE_CODE_LIFETIME,
+        "interval": DEVICE_CODE_INTERVAL,
+        "message": format!(
+            "To sign in, use a web browser to open the page {verification_uri} and enter the code {user_code} to authenticate."
+        ),
+    }))
+    .into_response()
+}
+
+/// `GET /devicelogin`: the sandbox's verification page (a form asking for the user code; the
+/// sandbox's user is signed in already).
+async fn device_login_page() -> Html<&'static str> {
+    Html(
+        "<!doctype html><title>cosell sandbox sign-in</title>\
+         <form method=post><label>Code <input name=user_code autofocus></label>\
+         <button>Sign in as the sandbox's referral admin</button></form>",
+    )
+}
+
+/// `POST /devicelogin` (form `user_code`): approves the code.
+async fn device_login(
+    State(entra): State<EntraStandIn>,
+    Form(form): Form<HashMap<String, String>>,
+) -> (StatusCode, &'static str) {
+    let code = form.get("user_code").map(String::as_str).unwrap_or("");
+    if entra.approve_device_code(code) {
+        (
+            StatusCode::OK,
+            "Signed in. You can close this page and return to the application.\n",
+        )
+    } else {
+        (
+            StatusCode::BAD_REQUEST,
+            "That code is unknown or has expired.\n",
+        )
     }
 }
 
@@ -506,6 +693,70 @@ mod tests {
             grant("other-app", SANDBOX_REFRESH_TOKEN).await.status(),
             400
         );
+    }
+
+    #[tokio::test]
+    async fn a_device_code_is_pending_until_approved_then_redeemed_once() {
+        let e = EntraStandIn::default();
+        let form = |pairs: &[(&str, &str)]| {
+            Form(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<HashMap<_, _>>(),
+            )
+        };
+        let body = |r: Response| async move {
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+        let scope = format!("{REFERRALS_AUDIENCE}/.default offline_access");
+        let answer = device_code(
+            State(e.clone()),
+            Path("t".into()),
+            HeaderMap::new(),
+            form(&[("client_id", SANDBOX_CLIENT_ID), ("scope", &scope)]),
+        )
+        .await;
+        assert_eq!(answer.status(), 200);
+        let answer = body(answer).await;
+        let dc = answer["device_code"].as_str().unwrap().to_string();
+        let uc = answer["user_code"].as_str().unwrap().to_string();
+        assert!(
+            answer["verification_uri"]
+                .as_str()
+                .unwrap()
+                .ends_with("/devicelogin")
+        );
+        let poll = || {
+            token(
+                State(e.clone()),
+                Path("t".into()),
+                form(&[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("client_id", SANDBOX_CLIENT_ID),
+                    ("device_code", &dc),
+                ]),
+            )
+        };
+        let pending = poll().await;
+        assert_eq!(pending.status(), 400);
+        assert_eq!(body(pending).await["error"], "authorization_pending");
+        assert_eq!(e.pending_user_codes(), std::slice::from_ref(&uc));
+        assert!(!e.approve_device_code("NOT-A-CODE"));
+        assert!(e.approve_device_code(&uc.to_ascii_lowercase()));
+        let tokens = body(poll().await).await;
+        assert!(tokens["access_token"].is_string() && tokens["refresh_token"].is_string());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("Bearer {}", tokens["access_token"].as_str().unwrap())
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(e.check_delegated(&h, REFERRALS_AUDIENCE), Ok(()));
+        let again = poll().await;
+        assert_eq!(body(again).await["error"], "bad_verification_code");
     }
 
     #[test]

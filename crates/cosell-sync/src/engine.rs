@@ -360,6 +360,9 @@ struct Inner {
     locks: KeyedLocks,
     stats: Stats,
     worker: leases::Worker,
+    /// The reconcile pass in flight: referrals done and listed (0 of 0 when none runs).
+    reconcile_done: AtomicU64,
+    reconcile_total: AtomicU64,
 }
 
 impl fmt::Debug for Engine {
@@ -636,6 +639,8 @@ impl Engine {
                 locks: KeyedLocks::default(),
                 stats: Stats::default(),
                 worker: leases::Worker::default(),
+                reconcile_done: AtomicU64::new(0),
+                reconcile_total: AtomicU64::new(0),
             }),
         }
     }
@@ -665,6 +670,13 @@ impl Engine {
             conflicts: s.conflicts.load(Ordering::Relaxed),
             failures: s.failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// The reconcile pass in flight, as (referrals done, referrals listed); `None` when no
+    /// reconcile is running (or it is still listing).
+    pub fn reconcile_progress(&self) -> Option<(u64, u64)> {
+        let total = self.inner.reconcile_total.load(Ordering::Relaxed);
+        (total > 0).then(|| (self.inner.reconcile_done.load(Ordering::Relaxed), total))
     }
 
     /// Locks a pair in this process and leases it in the store (other workers).
@@ -2415,14 +2427,26 @@ impl Engine {
             .filter_map(|r| r.updated_date_time)
             .max()
             .or(checkpoint);
+        inner.reconcile_done.store(0, Ordering::Relaxed);
+        inner
+            .reconcile_total
+            .store(referrals.len() as u64, Ordering::Relaxed);
         let report = self
             .run_parallel(
                 referrals
                     .into_iter()
-                    .map(|r| move || self.apply_referral(r))
+                    .map(|r| {
+                        move || async move {
+                            let outcome = self.apply_referral(r).await;
+                            inner.reconcile_done.fetch_add(1, Ordering::Relaxed);
+                            outcome
+                        }
+                    })
                     .collect(),
             )
-            .await?;
+            .await;
+        inner.reconcile_total.store(0, Ordering::Relaxed);
+        let report = report?;
         // Every referral above is now linked, unchanged or dead-lettered: all durable.
         if let Some(t) = newest {
             self.set_reconcile_checkpoint(t).await?;
@@ -2788,30 +2812,38 @@ impl Engine {
         let letters = self.inner.store.dead_letters().await?;
         let mut report = Report::default();
         for letter in letters {
-            let outcome = match letter.key.split_once(':') {
-                // A linked pair is reconciled in full: its referral's eTag may not have moved
-                // while a write to it is still pending.
-                Some(("referral", id)) => match self.inner.store.link_by_referral(id).await? {
-                    Some(link) => Box::pin(self.reconcile_link(link)).await?,
-                    None => Box::pin(self.sync_referral(id)).await?,
-                },
-                // A decision on a related referral that could not be written yet.
-                Some(("related", id)) => Box::pin(self.sync_related(id)).await?,
-                Some((entity, id)) => match kind_of(entity) {
-                    Some(kind) => Box::pin(self.sync_crm_record(kind, id)).await?,
-                    None => continue,
-                },
-                None => continue,
-            };
-            if outcome.action != Action::Failed && !self.inner.config.dry_run {
-                self.inner
-                    .store
-                    .commit(Commit::new().clear_dead_letter(letter.key.clone()))
-                    .await?;
+            if let Some(outcome) = Box::pin(self.replay_dead_letter(&letter.key)).await? {
+                report.outcomes.push(outcome);
             }
-            report.outcomes.push(outcome);
         }
         Ok(report)
+    }
+
+    /// Retries the dead letter `key` (an operator's "replay this one"); cleared when it
+    /// succeeds. `None` when the key names no kind of record the engine knows.
+    pub async fn replay_dead_letter(&self, key: &str) -> Result<Option<Outcome>, EngineError> {
+        let outcome = match key.split_once(':') {
+            // A linked pair is reconciled in full: its referral's eTag may not have moved
+            // while a write to it is still pending.
+            Some(("referral", id)) => match self.inner.store.link_by_referral(id).await? {
+                Some(link) => Box::pin(self.reconcile_link(link)).await?,
+                None => Box::pin(self.sync_referral(id)).await?,
+            },
+            // A decision on a related referral that could not be written yet.
+            Some(("related", id)) => Box::pin(self.sync_related(id)).await?,
+            Some((entity, id)) => match kind_of(entity) {
+                Some(kind) => Box::pin(self.sync_crm_record(kind, id)).await?,
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        if outcome.action != Action::Failed && !self.inner.config.dry_run {
+            self.inner
+                .store
+                .commit(Commit::new().clear_dead_letter(key))
+                .await?;
+        }
+        Ok(Some(outcome))
     }
 
     /// Runs the passes on `schedule` until `shutdown` completes, then returns after the pass in
@@ -2868,6 +2900,9 @@ impl Engine {
     fn tolerate(&self, result: Result<Report, EngineError>) -> Result<(), EngineError> {
         match result {
             Ok(report) => {
+                for o in &report.outcomes {
+                    log_outcome(o);
+                }
                 if !report.outcomes.is_empty() {
                     tracing::debug!(outcomes = report.outcomes.len(), "pass done");
                 }
@@ -2892,5 +2927,39 @@ impl Engine {
         report.extend(self.pull_crm_changes().await?);
         report.extend(self.reconcile().await?);
         Ok(report)
+    }
+}
+
+/// One log line per record the running engine wrote or failed on (an operator sees every sync
+/// without the audit trail); echoes and unchanged records stay at debug.
+fn log_outcome(o: &Outcome) {
+    let referral = o.referral_id.as_deref().unwrap_or("-");
+    let (entity, crm_id) = o
+        .crm
+        .as_ref()
+        .map_or(("-", "-"), |(e, i)| (e.as_str(), i.as_str()));
+    let direction = match o.action {
+        Action::CreatedInCrm | Action::UpdatedCrm => "to_crm",
+        Action::CreatedReferral | Action::UpdatedReferral => "to_partner_center",
+        Action::UpdatedBoth => "both",
+        _ => "-",
+    };
+    match o.action {
+        Action::Failed => tracing::warn!(
+            referral_id = referral, entity, crm_id, error = %o.detail, "record not synced"
+        ),
+        Action::Echo | Action::Unchanged | Action::Skipped => tracing::debug!(
+            referral_id = referral, entity, crm_id, action = ?o.action, "record checked"
+        ),
+        _ => tracing::info!(
+            direction,
+            referral_id = referral,
+            entity,
+            crm_id,
+            action = ?o.action,
+            written = %o.detail,
+            conflicts = ?o.conflicts,
+            "record synced"
+        ),
     }
 }

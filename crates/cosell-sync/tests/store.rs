@@ -138,3 +138,31 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     assert!(!store.push_hint("h", hint("r1", 1)).await.unwrap());
     store.close().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn sqlite_files_are_private_to_their_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let path = state.join("cosell.sqlite");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .commit(Commit::new().link(link("r1", "opportunity", "o1")))
+        .await
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700, "the directory");
+    for name in ["cosell.sqlite", "cosell.sqlite-wal", "cosell.sqlite-shm"] {
+        let file = state.join(name);
+        assert!(file.exists(), "{name}");
+        assert_eq!(mode(&file), 0o600, "{name}");
+    }
+    store.close().await;
+
+    // A file left world-readable (made by hand, or by an older version) is narrowed at open.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(mode(&path), 0o600);
+    store.close().await;
+}

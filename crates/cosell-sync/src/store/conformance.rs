@@ -685,9 +685,86 @@ async fn hints_are_claimed_by_one_worker(store: &dyn StateStore) {
     );
 }
 
+fn letter(key: &str, direction: Direction, first: i64) -> DeadLetter {
+    DeadLetter {
+        key: key.into(),
+        direction,
+        error: "customer text that status must not show".into(),
+        attempts: 1,
+        first_failed_at: t(first),
+        last_failed_at: t(first + 5),
+    }
+}
+
+/// The counts `/status` and the metrics show, queried without loading the rows.
+async fn status_counts_come_from_the_store(store: &dyn StateStore) {
+    assert_eq!(store.dead_letter_classes().await.unwrap(), []);
+    assert_eq!(store.inbox_depth().await.unwrap(), 0);
+    assert_eq!(store.last_synced_at(Direction::ToCrm).await.unwrap(), None);
+    store
+        .commit(
+            Commit::new()
+                .dead_letter(letter("referral:r2", Direction::ToCrm, 30))
+                .dead_letter(letter("referral:r1", Direction::ToCrm, 20))
+                .dead_letter(letter("opportunity:o1", Direction::ToPartnerCenter, 40))
+                .dead_letter(letter("no-colon", Direction::ToCrm, 50)),
+        )
+        .await
+        .unwrap();
+    let classes = store.dead_letter_classes().await.unwrap();
+    let summary: Vec<(&str, Direction, u64, chrono::DateTime<Utc>)> = classes
+        .iter()
+        .map(|c| (c.class.as_str(), c.direction, c.count, c.oldest_failed_at))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("no-colon", Direction::ToCrm, 1, t(50)),
+            ("opportunity", Direction::ToPartnerCenter, 1, t(40)),
+            ("referral", Direction::ToCrm, 2, t(20)),
+        ]
+    );
+
+    assert!(store.push_hint("a", hint("r1", 1)).await.unwrap());
+    assert!(store.push_hint("b", hint("r2", 2)).await.unwrap());
+    assert_eq!(store.inbox_depth().await.unwrap(), 2);
+    let first = store.pending_hints(1).await.unwrap()[0].seq;
+    store.commit(Commit::new().ack([first])).await.unwrap();
+    assert_eq!(store.inbox_depth().await.unwrap(), 1);
+
+    let mut written = AuditEntry::new(Direction::ToCrm, AuditOutcome::Updated, "w");
+    written.at = t(100);
+    let mut later_failure = AuditEntry::new(Direction::ToCrm, AuditOutcome::Failed, "f");
+    later_failure.at = t(200);
+    let mut other_way = AuditEntry::new(Direction::ToPartnerCenter, AuditOutcome::Echo, "e");
+    other_way.at = t(300);
+    store
+        .commit(
+            Commit::new()
+                .audit(written)
+                .audit(later_failure)
+                .audit(other_way),
+        )
+        .await
+        .unwrap();
+    // A failure or an echo is not a sync.
+    assert_eq!(
+        store.last_synced_at(Direction::ToCrm).await.unwrap(),
+        Some(t(100))
+    );
+    assert_eq!(
+        store
+            .last_synced_at(Direction::ToPartnerCenter)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 /// Runs every check of the suite, each against a fresh store from `make`. Panics on the first
 /// check the store fails.
 pub async fn run(make: impl AsyncFn() -> Box<dyn StateStore>) {
+    status_counts_come_from_the_store(&*make().await).await;
     point_lookups_agree_with_the_lists(&*make().await).await;
     crm_children_name_their_parent(&*make().await).await;
     links_are_a_bijection_and_commits_are_atomic(&*make().await).await;

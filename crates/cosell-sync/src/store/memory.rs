@@ -5,9 +5,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::{
-    AuditEntry, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, InboxHint, Link,
+    AuditEntry, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction, InboxHint, Link,
     StateStore, StoreError,
 };
 
@@ -239,6 +240,23 @@ impl StateStore for MemoryStore {
 
     async fn link_count(&self) -> Result<u64, StoreError> {
         Ok(self.lock().links.len() as u64)
+    }
+
+    async fn inbox_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().inbox.len() as u64)
+    }
+
+    async fn last_synced_at(
+        &self,
+        direction: Direction,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .lock()
+            .audit
+            .iter()
+            .rev()
+            .find(|e| e.direction == direction && e.outcome.is_write())
+            .map(|e| e.at))
     }
 
     async fn crm_child(&self, entity: &str, id: &str) -> Result<Option<CrmChild>, StoreError> {

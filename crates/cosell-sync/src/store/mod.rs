@@ -180,6 +180,14 @@ impl AuditOutcome {
         }
     }
 
+    /// Whether the decision wrote to the target side (created, updated or merged).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            AuditOutcome::Created | AuditOutcome::Updated | AuditOutcome::Merged
+        )
+    }
+
     // Only the SQL stores read these back from text.
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     fn parse(s: &str) -> Option<Self> {
@@ -281,6 +289,29 @@ pub struct DeadLetter {
     pub first_failed_at: DateTime<Utc>,
     /// Latest failure.
     pub last_failed_at: DateTime<Utc>,
+}
+
+/// Dead letters of one class, counted by the store: what `/status` and the metrics show
+/// instead of the letters themselves (whose error text may quote customer data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterClass {
+    /// The kind of record: the key's prefix (`referral`, `related`, `opportunity`, `lead`).
+    pub class: String,
+    /// Which way they were flowing.
+    pub direction: Direction,
+    /// How many there are.
+    pub count: u64,
+    /// The oldest first failure among them.
+    pub oldest_failed_at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// The class of the letter: its key's prefix (`referral:…` → `referral`).
+    pub fn class(&self) -> &str {
+        self.key
+            .split_once(':')
+            .map_or(self.key.as_str(), |(c, _)| c)
+    }
 }
 
 /// A webhook hint waiting in the inbox: "referral X may have changed".
@@ -513,6 +544,51 @@ pub trait StateStore: Send + Sync + fmt::Debug {
             .await?
             .into_iter()
             .find(|d| d.key == key))
+    }
+    /// Dead letters counted by class and direction, ordered by class then direction. The
+    /// default groups [`dead_letters`](Self::dead_letters); stores override it with a query.
+    async fn dead_letter_classes(&self) -> Result<Vec<DeadLetterClass>, StoreError> {
+        let mut classes: Vec<DeadLetterClass> = Vec::new();
+        for d in self.dead_letters().await? {
+            match classes
+                .iter_mut()
+                .find(|c| c.class == d.class() && c.direction == d.direction)
+            {
+                Some(c) => {
+                    c.count += 1;
+                    c.oldest_failed_at = c.oldest_failed_at.min(d.first_failed_at);
+                }
+                None => classes.push(DeadLetterClass {
+                    class: d.class().to_string(),
+                    direction: d.direction,
+                    count: 1,
+                    oldest_failed_at: d.first_failed_at,
+                }),
+            }
+        }
+        classes.sort_by(|a, b| {
+            (a.class.as_str(), a.direction.as_str()).cmp(&(b.class.as_str(), b.direction.as_str()))
+        });
+        Ok(classes)
+    }
+    /// How many webhook hints wait in the inbox. The default counts
+    /// [`pending_hints`](Self::pending_hints); stores override it without loading them.
+    async fn inbox_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.pending_hints(usize::MAX).await?.len() as u64)
+    }
+    /// When a record was last written to the side `direction` leads to (the newest audit entry
+    /// created, updated or merged that way). The default scans the audit trail; stores
+    /// override it with a query.
+    async fn last_synced_at(
+        &self,
+        direction: Direction,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .audit(&AuditQuery::default())
+            .await?
+            .into_iter()
+            .find(|e| e.direction == direction && e.outcome.is_write())
+            .map(|e| e.at))
     }
     /// Adds a webhook hint unless a delivery with the same body hash was seen before; returns
     /// whether it was new.

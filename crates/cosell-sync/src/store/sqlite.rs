@@ -14,8 +14,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction,
-    InboxHint, Link, StateStore, StoreError,
+    AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter,
+    DeadLetterClass, Direction, InboxHint, Link, StateStore, StoreError,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -58,7 +58,16 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     ///
     /// Must run inside a Tokio runtime with timers enabled (sqlx uses them for pool timeouts).
+    ///
+    /// The store holds personal data (customers' names, e-mails, phones, deal values): on Unix
+    /// a missing directory is created `0700` and the database file `0600` (SQLite gives its
+    /// `-wal` and `-shm` files the database file's mode); an existing file is narrowed to
+    /// `0600`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        private_file(path).map_err(|e| {
+            StoreError::Backend(format!("cannot prepare `{}`: {e}", path.display()))
+        })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -178,6 +187,47 @@ impl SqliteStore {
         self.leases.close().await;
         self.pool.close().await;
     }
+}
+
+/// Creates `path`'s missing directories (`0700`) and the file itself (`0600`) before SQLite
+/// does, so the personal data in it is never readable by other users, not even briefly.
+fn private_file(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    drop(options.open(path)?);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A file created before this version (or by hand) may be wider.
+        for file in [
+            path.to_path_buf(),
+            sidecar(path, "-wal"),
+            sidecar(path, "-shm"),
+        ] {
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 /// An optional JSON column of `row` (a stored snapshot), decoded.
@@ -335,6 +385,56 @@ impl StateStore for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(n.max(0) as u64)
+    }
+
+    async fn dead_letter_classes(&self) -> Result<Vec<DeadLetterClass>, StoreError> {
+        // The class is the key's prefix, up to its first `:`.
+        let rows = sqlx::query(
+            "SELECT CASE WHEN instr(key, ':') > 0 THEN substr(key, 1, instr(key, ':') - 1) \
+             ELSE key END AS class, direction, COUNT(*) AS n, MIN(first_failed_at) AS oldest \
+             FROM dead_letters GROUP BY class, direction ORDER BY class, direction",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
+                let direction = get("direction")?;
+                Ok(DeadLetterClass {
+                    class: get("class")?,
+                    direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
+                        what: "dead letter",
+                        detail: format!("direction `{direction}`"),
+                    })?,
+                    count: row.try_get::<i64, _>("n").map_err(backend)?.max(0) as u64,
+                    oldest_failed_at: parse_ts("dead letter", &get("oldest")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn inbox_depth(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn last_synced_at(
+        &self,
+        direction: Direction,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let at: Option<String> = sqlx::query_scalar(
+            "SELECT at FROM audit WHERE direction = ? AND outcome IN ('created', 'updated', 'merged') \
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(direction.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        opt_ts("audit entry", at)
     }
 
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {

@@ -72,9 +72,11 @@
 //!
 //! ## Fetch size cap
 //!
-//! [`HttpTransport::send`] returns whole bodies, so the 64 KiB cap cannot stop a transfer
-//! midway: a declared `Content-Length` above it is refused first, any body above it is refused,
-//! and the fetch timeout bounds how long a slow or endless body can take.
+//! Fetches go through [`HttpTransport::send_limited`]: a declared `Content-Length` above the
+//! 64 KiB cap is refused before the body is read, and the reqwest transport reads the body chunk
+//! by chunk and stops at the cap, so an endless body costs at most 64 KiB; the fetch timeout
+//! bounds how long a slow one can take. (A transport without its own `send_limited` buffers the
+//! body first and is then refused.)
 //!
 //! ## Responding
 //!
@@ -1364,17 +1366,23 @@ impl WebhookVerifier {
             )
             .body(Bytes::new())
             .map_err(|_| FetchFailure::Transport(TransportErrorKind::Request))?;
-        let response =
-            tokio::time::timeout(self.inner.fetch_timeout, self.inner.transport.send(request))
-                .await
-                .map_err(|_| FetchFailure::Timeout)?
-                .map_err(|e| {
-                    if e.is_timeout() {
-                        FetchFailure::Timeout
-                    } else {
-                        FetchFailure::Transport(e.kind())
-                    }
-                })?;
+        let max = self.inner.max_certificate_bytes;
+        // The cap is enforced while reading: a URL that streams without end costs `max` bytes.
+        let response = tokio::time::timeout(
+            self.inner.fetch_timeout,
+            self.inner.transport.send_limited(request, max),
+        )
+        .await
+        .map_err(|_| FetchFailure::Timeout)?
+        .map_err(|e| {
+            if e.is_timeout() {
+                FetchFailure::Timeout
+            } else if e.kind() == TransportErrorKind::BodyTooLarge {
+                FetchFailure::TooLarge(max)
+            } else {
+                FetchFailure::Transport(e.kind())
+            }
+        })?;
         let status = response.status();
         if status.is_redirection() {
             return Err(FetchFailure::Redirect(status.as_u16()));
@@ -1382,7 +1390,6 @@ impl WebhookVerifier {
         if !status.is_success() {
             return Err(FetchFailure::Status(status.as_u16()));
         }
-        let max = self.inner.max_certificate_bytes;
         let declared = response
             .headers()
             .get(http::header::CONTENT_LENGTH)

@@ -1,31 +1,32 @@
-//! The configuration of `examples/sync_service.rs`: the TOML file, its defaults and its
-//! validation. Every key is documented in `docs/sync-service.md`.
+//! The configuration of the `cosell` command: the TOML file, its defaults and its validation.
+//! Every key is documented in `docs/sync-service.md`.
 //!
 //! Secrets are never in the file: it names the environment variables holding them, and they are
 //! read into [`SecretString`]s that nothing prints.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cosell::http::url::{Host, Url};
-use cosell::mapping::FieldMap;
-use cosell::sandbox::entra::{SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN};
+use cosell_mapping::FieldMap;
+use cosell_sandbox::entra::{SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN};
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
+use url::{Host, Url};
 
 /// A configuration problem, naming the key (dotted path) it is about.
-#[derive(Debug)]
-pub(crate) struct ConfigError {
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct ConfigError {
     /// Dotted key path (`endpoints.dataverse`); empty for a file-level problem.
-    pub(crate) key: String,
+    pub key: String,
     /// What is wrong.
-    pub(crate) message: String,
+    pub message: String,
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             key: key.into(),
             message: message.into(),
@@ -33,17 +34,15 @@ impl ConfigError {
     }
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl ConfigError {
+    fn describe(&self) -> String {
         if self.key.is_empty() {
-            write!(f, "configuration: {}", self.message)
+            format!("configuration: {}", self.message)
         } else {
-            write!(f, "configuration key `{}`: {}", self.key, self.message)
+            format!("configuration key `{}`: {}", self.key, self.message)
         }
     }
 }
-
-impl std::error::Error for ConfigError {}
 
 /// The whole file. Unknown keys are errors, so a typo is not silently ignored.
 #[derive(Debug, Deserialize)]
@@ -88,25 +87,33 @@ fn default_authority_host() -> String {
     "https://login.microsoftonline.com/".to_string()
 }
 fn default_referrals() -> String {
-    cosell::partner_center::DEFAULT_REFERRALS_ENDPOINT.to_string()
+    partner_center_client::DEFAULT_REFERRALS_ENDPOINT.to_string()
 }
 fn default_webhooks() -> String {
-    cosell::partner_center::DEFAULT_WEBHOOKS_ENDPOINT.to_string()
+    partner_center_client::DEFAULT_WEBHOOKS_ENDPOINT.to_string()
 }
 
 /// The app registration; secrets by environment variable name only.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Credentials {
+pub struct Credentials {
     /// Not a secret (it is in every token request), so it may be written here.
-    pub(crate) client_id: String,
+    pub client_id: String,
+    /// The environment variable holding the app's client secret.
     #[serde(default = "default_client_secret_env")]
-    pub(crate) client_secret_env: String,
+    pub client_secret_env: String,
+    /// The environment variable holding the first app+user refresh token, read when
+    /// `refresh_token_file` does not exist yet.
     #[serde(default = "default_refresh_token_env")]
-    pub(crate) refresh_token_env: String,
+    pub refresh_token_env: String,
+    /// The file holding the current refresh token: written by `cosell login` and by the service
+    /// each time Entra ID rotates the token (mode `0600`); default `refresh-token` beside the
+    /// state store.
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
     /// Use the sandbox's published secret and refresh token when the variables are unset.
     #[serde(default)]
-    pub(crate) sandbox_defaults: bool,
+    pub sandbox_defaults: bool,
 }
 
 fn default_client_secret_env() -> String {
@@ -145,7 +152,7 @@ pub(crate) struct Intervals {
 
 impl Default for Intervals {
     fn default() -> Self {
-        let s = cosell::sync::Schedule::default();
+        let s = cosell_sync::Schedule::default();
         Intervals {
             inbox: s.inbox,
             crm_changes: s.crm_changes,
@@ -168,7 +175,7 @@ pub(crate) struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        let e = cosell::sync::EngineConfig::default();
+        let e = cosell_sync::EngineConfig::default();
         EngineSettings {
             dry_run: e.dry_run,
             parallelism: e.parallelism,
@@ -197,17 +204,46 @@ impl Default for Shutdown {
 
 /// The HTTP server (webhook, `/healthz`, `/status`).
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub(crate) struct Server {
     pub(crate) listen: String,
+    pub(crate) admin_listen: String,
+    pub(crate) admin_token_env: Option<String>,
+    pub(crate) max_connections: usize,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) header_read_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) body_timeout: Duration,
+    pub(crate) max_body_bytes: usize,
 }
 
 impl Default for Server {
     fn default() -> Self {
         Server {
             listen: "127.0.0.1:8080".to_string(),
+            admin_listen: "127.0.0.1:8081".to_string(),
+            admin_token_env: None,
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            // A callback is a few hundred bytes of JSON.
+            max_body_bytes: 64 * 1024,
         }
     }
+}
+
+/// Limits of the webhook listener, so idle or slow connections cannot take it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections served at once; more wait in the accept queue.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (and how long an idle
+    /// keep-alive connection is kept).
+    pub header_read_timeout: Duration,
+    /// How long reading a request body may take.
+    pub body_timeout: Duration,
+    /// The largest request body accepted; a larger one is refused before it is read.
+    pub max_body_bytes: usize,
 }
 
 /// The callback: its public URL, its registration and its verification.
@@ -233,29 +269,30 @@ fn yes() -> bool {
 /// How callbacks are verified (defaults: production Partner Center).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct Verification {
+pub struct Verification {
     /// Hosts a signing certificate may be fetched from (https, any path); empty = Microsoft's
     /// documented storage host.
     #[serde(default)]
-    pub(crate) certificate_hosts: Vec<String>,
+    pub certificate_hosts: Vec<String>,
     /// Further allow-listed certificate URL prefixes, added to `certificate_hosts`.
     #[serde(default)]
-    pub(crate) certificate_url_prefixes: Vec<String>,
+    pub certificate_url_prefixes: Vec<String>,
     /// Further allow-listed issuer (AIA `caIssuers`) URL prefixes, added to the default
     /// Microsoft/DigiCert PKI hosts.
     #[serde(default)]
-    pub(crate) issuer_url_prefixes: Vec<String>,
+    pub issuer_url_prefixes: Vec<String>,
     /// PEM files or URLs of root CAs, added to the default (Mozilla) roots.
     #[serde(default)]
-    pub(crate) trust_anchors: Vec<String>,
+    pub trust_anchors: Vec<String>,
     /// Whether the default (Mozilla) roots are trusted; false = `trust_anchors` only.
     #[serde(default = "yes")]
-    pub(crate) default_roots: bool,
+    pub default_roots: bool,
     /// PEM files or URLs of intermediate CAs.
     #[serde(default)]
-    pub(crate) intermediates: Vec<String>,
+    pub intermediates: Vec<String>,
+    /// The organization (O) the signing certificate's issuer must name.
     #[serde(default = "default_organization")]
-    pub(crate) expected_organization: String,
+    pub expected_organization: String,
 }
 
 fn default_organization() -> String {
@@ -277,7 +314,7 @@ impl Default for Verification {
 }
 
 /// Parses `250ms`, `2s`, `10m`, `1h`, `7d`.
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
@@ -303,7 +340,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 /// Whether `url` names a loopback host (`127.0.0.0/8`, `::1`, `localhost`).
-pub(crate) fn is_loopback(url: &Url) -> bool {
+pub fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(Host::Ipv4(ip)) => ip.is_loopback(),
         Some(Host::Ipv6(ip)) => ip.is_loopback(),
@@ -348,37 +385,62 @@ fn endpoint(key: &str, raw: &str) -> Result<Url, ConfigError> {
 
 /// The configuration, checked: what the service runs with.
 #[derive(Debug)]
-pub(crate) struct Settings {
-    pub(crate) authority_host: Url,
-    pub(crate) tenant: String,
-    pub(crate) referrals: Url,
-    pub(crate) webhooks: Url,
-    pub(crate) dataverse: Url,
-    pub(crate) credentials: Credentials,
-    pub(crate) store_path: PathBuf,
-    pub(crate) schedule: cosell::sync::Schedule,
-    pub(crate) engine: cosell::sync::EngineConfig,
-    pub(crate) listen: SocketAddr,
-    pub(crate) public_url: Url,
-    pub(crate) register: bool,
-    pub(crate) take_over_registration: bool,
-    pub(crate) resource_hosts: Vec<String>,
-    pub(crate) verification: Verification,
-    pub(crate) shutdown_grace: Duration,
-    pub(crate) map: FieldMap,
+pub struct Settings {
+    /// Entra ID's host (`endpoints.authority_host`).
+    pub authority_host: Url,
+    /// The tenant (`endpoints.tenant`).
+    pub tenant: String,
+    /// The referrals API (`endpoints.referrals`).
+    pub referrals: Url,
+    /// The webhook API (`endpoints.webhooks`).
+    pub webhooks: Url,
+    /// The Dataverse environment (`endpoints.dataverse`).
+    pub dataverse: Url,
+    /// The app registration (`[credentials]`).
+    pub credentials: Credentials,
+    /// Where the refresh token is kept (`credentials.refresh_token_file`, resolved).
+    pub refresh_token_file: PathBuf,
+    /// The SQLite state store (`store.path`).
+    pub store_path: PathBuf,
+    /// How often each pass runs (`[intervals]`).
+    pub schedule: cosell_sync::Schedule,
+    /// The engine's settings (`[engine]`).
+    pub engine: cosell_sync::EngineConfig,
+    /// The webhook listener (`server.listen`).
+    pub listen: SocketAddr,
+    /// The admin and status listener (`server.admin_listen`).
+    pub admin_listen: SocketAddr,
+    /// The environment variable holding the admin bearer token (`server.admin_token_env`).
+    pub admin_token_env: Option<String>,
+    /// The webhook listener's limits (`server.*`).
+    pub limits: ListenerLimits,
+    /// What Partner Center calls (`webhook.public_url`).
+    pub public_url: Url,
+    /// Whether the callback is registered at start-up (`webhook.register`).
+    pub register: bool,
+    /// Whether another URL's registration may be replaced (`webhook.take_over_registration`).
+    pub take_over_registration: bool,
+    /// Hosts a callback's `ResourceUri` may name (`webhook.resource_hosts`).
+    pub resource_hosts: Vec<String>,
+    /// How callbacks are verified (`[webhook.verification]`).
+    pub verification: Verification,
+    /// How long a stop waits for the pass in flight (`shutdown.grace`).
+    pub shutdown_grace: Duration,
+    /// The field map (`[mapping]` or `mapping_file`).
+    pub map: FieldMap,
 }
 
 impl Settings {
     /// Reads and checks the file at `path`; a relative `mapping_file` is resolved against the
     /// file's directory.
-    pub(crate) fn load(path: &Path) -> Result<Settings, ConfigError> {
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new("", format!("cannot read `{}`: {e}", path.display())))?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
     }
 
     /// Parses and checks a configuration; `base` resolves a relative `mapping_file`.
-    pub(crate) fn parse(text: &str, base: &Path) -> Result<Settings, ConfigError> {
+    pub fn parse(text: &str, base: &Path) -> Result<Settings, ConfigError> {
         // toml's message names the line and shows the offending key.
         let config: Config =
             toml::from_str(text).map_err(|e| ConfigError::new("", e.to_string()))?;
@@ -454,23 +516,73 @@ impl Settings {
         let chrono_of = |key: &str, d: Duration| {
             chrono::Duration::from_std(d).map_err(|_| ConfigError::new(key, "is too long"))
         };
-        let engine = cosell::sync::EngineConfig {
+        let engine = cosell_sync::EngineConfig {
             dry_run: c.engine.dry_run,
             parallelism: c.engine.parallelism,
             reconcile_overlap: chrono_of("engine.reconcile_overlap", c.engine.reconcile_overlap)?,
             initial_lookback: chrono_of("engine.initial_lookback", c.engine.initial_lookback)?,
-            ..cosell::sync::EngineConfig::default()
+            ..cosell_sync::EngineConfig::default()
         };
 
-        let listen: SocketAddr = c.server.listen.parse().map_err(|_| {
-            ConfigError::new(
-                "server.listen",
+        let address = |key: &str, raw: &str| {
+            raw.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    key,
+                    format!("`{raw}` is not an address such as 127.0.0.1:8080"),
+                )
+            })
+        };
+        let listen = address("server.listen", &c.server.listen)?;
+        let admin_listen = address("server.admin_listen", &c.server.admin_listen)?;
+        if admin_listen == listen && admin_listen.port() != 0 {
+            return Err(ConfigError::new(
+                "server.admin_listen",
+                "must differ from `server.listen`: the admin endpoints are never on the webhook listener",
+            ));
+        }
+        if let Some(name) = &c.server.admin_token_env
+            && (name.is_empty() || name.contains(['=', '\0']))
+        {
+            return Err(ConfigError::new(
+                "server.admin_token_env",
+                "must be the name of an environment variable",
+            ));
+        }
+        // Status and dead letters name customers' records: off loopback, only with a token.
+        if !admin_listen.ip().is_loopback() && c.server.admin_token_env.is_none() {
+            return Err(ConfigError::new(
+                "server.admin_listen",
                 format!(
-                    "`{}` is not an address such as 127.0.0.1:8080",
-                    c.server.listen
+                    "`{admin_listen}` is reachable from other machines; set `server.admin_token_env` too"
                 ),
-            )
-        })?;
+            ));
+        }
+        if c.server.max_connections == 0 {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", c.server.header_read_timeout),
+            ("server.body_timeout", c.server.body_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be more than zero"));
+            }
+        }
+        if c.server.max_body_bytes < 1024 {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be at least 1024 (a callback is a few hundred bytes)",
+            ));
+        }
+        let limits = ListenerLimits {
+            max_connections: c.server.max_connections,
+            header_read_timeout: c.server.header_read_timeout,
+            body_timeout: c.server.body_timeout,
+            max_body_bytes: c.server.max_body_bytes,
+        };
 
         let public_url = Url::parse(&c.webhook.public_url).map_err(|e| {
             ConfigError::new(
@@ -601,14 +713,33 @@ impl Settings {
             (None, None) => FieldMap::default(),
         };
 
+        let refresh_token_file = match &c.credentials.refresh_token_file {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(ConfigError::new(
+                    "credentials.refresh_token_file",
+                    "must not be empty",
+                ));
+            }
+            Some(p) => p.clone(),
+            None => c
+                .store
+                .path
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("refresh-token"),
+        };
         Ok(Settings {
+            refresh_token_file,
+            admin_listen,
+            admin_token_env: c.server.admin_token_env,
+            limits,
             authority_host,
             tenant,
             referrals,
             webhooks,
             dataverse,
             store_path: c.store.path,
-            schedule: cosell::sync::Schedule {
+            schedule: cosell_sync::Schedule {
                 inbox: c.intervals.inbox,
                 crm_changes: c.intervals.crm_changes,
                 reconcile: c.intervals.reconcile,
@@ -627,7 +758,7 @@ impl Settings {
     }
 
     /// The app's client secret, from its environment variable.
-    pub(crate) fn client_secret(&self) -> Result<SecretString, ConfigError> {
+    pub fn client_secret(&self) -> Result<SecretString, ConfigError> {
         self.secret(
             "credentials.client_secret_env",
             &self.credentials.client_secret_env,
@@ -635,14 +766,39 @@ impl Settings {
         )
     }
 
-    /// The user's refresh token (app+user, for the referrals API), from its environment
-    /// variable.
-    pub(crate) fn refresh_token(&self) -> Result<SecretString, ConfigError> {
+    /// The user's refresh token (app+user, for the referrals API): the one in
+    /// `credentials.refresh_token_file` (kept current by `cosell login` and the service), else
+    /// the environment variable's.
+    pub fn refresh_token(&self) -> Result<SecretString, ConfigError> {
+        match crate::token::read(&self.refresh_token_file) {
+            Ok(Some(token)) => return Ok(token),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "credentials.refresh_token_file",
+                    format!("cannot read `{}`: {e}", self.refresh_token_file.display()),
+                ));
+            }
+        }
         self.secret(
             "credentials.refresh_token_env",
             &self.credentials.refresh_token_env,
             SANDBOX_REFRESH_TOKEN,
         )
+    }
+
+    /// The bearer token the admin endpoints require, when `server.admin_token_env` is set.
+    pub fn admin_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        let Some(var) = &self.admin_token_env else {
+            return Ok(None);
+        };
+        match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Ok(Some(SecretString::from(value))),
+            _ => Err(ConfigError::new(
+                "server.admin_token_env",
+                format!("environment variable `{var}` is not set or empty"),
+            )),
+        }
     }
 
     fn secret(&self, key: &str, var: &str, sandbox: &str) -> Result<SecretString, ConfigError> {
@@ -661,7 +817,7 @@ impl Settings {
     }
 
     /// Whether the listen address is reachable from other machines (worth a log line).
-    pub(crate) fn listens_publicly(&self) -> bool {
+    pub fn listens_publicly(&self) -> bool {
         !matches!(self.listen.ip(), IpAddr::V4(ip) if ip.is_loopback())
             && !matches!(self.listen.ip(), IpAddr::V6(ip) if ip.is_loopback())
     }

@@ -1,16 +1,16 @@
-//! The sync service example's configuration: the shipped sandbox config loads, and mistakes are
-//! reported with the key they are about. The example's config module is compiled in as is.
+//! The `cosell` configuration: the shipped sandbox config loads, and mistakes are reported with
+//! the key they are about.
 
-#[allow(dead_code)]
-#[path = "../examples/sync_service/config.rs"]
-mod config;
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cosell_cli::config;
 
 use std::path::Path;
 use std::time::Duration;
 
 use config::Settings;
 
-const SHIPPED: &str = include_str!("../examples/sync_service.toml");
+const SHIPPED: &str = include_str!("../cosell.sandbox.toml");
 
 fn error_of(text: &str) -> String {
     match Settings::parse(text, Path::new("examples")) {
@@ -21,13 +21,21 @@ fn error_of(text: &str) -> String {
 
 #[test]
 fn the_shipped_sandbox_config_loads() {
-    let s = Settings::load(Path::new("examples/sync_service.toml")).unwrap();
+    let s = Settings::load(Path::new("cosell.sandbox.toml")).unwrap();
     assert_eq!(
         s.referrals.as_str(),
         "http://127.0.0.1:7101/v1.0/engagements/"
     );
     assert_eq!(s.dataverse.as_str(), "http://127.0.0.1:7104/");
     assert_eq!(s.listen.port(), 7110);
+    assert_eq!(s.admin_listen.port(), 7111);
+    assert_eq!(s.limits.max_body_bytes, 65536);
+    assert_eq!(s.limits.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(
+        s.refresh_token_file,
+        Path::new("cosell-state/refresh-token"),
+        "beside the store"
+    );
     assert_eq!(s.schedule.inbox, Duration::from_millis(250));
     assert_eq!(s.schedule.reconcile, Duration::from_secs(600));
     assert!(s.credentials.sandbox_defaults);
@@ -61,15 +69,15 @@ fn a_minimal_production_config_takes_the_defaults() {
     .unwrap();
     assert_eq!(
         s.referrals.as_str(),
-        cosell::partner_center::DEFAULT_REFERRALS_ENDPOINT
+        partner_center_client::DEFAULT_REFERRALS_ENDPOINT
     );
     assert_eq!(
         s.authority_host.as_str(),
         "https://login.microsoftonline.com/"
     );
     assert_eq!(s.dataverse.as_str(), "https://contoso.crm.dynamics.com/");
-    assert_eq!(s.schedule, cosell::sync::Schedule::default());
-    assert_eq!(s.engine, cosell::sync::EngineConfig::default());
+    assert_eq!(s.schedule, cosell_sync::Schedule::default());
+    assert_eq!(s.engine, cosell_sync::EngineConfig::default());
     assert!(s.verification.certificate_url_prefixes.is_empty());
     assert!(s.verification.certificate_hosts.is_empty() && s.verification.default_roots);
     assert!(s.verification.issuer_url_prefixes.is_empty());
@@ -79,11 +87,51 @@ fn a_minimal_production_config_takes_the_defaults() {
     );
     assert!(s.register && s.resource_hosts.is_empty());
     assert_eq!(s.credentials.client_secret_env, "COSELL_CLIENT_SECRET");
+    // The admin listener is on loopback unless configured, and needs no token there.
+    assert!(s.admin_listen.ip().is_loopback() && s.admin_token_env.is_none());
+    assert_eq!(s.limits.max_connections, 512);
 }
 
 #[test]
 fn mistakes_name_their_key() {
     let cases = [
+        (
+            SHIPPED.replace(
+                "admin_listen = \"127.0.0.1:7111\"",
+                "admin_listen = \"0.0.0.0:7111\"",
+            ),
+            "`server.admin_listen`",
+        ),
+        (
+            SHIPPED.replace(
+                "admin_listen = \"127.0.0.1:7111\"",
+                "admin_listen = \"127.0.0.1:7110\"",
+            ),
+            "`server.admin_listen`",
+        ),
+        (
+            SHIPPED.replace("max_body_bytes = 65536", "max_body_bytes = 10"),
+            "`server.max_body_bytes`",
+        ),
+        (
+            SHIPPED.replace("max_connections = 512", "max_connections = 0"),
+            "`server.max_connections`",
+        ),
+        (
+            SHIPPED.replace(
+                "header_read_timeout = \"10s\"",
+                "header_read_timeout = \"0s\"",
+            ),
+            "`server.header_read_timeout`",
+        ),
+        (
+            SHIPPED.replace("[store]", "[store]\nrefresh_token_file = \"\""),
+            "unknown field `refresh_token_file`",
+        ),
+        (
+            SHIPPED.replace("[credentials]", "[credentials]\nrefresh_token_file = \"\""),
+            "`credentials.refresh_token_file`",
+        ),
         (
             SHIPPED.replace("http://127.0.0.1:7104/", "http://crm.example.com/"),
             "`endpoints.dataverse`",

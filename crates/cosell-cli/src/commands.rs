@@ -1,0 +1,393 @@
+//! The operator commands: `check`, `status`, `dead-letters`, `sync`, `audit`, `plan` and
+//! `backfill`. Each opens the state store itself (SQLite takes a second process), so they work
+//! whether or not the service is running; `status` asks the running service first.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cosell_mapping::RecordKind;
+use cosell_sync::engine::entity_name;
+use cosell_sync::store::{AuditEntry, AuditOutcome, AuditQuery, Commit};
+use cosell_sync::{Action, Outcome, required_columns, setup_problems};
+use futures::{StreamExt, TryStreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use secrecy::ExposeSecret;
+
+use crate::Error;
+use crate::config::Settings;
+use crate::wiring::{self, open_store, wire};
+
+fn print_outcome(o: &Outcome) {
+    let who = match (&o.referral_id, &o.crm) {
+        (Some(r), Some((entity, id))) => format!("referral {r} ↔ {entity} {id}"),
+        (Some(r), None) => format!("referral {r}"),
+        (None, Some((entity, id))) => format!("{entity} {id}"),
+        (None, None) => "(unknown)".into(),
+    };
+    println!("{:?}  {who}  {}", o.action, o.detail);
+    for c in &o.conflicts {
+        println!("    conflict: {c}");
+    }
+    for w in &o.writes {
+        println!("    {w}");
+    }
+}
+
+fn code_of(o: &Outcome) -> ExitCode {
+    if o.action == Action::Failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `cosell check`: every column, alternate key and change-tracking setting the field map needs,
+/// looked up in the CRM; exit 1 when anything is missing.
+pub async fn check(s: &Settings) -> Result<ExitCode, Error> {
+    let dataverse = wiring::dataverse_client(s)?;
+    let pairs = required_columns(&s.map);
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(t, c)| (t.as_str(), c.as_str()))
+        .collect();
+    let report = dataverse.check_schema(&refs).await?;
+    let problems = setup_problems(&dataverse, &s.map).await?;
+    let mut tables: Vec<&str> = pairs.iter().map(|(t, _)| t.as_str()).collect();
+    tables.sort_unstable();
+    tables.dedup();
+    println!(
+        "CRM check of {} ({} columns in {} tables)",
+        s.dataverse,
+        pairs.len(),
+        tables.len()
+    );
+    for p in &problems {
+        println!("  {} (config key `{}`)", p.message, p.config_key);
+    }
+    for table in &report.missing_tables {
+        println!("  table `{table}` does not exist");
+    }
+    for (table, column) in &report.missing {
+        if !report.missing_tables.contains(table) {
+            println!("  table `{table}` lacks column `{column}`");
+        }
+    }
+    if report.is_complete() && problems.is_empty() {
+        println!("  everything the field map needs is there");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !report.missing.is_empty() {
+        println!(
+            "{} column(s) missing: add them to the CRM (the co-sell customisation) or change the field map",
+            report.missing.len()
+        );
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// `cosell status`: the running service's `/status` (admin listener); the store's counts when
+/// nothing answers there.
+pub async fn status(s: &Settings) -> Result<ExitCode, Error> {
+    let url = format!("http://{}/status", s.admin_listen);
+    let token = s.admin_token().ok().flatten();
+    match crate::http_get(&url, token.as_ref().map(|t| t.expose_secret())).await {
+        Ok((200, body)) => {
+            let value: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| Error::Message(format!("{url}: not JSON: {e}")))?;
+            println!("{}", pretty(&value));
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((code, _)) => Err(Error::Message(format!(
+            "{url} answered HTTP {code}{}",
+            if code == 401 {
+                " (set the variable server.admin_token_env names)"
+            } else {
+                ""
+            }
+        ))),
+        Err(e) => {
+            eprintln!("cosell: no service answers on {url} ({e}); showing the state store only");
+            let store = open_store(s).await?;
+            let value = crate::service::store_status(store.as_ref()).await?;
+            println!("{}", pretty(&value));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+/// What `cosell dead-letters` does.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DeadLetterCommand {
+    /// Every dead letter: key, direction, attempts, when it first and last failed.
+    List,
+    /// One dead letter in full, with its error.
+    Show {
+        /// The key (`referral:<id>`, `opportunity:<id>`, `lead:<id>`, `related:<id>`).
+        key: String,
+    },
+    /// Sync the record again now; the letter is cleared when it succeeds.
+    Replay {
+        /// The key.
+        key: String,
+    },
+    /// Give up on the record: the letter is removed (and the drop audited). The record syncs
+    /// again when it next changes.
+    Drop {
+        /// The key.
+        key: String,
+    },
+}
+
+/// `cosell dead-letters …`.
+pub async fn dead_letters(s: &Settings, command: DeadLetterCommand) -> Result<ExitCode, Error> {
+    match command {
+        DeadLetterCommand::List => {
+            let store = open_store(s).await?;
+            let letters = store.dead_letters().await?;
+            for d in &letters {
+                println!(
+                    "{}  {}  attempts {}  first failed {}  last failed {}",
+                    d.key,
+                    d.direction.as_str(),
+                    d.attempts,
+                    d.first_failed_at.to_rfc3339(),
+                    d.last_failed_at.to_rfc3339()
+                );
+            }
+            println!("{} dead letter(s)", letters.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLetterCommand::Show { key } => {
+            let store = open_store(s).await?;
+            match store.dead_letter(&key).await? {
+                Some(d) => {
+                    println!("key              {}", d.key);
+                    println!("direction        {}", d.direction);
+                    println!("attempts         {}", d.attempts);
+                    println!("first failed at  {}", d.first_failed_at.to_rfc3339());
+                    println!("last failed at   {}", d.last_failed_at.to_rfc3339());
+                    println!("error            {}", d.error);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(no_letter(&key)),
+            }
+        }
+        DeadLetterCommand::Replay { key } => {
+            let w = wire(s).await?;
+            if w.store.dead_letter(&key).await?.is_none() {
+                return Err(no_letter(&key));
+            }
+            match w.engine.replay_dead_letter(&key).await? {
+                Some(outcome) => {
+                    print_outcome(&outcome);
+                    if outcome.action != Action::Failed {
+                        println!("dead letter {key} cleared");
+                    }
+                    Ok(code_of(&outcome))
+                }
+                None => Err(Error::Message(format!(
+                    "dead letter `{key}`: its key names no record kind cosell syncs"
+                ))),
+            }
+        }
+        DeadLetterCommand::Drop { key } => {
+            let store = open_store(s).await?;
+            let Some(letter) = store.dead_letter(&key).await? else {
+                return Err(no_letter(&key));
+            };
+            let mut entry = AuditEntry::new(
+                letter.direction,
+                AuditOutcome::Skipped,
+                format!("dead letter {key} dropped by an operator"),
+            );
+            if let Some((class, id)) = key.split_once(':') {
+                entry = match class {
+                    "referral" | "related" => entry.referral(id),
+                    entity => entry.crm(entity, id),
+                };
+            }
+            store
+                .commit(Commit::new().clear_dead_letter(&key).audit(entry))
+                .await?;
+            println!("dead letter {key} dropped");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn no_letter(key: &str) -> Error {
+    Error::Message(format!(
+        "no dead letter `{key}` (see `cosell dead-letters list`)"
+    ))
+}
+
+/// `cosell sync referral <id>`.
+pub async fn sync_referral(s: &Settings, id: &str) -> Result<ExitCode, Error> {
+    let w = wire(s).await?;
+    let outcome = w.engine.sync_referral(id).await?;
+    print_outcome(&outcome);
+    Ok(code_of(&outcome))
+}
+
+/// `cosell sync crm <table> <id>`: `table` is the opportunity or lead table of the field map.
+pub async fn sync_crm(s: &Settings, table: &str, id: &str) -> Result<ExitCode, Error> {
+    let columns = &s.map.config().columns;
+    let kind =
+        if table == columns.opportunity.entity || table == entity_name(RecordKind::Opportunity) {
+            RecordKind::Opportunity
+        } else if table == columns.lead.entity || table == entity_name(RecordKind::Lead) {
+            RecordKind::Lead
+        } else {
+            return Err(Error::Message(format!(
+                "table `{table}`: cosell syncs `{}` (opportunities) and `{}` (leads)",
+                columns.opportunity.entity, columns.lead.entity
+            )));
+        };
+    let w = wire(s).await?;
+    let outcome = w.engine.sync_crm_record(kind, id).await?;
+    print_outcome(&outcome);
+    Ok(code_of(&outcome))
+}
+
+/// `cosell audit <id>`: the decision history of a referral or CRM record, oldest first.
+pub async fn audit(s: &Settings, id: &str) -> Result<ExitCode, Error> {
+    let store = open_store(s).await?;
+    let mut entries = store
+        .audit(&AuditQuery {
+            referral_id: Some(id.to_string()),
+            ..AuditQuery::default()
+        })
+        .await?;
+    if entries.is_empty() {
+        entries = store
+            .audit(&AuditQuery {
+                crm_id: Some(id.to_string()),
+                ..AuditQuery::default()
+            })
+            .await?;
+    }
+    if entries.is_empty() {
+        println!("no audit entries for `{id}` (a referral id or a CRM record id)");
+        return Ok(ExitCode::FAILURE);
+    }
+    for e in entries.iter().rev() {
+        let crm = match (&e.crm_entity, &e.crm_id) {
+            (Some(entity), Some(id)) => format!("{entity} {id}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{}  {:<17}  {:<8}  referral {}  {}  {}",
+            e.at.to_rfc3339(),
+            e.direction.as_str(),
+            e.outcome.as_str(),
+            e.referral_id.as_deref().unwrap_or("-"),
+            crm,
+            e.message
+        );
+        for c in &e.conflicts {
+            println!("    conflict: {c}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cosell plan`: one dry-run round, printed per record (what would be written to which side);
+/// writes and consumes nothing.
+pub async fn plan(s: &Settings) -> Result<ExitCode, Error> {
+    let mut config = s.engine.clone();
+    config.dry_run = true;
+    let w = wiring::wire_with(s, config).await?;
+    let report = w.engine.run_once().await?;
+    let mut writes = 0;
+    for o in &report.outcomes {
+        print_outcome(o);
+        writes += o.writes.len();
+    }
+    println!(
+        "plan: {} record(s), {writes} field write(s); nothing was written or consumed",
+        report.outcomes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cosell backfill`: every referral in Partner Center applied, several at a time, with a
+/// progress bar whose message says when Dataverse throttling holds it up; then the reconcile
+/// checkpoint is set so the service continues from there. Safe to interrupt and rerun.
+pub async fn backfill(s: &Settings, concurrency: usize) -> Result<ExitCode, Error> {
+    let w = wire(s).await?;
+    let listing = ProgressBar::new_spinner().with_message("listing referrals");
+    listing.enable_steady_tick(Duration::from_millis(100));
+    let referrals: Vec<_> = w
+        .partner_center
+        .list_referrals()
+        .into_stream()
+        .inspect_ok(|_| listing.inc(1))
+        .try_collect()
+        .await?;
+    listing.finish_with_message(format!("listed {} referrals", referrals.len()));
+    let newest = referrals.iter().filter_map(|r| r.updated_date_time).max();
+    let style = ProgressStyle::with_template(
+        "{spinner} syncing [{bar:40}] {pos}/{len} {per_sec} eta {eta} {msg}",
+    )
+    .map_err(|e| Error::Message(e.to_string()))?
+    .progress_chars("=> ");
+    let bar = ProgressBar::new(referrals.len() as u64).with_style(style);
+    // The throttle's pause is the part of the ETA the rate cannot know: say it.
+    let limiter = w.dataverse.limiter().clone();
+    let ticker_bar = bar.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            match limiter.pause_remaining() {
+                Some(d) => ticker_bar.set_message(format!(
+                    "Dataverse throttling: resuming in {}s",
+                    d.as_secs() + 1
+                )),
+                None => ticker_bar.set_message(""),
+            }
+        }
+    });
+    let mut by_action: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+    let engine = &w.engine;
+    let mut results = futures::stream::iter(referrals)
+        .map(|r| engine.apply_referral(r))
+        .buffer_unordered(concurrency.max(1));
+    while let Some(result) = results.next().await {
+        // A state-store failure stops the run: continuing would sync records whose links
+        // cannot be saved.
+        let outcome = result?;
+        if outcome.action == Action::Failed {
+            *failures.entry(outcome.detail.clone()).or_default() += 1;
+        }
+        *by_action
+            .entry(format!("{:?}", outcome.action))
+            .or_default() += 1;
+        bar.inc(1);
+    }
+    drop(results);
+    ticker.abort();
+    bar.finish_with_message("");
+    if let Some(t) = newest {
+        engine.set_reconcile_checkpoint(t).await?;
+    }
+    for (action, n) in &by_action {
+        println!("   {action:<16} {n}");
+    }
+    for (reason, n) in &failures {
+        println!("   failed ×{n:<4} {reason}");
+    }
+    let letters = w.store.dead_letter_classes().await?;
+    let dead: u64 = letters.iter().map(|c| c.count).sum();
+    println!("   dead letters: {dead} (`cosell dead-letters list`, then `replay` after a fix)");
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
