@@ -7,9 +7,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cosell_mapping::RecordKind;
+use cosell_sync::catalogue::{import_catalogue, parse_catalogue_csv};
 use cosell_sync::engine::entity_name;
+use cosell_sync::provision::ProvisionOptions;
 use cosell_sync::store::{AuditEntry, AuditOutcome, AuditQuery, Commit};
-use cosell_sync::{Action, Outcome, required_columns, setup_problems};
+use cosell_sync::{
+    Action, Outcome, WebhookState, dataverse_problems, partner_center_problems, required_columns,
+};
 use futures::{StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
@@ -17,6 +21,10 @@ use secrecy::ExposeSecret;
 use crate::Error;
 use crate::config::Settings;
 use crate::wiring::{self, open_store, wire};
+
+/// How long a one-shot command waits for its pair leases to be released before it exits (past
+/// it they expire after their TTL).
+const RELEASE_WAIT: Duration = Duration::from_secs(5);
 
 fn print_outcome(o: &Outcome) {
     let who = match (&o.referral_id, &o.crm) {
@@ -42,48 +50,117 @@ fn code_of(o: &Outcome) -> ExitCode {
     }
 }
 
-/// `cosell check`: every column, alternate key and change-tracking setting the field map needs,
-/// looked up in the CRM; exit 1 when anything is missing.
+/// `cosell check`: everything the running sync depends on, in Dataverse (mapped columns and
+/// their types, choice values, alternate keys Active, the link table's lookups, change tracking,
+/// the country lookup, the application user's access) and in Partner Center (both tokens, one
+/// referrals GET, who holds the webhook registration). Each problem names the config key to
+/// change; exit 1 when there is any.
 pub async fn check(s: &Settings) -> Result<ExitCode, Error> {
     let dataverse = wiring::dataverse_client(s)?;
-    let pairs = required_columns(&s.map);
-    let refs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(t, c)| (t.as_str(), c.as_str()))
-        .collect();
-    let report = dataverse.check_schema(&refs).await?;
-    let problems = setup_problems(&dataverse, &s.map).await?;
-    let mut tables: Vec<&str> = pairs.iter().map(|(t, _)| t.as_str()).collect();
-    tables.sort_unstable();
-    tables.dedup();
+    let columns = required_columns(&s.map);
     println!(
-        "CRM check of {} ({} columns in {} tables)",
+        "Dataverse check of {} ({} mapped columns)",
         s.dataverse,
-        pairs.len(),
-        tables.len()
+        columns.len()
     );
+    let mut problems = dataverse_problems(&dataverse, &s.map).await?;
+    let dataverse_count = problems.len();
     for p in &problems {
-        println!("  {} (config key `{}`)", p.message, p.config_key);
+        println!("  {p}");
     }
-    for table in &report.missing_tables {
-        println!("  table `{table}` does not exist");
-    }
-    for (table, column) in &report.missing {
-        if !report.missing_tables.contains(table) {
-            println!("  table `{table}` lacks column `{column}`");
-        }
-    }
-    if report.is_complete() && problems.is_empty() {
+    if dataverse_count == 0 {
         println!("  everything the field map needs is there");
+    }
+
+    println!("Partner Center check");
+    let partner_center = wiring::partner_center_client(s)?;
+    let pc = partner_center_problems(&partner_center, Some(s.public_url.as_str())).await;
+    println!(
+        "  referrals readable: {}; webhook registration: {}",
+        if pc.referrals_readable { "yes" } else { "no" },
+        match &pc.webhook {
+            WebhookState::Ours => "ours".to_string(),
+            WebhookState::OursMissingEvents => "ours, some referral events missing".into(),
+            WebhookState::Another(url) => format!("held by {url}"),
+            WebhookState::None => "none".into(),
+            WebhookState::Unknown => "could not be read".into(),
+        }
+    );
+    for p in &pc.problems {
+        println!("  {p}");
+    }
+    problems.extend(pc.problems);
+    if problems.is_empty() {
+        println!("clean: the sync can run");
         return Ok(ExitCode::SUCCESS);
     }
-    if !report.missing.is_empty() {
+    if dataverse_count > 0 {
         println!(
-            "{} column(s) missing: add them to the CRM (the co-sell customisation) or change the field map",
-            report.missing.len()
+            "{dataverse_count} Dataverse problem(s): `cosell provision` creates what is missing, \
+             or change the config key named"
         );
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// `cosell provision`: creates in Dataverse what the configured field map needs (publisher and
+/// solution, the catalogue and link tables, typed columns, lookups, alternate keys waited for
+/// until Active, change tracking, publishing), idempotently; conflicts are reported, never
+/// altered. `--dry-run` prints the plan and changes nothing; `--catalogue` imports the co-sell
+/// solution catalogue (CSV: id, name, publisher, type) afterwards. Exit 1 on a conflict or a
+/// catalogue line that failed.
+pub async fn provision(
+    s: &Settings,
+    dry_run: bool,
+    catalogue: Option<&std::path::Path>,
+    key_poll: Duration,
+) -> Result<ExitCode, Error> {
+    let dataverse = wiring::dataverse_client(s)?;
+    let mut options = ProvisionOptions::default().key_wait(60, key_poll);
+    if dry_run {
+        options = options.dry_run();
+    }
+    println!(
+        "{} {}",
+        if dry_run { "Plan for" } else { "Provisioning" },
+        s.dataverse
+    );
+    let report = cosell_sync::provision(&dataverse, &s.map, &options, &mut |step| {
+        eprintln!("  .. {step}")
+    })
+    .await?;
+    print!("{report}");
+    let mut failed = !report.conflicts().is_empty();
+    if let Some(path) = catalogue {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Message(format!("cannot read `{}`: {e}", path.display())))?;
+        let (entries, errors) = parse_catalogue_csv(&text);
+        for e in &errors {
+            println!("  catalogue: skipped {e}");
+        }
+        failed |= !errors.is_empty();
+        if dry_run {
+            println!(
+                "  catalogue: {} solution(s) would be imported",
+                entries.len()
+            );
+        } else {
+            let r = import_catalogue(&dataverse, &s.map, &entries).await;
+            println!(
+                "  catalogue: created {}, updated {}, unchanged {}",
+                r.created, r.updated, r.unchanged
+            );
+            for e in &r.failed {
+                println!("  catalogue: failed {e}");
+            }
+            failed |= !r.failed.is_empty();
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `cosell status`: the running service's `/status` (admin listener); the store's counts when
@@ -182,7 +259,9 @@ pub async fn dead_letters(s: &Settings, command: DeadLetterCommand) -> Result<Ex
             if w.store.dead_letter(&key).await?.is_none() {
                 return Err(no_letter(&key));
             }
-            match w.engine.replay_dead_letter(&key).await? {
+            let replayed = w.engine.replay_dead_letter(&key).await;
+            w.engine.release_leases(RELEASE_WAIT).await;
+            match replayed? {
                 Some(outcome) => {
                     print_outcome(&outcome);
                     if outcome.action != Action::Failed {
@@ -229,7 +308,9 @@ fn no_letter(key: &str) -> Error {
 /// `cosell sync referral <id>`.
 pub async fn sync_referral(s: &Settings, id: &str) -> Result<ExitCode, Error> {
     let w = wire(s).await?;
-    let outcome = w.engine.sync_referral(id).await?;
+    let outcome = w.engine.sync_referral(id).await;
+    w.engine.release_leases(RELEASE_WAIT).await;
+    let outcome = outcome?;
     print_outcome(&outcome);
     Ok(code_of(&outcome))
 }
@@ -249,7 +330,9 @@ pub async fn sync_crm(s: &Settings, table: &str, id: &str) -> Result<ExitCode, E
             )));
         };
     let w = wire(s).await?;
-    let outcome = w.engine.sync_crm_record(kind, id).await?;
+    let outcome = w.engine.sync_crm_record(kind, id).await;
+    w.engine.release_leases(RELEASE_WAIT).await;
+    let outcome = outcome?;
     print_outcome(&outcome);
     Ok(code_of(&outcome))
 }
@@ -371,6 +454,7 @@ pub async fn backfill(s: &Settings, concurrency: usize) -> Result<ExitCode, Erro
         bar.inc(1);
     }
     drop(results);
+    engine.release_leases(RELEASE_WAIT).await;
     ticker.abort();
     bar.finish_with_message("");
     if let Some(t) = newest {

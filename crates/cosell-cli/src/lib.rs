@@ -49,6 +49,9 @@ pub enum Error {
     /// An HTTP request of the command itself failed (login, status, a PEM download).
     #[error(transparent)]
     Transport(#[from] cosell_http::TransportError),
+    /// Provisioning or the setup check could not finish (a metadata call failed).
+    #[error(transparent)]
+    Setup(#[from] cosell_sync::SetupError),
     /// A local file or socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),

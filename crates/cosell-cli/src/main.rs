@@ -51,8 +51,23 @@ enum Command {
     },
     /// Sign the Referrals admin in (device code) and save the refresh token for the service.
     Login,
-    /// Check the CRM: columns, alternate keys and change tracking the field map needs.
+    /// Check everything the sync depends on in Dataverse and Partner Center, naming the config
+    /// key of each problem.
     Check,
+    /// Create in Dataverse what the field map needs (idempotent; conflicts are reported, never
+    /// altered).
+    Provision {
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Import the co-sell solution catalogue from this CSV (id, name, publisher, type).
+        #[arg(long, value_name = "CSV")]
+        catalogue: Option<std::path::PathBuf>,
+        /// Seconds between reads of a new alternate key's index status (Dataverse builds the
+        /// index in a system job; up to 60 reads).
+        #[arg(long, default_value_t = 5)]
+        key_poll_seconds: u64,
+    },
     /// Sync every referral in Partner Center into the CRM, with progress.
     Backfill {
         /// Referrals synced at the same time.
@@ -132,6 +147,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         Command::Login => login::login(&settings).await,
         Command::Check => commands::check(&settings).await,
+        Command::Provision {
+            dry_run,
+            catalogue,
+            key_poll_seconds,
+        } => {
+            let poll = std::time::Duration::from_secs(key_poll_seconds);
+            commands::provision(&settings, dry_run, catalogue.as_deref(), poll).await
+        }
         Command::Backfill { concurrency } => commands::backfill(&settings, concurrency).await,
         Command::Status => commands::status(&settings).await,
         Command::DeadLetters(c) => commands::dead_letters(&settings, c).await,

@@ -11,7 +11,7 @@ use cosell_sandbox::entra::{
     REFERRALS_AUDIENCE, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_REFRESH_TOKEN,
     SANDBOX_TENANT,
 };
-use cosell_sandbox::{Sandbox, SandboxPorts};
+use cosell_sandbox::{DataverseSchema, Sandbox, SandboxPorts};
 
 use crate::Error;
 
@@ -48,6 +48,14 @@ pub struct SandboxArgs {
     /// Generated referrals to add at start.
     #[arg(long, default_value_t = 0)]
     pub seed_referrals: usize,
+    /// Start Dataverse bare, as a new environment (standard tables only), to try
+    /// `cosell provision` and `cosell check` before going live.
+    #[arg(long)]
+    pub bare: bool,
+    /// Load your own Dataverse schema file (JSON: custom columns, lookup tables) on top of the
+    /// bare or the provisioned schema, to try a customised field map.
+    #[arg(long, value_name = "JSON")]
+    pub dataverse_schema: Option<PathBuf>,
     /// Write the configuration for `cosell serve` against this sandbox to this file, then run.
     #[arg(long)]
     pub write_config: Option<PathBuf>,
@@ -60,7 +68,18 @@ pub async fn run(args: SandboxArgs) -> Result<ExitCode, Error> {
             .map_err(|e| Error::Message(format!("cannot write `{}`: {e}", path.display())))?;
         println!("wrote {}", path.display());
     }
+    let mut schema = if args.bare {
+        DataverseSchema::bare()
+    } else {
+        DataverseSchema::cosell()
+    };
+    if let Some(path) = &args.dataverse_schema {
+        schema = schema
+            .with_schema_file(path)
+            .map_err(|e| Error::Message(format!("--dataverse-schema: {e}")))?;
+    }
     let sandbox = Sandbox::builder()
+        .dataverse_schema(schema)
         .ip(args.bind)
         .ports(SandboxPorts {
             entra: args.entra_port,

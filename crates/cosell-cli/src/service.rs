@@ -180,6 +180,9 @@ pub async fn serve(s: Settings) -> Result<std::process::ExitCode, Error> {
         () = grace_over(stop_rx, s.shutdown_grace) => None,
     };
     state.running.store(false, Ordering::SeqCst);
+    // Leases given up at the end of the last pass reach the store before the process ends, so
+    // another worker need not wait out their TTL.
+    engine.release_leases(Duration::from_secs(5)).await;
     let _ = stop_tx.send(true);
     let _ = closed_tx.send(true);
     for task in [server, admin_server] {

@@ -60,8 +60,10 @@ pub async fn wire(s: &Settings) -> Result<Wired, Error> {
     wire_with(s, s.engine.clone()).await
 }
 
-/// [`wire`] with other engine settings (`cosell plan`'s dry run).
-pub async fn wire_with(s: &Settings, config: cosell_sync::EngineConfig) -> Result<Wired, Error> {
+/// The Partner Center client of a configuration: referrals with the refresh token (app+user),
+/// webhook registrations app-only. Every refresh token Entra ID rotates in is written to
+/// `credentials.refresh_token_file`.
+pub fn partner_center_client(s: &Settings) -> Result<PartnerCenterClient, Error> {
     let app = app_credential(s)?;
     let refresh = s.refresh_token()?;
     let file = s.refresh_token_file.clone();
@@ -81,24 +83,21 @@ pub async fn wire_with(s: &Settings, config: cosell_sync::EngineConfig) -> Resul
         ),
     }))
     .build()?;
-    let partner_center = PartnerCenterClient::builder()
+    Ok(PartnerCenterClient::builder()
         .referrals_endpoint(s.referrals.clone())
         .webhooks_endpoint(s.webhooks.clone())
         .credential(Arc::new(user))
-        .webhooks_credential(Arc::new(app.clone()))
-        .build()?;
-    let dataverse = DataverseClient::builder()
-        .environment_url(s.dataverse.clone())
-        .credential(Arc::new(app))
-        .build()?;
+        .webhooks_credential(Arc::new(app))
+        .build()?)
+}
+
+/// [`wire`] with other engine settings (`cosell plan`'s dry run).
+pub async fn wire_with(s: &Settings, config: cosell_sync::EngineConfig) -> Result<Wired, Error> {
+    let partner_center = partner_center_client(s)?;
+    let dataverse = dataverse_client(s)?;
     let store = open_store(s).await?;
     let crm = Arc::new(DataverseCrm::new(dataverse.clone(), s.map.clone()));
-    let engine = Engine::new(
-        Arc::new(partner_center.clone()),
-        crm,
-        store.clone(),
-        config,
-    );
+    let engine = Engine::new(Arc::new(partner_center.clone()), crm, store.clone(), config);
     Ok(Wired {
         partner_center,
         dataverse,

@@ -377,11 +377,7 @@ mod reqwest_impl {
             let request = reqwest::Request::try_from(request).map_err(|e| {
                 TransportError::new(TransportErrorKind::Request, false, e.to_string())
             })?;
-            let mut response = self
-                .client
-                .execute(request)
-                .await
-                .map_err(classify)?;
+            let mut response = self.client.execute(request).await.map_err(classify)?;
             if response
                 .content_length()
                 .is_some_and(|n| n > max_body as u64)

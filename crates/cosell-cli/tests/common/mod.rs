@@ -102,7 +102,16 @@ impl Setup {
     /// A sandbox on free ports and a configuration for it; `with_token`: a refresh token in
     /// the environment (otherwise only `cosell login` provides one).
     pub async fn new(server_extra: &str, with_token: bool) -> Setup {
-        let sandbox = Sandbox::builder().start().await.unwrap();
+        Setup::with_sandbox(Sandbox::builder(), server_extra, with_token).await
+    }
+
+    /// [`Setup::new`] on a sandbox built by `builder` (a bare Dataverse, say).
+    pub async fn with_sandbox(
+        builder: cosell_sandbox::SandboxBuilder,
+        server_extra: &str,
+        with_token: bool,
+    ) -> Setup {
+        let sandbox = builder.start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (listen, admin) = (free_port(), free_port());
         let config = dir.path().join("cosell.toml");

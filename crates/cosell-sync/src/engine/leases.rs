@@ -11,9 +11,10 @@
 //! never starts on a pair whose lease is still being given up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
 use super::{Engine, EngineError};
@@ -44,9 +45,10 @@ impl Default for LeaseConfig {
     }
 }
 
-/// This engine's identity as a worker.
+/// This engine's identity as a worker, and the lease releases it has under way.
 pub(super) struct Worker {
     id: String,
+    releasing: Arc<Releasing>,
 }
 
 impl Default for Worker {
@@ -54,14 +56,25 @@ impl Default for Worker {
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         Worker {
             id: format!("worker-{}-{}", std::process::id(), &uuid[..12]),
+            releasing: Arc::default(),
         }
     }
+}
+
+/// Releases spawned by dropped [`Held`]s and not finished yet. A short-lived process (`cosell
+/// sync referral`) waits for them before it exits, or its leases would outlive it by a TTL
+/// and hold every other worker off its pairs meanwhile.
+#[derive(Default)]
+struct Releasing {
+    count: AtomicUsize,
+    done: Notify,
 }
 
 /// Leases held in the store, with the in-process locks of the same keys; given up (leases
 /// first, then the locks) when dropped.
 pub(super) struct Held {
     store: Arc<dyn StateStore>,
+    releasing: Arc<Releasing>,
     holder: String,
     keys: Vec<String>,
     local: Vec<OwnedMutexGuard<()>>,
@@ -69,10 +82,11 @@ pub(super) struct Held {
 }
 
 impl Held {
-    fn new(store: Arc<dyn StateStore>, holder: String) -> Self {
+    fn new(store: Arc<dyn StateStore>, worker: &Worker) -> Self {
         Held {
             store,
-            holder,
+            releasing: worker.releasing.clone(),
+            holder: worker.id.clone(),
             keys: Vec::new(),
             local: Vec::new(),
             renew: None,
@@ -116,6 +130,8 @@ impl Drop for Held {
         let local = std::mem::take(&mut self.local);
         // Outside a runtime (shutting down) the leases simply expire.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let releasing = self.releasing.clone();
+            releasing.count.fetch_add(1, Ordering::SeqCst);
             runtime.spawn(async move {
                 for key in keys.iter().rev() {
                     if let Err(e) = store.release_lease(key, &holder).await {
@@ -123,6 +139,9 @@ impl Drop for Held {
                     }
                 }
                 drop(local);
+                if releasing.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    releasing.done.notify_waiters();
+                }
             });
         }
     }
@@ -134,14 +153,35 @@ impl Engine {
         &self.inner.worker.id
     }
 
+    /// Waits (at most `limit`) until every lease this engine gave up has been released in the
+    /// store. Call it before a short-lived process exits, so its leases do not outlive it by a
+    /// TTL; a long-running service need not.
+    pub async fn release_leases(&self, limit: Duration) {
+        let releasing = &self.inner.worker.releasing;
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let done = releasing.done.notified();
+                if releasing.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
+    }
+
     /// Takes `keys` in order, each first in process and then in the store, waiting (up to
-    /// [`LeaseConfig::wait`]) for another worker to finish with it.
+    /// [`LeaseConfig::wait`]) for another worker to finish with it. A dry run takes the
+    /// in-process locks only: it writes nothing another worker could race.
     pub(super) async fn lease_keys(&self, keys: Vec<String>) -> Result<Held, StoreError> {
         let inner = &self.inner;
         let config = &inner.config.leases;
-        let mut held = Held::new(inner.store.clone(), inner.worker.id.clone());
+        let mut held = Held::new(inner.store.clone(), &inner.worker);
         for key in keys {
             held.local.push(inner.locks.lock(key.clone()).await);
+            if inner.config.dry_run {
+                continue;
+            }
             let started = tokio::time::Instant::now();
             let mut pause = Duration::from_millis(10);
             while !inner
@@ -167,8 +207,12 @@ impl Engine {
     pub(super) async fn lease_pass(&self, name: &str) -> Result<Option<Held>, StoreError> {
         let inner = &self.inner;
         let key = format!("pass:{name}");
-        let mut held = Held::new(inner.store.clone(), inner.worker.id.clone());
+        let mut held = Held::new(inner.store.clone(), &inner.worker);
         held.local.push(inner.locks.lock(key.clone()).await);
+        if inner.config.dry_run {
+            // Reads only: it moves no checkpoint, so it need not keep other workers off.
+            return Ok(Some(held));
+        }
         if !inner
             .store
             .try_lease(&key, &held.holder, inner.config.leases.ttl)
