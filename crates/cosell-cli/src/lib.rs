@@ -51,7 +51,7 @@ pub enum Error {
     Transport(#[from] cosell_http::TransportError),
     /// Provisioning or the setup check could not finish (a metadata call failed).
     #[error(transparent)]
-    Setup(#[from] cosell_sync::SetupError),
+    Setup(Box<cosell_sync::SetupError>),
     /// A local file or socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -64,6 +64,12 @@ pub enum Error {
 impl From<cosell_sync::EngineError> for Error {
     fn from(e: cosell_sync::EngineError) -> Self {
         Error::Engine(Box::new(e))
+    }
+}
+
+impl From<cosell_sync::SetupError> for Error {
+    fn from(e: cosell_sync::SetupError) -> Self {
+        Error::Setup(Box::new(e))
     }
 }
 
