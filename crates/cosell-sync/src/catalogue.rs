@@ -23,59 +23,33 @@ pub struct CatalogueEntry {
     pub solution_type: String,
 }
 
-/// Splits one CSV record (RFC 4180: fields in double quotes may hold commas and doubled
-/// quotes). `None` when a quoted field is not closed on the line.
-fn split_record(line: &str) -> Option<Vec<String>> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            (true, '"') => quoted = false,
-            (false, '"') if field.trim().is_empty() => {
-                field.clear();
-                quoted = true;
-            }
-            (false, ',') => fields.push(std::mem::take(&mut field).trim().to_string()),
-            (_, c) => field.push(c),
-        }
-    }
-    if quoted {
-        return None;
-    }
-    fields.push(field.trim().to_string());
-    Some(fields)
-}
-
-/// Parses a catalogue CSV with a header naming the columns `id`, `name`, `publisher` and
-/// `type` (any order, any case; others ignored). Every bad line is returned as an error with
-/// its number; the good ones are kept.
+/// Parses a catalogue CSV (RFC 4180) with a header naming the columns `id`, `name`,
+/// `publisher` and `type` (any order, any case; others ignored). Every bad record is returned as
+/// an error with its line number; the good ones are kept.
 pub fn parse_catalogue_csv(text: &str) -> (Vec<CatalogueEntry>, Vec<SetupError>) {
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty());
-    let mut errors = Vec::new();
-    let Some((header_line, header)) = lines.next() else {
-        return (
-            Vec::new(),
-            vec![SetupError::InvalidRow {
-                line: 1,
-                message: "the file is empty; expected a header `id,name,publisher,type`".into(),
-            }],
-        );
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let invalid = |line: u64, message: String| SetupError::InvalidRow {
+        line: usize::try_from(line).unwrap_or(usize::MAX),
+        message,
     };
-    let header: Vec<String> = split_record(header)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) if !h.is_empty() && h.iter().any(|f| !f.is_empty()) => {
+            h.iter().map(|f| f.to_ascii_lowercase()).collect()
+        }
+        Ok(_) => {
+            return (
+                Vec::new(),
+                vec![invalid(
+                    1,
+                    "the file is empty; expected a header `id,name,publisher,type`".into(),
+                )],
+            );
+        }
+        Err(e) => return (Vec::new(), vec![invalid(1, format!("the header: {e}"))]),
+    };
     let position = |name: &str| header.iter().position(|h| h == name);
     let (Some(id), Some(name), Some(publisher), Some(kind)) = (
         position("id"),
@@ -85,50 +59,53 @@ pub fn parse_catalogue_csv(text: &str) -> (Vec<CatalogueEntry>, Vec<SetupError>)
     ) else {
         return (
             Vec::new(),
-            vec![SetupError::InvalidRow {
-                line: header_line,
-                message: format!(
+            vec![invalid(
+                1,
+                format!(
                     "the header `{}` must name the columns id, name, publisher and type",
                     header.join(",")
                 ),
-            }],
+            )],
         );
     };
+    let mut errors = Vec::new();
     let mut entries: Vec<CatalogueEntry> = Vec::new();
-    for (line, text) in lines {
-        let Some(fields) = split_record(text) else {
-            errors.push(SetupError::InvalidRow {
-                line,
-                message: "a quoted field is not closed".into(),
-            });
-            continue;
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| p.line());
+                errors.push(invalid(line, e.to_string()));
+                continue;
+            }
         };
-        let get = |i: usize| fields.get(i).cloned().unwrap_or_default();
+        let line = record.position().map_or(0, |p| p.line());
+        if record.iter().all(str::is_empty) {
+            continue;
+        }
+        let get = |i: usize| record.get(i).unwrap_or_default().to_string();
         let entry = CatalogueEntry {
-            line,
+            line: usize::try_from(line).unwrap_or(usize::MAX),
             solution_id: get(id),
             name: get(name),
             publisher: get(publisher),
             solution_type: get(kind),
         };
         if entry.solution_id.is_empty() {
-            errors.push(SetupError::InvalidRow {
-                line,
-                message: "`id` is empty".into(),
-            });
+            errors.push(invalid(line, "`id` is empty".into()));
         } else if entry.name.is_empty() {
-            errors.push(SetupError::InvalidRow {
+            errors.push(invalid(
                 line,
-                message: format!("`name` is empty for solution `{}`", entry.solution_id),
-            });
+                format!("`name` is empty for solution `{}`", entry.solution_id),
+            ));
         } else if let Some(first) = entries.iter().find(|e| e.solution_id == entry.solution_id) {
-            errors.push(SetupError::InvalidRow {
+            errors.push(invalid(
                 line,
-                message: format!(
+                format!(
                     "solution `{}` is listed already on line {}",
                     entry.solution_id, first.line
                 ),
-            });
+            ));
         } else {
             entries.push(entry);
         }
@@ -230,6 +207,16 @@ mod tests {
         assert!(lines[0].starts_with("line 3: `name` is empty"), "{lines:?}");
         assert!(lines[1].starts_with("line 4: `id` is empty"), "{lines:?}");
         assert!(lines[2].contains("listed already on line 2"), "{lines:?}");
+    }
+
+    #[test]
+    fn crlf_line_ends_and_a_quoted_field_over_two_lines_are_read_as_one_record() {
+        let (entries, errors) = parse_catalogue_csv(
+            "id,name,publisher,type\r\nsol-9,\"Two\nlines\",P,T\r\nsol-10,Ten,P,T\r\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(entries[0].name, "Two\nlines");
+        assert_eq!(entries[1].solution_id, "sol-10");
     }
 
     #[test]
