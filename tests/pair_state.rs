@@ -104,9 +104,7 @@ impl StateStore for CrashingStore {
             && commit.links.iter().any(|l| self.remote_write_landed(l))
             && self.armed.swap(false, Ordering::SeqCst)
         {
-            return Err(StoreError::Backend(
-                "process killed before the commit".into(),
-            ));
+            return Err(StoreError::backend("process killed before the commit"));
         }
         self.inner.commit(commit).await
     }

@@ -166,3 +166,19 @@ async fn sqlite_files_are_private_to_their_owner() {
     assert_eq!(mode(&path), 0o600);
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_backend_failure_keeps_the_drivers_error_as_its_source() {
+    use std::error::Error as _;
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the database file should be: SQLite cannot open it.
+    let path = dir.path().join("is-a-directory");
+    std::fs::create_dir(&path).unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(
+        matches!(err, cosell_sync::store::StoreError::Backend { .. }),
+        "{err}"
+    );
+    assert!(err.source().is_some(), "no source under {err}");
+    assert!(err.is_retryable());
+}

@@ -471,9 +471,16 @@ pub enum StoreError {
         /// Why it failed.
         detail: String,
     },
-    /// The backend failed (I/O, SQL).
-    #[error("state store backend: {0}")]
-    Backend(String),
+    /// The backend failed (I/O, SQL); the driver's error, when there is one, is the
+    /// [`source`](std::error::Error::source).
+    #[error("state store backend: {message}")]
+    Backend {
+        /// What failed, in words.
+        message: String,
+        /// The driver's or the file system's error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// Another worker held the lease `key` for longer than this worker would wait; nothing was
     /// done under it, so the work is simply done again later.
     #[error("lease `{key}` is held by another worker")]
@@ -486,7 +493,28 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying again later may succeed (another worker's lease, a backend hiccup).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::LeaseBusy { .. } | StoreError::Backend(_))
+        matches!(
+            self,
+            StoreError::LeaseBusy { .. } | StoreError::Backend { .. }
+        )
+    }
+
+    /// A backend failure said in words, with no underlying error (a refused setting, an
+    /// injected fault in a test store).
+    pub fn backend(message: impl Into<String>) -> Self {
+        StoreError::Backend {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure caused by `source` (its text is the message; the error stays
+    /// reachable through [`source`](std::error::Error::source)).
+    pub fn backend_caused_by(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend {
+            message: source.to_string(),
+            source: Some(Box::new(source)),
+        }
     }
 }
 

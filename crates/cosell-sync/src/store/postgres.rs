@@ -49,8 +49,8 @@ impl fmt::Debug for PostgresStore {
     }
 }
 
-fn backend(e: impl fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend_caused_by(e)
 }
 
 /// A `std` duration as seconds for `make_interval` (saturating: a lease has no business being
@@ -76,7 +76,7 @@ impl PostgresStore {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
             && !schema.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "schema `{schema}` is not a plain PostgreSQL name (lower-case letters, digits, \
                  `_`, at most 63, not starting with a digit)"
             )));
@@ -86,9 +86,8 @@ impl PostgresStore {
 
     async fn open(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
         let mut options = PgConnectOptions::from_str(url).map_err(|_| {
-            StoreError::Backend(
-                "the PostgreSQL URL is not valid (expected postgres://user@host:port/database)"
-                    .into(),
+            StoreError::backend(
+                "the PostgreSQL URL is not valid (expected postgres://user@host:port/database)",
             )
         })?;
         if let Some(schema) = schema {

@@ -33,8 +33,8 @@ pub struct SqliteStore {
     leases: SqlitePool,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::backend_caused_by(e)
 }
 
 fn ts(t: &DateTime<Utc>) -> String {
@@ -65,8 +65,9 @@ impl SqliteStore {
     /// `0600`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
-        private_file(path).map_err(|e| {
-            StoreError::Backend(format!("cannot prepare `{}`: {e}", path.display()))
+        private_file(path).map_err(|e| StoreError::Backend {
+            message: format!("cannot prepare `{}`: {e}", path.display()),
+            source: Some(Box::new(e)),
         })?;
         let options = SqliteConnectOptions::new()
             .filename(path)
