@@ -188,6 +188,45 @@ pub struct OpportunityColumns {
     pub currency_bind: String,
 }
 
+impl OpportunityColumns {
+    /// Every column of the section with its config key (`columns.opportunity.name`, …), in the
+    /// order of the fields: what the config check and the setup check go through.
+    pub fn keyed_columns(&self) -> [(&'static str, &str); 11] {
+        let o = self;
+        [
+            ("columns.opportunity.name", o.name.as_str()),
+            ("columns.opportunity.description", o.description.as_str()),
+            ("columns.opportunity.close_date", o.close_date.as_str()),
+            (
+                "columns.opportunity.sync_with_partner_center",
+                o.sync_with_partner_center.as_str(),
+            ),
+            ("columns.opportunity.referral_id", o.referral_id.as_str()),
+            (
+                "columns.opportunity.engagement_id",
+                o.engagement_id.as_str(),
+            ),
+            (
+                "columns.opportunity.referral_link",
+                o.referral_link.as_str(),
+            ),
+            (
+                "columns.opportunity.help_required",
+                o.help_required.as_str(),
+            ),
+            (
+                "columns.opportunity.visible_to_microsoft",
+                o.visible_to_microsoft.as_str(),
+            ),
+            (
+                "columns.opportunity.microsoft_crm_id",
+                o.microsoft_crm_id.as_str(),
+            ),
+            ("columns.opportunity.audit", o.audit.as_str()),
+        ]
+    }
+}
+
 impl Default for OpportunityColumns {
     fn default() -> Self {
         Self {
@@ -991,28 +1030,12 @@ impl MappingConfig {
 
         // The opportunity's mapped columns must be distinct, or one value would overwrite another.
         let mut seen = BTreeMap::new();
-        for (key, col) in [
-            ("deal_value_field", &self.deal_value_field),
-            ("columns.opportunity.name", &o.name),
-            ("columns.opportunity.description", &o.description),
-            ("columns.opportunity.close_date", &o.close_date),
-            (
-                "columns.opportunity.sync_with_partner_center",
-                &o.sync_with_partner_center,
-            ),
-            ("columns.opportunity.referral_id", &o.referral_id),
-            ("columns.opportunity.engagement_id", &o.engagement_id),
-            ("columns.opportunity.referral_link", &o.referral_link),
-            ("columns.opportunity.help_required", &o.help_required),
-            (
-                "columns.opportunity.visible_to_microsoft",
-                &o.visible_to_microsoft,
-            ),
-            ("columns.opportunity.microsoft_crm_id", &o.microsoft_crm_id),
-            ("columns.opportunity.audit", &o.audit),
-        ] {
-            if let Some(first) = seen.insert(col.as_str(), key) {
-                c.fail(key, col.as_str(), &format!("is already used by {first}"));
+        let columns = o.keyed_columns();
+        for (key, col) in
+            std::iter::once(("deal_value_field", self.deal_value_field.as_str())).chain(columns)
+        {
+            if let Some(first) = seen.insert(col, key) {
+                c.fail(key, col, &format!("is already used by {first}"));
             }
         }
 

@@ -1022,29 +1022,8 @@ pub fn mapped_columns(map: &FieldMap) -> Vec<MappedColumn> {
             });
         }
     };
-    add(
-        &o.entity,
-        &[
-            ("columns.opportunity.name", &o.name),
-            ("columns.opportunity.description", &o.description),
-            ("columns.opportunity.close_date", &o.close_date),
-            (
-                "columns.opportunity.sync_with_partner_center",
-                &o.sync_with_partner_center,
-            ),
-            ("columns.opportunity.referral_id", &o.referral_id),
-            ("columns.opportunity.engagement_id", &o.engagement_id),
-            ("columns.opportunity.referral_link", &o.referral_link),
-            ("columns.opportunity.help_required", &o.help_required),
-            (
-                "columns.opportunity.visible_to_microsoft",
-                &o.visible_to_microsoft,
-            ),
-            ("columns.opportunity.microsoft_crm_id", &o.microsoft_crm_id),
-            ("columns.opportunity.audit", &o.audit),
-            ("deal_value_field", &cfg.deal_value_field),
-        ],
-    );
+    add(&o.entity, &o.keyed_columns());
+    add(&o.entity, &[("deal_value_field", &cfg.deal_value_field)]);
     add(&o.entity, &cfg.referral_create.columns());
     add(
         &l.entity,
