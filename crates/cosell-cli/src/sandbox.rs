@@ -134,22 +134,7 @@ pub async fn run(args: SandboxArgs) -> Result<ExitCode, Error> {
     println!("  curl -s -X POST {origin}_sandbox/referrals/<id>/accept");
     println!();
     println!("Ctrl-C stops it.");
-    wait_for_stop().await;
+    crate::service::signal().await;
     sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_stop() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

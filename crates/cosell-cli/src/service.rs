@@ -298,7 +298,8 @@ async fn watch_signals(stop: watch::Sender<bool>) {
     std::process::exit(130);
 }
 
-async fn signal() {
+/// Resolves on Ctrl-C or SIGTERM (Ctrl-C only where SIGTERM cannot be watched).
+pub(crate) async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
