@@ -1201,7 +1201,7 @@ async fn the_setup_check_names_missing_keys_and_change_tracking() {
     let problems = cosell::sync::setup_problems(s.crm.client(), &FieldMap::default())
         .await
         .unwrap();
-    let keys: Vec<&str> = problems.iter().map(|p| p.config_key).collect();
+    let keys: Vec<&str> = problems.iter().map(|p| p.config_key.as_str()).collect();
     assert_eq!(
         keys,
         ["columns.lead.referral_id", "columns.solution.link_entity"],

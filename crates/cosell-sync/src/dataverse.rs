@@ -8,6 +8,7 @@
 //! tracking, of the solution link table too: adding or removing a solution changes a link row,
 //! never the opportunity's.
 
+use crate::setup::CheckProblem;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -903,23 +904,13 @@ impl Crm for DataverseCrm {
     }
 }
 
-/// One thing the running sync depends on that the CRM lacks, with the config key to change
-/// if the map, not the CRM, is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SetupProblem {
-    /// The config key naming what is missing (`columns.lead.referral_id`).
-    pub config_key: &'static str,
-    /// What is wrong, naming the table and columns.
-    pub message: String,
-}
-
 /// Checks what the sync needs of each table beyond its columns: the alternate keys every
 /// upsert goes by (present, covering the right column, index Active) and change tracking on
 /// the tables whose changes sync. Columns are [`required_columns`]' job.
 pub async fn setup_problems(
     client: &DataverseClient,
     map: &FieldMap,
-) -> Result<Vec<SetupProblem>, dataverse_client::Error> {
+) -> Result<Vec<CheckProblem>, dataverse_client::Error> {
     let c = &map.config().columns;
     // (table, key column, its config key, whether its changes are tracked, the table's key)
     let needs: [(&str, Option<&str>, &'static str, bool, &'static str); 4] = [
@@ -955,23 +946,23 @@ pub async fn setup_problems(
     let mut problems = Vec::new();
     for (table, key_column, key_config, tracked, table_config) in needs {
         let Some(setup) = client.table_setup(table).await? else {
-            problems.push(SetupProblem {
-                config_key: table_config,
+            problems.push(CheckProblem {
+                config_key: table_config.into(),
                 message: format!("table `{table}` does not exist"),
             });
             continue;
         };
         if let Some(column) = key_column {
             match setup.key_covering(&[column]) {
-                None => problems.push(SetupProblem {
-                    config_key: key_config,
+                None => problems.push(CheckProblem {
+                    config_key: key_config.into(),
                     message: format!(
                         "`{table}` has no alternate key on `{column}`: every upsert by it fails \
                          (\"The key in the request URI is not valid\")"
                     ),
                 }),
-                Some(k) if !k.is_active() => problems.push(SetupProblem {
-                    config_key: key_config,
+                Some(k) if !k.is_active() => problems.push(CheckProblem {
+                    config_key: key_config.into(),
                     message: format!(
                         "the alternate key `{}` of `{table}` is {}, not Active: upserts by it fail \
                          until its index is built (reactivate a Failed one)",
@@ -982,8 +973,8 @@ pub async fn setup_problems(
             }
         }
         if tracked && !setup.change_tracking_enabled {
-            problems.push(SetupProblem {
-                config_key: table_config,
+            problems.push(CheckProblem {
+                config_key: table_config.into(),
                 message: format!(
                     "change tracking is off on `{table}`: its changes never reach Partner Center"
                 ),

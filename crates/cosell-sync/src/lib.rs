@@ -28,9 +28,7 @@ pub use crm::{
     WriteTarget,
 };
 #[cfg(feature = "dataverse")]
-pub use dataverse::{
-    DataverseCrm, MappedColumn, SetupProblem, mapped_columns, required_columns, setup_problems,
-};
+pub use dataverse::{DataverseCrm, MappedColumn, mapped_columns, required_columns, setup_problems};
 pub use engine::{
     Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, LeaseConfig, Outcome,
     PlannedWrite, Report, Schedule,

@@ -153,7 +153,7 @@ pub async fn dataverse_problems(
     {
         // A missing table is reported once, above.
         if !p.message.contains("does not exist") {
-            problems.push(problem(p.config_key, p.message));
+            problems.push(p);
         }
     }
     // The link table's lookups, with the navigation properties the map binds.
