@@ -5,17 +5,21 @@
 //! locks), after those locks; before a change-feed page or a reconcile it takes that pass's
 //! lease (`pass:<checkpoint>`), and a worker that finds it held skips the pass (another worker
 //! is reading that feed); inbox hints are claimed in small batches, so workers draining at the
-//! same time take different hints. A lease lives `ttl` and is renewed while its work runs; a
-//! killed worker's leases and claims expire and another worker takes its pairs over. Leases are
-//! released after the work's commit, before the in-process locks, so a task of the same engine
-//! never starts on a pair whose lease is still being given up.
+//! same time take different hints. A lease lives `ttl` and is renewed while the worker holds
+//! it; a killed worker's leases and claims expire and another worker takes its pairs over.
+//!
+//! A worker keeps the leases it holds in one table: a task done with a pair hands its lease
+//! back to the table (no store call), a background task gives leases idle for a moment up in
+//! the store and renews the rest, and a task taking a pair the worker still holds (the
+//! webhook about its own write) reuses the lease. A lease being given up is waited for, so a
+//! task of the same engine never works on a pair whose lease a release is about to delete.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedMutexGuard};
-use tokio::task::JoinHandle;
 
 use super::{Engine, EngineError};
 use crate::store::{InboxHint, StateStore, StoreError};
@@ -45,10 +49,12 @@ impl Default for LeaseConfig {
     }
 }
 
-/// This engine's identity as a worker, and the lease releases it has under way.
+/// This engine's identity as a worker, and the store leases it holds.
 pub(super) struct Worker {
     id: String,
-    releasing: Arc<Releasing>,
+    table: Arc<LeaseTable>,
+    /// Dropped with the engine: the janitor then gives every lease up and ends.
+    alive: Arc<()>,
 }
 
 impl Default for Worker {
@@ -56,94 +62,175 @@ impl Default for Worker {
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         Worker {
             id: format!("worker-{}-{}", std::process::id(), &uuid[..12]),
-            releasing: Arc::default(),
+            table: Arc::default(),
+            alive: Arc::new(()),
         }
     }
 }
 
-/// Releases spawned by dropped [`Held`]s and not finished yet. A short-lived process (`cosell
-/// sync referral`) waits for them before it exits, or its leases would outlive it by a TTL
-/// and hold every other worker off its pairs meanwhile.
+/// How long a lease this worker no longer uses is kept before it is given up in the store. A
+/// pair handled again within it (the webhook about the engine's own write, a retry) takes no
+/// store call at all; other workers wait at most this long more for it.
+const IDLE_GRACE: Duration = Duration::from_millis(50);
+
+/// Where a store lease of this worker stands.
+enum LeaseState {
+    /// Held in the store; `in_use` while a task has it, otherwise idle since the instant.
+    Held { in_use: bool, idle_since: Instant },
+    /// Being given up in the store; a task wanting it again waits for this, then leases anew.
+    Releasing(Arc<Notify>),
+}
+
+/// The store leases one worker holds, shared by all its tasks. Taking a lease the worker
+/// already holds costs nothing; a lease given up is released in the store by one background
+/// task (`janitor`), which also renews every held lease, instead of a task per pair.
 #[derive(Default)]
-struct Releasing {
-    count: AtomicUsize,
-    done: Notify,
+struct LeaseTable {
+    leases: Mutex<HashMap<String, LeaseState>>,
+    /// Whether the janitor task runs (started with the first lease).
+    janitor: AtomicBool,
+    /// Woken when a release finishes (for [`Engine::release_leases`]).
+    released: Notify,
 }
 
-/// Leases held in the store, with the in-process locks of the same keys; given up (leases
-/// first, then the locks) when dropped.
-pub(super) struct Held {
-    store: Arc<dyn StateStore>,
-    releasing: Arc<Releasing>,
-    holder: String,
-    keys: Vec<String>,
-    local: Vec<OwnedMutexGuard<()>>,
-    renew: Option<JoinHandle<()>>,
-}
+impl LeaseTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseState>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
 
-impl Held {
-    fn new(store: Arc<dyn StateStore>, worker: &Worker) -> Self {
-        Held {
-            store,
-            releasing: worker.releasing.clone(),
-            holder: worker.id.clone(),
-            keys: Vec::new(),
-            local: Vec::new(),
-            renew: None,
+    /// Marks `key` idle: the task using it is done.
+    fn put_back(&self, key: &str) {
+        if let Some(LeaseState::Held { in_use, idle_since }) = self.lock().get_mut(key) {
+            *in_use = false;
+            *idle_since = Instant::now();
         }
     }
 
-    /// Keeps the leases alive while the work runs: renewed every third of `ttl`. A renewal
-    /// that finds the lease gone (this worker stalled past `ttl` and another took over) is
-    /// logged; the pair's preconditions (eTags on both sides) then refuse the stale write.
-    fn keep_alive(&mut self, ttl: Duration) {
-        if self.keys.is_empty() {
+    /// Marks the idle leases (older than `grace`) as being released and returns them.
+    fn take_idle(&self, grace: Duration) -> Vec<(String, Arc<Notify>)> {
+        let mut leases = self.lock();
+        self.mark_releasing(&mut leases, grace)
+    }
+
+    fn mark_releasing(
+        &self,
+        leases: &mut HashMap<String, LeaseState>,
+        grace: Duration,
+    ) -> Vec<(String, Arc<Notify>)> {
+        let mut out = Vec::new();
+        for (key, state) in leases.iter_mut() {
+            if let LeaseState::Held {
+                in_use: false,
+                idle_since,
+            } = state
+                && idle_since.elapsed() >= grace
+            {
+                let notify = Arc::new(Notify::new());
+                *state = LeaseState::Releasing(notify.clone());
+                out.push((key.clone(), notify));
+            }
+        }
+        out
+    }
+
+    /// Whether no lease is held or being released.
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Gives up the idle leases (older than `grace`) in the store.
+    async fn release_idle(&self, store: &dyn StateStore, holder: &str, grace: Duration) {
+        let idle = self.take_idle(grace);
+        if idle.is_empty() {
             return;
         }
-        let (store, holder, keys) = (self.store.clone(), self.holder.clone(), self.keys.clone());
-        self.renew = Some(tokio::spawn(async move {
-            let every = (ttl / 3).max(Duration::from_millis(10));
-            loop {
-                tokio::time::sleep(every).await;
-                for key in &keys {
-                    match store.try_lease(key, &holder, ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::warn!(%key, "lease lost to another worker"),
-                        Err(e) => tracing::warn!(%key, error = %e, "lease renewal failed"),
+        for (key, _) in &idle {
+            if let Err(e) = store.release_lease(key, holder).await {
+                tracing::warn!(%key, error = %e, "lease release failed; it will expire");
+            }
+        }
+        let mut leases = self.lock();
+        for (key, notify) in idle {
+            leases.remove(&key);
+            notify.notify_waiters();
+        }
+        drop(leases);
+        self.released.notify_waiters();
+    }
+
+    /// Renews every lease held (in use or idle): a renewal that finds the lease gone (this
+    /// worker stalled past `ttl` and another took over) is logged; the pair's preconditions
+    /// (eTags on both sides) then refuse the stale write.
+    async fn renew(&self, store: &dyn StateStore, holder: &str, ttl: Duration) {
+        let held: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| matches!(s, LeaseState::Held { .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in held {
+            match store.try_lease(&key, holder, ttl).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(%key, "lease lost to another worker"),
+                Err(e) => tracing::warn!(%key, error = %e, "lease renewal failed"),
+            }
+        }
+    }
+}
+
+/// The worker's background task: gives idle leases up every [`IDLE_GRACE`] and renews the held
+/// ones every third of `ttl`. Once the engine is gone (`alive` dropped: no task of it runs any
+/// more) it gives every lease up, so a restarted engine need not wait for them to expire, and
+/// ends.
+fn start_janitor(worker: &Worker, store: Arc<dyn StateStore>, ttl: Duration) {
+    let table = worker.table.clone();
+    if table.janitor.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let (alive, holder) = (Arc::downgrade(&worker.alive), worker.id.clone());
+    let renew_every = (ttl / 3).max(Duration::from_millis(10));
+    tokio::spawn(async move {
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(IDLE_GRACE).await;
+            if alive.upgrade().is_none() {
+                for state in table.lock().values_mut() {
+                    if let LeaseState::Held { in_use, .. } = state {
+                        *in_use = false;
                     }
                 }
+                table
+                    .release_idle(store.as_ref(), &holder, Duration::ZERO)
+                    .await;
+                return;
             }
-        }));
-    }
+            table
+                .release_idle(store.as_ref(), &holder, IDLE_GRACE)
+                .await;
+            if renewed.elapsed() >= renew_every {
+                table.renew(store.as_ref(), &holder, ttl).await;
+                renewed = Instant::now();
+            }
+        }
+    });
+}
+
+/// Leases held in the store, with the in-process locks of the same keys; given back to the
+/// worker's table (leases first, then the locks) when dropped, without a store call.
+pub(super) struct Held {
+    table: Arc<LeaseTable>,
+    keys: Vec<String>,
+    local: Vec<OwnedMutexGuard<()>>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(renew) = self.renew.take() {
-            renew.abort();
+        for key in self.keys.iter().rev() {
+            self.table.put_back(key);
         }
-        if self.keys.is_empty() {
-            return;
-        }
-        let (store, holder) = (self.store.clone(), std::mem::take(&mut self.holder));
-        let keys = std::mem::take(&mut self.keys);
-        let local = std::mem::take(&mut self.local);
-        // Outside a runtime (shutting down) the leases simply expire.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let releasing = self.releasing.clone();
-            releasing.count.fetch_add(1, Ordering::SeqCst);
-            runtime.spawn(async move {
-                for key in keys.iter().rev() {
-                    if let Err(e) = store.release_lease(key, &holder).await {
-                        tracing::warn!(%key, error = %e, "lease release failed; it will expire");
-                    }
-                }
-                drop(local);
-                if releasing.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    releasing.done.notify_waiters();
-                }
-            });
-        }
+        // The in-process locks go after: a task of this engine taking one of these keys next
+        // finds the lease idle in the table and reuses it.
+        self.local.clear();
     }
 }
 
@@ -153,77 +240,122 @@ impl Engine {
         &self.inner.worker.id
     }
 
-    /// Waits (at most `limit`) until every lease this engine gave up has been released in the
-    /// store. Call it before a short-lived process exits, so its leases do not outlive it by a
-    /// TTL; a long-running service need not.
+    /// Gives up in the store (waiting at most `limit`) every lease this engine no longer
+    /// uses. Call it before a short-lived process exits, so its leases do not outlive it by a
+    /// TTL; a long-running service need not (idle leases are given up within moments).
     pub async fn release_leases(&self, limit: Duration) {
-        let releasing = &self.inner.worker.releasing;
+        let inner = &self.inner;
+        let table = &inner.worker.table;
         let _ = tokio::time::timeout(limit, async {
             loop {
-                let done = releasing.done.notified();
-                if releasing.count.load(Ordering::SeqCst) == 0 {
+                let released = table.released.notified();
+                table
+                    .release_idle(inner.store.as_ref(), &inner.worker.id, Duration::ZERO)
+                    .await;
+                if table.is_empty() {
                     return;
                 }
-                done.await;
+                // Leases still in use: wait for their tasks, then give them up too.
+                let _ = tokio::time::timeout(IDLE_GRACE, released).await;
             }
         })
         .await;
     }
 
     /// Takes `keys` in order, each first in process and then in the store, waiting (up to
-    /// [`LeaseConfig::wait`]) for another worker to finish with it. A dry run takes the
+    /// [`LeaseConfig::wait`]) for another worker to finish with it. A lease this worker still
+    /// holds from an earlier task is reused without a store call. A dry run takes the
     /// in-process locks only: it writes nothing another worker could race.
     pub(super) async fn lease_keys(&self, keys: Vec<String>) -> Result<Held, StoreError> {
-        let inner = &self.inner;
-        let config = &inner.config.leases;
-        let mut held = Held::new(inner.store.clone(), &inner.worker);
+        let mut held = self.held();
         for key in keys {
-            held.local.push(inner.locks.lock(key.clone()).await);
-            if inner.config.dry_run {
+            held.local.push(self.inner.locks.lock(key.clone()).await);
+            if self.inner.config.dry_run {
                 continue;
             }
-            let started = tokio::time::Instant::now();
-            let mut pause = Duration::from_millis(10);
-            while !inner
-                .store
-                .try_lease(&key, &held.holder, config.ttl)
-                .await?
-            {
-                if started.elapsed() >= config.wait {
-                    tracing::warn!(%key, "pair held by another worker; leaving it for later");
-                    return Err(StoreError::LeaseBusy { key });
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
+            if !self.take_lease(&key, true).await? {
+                return Err(StoreError::LeaseBusy { key });
             }
             held.keys.push(key);
         }
-        held.keep_alive(config.ttl);
         Ok(held)
     }
 
     /// The lease of the pass `name`, or `None` when another worker is running it (this
     /// worker skips it: that worker moves its checkpoint).
     pub(super) async fn lease_pass(&self, name: &str) -> Result<Option<Held>, StoreError> {
-        let inner = &self.inner;
         let key = format!("pass:{name}");
-        let mut held = Held::new(inner.store.clone(), &inner.worker);
-        held.local.push(inner.locks.lock(key.clone()).await);
-        if inner.config.dry_run {
+        let mut held = self.held();
+        held.local.push(self.inner.locks.lock(key.clone()).await);
+        if self.inner.config.dry_run {
             // Reads only: it moves no checkpoint, so it need not keep other workers off.
             return Ok(Some(held));
         }
-        if !inner
-            .store
-            .try_lease(&key, &held.holder, inner.config.leases.ttl)
-            .await?
-        {
+        if !self.take_lease(&key, false).await? {
             tracing::debug!(%key, "pass running on another worker");
             return Ok(None);
         }
         held.keys.push(key);
-        held.keep_alive(inner.config.leases.ttl);
         Ok(Some(held))
+    }
+
+    fn held(&self) -> Held {
+        Held {
+            table: self.inner.worker.table.clone(),
+            keys: Vec::new(),
+            local: Vec::new(),
+        }
+    }
+
+    /// Takes the store lease `key` (its in-process lock is held): from the worker's table when
+    /// it still holds it, else from the store, waiting for another worker when `wait`.
+    /// Returns whether it is held.
+    async fn take_lease(&self, key: &str, wait: bool) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let worker = &inner.worker;
+        let config = &inner.config.leases;
+        start_janitor(worker, inner.store.clone(), config.ttl);
+        loop {
+            let releasing = match worker.table.lock().get_mut(key) {
+                Some(LeaseState::Held { in_use, .. }) => {
+                    *in_use = true;
+                    return Ok(true);
+                }
+                Some(LeaseState::Releasing(notify)) => Some(notify.clone()),
+                None => None,
+            };
+            match releasing {
+                // Being given up right now: lease it anew once that is done.
+                Some(notify) => {
+                    let done = notify.notified();
+                    if matches!(worker.table.lock().get(key), Some(LeaseState::Releasing(_))) {
+                        let _ = tokio::time::timeout(IDLE_GRACE, done).await;
+                    }
+                }
+                None => break,
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        while !inner.store.try_lease(key, &worker.id, config.ttl).await? {
+            if !wait {
+                return Ok(false);
+            }
+            if started.elapsed() >= config.wait {
+                tracing::warn!(%key, "pair held by another worker; leaving it for later");
+                return Ok(false);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+        worker.table.lock().insert(
+            key.to_string(),
+            LeaseState::Held {
+                in_use: true,
+                idle_since: Instant::now(),
+            },
+        );
+        Ok(true)
     }
 
     /// The next batch of inbox hints for this worker (claimed until acknowledged or expired).
