@@ -40,6 +40,7 @@ use cosell_mapping::{
     RecordKind, ReferralIdentity, ReferralState, ReferralUpdate, Rule, Side, StatusStep,
     SyncOutcome, diff, merge_sides,
 };
+use futures::TryStreamExt;
 use futures::stream::{self, StreamExt};
 use partner_center_client::models::{
     Referral, ReferralStatus, ReferralSubstatus, check_transition,
@@ -2402,8 +2403,10 @@ impl Engine {
         Ok(report)
     }
 
-    /// Lists referrals updated since the checkpoint (minus the overlap), applies each, then
-    /// moves the checkpoint: the pass that heals lost webhooks.
+    /// Lists referrals updated since the checkpoint (minus the overlap), oldest change first,
+    /// a page at a time: applies the page's referrals, then moves the checkpoint to the page's
+    /// newest change. The pass that heals lost webhooks; it holds one page in memory, and a
+    /// pass cut off (a crash, a failure) resumes after the last finished page.
     #[tracing::instrument(skip(self))]
     pub async fn reconcile(&self) -> Result<Report, EngineError> {
         let Some(_pass) = self.lease_pass(RECONCILE_CHECKPOINT).await? else {
@@ -2416,42 +2419,57 @@ impl Engine {
             .await?
             .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
             .map(|t| t.with_timezone(&Utc));
-        let started = now();
         let since = match checkpoint {
             Some(t) => t - inner.config.reconcile_overlap,
-            None => started - inner.config.initial_lookback,
+            None => now() - inner.config.initial_lookback,
         };
-        let referrals = inner.pc.referrals_updated_since(since).await?;
-        let newest = referrals
-            .iter()
-            .filter_map(|r| r.updated_date_time)
-            .max()
-            .or(checkpoint);
         inner.reconcile_done.store(0, Ordering::Relaxed);
-        inner
-            .reconcile_total
-            .store(referrals.len() as u64, Ordering::Relaxed);
-        let report = self
-            .run_parallel(
-                referrals
-                    .into_iter()
-                    .map(|r| {
-                        move || async move {
-                            let outcome = self.apply_referral(r).await;
-                            inner.reconcile_done.fetch_add(1, Ordering::Relaxed);
-                            outcome
-                        }
-                    })
-                    .collect(),
-            )
-            .await;
         inner.reconcile_total.store(0, Ordering::Relaxed);
-        let report = report?;
-        // Every referral above is now linked, unchanged or dead-lettered: all durable.
-        if let Some(t) = newest {
-            self.set_reconcile_checkpoint(t).await?;
+        let result = async {
+            let mut report = Report::default();
+            let mut newest = checkpoint;
+            let mut pages = inner.pc.referral_pages_updated_since(since);
+            while let Some(page) = pages.try_next().await? {
+                let listed =
+                    inner.reconcile_done.load(Ordering::Relaxed) + page.referrals.len() as u64;
+                inner
+                    .reconcile_total
+                    .store(page.total.unwrap_or(0).max(listed), Ordering::Relaxed);
+                let page_newest = page
+                    .referrals
+                    .iter()
+                    .filter_map(|r| r.updated_date_time)
+                    .max();
+                let outcomes = self
+                    .run_parallel(
+                        page.referrals
+                            .into_iter()
+                            .map(|r| {
+                                move || async move {
+                                    let outcome = self.apply_referral(r).await;
+                                    inner.reconcile_done.fetch_add(1, Ordering::Relaxed);
+                                    outcome
+                                }
+                            })
+                            .collect(),
+                    )
+                    .await?;
+                report.extend(outcomes);
+                // Every referral of this page and the pages before is now linked, unchanged or
+                // dead-lettered (durable), and they came oldest change first: the checkpoint
+                // may pass them. One changed meanwhile lists again after the overlap.
+                if let Some(t) = page_newest
+                    && newest.is_none_or(|n| t > n)
+                {
+                    self.set_reconcile_checkpoint(t).await?;
+                    newest = Some(t);
+                }
+            }
+            Ok(report)
         }
-        Ok(report)
+        .await;
+        inner.reconcile_total.store(0, Ordering::Relaxed);
+        result
     }
 
     /// Records that every referral updated up to `until` has been synced, so the next
@@ -2846,52 +2864,83 @@ impl Engine {
         Ok(Some(outcome))
     }
 
-    /// Runs the passes on `schedule` until `shutdown` completes, then returns after the pass in
-    /// flight finishes (nothing is cut off half-way). Starts with a full round; dead letters are
-    /// replayed with every reconcile. A failed pass
-    /// (for example Partner Center unreachable) is logged and retried on the next tick; only a
-    /// state-store failure stops the loop.
+    /// Runs the passes on `schedule` until `shutdown` completes, then returns after the passes
+    /// in flight finish (nothing is cut off half-way). The three passes run side by side, each
+    /// on its own interval: the inbox is drained while a long reconcile or change-feed read runs
+    /// (the per-pair locks keep each pair's work in order). Starts by resolving create intents;
+    /// dead letters are replayed with every reconcile. A failed pass (for example Partner
+    /// Center unreachable) is logged and retried on its next tick; only a state-store failure
+    /// stops the loops, and the first such error is returned once all of them have stopped.
     pub async fn run(
         &self,
         schedule: Schedule,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), EngineError> {
-        use tokio::time::{MissedTickBehavior, interval};
-        let mut inbox = interval(schedule.inbox);
-        let mut crm = interval(schedule.crm_changes);
-        let mut reconcile = interval(schedule.reconcile);
-        for t in [&mut inbox, &mut crm, &mut reconcile] {
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        }
-        tokio::pin!(shutdown);
         self.tolerate(self.resolve_intents().await)?;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let watch_shutdown = async {
+            let mut stopped = stopping.clone();
+            tokio::select! {
+                () = shutdown => {}
+                // Every pass loop ended by itself (a store failure): nothing left to stop.
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+            let _ = stop.send(true);
+        };
+        let passes = async {
+            let results = tokio::join!(
+                self.every(schedule.inbox, Pass::Inbox, &stop, stopping.clone()),
+                self.every(
+                    schedule.crm_changes,
+                    Pass::CrmChanges,
+                    &stop,
+                    stopping.clone()
+                ),
+                self.every(schedule.reconcile, Pass::Reconcile, &stop, stopping.clone()),
+            );
+            let _ = stop.send(true);
+            results
+        };
+        let ((), (inbox, crm, reconcile)) = tokio::join!(watch_shutdown, passes);
+        inbox.and(crm).and(reconcile)
+    }
+
+    /// One pass of [`run`](Self::run), every `period` until `stopping` turns true. A store
+    /// failure sets `stop` (the other loops finish their pass and end too) and is returned.
+    async fn every(
+        &self,
+        period: std::time::Duration,
+        pass: Pass,
+        stop: &tokio::sync::watch::Sender<bool>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), EngineError> {
+        use tokio::time::{MissedTickBehavior, interval};
+        let mut tick = interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            // Shutdown is looked at first; among the passes that are due, the pick is fair
-            // (not biased): under load a drain can outlast the inbox interval, and a fixed order
-            // would then never let the change feed or reconcile run.
-            let due = async {
-                tokio::select! {
-                    _ = inbox.tick() => Pass::Inbox,
-                    _ = crm.tick() => Pass::CrmChanges,
-                    _ = reconcile.tick() => Pass::Reconcile,
-                }
-            };
-            let pass = tokio::select! {
+            tokio::select! {
                 biased;
-                () = &mut shutdown => return Ok(()),
-                pass = due => pass,
-            };
-            // The pass runs outside the select, so shutdown never cuts it off half-way.
-            match pass {
-                Pass::Inbox => self.tolerate(self.drain_inbox().await)?,
-                Pass::CrmChanges => self.tolerate(self.pull_crm_changes().await)?,
+                _ = stopping.wait_for(|s| *s) => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            // The pass runs outside the select, so a stop never cuts it off half-way.
+            let result = match pass {
+                Pass::Inbox => self.tolerate(self.drain_inbox().await),
+                Pass::CrmChanges => self.tolerate(self.pull_crm_changes().await),
                 Pass::Reconcile => {
-                    self.tolerate(self.resolve_intents().await)?;
-                    self.tolerate(self.reconcile().await)?;
-                    // Transient failures heal here; an unchanged invalid record fails the same
-                    // way again and writes nothing.
-                    self.tolerate(self.replay_dead_letters().await)?;
+                    async {
+                        self.tolerate(self.resolve_intents().await)?;
+                        self.tolerate(self.reconcile().await)?;
+                        // Transient failures heal here; an unchanged invalid record fails the
+                        // same way again and writes nothing.
+                        self.tolerate(self.replay_dead_letters().await)
+                    }
+                    .await
                 }
+            };
+            if let Err(e) = result {
+                let _ = stop.send(true);
+                return Err(e);
             }
         }
     }

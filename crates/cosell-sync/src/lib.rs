@@ -35,7 +35,7 @@ pub use engine::{
 };
 #[cfg(feature = "webhook")]
 pub use intake::{IntakeError, Received, WebhookIntake};
-pub use partner_center::PartnerCenter;
+pub use partner_center::{PartnerCenter, ReferralPage};
 #[cfg(feature = "dataverse")]
 pub use provision::{ProvisionOptions, ProvisionReport, SetupError, provision};
 pub use remote::{RemoteError, RemoteErrorKind};

@@ -5,7 +5,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::TryStreamExt;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
 use partner_center_client::PartnerCenterClient;
 use partner_center_client::models::{PatchOperation, Referral};
 
@@ -28,6 +29,24 @@ pub trait PartnerCenter: Send + Sync + fmt::Debug {
         since: DateTime<Utc>,
     ) -> Result<Vec<Referral>, RemoteError>;
 
+    /// The same referrals as [`referrals_updated_since`](Self::referrals_updated_since), a
+    /// page at a time as the service pages them (oldest change first), so a reconcile over a
+    /// year of history holds one page and moves its checkpoint after each. The default is one
+    /// page of everything.
+    fn referral_pages_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<ReferralPage, RemoteError>> {
+        stream::once(async move {
+            let referrals = self.referrals_updated_since(since).await?;
+            Ok(ReferralPage {
+                referrals,
+                total: None,
+            })
+        })
+        .boxed()
+    }
+
     /// The referral created with `external_reference_id` (the CRM id), if any: how an unknown
     /// create outcome is resolved. The service cannot filter on the field, so `created_since`
     /// bounds a scan of our outgoing referrals updated since then (a documented filter).
@@ -47,6 +66,15 @@ pub trait PartnerCenter: Send + Sync + fmt::Debug {
         etag: &str,
         operations: Vec<PatchOperation>,
     ) -> Result<Referral, RemoteError>;
+}
+
+/// One page of a referral listing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReferralPage {
+    /// The referrals on this page, in the listing's order.
+    pub referrals: Vec<Referral>,
+    /// How many referrals the whole listing holds, when the service says (`@odata.count`).
+    pub total: Option<u64>,
 }
 
 fn timestamp(t: DateTime<Utc>) -> String {
@@ -71,6 +99,24 @@ impl PartnerCenter for PartnerCenterClient {
             .try_collect()
             .await?;
         Ok(referrals)
+    }
+
+    fn referral_pages_updated_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> BoxStream<'_, Result<ReferralPage, RemoteError>> {
+        self.list_referrals()
+            .filter(format!("updatedDateTime ge {}", timestamp(since)))
+            .order_by("updatedDateTime asc")
+            .into_pages()
+            .map(|page| {
+                let page = page?;
+                Ok(ReferralPage {
+                    referrals: page.items,
+                    total: page.count,
+                })
+            })
+            .boxed()
     }
 
     async fn find_by_external_reference(
