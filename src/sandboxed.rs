@@ -134,7 +134,15 @@ impl SandboxedBuilder {
 
     /// Starts everything.
     pub async fn start(self) -> Result<Sandboxed, SetupError> {
-        let sandbox = self.sandbox.start().await?;
+        let sandbox = self.sandbox.clone().start().await?;
+        Box::pin(self.start_with(sandbox)).await
+    }
+
+    /// Wires the clients, store, engine and webhook receiver to a sandbox that is already
+    /// running (the builder's [`sandbox`](Self::sandbox) settings are not used). A bench runs
+    /// the emulators on a runtime of their own this way, so what it measures of the engine's
+    /// runtime is the engine's alone.
+    pub async fn start_with(self, sandbox: Sandbox) -> Result<Sandboxed, SetupError> {
         let urls = sandbox.urls().clone();
         // App+user for the referrals API (a refresh token from the sandbox's "interactive
         // sign-in"), app-only for the webhook API and Dataverse: as in production.
