@@ -378,3 +378,78 @@ impl Engine {
 pub(super) fn is_lease_busy(e: &EngineError) -> bool {
     matches!(e, EngineError::Store(StoreError::LeaseBusy { .. }))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cosell_mapping::FieldMap;
+
+    use crate::store::{MemoryStore, StateStore};
+    use crate::testing::{MemoryCrm, MemoryPartnerCenter};
+    use crate::{Engine, EngineConfig};
+
+    fn engine(store: &Arc<MemoryStore>) -> Engine {
+        Engine::new(
+            Arc::new(MemoryPartnerCenter::new()),
+            Arc::new(MemoryCrm::new(FieldMap::default())),
+            store.clone(),
+            EngineConfig::default(),
+        )
+    }
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_lease_handed_back_stays_the_workers_until_given_up() {
+        let store = Arc::new(MemoryStore::new());
+        let engine = engine(&store);
+        let held = engine.lease_keys(vec!["crm:1".into()]).await.unwrap();
+        assert!(!store.try_lease("crm:1", "other", TTL).await.unwrap());
+        drop(held);
+        // The same worker takes it again (from its table); another worker still cannot.
+        let again = engine.lease_keys(vec!["crm:1".into()]).await.unwrap();
+        assert!(!store.try_lease("crm:1", "other", TTL).await.unwrap());
+        drop(again);
+        engine.release_leases(Duration::from_secs(5)).await;
+        assert!(store.try_lease("crm:1", "other", TTL).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_idle_lease_is_given_up_soon_and_a_dropped_engine_gives_up_all() {
+        let store = Arc::new(MemoryStore::new());
+        let engine = engine(&store);
+        drop(engine.lease_keys(vec!["crm:1".into()]).await.unwrap());
+        let busy = engine.lease_keys(vec!["crm:2".into()]).await.unwrap();
+        let free = |key: &'static str| {
+            let store = store.clone();
+            async move {
+                for _ in 0..200 {
+                    if store.try_lease(key, "other", TTL).await.unwrap() {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        assert!(
+            free("crm:1").await,
+            "an idle lease is released in the store"
+        );
+        assert!(
+            !store.try_lease("crm:2", "other", TTL).await.unwrap(),
+            "a lease in use is kept"
+        );
+        // The engine goes away with its task (a restart in the same process).
+        std::mem::forget(busy);
+        drop(engine);
+        assert!(
+            free("crm:2").await,
+            "a dropped engine's leases are given up"
+        );
+    }
+}
