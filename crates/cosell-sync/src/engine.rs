@@ -56,9 +56,11 @@ use crate::store::{
     StateStore, StoreError,
 };
 
+mod backfill;
 mod decisions;
 mod leases;
 
+pub use backfill::DEFAULT_BACKFILL_GROUP;
 pub use leases::LeaseConfig;
 
 /// Checkpoint holding the `updatedDateTime` the Partner Center reconcile has covered.
