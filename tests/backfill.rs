@@ -341,3 +341,82 @@ async fn a_rerun_of_a_finished_backfill_writes_nothing() {
     assert_eq!(h.dataverse_requests(), requests, "no CRM request at all");
     h.assert_complete(&referrals, &BTreeSet::new()).await;
 }
+
+/// The batched path writes what the per-record path writes: two sandboxes seeded alike, one
+/// backfilled in groups, the other referral by referral, hold the same records (mapped
+/// snapshot, status, solutions) and the same pair states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_backfill_writes_what_apply_referral_writes() {
+    use cosell::sync::Crm;
+    let batched = Harness::start(18).await;
+    let single = Harness::start(18).await;
+    batched.s.sandbox.partner_center().seed_referrals(40);
+    single.s.sandbox.partner_center().seed_referrals(40);
+    let listed = batched.list().await;
+    let report = batched.s.engine.backfill(listed.clone()).await.unwrap();
+    assert_eq!(report.count(Action::CreatedInCrm), 40, "{report:#?}");
+    for r in single.list().await {
+        let o = single.s.engine.apply_referral(r).await.unwrap();
+        assert_eq!(o.action, Action::CreatedInCrm, "{o:#?}");
+    }
+    let map = batched.s.crm.field_map().clone();
+    for r in &listed {
+        let id = r.id.as_deref().unwrap();
+        let lb = batched.s.store.link_by_referral(id).await.unwrap().unwrap();
+        let ls = single
+            .s
+            .store
+            .link_by_referral(id)
+            .await
+            .expect("same seed, same ids")
+            .unwrap();
+        assert_eq!(
+            (
+                &lb.crm_entity,
+                &lb.target,
+                &lb.crm_known,
+                &lb.pc_known,
+                lb.in_sync
+            ),
+            (
+                &ls.crm_entity,
+                &ls.target,
+                &ls.crm_known,
+                &ls.pc_known,
+                ls.in_sync
+            ),
+            "the pair of {id}"
+        );
+        let kind = if lb.crm_entity == "lead" {
+            cosell::mapping::RecordKind::Lead
+        } else {
+            cosell::mapping::RecordKind::Opportunity
+        };
+        let rb = batched
+            .s
+            .crm
+            .find_by_referral(kind, id)
+            .await
+            .unwrap()
+            .unwrap();
+        let rs = single
+            .s
+            .crm
+            .find_by_referral(kind, id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            map.snapshot_from_crm(&rb.records, None).unwrap(),
+            map.snapshot_from_crm(&rs.records, None).unwrap(),
+            "the CRM record of {id}"
+        );
+        for c in ["statecode", "statuscode"] {
+            assert_eq!(
+                rb.records.primary.get(c),
+                rs.records.primary.get(c),
+                "{c} of {id}"
+            );
+        }
+    }
+}
