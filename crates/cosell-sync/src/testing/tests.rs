@@ -312,27 +312,22 @@ async fn a_stale_crm_etag_is_refused_by_the_fake() {
 /// the same link state and the same CRM record, open or closed.
 #[tokio::test]
 async fn a_batched_backfill_leaves_each_pair_as_apply_referral_does() {
-    let variants: Vec<Box<dyn Fn(&mut Referral)>> = vec![
-        Box::new(|_| {}),
-        Box::new(|r| {
-            r.status = Some(ReferralStatus::New);
-            r.substatus = Some(ReferralSubstatus::Pending);
-        }),
-        Box::new(|r| {
-            r.status = Some(ReferralStatus::Closed);
-            r.substatus = Some(ReferralSubstatus::Won);
-        }),
-        Box::new(|r| {
-            r.status = Some(ReferralStatus::Closed);
-            r.substatus = Some(ReferralSubstatus::Lost);
-        }),
+    // (status, substatus); `None`: the co-sell referral as it is (accepted).
+    let variants = [
+        None,
+        Some((ReferralStatus::New, ReferralSubstatus::Pending)),
+        Some((ReferralStatus::Closed, ReferralSubstatus::Won)),
+        Some((ReferralStatus::Closed, ReferralSubstatus::Lost)),
     ];
     let batched = world();
     let single = world();
     let mut pairs = Vec::new();
-    for (i, edit) in variants.iter().enumerate() {
+    for (i, variant) in variants.iter().enumerate() {
         let mut r = co_sell(&format!("Deal {i}"), "US");
-        edit(&mut r);
+        if let Some((status, substatus)) = variant {
+            r.status = Some(status.clone());
+            r.substatus = Some(substatus.clone());
+        }
         pairs.push((batched.pc.insert(r.clone()), single.pc.insert(r)));
     }
     let report = batched
