@@ -12,9 +12,10 @@ use cosell_sync::engine::entity_name;
 use cosell_sync::provision::ProvisionOptions;
 use cosell_sync::store::{AuditEntry, AuditOutcome, AuditQuery, Commit};
 use cosell_sync::{
-    Action, Outcome, WebhookState, dataverse_problems, partner_center_problems, required_columns,
+    Action, DEFAULT_BACKFILL_GROUP, Outcome, WebhookState, dataverse_problems,
+    partner_center_problems, required_columns,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use secrecy::ExposeSecret;
 
@@ -398,11 +399,16 @@ pub async fn plan(s: &Settings) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `cosell backfill`: every referral in Partner Center applied, several at a time, with a
-/// progress bar whose message says when Dataverse throttling holds it up; then the reconcile
-/// checkpoint is set so the service continues from there. Safe to interrupt and rerun.
+/// `cosell backfill`: every referral in Partner Center applied, the new ones written to the CRM
+/// a group at a time (`Engine::apply_referrals`: for Dataverse one `$batch` change set per
+/// referral, a few requests per group), the rest (already linked, adopted) `concurrency` at a
+/// time, with a progress bar whose message says when Dataverse throttling holds it up; then the
+/// reconcile checkpoint is set so the service continues from there. Groups run one after
+/// another, so no new customer is created twice. Safe to interrupt and rerun.
 pub async fn backfill(s: &Settings, concurrency: usize) -> Result<ExitCode, Error> {
-    let w = wire(s).await?;
+    let mut config = s.engine.clone();
+    config.parallelism = concurrency.max(1);
+    let w = wiring::wire_with(s, config).await?;
     let listing = ProgressBar::new_spinner().with_message("listing referrals");
     listing.enable_steady_tick(Duration::from_millis(100));
     let referrals: Vec<_> = w
@@ -438,22 +444,25 @@ pub async fn backfill(s: &Settings, concurrency: usize) -> Result<ExitCode, Erro
     let mut by_action: BTreeMap<String, usize> = BTreeMap::new();
     let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     let engine = &w.engine;
-    let mut results = futures::stream::iter(referrals)
-        .map(|r| engine.apply_referral(r))
-        .buffer_unordered(concurrency.max(1));
-    while let Some(result) = results.next().await {
+    let mut rest = referrals.into_iter();
+    loop {
+        let group: Vec<_> = rest.by_ref().take(DEFAULT_BACKFILL_GROUP).collect();
+        if group.is_empty() {
+            break;
+        }
         // A state-store failure stops the run: continuing would sync records whose links
         // cannot be saved.
-        let outcome = result?;
-        if outcome.action == Action::Failed {
-            *failures.entry(outcome.detail.clone()).or_default() += 1;
+        let report = engine.apply_referrals(group).await?;
+        for outcome in &report.outcomes {
+            if outcome.action == Action::Failed {
+                *failures.entry(outcome.detail.clone()).or_default() += 1;
+            }
+            *by_action
+                .entry(format!("{:?}", outcome.action))
+                .or_default() += 1;
         }
-        *by_action
-            .entry(format!("{:?}", outcome.action))
-            .or_default() += 1;
-        bar.inc(1);
+        bar.inc(report.outcomes.len() as u64);
     }
-    drop(results);
     engine.release_leases(RELEASE_WAIT).await;
     ticker.abort();
     bar.finish_with_message("");

@@ -70,7 +70,8 @@ enum Command {
     },
     /// Sync every referral in Partner Center into the CRM, with progress.
     Backfill {
-        /// Referrals synced at the same time.
+        /// Referrals synced one by one at the same time (already linked ones; new ones go to
+        /// the CRM in batched groups).
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
     },

@@ -2,6 +2,7 @@
 //! steps, and a change feed. Expressed in the mapping's types (`CrmPayload`, `CrmRecords`,
 //! `StatusStep`), so another CRM needs only another adapter.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -32,6 +33,20 @@ pub struct CrmWritten {
     pub etag: Option<String>,
     /// Whether the write created the row.
     pub created: bool,
+}
+
+/// A record to create for a referral that has no CRM row yet, as
+/// [`Crm::write`]`(payload, extra, WriteTarget::ByKey)` would (see [`Crm::create_new`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// What to write (the primary record by its referral-id alternate key, its customer and
+    /// solutions).
+    pub payload: CrmPayload,
+    /// Columns written with the primary record (the outcome mark and audit text).
+    pub extra: Map<String, Value>,
+    /// Status steps applied to the record once written (a referral closed in Partner Center
+    /// is created closed).
+    pub steps: Vec<StatusStep>,
 }
 
 /// Which row a [`Crm::write`] goes to.
@@ -139,6 +154,62 @@ pub trait Crm: Send + Sync + fmt::Debug {
         extra: &Map<String, Value>,
         target: WriteTarget<'_>,
     ) -> Result<CrmWritten, RemoteError>;
+
+    /// The referral ids among `referral_ids` that some CRM row (opportunity or lead) already
+    /// carries. Default: [`find_by_referral`](Self::find_by_referral) for each id and kind; an
+    /// adapter that can ask for many at once should.
+    async fn referrals_with_rows(
+        &self,
+        referral_ids: &[String],
+    ) -> Result<HashSet<String>, RemoteError> {
+        let mut found = HashSet::new();
+        for id in referral_ids {
+            for kind in [RecordKind::Opportunity, RecordKind::Lead] {
+                if self.find_by_referral(kind, id).await?.is_some() {
+                    found.insert(id.clone());
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Creates the records of referrals that have no CRM row yet, each by its alternate key
+    /// (idempotent), each on its own: one record's failure is its own result and never undoes
+    /// or stops another. One result per record, in order. `Err` means the outcome of the whole
+    /// call is unknown (some records may have been written): the caller finds them by referral
+    /// id. Each record's [`steps`](NewRecord::steps) are applied after its write; the ETag
+    /// answered is then `None` (the row moved on since the write).
+    ///
+    /// Default: [`write`](Self::write) with [`WriteTarget::ByKey`] and
+    /// [`apply_status`](Self::apply_status) for each record in turn; the Dataverse adapter sends
+    /// the group as one `$batch` with a change set per record.
+    async fn create_new(
+        &self,
+        records: &[NewRecord],
+    ) -> Result<Vec<Result<CrmWritten, RemoteError>>, RemoteError> {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let mut written = self.write(&r.payload, &r.extra, WriteTarget::ByKey).await;
+            if let Ok(w) = &mut written
+                && !r.steps.is_empty()
+            {
+                let mut failed = None;
+                for step in &r.steps {
+                    if let Err(e) = self.apply_status(r.payload.kind, &w.id, step).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                w.etag = None;
+                if let Some(e) = failed {
+                    written = Err(e);
+                }
+            }
+            out.push(written);
+        }
+        Ok(out)
+    }
 
     /// Patches columns of a row, under `If-Match` when `etag` is given; returns the new ETag.
     async fn update_columns(

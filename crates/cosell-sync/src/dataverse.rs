@@ -9,26 +9,26 @@
 //! never the opportunity's.
 
 use crate::setup::CheckProblem;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use cosell_mapping::{
-    AccountPayload, BindTarget, ContactPayload, CrmPayload, CrmRecords, FieldMap, MappingError,
-    RecordKind, ResolvedIds, StatusStep,
+    AccountMatchKey, AccountPayload, BindTarget, ContactPayload, CrmPayload, CrmRecords, FieldMap,
+    MappingError, RecordKind, ResolvedIds, StatusStep,
 };
 use dataverse_client::{
-    Change, ChangeToken, ChangeTrackingOptions, DataverseClient, ETag, Filter, Key, LeadStatus,
-    OpportunityClose, OpportunityStatus, QualifyLead, Query, RetrieveOptions, UpdateOptions,
-    UpsertMode, UpsertOptions, UpsertOutcome,
+    Batch, BatchRequest, Change, ChangeToken, ChangeTrackingOptions, DataverseClient, ETag, Filter,
+    Key, LeadStatus, OpportunityClose, OpportunityStatus, QualifyLead, Query, RetrieveOptions,
+    UpdateOptions, UpsertMode, UpsertOptions, UpsertOutcome,
 };
 use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::crm::{
-    Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, SolutionLinkChange, SolutionLinkChanges,
-    WriteTarget,
+    Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, NewRecord, SolutionLinkChange,
+    SolutionLinkChanges, WriteTarget,
 };
 use crate::remote::{RemoteError, RemoteErrorKind};
 
@@ -575,6 +575,648 @@ fn solution_link_id(opportunity_id: &str, solution_row_id: &str) -> Uuid {
     )
 }
 
+/// One look-up of a grouped read ([`DataverseCrm::create_new_batched`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Lookup {
+    /// Accounts by the matching rule's exact filters.
+    Account(AccountMatchKey),
+    /// A contact by e-mail.
+    Contact(String),
+    /// A catalogue row by its solution id.
+    Solution(String),
+    /// The lead carrying a referral id (the lineage of an opportunity written for it).
+    Lead(String),
+}
+
+/// What a grouped read found (absent: not found).
+#[derive(Debug, Default)]
+struct Found {
+    accounts: HashMap<AccountMatchKey, String>,
+    contacts: HashMap<String, String>,
+    solution_names: HashMap<String, Value>,
+    leads: HashMap<String, String>,
+}
+
+/// A row id that stands in for a lookup bound by a `$n` reference instead (overwritten before
+/// the request is sent; never written).
+const PLACEHOLDER_ID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Sets the `@odata.bind` of every bind of `binds` that points at the account (or contact
+/// `index`) to `reference`.
+fn rebind(
+    body: &mut Map<String, Value>,
+    binds: &[cosell_mapping::Bind],
+    wants: impl Fn(&BindTarget) -> Option<String>,
+) {
+    for b in binds {
+        if let Some(reference) = wants(&b.target) {
+            body.insert(
+                format!("{}@odata.bind", b.navigation_property),
+                Value::String(reference),
+            );
+        }
+    }
+}
+
+/// The records a `$batch` response answered for one change set: its responses on success, or
+/// the failing request's response.
+enum ChangeSetAnswer<'a> {
+    Done(&'a [dataverse_client::BatchResponse]),
+    Failed(&'a dataverse_client::BatchResponse),
+    Missing,
+}
+
+impl DataverseCrm {
+    /// The ids of rows of `kind` carrying one of `referral_ids`, as a `$batch` GET.
+    fn rows_by_referral_request(&self, kind: RecordKind, referral_ids: &[String]) -> BatchRequest {
+        let column = self.referral_column(kind);
+        let query = Query::new()
+            .select([column])
+            .filter(Filter::is_in(column, referral_ids.iter().cloned()));
+        BatchRequest::get(format!(
+            "{}?{}",
+            self.entity_set(kind),
+            query.to_query_string()
+        ))
+    }
+
+    /// The query of one look-up, `None` when it cannot match anything (a blank account key).
+    fn lookup_request(&self, lookup: &Lookup, account: Option<&AccountPayload>) -> Option<String> {
+        let c = &self.map.config().columns;
+        let (set, query) = match lookup {
+            Lookup::Account(_) => {
+                let account = account?;
+                // The same exact filters as `resolve_account`: every part of the matching rule.
+                let filters: Vec<Filter> = self
+                    .map
+                    .account_match_columns()
+                    .into_iter()
+                    .filter_map(|column| {
+                        let v = account.record.get(column).and_then(Value::as_str)?;
+                        (!v.trim().is_empty()).then(|| Filter::eq(column, v))
+                    })
+                    .collect();
+                (
+                    c.account.entity_set.as_str(),
+                    Query::new().filter(Filter::all(filters)?),
+                )
+            }
+            Lookup::Contact(email) => (
+                c.contact.entity_set.as_str(),
+                Query::new()
+                    .select([format!("{}id", c.contact.entity)])
+                    .filter(Filter::eq(&c.contact.email, email.as_str()))
+                    .top(1),
+            ),
+            Lookup::Solution(id) => (
+                c.solution.entity_set.as_str(),
+                Query::new()
+                    .select([self.solution_primary_key(), c.solution.name.clone()])
+                    .filter(Filter::eq(&c.solution.solution_id, id.as_str()))
+                    .top(1),
+            ),
+            Lookup::Lead(referral_id) => (
+                self.entity_set(RecordKind::Lead),
+                Query::new()
+                    .select([self.primary_key(RecordKind::Lead)])
+                    .filter(Filter::eq(
+                        self.referral_column(RecordKind::Lead),
+                        referral_id.as_str(),
+                    ))
+                    .top(1),
+            ),
+        };
+        Some(format!("{set}?{}", query.to_query_string()))
+    }
+
+    /// Reads what the records of one round need (accounts by the matching rule, contacts by
+    /// e-mail, catalogue rows, leads by referral id) in one `$batch` of GETs.
+    async fn grouped_read(&self, records: &[&NewRecord]) -> Result<Found, RemoteError> {
+        let c = &self.map.config().columns;
+        let mut lookups: Vec<Lookup> = Vec::new();
+        let mut requests: Vec<BatchRequest> = Vec::new();
+        let mut seen: HashSet<Lookup> = HashSet::new();
+        let mut add = |lookup: Lookup, account: Option<&AccountPayload>| {
+            if seen.contains(&lookup) {
+                return;
+            }
+            if let Some(path) = self.lookup_request(&lookup, account) {
+                seen.insert(lookup.clone());
+                lookups.push(lookup);
+                requests.push(BatchRequest::get(path));
+            }
+        };
+        for r in records {
+            let p = &r.payload;
+            if let Some(a) = &p.account
+                && !a.match_key.is_blank()
+            {
+                add(Lookup::Account(a.match_key.clone()), Some(a));
+            }
+            for contact in &p.contacts {
+                if let Some(email) = &contact.match_key {
+                    add(Lookup::Contact(email.clone()), None);
+                }
+            }
+            for s in &p.solutions {
+                add(Lookup::Solution(s.key.value.clone()), None);
+            }
+            if p.kind == RecordKind::Opportunity {
+                add(Lookup::Lead(p.key.value.clone()), None);
+            }
+        }
+        let mut found = Found::default();
+        if requests.is_empty() {
+            return Ok(found);
+        }
+        let batch = requests
+            .into_iter()
+            .fold(Batch::new(), Batch::request)
+            .continue_on_error(true);
+        let result = self.client.execute_batch(&batch).await?;
+        if result.responses.len() != lookups.len() {
+            return Err(RemoteError::new(
+                RemoteErrorKind::Transient,
+                SERVICE,
+                format!(
+                    "a $batch of {} reads answered {}",
+                    lookups.len(),
+                    result.responses.len()
+                ),
+            ));
+        }
+        let id_of = |row: &Map<String, Value>, pk: &str| {
+            row.get(pk).and_then(Value::as_str).map(str::to_string)
+        };
+        for (lookup, response) in lookups.into_iter().zip(&result.responses) {
+            if let Some(e) = response.error() {
+                return Err(e.into());
+            }
+            let page: Map<String, Value> = response.json()?;
+            let rows: Vec<Map<String, Value>> = match page.get("value") {
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(|v| v.as_object().cloned())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            match lookup {
+                Lookup::Account(key) => {
+                    let pk = format!("{}id", c.account.entity);
+                    let hit = rows
+                        .iter()
+                        .find(|a| self.map.account_match_key_of(a) == key)
+                        .and_then(|a| id_of(a, &pk));
+                    match hit {
+                        Some(id) => {
+                            found.accounts.insert(key, id);
+                        }
+                        // More candidates than a page: the right one may be on a later page,
+                        // so this account is resolved the per-record way, reading every page.
+                        None if page.contains_key("@odata.nextLink") => {
+                            let account = records
+                                .iter()
+                                .find_map(|r| {
+                                    r.payload.account.as_ref().filter(|a| a.match_key == key)
+                                })
+                                .cloned();
+                            if let Some(account) = account {
+                                let id = self.resolve_account(&account).await?;
+                                found.accounts.insert(key, id);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                Lookup::Contact(email) => {
+                    if let Some(id) = rows
+                        .first()
+                        .and_then(|r| id_of(r, &format!("{}id", c.contact.entity)))
+                    {
+                        found.contacts.insert(email, id);
+                    }
+                }
+                Lookup::Solution(id) => {
+                    if let Some(name) = rows
+                        .first()
+                        .and_then(|r| r.get(&c.solution.name))
+                        .filter(|v| !v.is_null())
+                    {
+                        found.solution_names.insert(id, name.clone());
+                    }
+                }
+                Lookup::Lead(referral_id) => {
+                    if let Some(id) = rows
+                        .first()
+                        .and_then(|r| id_of(r, &self.primary_key(RecordKind::Lead)))
+                    {
+                        found.leads.insert(referral_id, id);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The change set that writes one record: the account and contacts it lacks (created in
+    /// the change set and referred to as `$n`), the primary record upserted by its alternate
+    /// key (answering its id and ETag), its solutions upserted into the catalogue and linked.
+    /// Returns the requests and the index of the primary record's.
+    async fn change_set_of(
+        &self,
+        record: &NewRecord,
+        found: &Found,
+    ) -> Result<(Vec<BatchRequest>, usize), RemoteError> {
+        let c = &self.map.config().columns;
+        let payload = &record.payload;
+        let mut requests: Vec<BatchRequest> = Vec::new();
+        let next_ref = |requests: &mut Vec<BatchRequest>, request: BatchRequest| {
+            let n = requests.len() + 1;
+            requests.push(request.content_id(n.to_string()));
+            format!("${n}")
+        };
+        let account_ref = match &payload.account {
+            None => None,
+            Some(a) => Some(match found.accounts.get(&a.match_key) {
+                Some(id) if !a.match_key.is_blank() => format!("/{}({id})", a.entity_set),
+                _ => {
+                    let body = a.body().map_err(mapping)?;
+                    next_ref(
+                        &mut requests,
+                        BatchRequest::post(a.entity_set.as_str()).json(&body)?,
+                    )
+                }
+            }),
+        };
+        let mut contact_refs: Vec<String> = Vec::new();
+        let mut created_emails: HashMap<&str, String> = HashMap::new();
+        for contact in &payload.contacts {
+            let email = contact.match_key.as_deref();
+            if let Some(id) = email.and_then(|e| found.contacts.get(e)) {
+                contact_refs.push(format!("/{}({id})", contact.entity_set));
+                continue;
+            }
+            if let Some(r) = email.and_then(|e| created_emails.get(e)) {
+                contact_refs.push(r.clone());
+                continue;
+            }
+            let placeholder = account_ref.as_ref().map(|_| PLACEHOLDER_ID);
+            let mut body = contact
+                .body(placeholder, &c.account.entity_set)
+                .map_err(mapping)?;
+            if let Some(account_ref) = &account_ref {
+                rebind(&mut body, &contact.binds, |t| {
+                    matches!(t, BindTarget::Account).then(|| account_ref.clone())
+                });
+            }
+            let r = next_ref(
+                &mut requests,
+                BatchRequest::post(contact.entity_set.as_str()).json(&body)?,
+            );
+            if let Some(e) = email {
+                created_emails.insert(e, r.clone());
+            }
+            contact_refs.push(r);
+        }
+        let mut ids = ResolvedIds {
+            account: account_ref.as_ref().map(|_| PLACEHOLDER_ID.to_string()),
+            contacts: contact_refs
+                .iter()
+                .map(|_| Some(PLACEHOLDER_ID.to_string()))
+                .collect(),
+            currency: None,
+        };
+        for bind in &payload.binds {
+            if let BindTarget::Currency { code } = &bind.target {
+                ids.currency = self.currency_id(code).await?;
+            }
+        }
+        let mut body = payload.body(&ids).map_err(mapping)?;
+        rebind(&mut body, &payload.binds, |t| match t {
+            BindTarget::Account => account_ref.clone(),
+            BindTarget::Contact { index } => contact_refs.get(*index).cloned(),
+            _ => None,
+        });
+        body.extend(record.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if payload.kind == RecordKind::Opportunity
+            && let Some(lead) = found.leads.get(&payload.key.value)
+        {
+            // R-OPP: as `write`, the opportunity that replaces a lead is bound to it.
+            body.insert(
+                "originatingleadid@odata.bind".into(),
+                Value::String(format!("/{}({lead})", c.lead.entity_set)),
+            );
+        }
+        let pk = self.primary_key(payload.kind);
+        let key = Key::alternate(payload.key.column.clone(), payload.key.value.clone());
+        let primary = requests.len();
+        next_ref(
+            &mut requests,
+            BatchRequest::patch(format!("{}({key})?$select={pk}", payload.key.entity_set))
+                .json(&body)?
+                .return_representation()?,
+        );
+        if payload.kind == RecordKind::Opportunity {
+            let s = &c.solution;
+            let mut linked: HashSet<&str> = HashSet::new();
+            for solution in &payload.solutions {
+                if !linked.insert(solution.key.value.as_str()) {
+                    continue;
+                }
+                // As `link_solutions`: only what the referral knows goes to the catalogue row.
+                let record = known_values(&solution.record);
+                let key = Key::alternate(solution.key.column.clone(), solution.key.value.clone());
+                next_ref(
+                    &mut requests,
+                    BatchRequest::upsert(&solution.key.entity_set, &key, &record)?,
+                );
+                // The link row binds both rows by their alternate keys: neither id needs to be
+                // known, and inside the change set a link exists only if its opportunity does.
+                let mut link = Map::new();
+                let name = record
+                    .get(&s.name)
+                    .or_else(|| found.solution_names.get(&solution.key.value))
+                    .filter(|v| !v.is_null());
+                if let Some(name) = name {
+                    link.insert(s.name.clone(), name.clone());
+                }
+                link.insert(
+                    format!("{}@odata.bind", s.link_opportunity_bind),
+                    Value::String(payload.key.path()),
+                );
+                link.insert(
+                    format!("{}@odata.bind", s.link_solution_bind),
+                    Value::String(solution.key.path()),
+                );
+                next_ref(
+                    &mut requests,
+                    BatchRequest::post(s.link_entity_set.as_str()).json(&link)?,
+                );
+            }
+        }
+        // The status last, as `apply_status` moves it, addressing the row by its key.
+        for step in &record.steps {
+            let request = match step {
+                StatusStep::WinOpportunity { status } | StatusStep::LoseOpportunity { status } => {
+                    let (action, subject) = match step {
+                        StatusStep::WinOpportunity { .. } => {
+                            ("WinOpportunity", "Won in Partner Center")
+                        }
+                        _ => ("LoseOpportunity", "Closed in Partner Center"),
+                    };
+                    BatchRequest::post(action).json(&json!({
+                        "Status": status,
+                        "OpportunityClose": {
+                            "subject": subject,
+                            "opportunityid@odata.bind": payload.key.path(),
+                        },
+                    }))?
+                }
+                StatusStep::SetState {
+                    kind,
+                    statecode,
+                    statuscode,
+                } if *kind == payload.kind => BatchRequest::update(
+                    self.entity_set(*kind),
+                    &key,
+                    &json!({ "statecode": statecode, "statuscode": statuscode }),
+                    None,
+                )?,
+                // Qualifying a lead, or a step on another row, is no step of a create.
+                other => {
+                    return Err(RemoteError::new(
+                        RemoteErrorKind::Rejected,
+                        SERVICE,
+                        format!("status step {other:?} cannot follow a create"),
+                    ));
+                }
+            };
+            next_ref(&mut requests, request);
+        }
+        Ok((requests, primary))
+    }
+
+    /// One round of [`Crm::create_new`]: a grouped read, then one `$batch` with a change set
+    /// per record (continue-on-error). A record that would create an account or contact an
+    /// earlier record of the round creates too is left for the next round (`None`), which finds
+    /// it: two change sets never create one customer twice.
+    async fn create_round(
+        &self,
+        records: &[&NewRecord],
+    ) -> Result<Vec<Option<Result<CrmWritten, RemoteError>>>, RemoteError> {
+        let found = self.grouped_read(records).await?;
+        let mut claimed_accounts: HashSet<&AccountMatchKey> = HashSet::new();
+        let mut claimed_emails: HashSet<&str> = HashSet::new();
+        let mut out: Vec<Option<Result<CrmWritten, RemoteError>>> = Vec::new();
+        // (index into `out`, requests in the change set, index of the primary's request)
+        let mut sent: Vec<(usize, usize, usize)> = Vec::new();
+        let mut batch = Batch::new().continue_on_error(true);
+        for record in records {
+            let p = &record.payload;
+            let new_account = p
+                .account
+                .as_ref()
+                .map(|a| &a.match_key)
+                .filter(|k| !k.is_blank() && !found.accounts.contains_key(*k));
+            let new_emails: Vec<&str> = p
+                .contacts
+                .iter()
+                .filter_map(|c| c.match_key.as_deref())
+                .filter(|e| !found.contacts.contains_key(*e))
+                .collect();
+            if new_account.is_some_and(|k| claimed_accounts.contains(k))
+                || new_emails.iter().any(|e| claimed_emails.contains(e))
+            {
+                out.push(None);
+                continue;
+            }
+            match self.change_set_of(record, &found).await {
+                Ok((requests, primary)) => {
+                    claimed_accounts.extend(new_account);
+                    claimed_emails.extend(new_emails);
+                    sent.push((out.len(), requests.len(), primary));
+                    batch = batch.change_set(requests);
+                    out.push(Some(Err(RemoteError::new(
+                        RemoteErrorKind::UnknownOutcome,
+                        SERVICE,
+                        "no answer for the record's change set",
+                    ))));
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        let result = self.client.execute_batch(&batch).await?;
+        let mut responses = result.responses.as_slice();
+        for (slot, len, primary) in sent {
+            // A change set that ran answers one response per request inside its own part; one
+            // that failed answers the failing request's response alone, outside any part.
+            let answer = match responses.first() {
+                None => ChangeSetAnswer::Missing,
+                Some(first) if first.change_set.is_some() && responses.len() >= len => {
+                    let (mine, rest) = responses.split_at(len);
+                    responses = rest;
+                    ChangeSetAnswer::Done(mine)
+                }
+                Some(first) => {
+                    responses = &responses[1..];
+                    ChangeSetAnswer::Failed(first)
+                }
+            };
+            out[slot] = Some(match answer {
+                ChangeSetAnswer::Done(mine) => {
+                    self.written_of(&mine[primary], records[slot]).map(|mut w| {
+                        if !records[slot].steps.is_empty() {
+                            // The steps moved the row on since the upsert answered its ETag.
+                            w.etag = None;
+                        }
+                        w
+                    })
+                }
+                ChangeSetAnswer::Failed(r) => Err(r.error().map_or_else(
+                    || {
+                        RemoteError::new(
+                            RemoteErrorKind::UnknownOutcome,
+                            SERVICE,
+                            format!("change set answered {} without its requests", r.status),
+                        )
+                    },
+                    RemoteError::from,
+                )),
+                ChangeSetAnswer::Missing => Err(RemoteError::new(
+                    RemoteErrorKind::Transient,
+                    SERVICE,
+                    "the $batch stopped before the record's change set",
+                )),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The written record from the primary upsert's answer (its row id and ETag).
+    fn written_of(
+        &self,
+        response: &dataverse_client::BatchResponse,
+        record: &NewRecord,
+    ) -> Result<CrmWritten, RemoteError> {
+        let pk = self.primary_key(record.payload.kind);
+        let row: Map<String, Value> = response.json()?;
+        let id = row
+            .get(&pk)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .or_else(|| response.entity_id().map(|u| u.to_string()))
+            .ok_or_else(|| {
+                RemoteError::new(
+                    RemoteErrorKind::UnknownOutcome,
+                    SERVICE,
+                    "upsert answered without the row id",
+                )
+            })?;
+        let etag = response
+            .headers
+            .get(dataverse_client::cosell_http::http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                row.get("@odata.etag")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            });
+        Ok(CrmWritten {
+            id,
+            etag,
+            created: response.status.as_u16() == 201,
+        })
+    }
+
+    /// [`Crm::create_new`] in `$batch` requests: per round one of reads and one of writes
+    /// (a change set per record), rounds repeated only for records sharing a new customer.
+    async fn create_new_batched(
+        &self,
+        records: &[NewRecord],
+    ) -> Result<Vec<Result<CrmWritten, RemoteError>>, RemoteError> {
+        let mut results: Vec<Option<Result<CrmWritten, RemoteError>>> =
+            (0..records.len()).map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..records.len()).collect();
+        while !pending.is_empty() {
+            let round: Vec<&NewRecord> = pending.iter().map(|&i| &records[i]).collect();
+            let answers = self.create_round(&round).await?;
+            let mut later = Vec::new();
+            for (i, answer) in pending.iter().zip(answers) {
+                match answer {
+                    Some(r) => results[*i] = Some(r),
+                    None => later.push(*i),
+                }
+            }
+            // Every round writes its first record at least, so this ends.
+            if later.len() == pending.len() {
+                break;
+            }
+            pending = later;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(RemoteError::new(
+                        RemoteErrorKind::Transient,
+                        SERVICE,
+                        "not written",
+                    ))
+                })
+            })
+            .collect())
+    }
+
+    /// [`Crm::referrals_with_rows`] as one `$batch` of two GETs (opportunities and leads by
+    /// `In` over the referral-id column).
+    async fn referrals_with_rows_batched(
+        &self,
+        referral_ids: &[String],
+    ) -> Result<HashSet<String>, RemoteError> {
+        let mut found = HashSet::new();
+        if referral_ids.is_empty() {
+            return Ok(found);
+        }
+        let kinds = [RecordKind::Opportunity, RecordKind::Lead];
+        let batch = kinds
+            .iter()
+            .fold(Batch::new(), |b, k| {
+                b.request(self.rows_by_referral_request(*k, referral_ids))
+            })
+            .continue_on_error(true);
+        let result = self.client.execute_batch(&batch).await?;
+        if result.responses.len() != kinds.len() {
+            return Err(RemoteError::new(
+                RemoteErrorKind::Transient,
+                SERVICE,
+                "a $batch of reads answered in part",
+            ));
+        }
+        for (kind, response) in kinds.iter().zip(&result.responses) {
+            if let Some(e) = response.error() {
+                return Err(e.into());
+            }
+            let page: Map<String, Value> = response.json()?;
+            let column = self.referral_column(*kind);
+            for row in page
+                .get("value")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(id) = row.get(column).and_then(Value::as_str) {
+                    found.insert(id.to_string());
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
 #[async_trait]
 impl Crm for DataverseCrm {
     fn field_map(&self) -> &FieldMap {
@@ -897,6 +1539,20 @@ impl Crm for DataverseCrm {
             changes,
             cursor: collected.token.as_str().to_string(),
         }))
+    }
+
+    async fn referrals_with_rows(
+        &self,
+        referral_ids: &[String],
+    ) -> Result<HashSet<String>, RemoteError> {
+        self.referrals_with_rows_batched(referral_ids).await
+    }
+
+    async fn create_new(
+        &self,
+        records: &[NewRecord],
+    ) -> Result<Vec<Result<CrmWritten, RemoteError>>, RemoteError> {
+        self.create_new_batched(records).await
     }
 
     fn is_cursor_expired(&self, error: &RemoteError) -> bool {

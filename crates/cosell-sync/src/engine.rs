@@ -57,9 +57,11 @@ use crate::store::{
     StateStore, StoreError,
 };
 
+mod backfill;
 mod decisions;
 mod leases;
 
+pub use backfill::DEFAULT_BACKFILL_GROUP;
 pub use leases::LeaseConfig;
 
 /// Checkpoint holding the `updatedDateTime` the Partner Center reconcile has covered.

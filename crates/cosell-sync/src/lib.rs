@@ -24,14 +24,14 @@ pub mod store;
 pub mod testing;
 
 pub use crm::{
-    Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, SolutionLinkChange, SolutionLinkChanges,
-    WriteTarget,
+    Crm, CrmChange, CrmChanges, CrmRow, CrmWritten, NewRecord, SolutionLinkChange,
+    SolutionLinkChanges, WriteTarget,
 };
 #[cfg(feature = "dataverse")]
 pub use dataverse::{DataverseCrm, MappedColumn, mapped_columns, required_columns, setup_problems};
 pub use engine::{
-    Action, Engine, EngineConfig, EngineError, EngineStats, FieldDirection, LeaseConfig, Outcome,
-    PlannedWrite, Report, Schedule,
+    Action, DEFAULT_BACKFILL_GROUP, Engine, EngineConfig, EngineError, EngineStats, FieldDirection,
+    LeaseConfig, Outcome, PlannedWrite, Report, Schedule,
 };
 #[cfg(feature = "webhook")]
 pub use intake::{IntakeError, Received, WebhookIntake};

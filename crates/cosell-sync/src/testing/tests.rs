@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cosell_mapping::{FieldMap, RecordKind};
-use partner_center_client::models::Referral;
+use partner_center_client::models::{Referral, ReferralStatus, ReferralSubstatus};
 use serde_json::{Value, json};
 
 use super::*;
@@ -305,4 +305,104 @@ async fn a_stale_crm_etag_is_refused_by_the_fake() {
         .await
         .unwrap_err();
     assert_eq!(stale.kind(), RemoteErrorKind::PreconditionFailed);
+}
+
+/// Issue 15: the batched backfill, on a CRM with only the default `create_new` (a write per
+/// record, its status steps after it), leaves each pair exactly as `apply_referral` leaves it:
+/// the same link state and the same CRM record, open or closed.
+#[tokio::test]
+async fn a_batched_backfill_leaves_each_pair_as_apply_referral_does() {
+    // (status, substatus); `None`: the co-sell referral as it is (accepted).
+    let variants = [
+        None,
+        Some((ReferralStatus::New, ReferralSubstatus::Pending)),
+        Some((ReferralStatus::Closed, ReferralSubstatus::Won)),
+        Some((ReferralStatus::Closed, ReferralSubstatus::Lost)),
+    ];
+    let batched = world();
+    let single = world();
+    let mut pairs = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        let mut r = co_sell(&format!("Deal {i}"), "US");
+        if let Some((status, substatus)) = variant {
+            r.status = Some(status.clone());
+            r.substatus = Some(substatus.clone());
+        }
+        pairs.push((batched.pc.insert(r.clone()), single.pc.insert(r)));
+    }
+    let report = batched
+        .engine
+        .backfill(pairs.iter().map(|(b, _)| b.clone()).collect())
+        .await
+        .unwrap();
+    assert_eq!(report.outcomes.len(), pairs.len());
+    for (b, s) in &pairs {
+        let one = single.engine.apply_referral(s.clone()).await.unwrap();
+        let many = report
+            .outcomes
+            .iter()
+            .find(|o| o.referral_id == b.id)
+            .unwrap();
+        assert_eq!(many.action, one.action, "{many:?} / {one:?}");
+        let lb = batched
+            .store
+            .link_by_referral(b.id.as_deref().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let ls = single
+            .store
+            .link_by_referral(s.id.as_deref().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                &lb.crm_entity,
+                &lb.target,
+                &lb.crm_known,
+                &lb.pc_known,
+                lb.in_sync
+            ),
+            (
+                &ls.crm_entity,
+                &ls.target,
+                &ls.crm_known,
+                &ls.pc_known,
+                ls.in_sync
+            ),
+            "the link of {:?}",
+            b.status
+        );
+        let kind = if lb.crm_entity == "lead" {
+            RecordKind::Lead
+        } else {
+            RecordKind::Opportunity
+        };
+        let rb = batched
+            .crm
+            .row(kind, lb.crm_id.as_deref().unwrap())
+            .unwrap();
+        let rs = single.crm.row(kind, ls.crm_id.as_deref().unwrap()).unwrap();
+        let map = FieldMap::default();
+        assert_eq!(
+            map.snapshot_from_crm(&rb.records, None).unwrap(),
+            map.snapshot_from_crm(&rs.records, None).unwrap()
+        );
+        for c in ["statecode", "statuscode"] {
+            assert_eq!(column(&rb, c), column(&rs, c), "{c} of {:?}", b.status);
+        }
+    }
+    // Every one was created by the batched path (which reads no row back), none twice.
+    assert_eq!(
+        report.count(Action::CreatedInCrm),
+        pairs.len(),
+        "{report:#?}"
+    );
+    assert_eq!(batched.crm.calls(CrmCall::Read), 0);
+    assert!(single.crm.calls(CrmCall::Read) > 0);
+    assert_eq!(
+        batched.crm.rows(RecordKind::Opportunity).len() + batched.crm.rows(RecordKind::Lead).len(),
+        pairs.len()
+    );
 }

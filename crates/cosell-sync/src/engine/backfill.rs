@@ -1,0 +1,323 @@
+//! Backfill: many referrals that are new to the CRM written at once.
+//!
+//! [`Engine::apply_referral`] creates a new referral's CRM record in several requests (the
+//! recovery look-up, the account and contact look-ups and creates, the upsert, the solution
+//! links, a re-read). A partner onboarding years of referrals pays that per referral against
+//! Dataverse's request limit; [`Engine::apply_referrals`] pays it per *group*: one grouped read
+//! of which referrals have a row already, then [`Crm::create_new`](crate::Crm::create_new)
+//! (for Dataverse: a `$batch` of reads and a `$batch` with one change set per referral).
+//!
+//! The per-record path's guarantees hold: each referral's pair is locked and leased while its
+//! group is written; the plans (links without a CRM id) are committed, in one store commit,
+//! before the CRM is written; a referral whose change set failed, or a group whose answer was
+//! lost, goes through the per-record path, whose recovery finds a written row by its referral
+//! id (the upsert is keyed by it), so nothing is created twice and nothing is lost. Whatever
+//! the batched path is not sure to write exactly as the per-record path would (an existing
+//! link, an adoption, a currency the CRM lacks, a Partner Center write, field directions, a
+//! dry run) takes the per-record path to begin with. A closed referral's record is created and
+//! closed in one change set: it exists closed or not at all.
+
+use std::collections::HashSet;
+
+use cosell_mapping::{
+    CrmPayload, FieldId, FieldValue, MappedSnapshot, PairState, RecordKind, StatusStep,
+    SyncOutcome, merge_sides,
+};
+use partner_center_client::models::Referral;
+use serde_json::{Map, Value};
+
+use super::{
+    Action, Engine, EngineError, Outcome, PairGuard, Report, Sides, encode, entity_name, now,
+};
+use crate::crm::{CrmWritten, NewRecord};
+use crate::store::{AuditEntry, AuditOutcome, Commit, Direction, Link};
+
+/// Referrals per group of [`Engine::backfill`]: one `$batch` of writes holds a change set for
+/// each (a few requests apiece, well under Dataverse's 1,000 per batch).
+pub const DEFAULT_BACKFILL_GROUP: usize = 50;
+
+/// A new referral planned for a batched create.
+struct Planned {
+    id: String,
+    referral: Referral,
+    kind: RecordKind,
+    target: MappedSnapshot,
+    payload: CrmPayload,
+    extra: Map<String, Value>,
+    steps: Vec<StatusStep>,
+    crm_view: MappedSnapshot,
+    /// The plan committed before the CRM write.
+    link: Link,
+    guard: Option<PairGuard>,
+}
+
+impl Engine {
+    /// Applies `referrals` as [`apply_referral`](Self::apply_referral) would, in groups of
+    /// [`DEFAULT_BACKFILL_GROUP`]: the new ones are created in the CRM a group at a time (see
+    /// [`apply_referrals`](Self::apply_referrals)), the rest one by one. For a first start
+    /// over a partner's history.
+    pub async fn backfill(&self, referrals: Vec<Referral>) -> Result<Report, EngineError> {
+        self.backfill_in_groups(referrals, DEFAULT_BACKFILL_GROUP)
+            .await
+    }
+
+    /// [`backfill`](Self::backfill) with groups of `group_size` referrals (at least one).
+    /// Groups run one after another, so two groups never create one new customer twice.
+    pub async fn backfill_in_groups(
+        &self,
+        referrals: Vec<Referral>,
+        group_size: usize,
+    ) -> Result<Report, EngineError> {
+        let mut report = Report::default();
+        let mut rest = referrals.into_iter();
+        loop {
+            let group: Vec<Referral> = rest.by_ref().take(group_size.max(1)).collect();
+            if group.is_empty() {
+                return Ok(report);
+            }
+            report.extend(self.apply_referrals(group).await?);
+        }
+    }
+
+    /// Applies a group of referrals with one outcome each, as
+    /// [`apply_referral`](Self::apply_referral) would for each: referrals new to the CRM are
+    /// created together (one grouped read of which have a row already, one
+    /// [`Crm::create_new`](crate::Crm::create_new) for the group; for Dataverse about three
+    /// requests for the whole group), everything else and anything whose batched write failed
+    /// goes through `apply_referral`, several at a time.
+    #[tracing::instrument(skip_all, fields(referrals = referrals.len()))]
+    pub async fn apply_referrals(&self, referrals: Vec<Referral>) -> Result<Report, EngineError> {
+        let store = self.inner.store.clone();
+        let mut one_by_one: Vec<Referral> = Vec::new();
+        let mut candidates: Vec<Planned> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for referral in referrals {
+            let id = referral.id.clone().filter(|s| !s.is_empty());
+            let Some(id) = id.filter(|id| {
+                !self.inner.config.dry_run
+                    && seen.insert(id.clone())
+                    // A referral made from a CRM record is adopted, not created.
+                    && referral.external_reference_id.is_none()
+            }) else {
+                one_by_one.push(referral);
+                continue;
+            };
+            if store.link_by_referral(&id).await?.is_some() {
+                one_by_one.push(referral);
+                continue;
+            }
+            match self.plan_new(&id, &referral).await {
+                Some(p) => candidates.push(Planned { referral, ..p }),
+                None => one_by_one.push(referral),
+            }
+        }
+        // Locked in one order (by referral id), so two groups never wait on each other.
+        candidates.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut locked: Vec<Planned> = Vec::new();
+        for mut c in candidates {
+            let Ok(guard) = self.lock_pair(None, Some(&c.id)).await else {
+                // Held by another worker: the per-record path waits for it its own way.
+                one_by_one.push(c.referral);
+                continue;
+            };
+            // Under the lock: another task may have linked it meanwhile.
+            if store.link_by_referral(&c.id).await?.is_some() {
+                drop(guard);
+                one_by_one.push(c.referral);
+                continue;
+            }
+            c.guard = Some(guard);
+            locked.push(c);
+        }
+        let mut report = Report::default();
+        let mut retry: Vec<Planned> = Vec::new();
+        if !locked.is_empty() {
+            // A row already carrying the referral id (state lost, a crash before the link was
+            // first committed) is merged by the per-record path, never overwritten.
+            let ids: Vec<String> = locked.iter().map(|c| c.id.clone()).collect();
+            match self.inner.crm.referrals_with_rows(&ids).await {
+                Ok(with_rows) => {
+                    let (has_row, new): (Vec<Planned>, Vec<Planned>) =
+                        locked.into_iter().partition(|c| with_rows.contains(&c.id));
+                    retry.extend(has_row);
+                    locked = new;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "grouped look-up failed; one by one instead");
+                    retry.append(&mut locked);
+                }
+            }
+        }
+        if !locked.is_empty() {
+            // The plans are durable before the CRM is written: a crash or a lost answer is
+            // recovered by finding the rows by their referral ids.
+            let plans = locked
+                .iter()
+                .fold(Commit::new(), |commit, c| commit.link(c.link.clone()));
+            store.commit(plans).await?;
+            let records: Vec<NewRecord> = locked
+                .iter()
+                .map(|c| NewRecord {
+                    payload: c.payload.clone(),
+                    extra: c.extra.clone(),
+                    steps: c.steps.clone(),
+                })
+                .collect();
+            match self.inner.crm.create_new(&records).await {
+                Ok(results) if results.len() == locked.len() => {
+                    let mut done = Commit::new();
+                    let mut written: Vec<Planned> = Vec::new();
+                    for (c, result) in locked.into_iter().zip(results) {
+                        match result {
+                            Ok(w) => {
+                                let outcome;
+                                (done, outcome) = self.created(&c, &w, done);
+                                report.outcomes.push(outcome);
+                                written.push(c);
+                            }
+                            Err(e) => {
+                                tracing::debug!(referral_id = %c.id, error = %e,
+                                    "batched create failed; one by one instead");
+                                retry.push(c);
+                            }
+                        }
+                    }
+                    store.commit(done).await?;
+                    for _ in &written {
+                        self.count_synced(Direction::ToCrm);
+                    }
+                    // The guards go with `written`, after the commit.
+                    drop(written);
+                }
+                Ok(_) | Err(_) => retry.append(&mut locked),
+            }
+        }
+        // Released before the per-record path takes the same locks.
+        for c in retry {
+            drop(c.guard);
+            one_by_one.push(c.referral);
+        }
+        let items: Vec<_> = one_by_one
+            .into_iter()
+            .map(|r| move || self.apply_referral(r))
+            .collect();
+        report.extend(self.run_parallel(items).await?);
+        Ok(report)
+    }
+
+    /// What the per-record path would write for a new referral, when the batched path can
+    /// write exactly that: no Partner Center write, no currency the CRM lacks,
+    /// no field direction. `None`: the per-record path handles it (and reports any failure).
+    async fn plan_new(&self, id: &str, referral: &Referral) -> Option<Planned> {
+        let inner = &self.inner;
+        let map = &inner.map;
+        if !inner.config.directions.is_empty() {
+            return None;
+        }
+        let snapshot = map.snapshot_from_referral(referral).ok()?;
+        let identity = self.identity(referral).ok()?;
+        // The per-record pass over a pair whose CRM side is not created yet: every side holds
+        // the plan, so the merge keeps it.
+        let state = PairState {
+            target: &snapshot,
+            crm_known: &snapshot,
+            partner_center_known: &snapshot,
+        };
+        let merged = merge_sides(&state, &snapshot, &snapshot, map.ownership());
+        if !merged.conflicts.is_empty() || merged.merged != snapshot {
+            return None;
+        }
+        let mut target = merged.merged;
+        if let Some(code) = target.text(FieldId::Currency)
+            && !inner.crm.has_currency(code).await.ok()?
+        {
+            return None;
+        }
+        // As the per-record pass: help requested, or visibility granted, shows visible; a
+        // target that then differs from the referral is a Partner Center write.
+        let visible = FieldValue::Bool(true);
+        if target.is_co_sell() || snapshot.get(FieldId::VisibleToMicrosoft) == Some(&visible) {
+            target.set(FieldId::VisibleToMicrosoft, visible);
+        }
+        if target != snapshot {
+            return None;
+        }
+        let payload = map.to_crm(&target, &identity, None).ok()?;
+        // A closed referral's record is created open and closed in the same unit.
+        let steps = map.config().status.steps(None, payload.status);
+        let crm_view = map
+            .snapshot_from_crm(&map.written_records(&payload), Some(&target))
+            .ok()?;
+        let mut extra = map.outcome_columns(
+            payload.kind,
+            &payload.record,
+            SyncOutcome::Success,
+            "synced",
+            now(),
+        );
+        // The payload carries the name with its mark already.
+        extra.retain(|k, _| !payload.record.contains_key(k));
+        let kind = payload.kind;
+        let link = Link {
+            referral_id: id.to_string(),
+            engagement_id: referral.engagement_id.clone(),
+            crm_entity: entity_name(kind).to_string(),
+            crm_id: None,
+            pc_etag: referral.e_tag.clone(),
+            pc_updated_at: referral.updated_date_time,
+            crm_etag: None,
+            target: encode(&snapshot),
+            crm_known: None,
+            pc_known: None,
+            in_sync: false,
+            crm_status_in_transit: false,
+            synced_at: now(),
+        };
+        Some(Planned {
+            id: id.to_string(),
+            referral: Referral::default(),
+            kind,
+            target,
+            payload,
+            extra,
+            steps,
+            crm_view,
+            link,
+            guard: None,
+        })
+    }
+
+    /// Adds to `commit` the link, audit entry and cleared letters a created record leaves, as
+    /// the per-record pass commits them; returns it with the record's outcome.
+    fn created(&self, c: &Planned, written: &CrmWritten, commit: Commit) -> (Commit, Outcome) {
+        let entity = entity_name(c.kind);
+        let mut link = c.link.clone();
+        link.crm_entity = entity.to_string();
+        link.crm_id = Some(written.id.clone());
+        link.crm_etag = written.etag.clone();
+        // Both sides hold the plan: Partner Center as read, the CRM as far as it can hold it.
+        let sides = Sides {
+            target: c.target.clone(),
+            crm: c.crm_view.clone(),
+            pc: c.target.clone(),
+        };
+        sides.store_in(&mut link);
+        link.in_sync = true;
+        link.crm_status_in_transit = false;
+        link.synced_at = now();
+        let detail = format!("{entity} updated");
+        let commit = commit
+            .clear_dead_letter(c.link.dead_letter_key())
+            .clear_dead_letter(format!("{entity}:{}", written.id))
+            .audit(
+                AuditEntry::new(Direction::ToCrm, AuditOutcome::Created, &detail)
+                    .referral(&c.id)
+                    .crm(entity, &written.id),
+            )
+            .link(link);
+        let outcome = Outcome::new(Action::CreatedInCrm, detail)
+            .referral(&c.id)
+            .crm(c.kind, &written.id);
+        (commit, outcome)
+    }
+}
