@@ -37,11 +37,17 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
-use cosell::sandbox::Service;
+use cosell::sandbox::{Sandbox, Service};
 use cosell::sandboxed::{Sandboxed, StoreChoice};
 use cosell::sync::store::{AuditOutcome, AuditQuery, Direction};
 use cosell::sync::{Action, Schedule};
 use serde_json::{Value, json};
+
+mod heap;
+mod scale;
+
+#[global_allocator]
+static ALLOCATOR: heap::EngineHeap = heap::EngineHeap;
 
 type BoxResult<T> = Result<T, Box<dyn Error>>;
 
@@ -75,6 +81,19 @@ struct Args {
     /// Also print every API operation counted, per phase.
     #[arg(long)]
     verbose: bool,
+    /// Run the scale bench instead: a backfill of N referrals under the service-protection
+    /// limits, then live traffic at N links, for each N given (e.g. `1000,10000,100000`).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Scale bench: live records each way at N links.
+    #[arg(long, default_value_t = 500)]
+    live: usize,
+    /// Scale bench: the limits' window (ms; Dataverse's is 300 s, budgets scale with it).
+    #[arg(long, default_value_t = 3000)]
+    window_ms: u64,
+    /// Scale bench: emulated execution time of one Dataverse operation (µs).
+    #[arg(long, default_value_t = 2000)]
+    operation_us: u64,
 }
 
 /// Requests per service during one phase, and by operation.
@@ -423,9 +442,51 @@ fn print_operations(title: &str, calls: &Calls, n: usize) {
     }
 }
 
-#[tokio::main]
-async fn main() -> BoxResult<()> {
+fn main() -> BoxResult<()> {
     let args = Args::parse();
+    // The emulators on a runtime of their own; the engine on one whose threads count as the
+    // engine's heap (and the thread driving it).
+    let emulators = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let engine = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .on_thread_start(heap::mark_engine_thread)
+        .build()?;
+    if args.sizes.is_empty() {
+        let sandbox = emulators.block_on(Sandbox::builder().start())?;
+        heap::mark_engine_thread();
+        return engine.block_on(classic(&args, sandbox));
+    }
+    let limits = scale::scaled_limits(
+        Duration::from_millis(args.window_ms),
+        Duration::from_micros(args.operation_us),
+    );
+    let dir = std::env::temp_dir().join(format!("cosell-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut results = Vec::new();
+    for &n in &args.sizes {
+        let sandbox = emulators.block_on(Sandbox::builder().start())?;
+        heap::mark_engine_thread();
+        let result = engine.block_on(scale::run_size(
+            emulators.handle(),
+            sandbox,
+            n,
+            args.live,
+            limits.clone(),
+            &dir,
+        ));
+        results.push(result?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    scale::print(&results, &limits, args.live);
+    Ok(())
+}
+
+/// The classic phases (one N, in-memory or SQLite store).
+async fn classic(args: &Args, sandbox: Sandbox) -> BoxResult<()> {
     let n = args.referrals;
     let dir = std::env::temp_dir().join(format!("cosell-bench-{}", std::process::id()));
     let store = match args.store {
@@ -435,7 +496,10 @@ async fn main() -> BoxResult<()> {
             StoreChoice::Sqlite(dir.join("state.sqlite"))
         }
     };
-    let s = Sandboxed::builder().store(store).start().await?;
+    let s = Sandboxed::builder()
+        .store(store)
+        .start_with(sandbox)
+        .await?;
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
 
     let a = pc_to_crm(&s, n).await?;
@@ -445,7 +509,7 @@ async fn main() -> BoxResult<()> {
     let catch_up = s.engine.pull_crm_changes().await?;
     let b = crm_to_pc(&s, n).await?;
     let (echo_actions, echo_calls) = echo_round(&s).await?;
-    let l = latency(&s, &args).await?;
+    let l = latency(&s, args).await?;
     if args.store == StoreKind::Sqlite {
         let _ = std::fs::remove_dir_all(&dir);
     }

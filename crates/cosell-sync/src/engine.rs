@@ -2442,20 +2442,13 @@ impl Engine {
                     .iter()
                     .filter_map(|r| r.updated_date_time)
                     .max();
+                // New referrals are created in the CRM a group at a time (a first start over
+                // a year of history is a backfill), the rest one by one.
+                let count = page.referrals.len() as u64;
                 let outcomes = self
-                    .run_parallel(
-                        page.referrals
-                            .into_iter()
-                            .map(|r| {
-                                move || async move {
-                                    let outcome = self.apply_referral(r).await;
-                                    inner.reconcile_done.fetch_add(1, Ordering::Relaxed);
-                                    outcome
-                                }
-                            })
-                            .collect(),
-                    )
+                    .backfill_in_groups(page.referrals, backfill::DEFAULT_BACKFILL_GROUP)
                     .await?;
+                inner.reconcile_done.fetch_add(count, Ordering::Relaxed);
                 report.extend(outcomes);
                 // Every referral of this page and the pages before is now linked, unchanged or
                 // dead-lettered (durable), and they came oldest change first: the checkpoint

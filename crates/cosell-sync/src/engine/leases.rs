@@ -133,6 +133,24 @@ impl LeaseTable {
         out
     }
 
+    /// Gives up `keys` in the store now, if they are idle (not taken again meanwhile).
+    async fn release_keys(&self, store: &dyn StateStore, holder: &str, keys: &[String]) {
+        let idle: Vec<(String, Arc<Notify>)> = {
+            let mut leases = self.lock();
+            keys.iter()
+                .filter_map(|key| {
+                    let state = leases.get_mut(key)?;
+                    matches!(state, LeaseState::Held { in_use: false, .. }).then(|| {
+                        let notify = Arc::new(Notify::new());
+                        *state = LeaseState::Releasing(notify.clone());
+                        (key.clone(), notify)
+                    })
+                })
+                .collect()
+        };
+        self.finish_release(store, holder, idle).await;
+    }
+
     /// Whether no lease is held or being released.
     fn is_empty(&self) -> bool {
         self.lock().is_empty()
@@ -141,6 +159,16 @@ impl LeaseTable {
     /// Gives up the idle leases (older than `grace`) in the store.
     async fn release_idle(&self, store: &dyn StateStore, holder: &str, grace: Duration) {
         let idle = self.take_idle(grace);
+        self.finish_release(store, holder, idle).await;
+    }
+
+    /// Releases leases marked as being released, then forgets them and wakes their waiters.
+    async fn finish_release(
+        &self,
+        store: &dyn StateStore,
+        holder: &str,
+        idle: Vec<(String, Arc<Notify>)>,
+    ) {
         if idle.is_empty() {
             return;
         }
@@ -221,12 +249,23 @@ pub(super) struct Held {
     table: Arc<LeaseTable>,
     keys: Vec<String>,
     local: Vec<OwnedMutexGuard<()>>,
+    /// A pass lease: given up in the store at once when dropped (the next worker's pass need
+    /// not wait for the janitor), with the store and holder to do it.
+    release_now: Option<(Arc<dyn StateStore>, String)>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         for key in self.keys.iter().rev() {
             self.table.put_back(key);
+        }
+        if let Some((store, holder)) = self.release_now.take()
+            && !self.keys.is_empty()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let table = self.table.clone();
+            let keys = std::mem::take(&mut self.keys);
+            runtime.spawn(async move { table.release_keys(store.as_ref(), &holder, &keys).await });
         }
         // The in-process locks go after: a task of this engine taking one of these keys next
         // finds the lease idle in the table and reuses it.
@@ -296,6 +335,7 @@ impl Engine {
             return Ok(None);
         }
         held.keys.push(key);
+        held.release_now = Some((self.inner.store.clone(), self.inner.worker.id.clone()));
         Ok(Some(held))
     }
 
@@ -304,6 +344,7 @@ impl Engine {
             table: self.inner.worker.table.clone(),
             keys: Vec::new(),
             local: Vec::new(),
+            release_now: None,
         }
     }
 
