@@ -77,6 +77,7 @@ pub(crate) struct Inner {
     pub(crate) pipeline: Pipeline,
     pub(crate) limiter: AdaptiveLimiter,
     pub(crate) pacer: Option<BudgetPacer>,
+    pub(crate) pacing_hints: bool,
     pub(crate) last: Mutex<LastHeaders>,
 }
 
@@ -109,6 +110,7 @@ pub struct DataverseClientBuilder {
     max_concurrency: Option<usize>,
     limiter: Option<AdaptiveLimiter>,
     pacing: Pacing,
+    pacing_hints: bool,
     attempt_timeout: Option<Duration>,
 }
 
@@ -211,8 +213,8 @@ impl DataverseClientBuilder {
     ///
     /// The pacer counts the requests it sends and charges each its measured round trip as
     /// execution time (an upper bound of the server's share), so it does not depend on the
-    /// `x-ms-ratelimit-*` headers Microsoft documents as debugging aids; when they report more
-    /// use than the client counted (another process of the same user), they tighten the pacing.
+    /// `x-ms-ratelimit-*` headers Microsoft documents as debugging aids (see
+    /// [`pacing_hints`](Self::pacing_hints)).
     ///
     /// ```
     /// use std::time::Duration;
@@ -239,6 +241,17 @@ impl DataverseClientBuilder {
     /// budget. Overrides [`pacing`](Self::pacing).
     pub fn pacer(mut self, pacer: BudgetPacer) -> Self {
         self.pacing = Pacing::Shared(pacer);
+        self
+    }
+
+    /// Lets the `x-ms-ratelimit-burst-remaining-xrm-requests` and `…-time-remaining-…` headers
+    /// tighten the pacer when they report more use than it counted (another process of the same
+    /// user, a server that charges more than the round trip). Off by default: Microsoft says not
+    /// to depend on them, they reset when the balancer picks another web server, and they are
+    /// relative to the server's limits, so they mislead a pacer configured with other budgets.
+    /// Turn it on only when the [pacing](Self::pacing) budgets are the environment's own.
+    pub fn pacing_hints(mut self, on: bool) -> Self {
+        self.pacing_hints = on;
         self
     }
 
@@ -342,6 +355,7 @@ impl DataverseClientBuilder {
                 pipeline: builder.build(),
                 limiter,
                 pacer,
+                pacing_hints: self.pacing_hints,
                 last: Mutex::new(LastHeaders::default()),
             }),
             priority: Priority::Live,
@@ -731,7 +745,12 @@ impl DataverseClient {
                 .map(str::to_string)
         };
         let (burst, time, dop) = (get(&BURST_REMAINING), get(&TIME_REMAINING), get(&DOP_HINT));
-        if let Some(pacer) = &self.inner.pacer {
+        if let Some(pacer) = self
+            .inner
+            .pacer
+            .as_ref()
+            .filter(|_| self.inner.pacing_hints)
+        {
             pacer.observe_remaining(
                 burst.as_deref().and_then(parse_count),
                 time.as_deref().and_then(parse_seconds),
