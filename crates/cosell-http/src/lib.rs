@@ -3,6 +3,7 @@
 
 pub mod credential;
 mod error;
+mod pacer;
 pub mod pager;
 mod pipeline;
 mod retry;
@@ -15,6 +16,9 @@ pub use credential::{
     StaticTokenCredential, TokenCredential,
 };
 pub use error::{DecodeError, Error, MAX_ERROR_BODY, ServiceError, decode_json};
+pub use pacer::{
+    BudgetPacer, InFlight, PacerConfig, PacerConfigError, PacerSnapshot, Priority, Reservation,
+};
 pub use pager::{DeltaLink, NextLink, ODataPage, Page, PageFuture, Pager};
 pub use pipeline::{Pipeline, PipelineBuilder, SendOptions, json_body};
 pub use retry::{RetryPolicy, is_idempotent_method, parse_retry_after};

@@ -1,6 +1,7 @@
 //! The request pipeline every client call goes through, in a fixed order:
 //! request ids → auth (one forced refresh on 401) → retry loop (classification, `Retry-After`,
-//! attempt and time budget, jitter) → shared throttle → tracing span and metrics → transport.
+//! attempt and time budget, jitter) → budget pacer (requests and execution time per sliding
+//! window, by priority) → shared throttle → tracing span and metrics → transport.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tracing::Instrument;
 
 use crate::credential::{CredentialError, CredentialErrorKind, TokenCredential};
 use crate::error::{DecodeError, Error, ServiceError, decode_json};
+use crate::pacer::{BudgetPacer, Priority};
 use crate::retry::{RetryPolicy, is_idempotent_method, parse_retry_after, status_is_retryable};
 use crate::throttle::AdaptiveLimiter;
 use crate::transport::{HttpTransport, TransportError};
@@ -22,9 +24,10 @@ use crate::transport::{HttpTransport, TransportError};
 /// Default wait after a 429 that carried no `Retry-After`.
 const DEFAULT_THROTTLE_PAUSE: Duration = Duration::from_secs(1);
 
-/// Per-call options: idempotency, a retry override, and the ids to send.
+/// Per-call options: idempotency, a retry override, the ids to send and the pacing priority.
 #[derive(Debug, Clone, Default)]
 pub struct SendOptions {
+    priority: Priority,
     idempotent: Option<bool>,
     retry: Option<RetryPolicy>,
     request_id: Option<String>,
@@ -36,6 +39,13 @@ impl SendOptions {
     /// `If-Match` is; a POST that creates something is not.
     pub fn idempotent(mut self, idempotent: bool) -> Self {
         self.idempotent = Some(idempotent);
+        self
+    }
+
+    /// The share of the pacer's budget this call may use (default [`Priority::Live`]); without a
+    /// [pacer](PipelineBuilder::pacer) it changes nothing.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
         self
     }
 
@@ -72,6 +82,7 @@ struct Inner {
     credential: Option<(Arc<dyn TokenCredential>, Vec<String>)>,
     retry: RetryPolicy,
     limiter: Option<AdaptiveLimiter>,
+    pacer: Option<BudgetPacer>,
     request_id_header: Option<HeaderName>,
     correlation_id_header: Option<HeaderName>,
     default_headers: HeaderMap,
@@ -90,6 +101,7 @@ impl fmt::Debug for Pipeline {
             )
             .field("retry", &self.inner.retry)
             .field("limiter", &self.inner.limiter)
+            .field("pacer", &self.inner.pacer)
             .finish_non_exhaustive()
     }
 }
@@ -128,6 +140,14 @@ impl PipelineBuilder {
     /// limiter).
     pub fn limiter(mut self, limiter: AdaptiveLimiter) -> Self {
         self.inner.limiter = Some(limiter);
+        self
+    }
+
+    /// Paces every call under `pacer`'s budgets (shared with any other pipeline given the same
+    /// pacer): a call waits for its priority's share of the budget before it is sent, and a 429
+    /// holds every call until its `Retry-After` has passed.
+    pub fn pacer(mut self, pacer: BudgetPacer) -> Self {
+        self.inner.pacer = Some(pacer);
         self
     }
 
@@ -204,6 +224,7 @@ impl Pipeline {
                 credential: None,
                 retry: RetryPolicy::default(),
                 limiter: None,
+                pacer: None,
                 request_id_header: None,
                 correlation_id_header: None,
                 default_headers: HeaderMap::new(),
@@ -221,6 +242,11 @@ impl Pipeline {
     /// The shared limiter, if any.
     pub fn limiter(&self) -> Option<&AdaptiveLimiter> {
         self.inner.limiter.as_ref()
+    }
+
+    /// The shared pacer, if any.
+    pub fn pacer(&self) -> Option<&BudgetPacer> {
+        self.inner.pacer.as_ref()
     }
 
     /// Sends `request` and returns the response if its status is a success (2xx); any other
@@ -334,8 +360,18 @@ impl Pipeline {
                     req.headers_mut().insert(AUTHORIZATION, value);
                 }
 
+                // Budget first, then a concurrency slot, then the send instant: a request waiting
+                // for budget holds no slot, and the instant counted is the real one.
+                let reservation = match &inner.pacer {
+                    Some(p) => Some(p.reserve(options.priority).await),
+                    None => None,
+                };
                 let permit = match &inner.limiter {
                     Some(l) => Some(l.acquire().await),
+                    None => None,
+                };
+                let flight = match reservation {
+                    Some(r) => Some(r.start().await),
                     None => None,
                 };
                 let result = match inner.attempt_timeout {
@@ -347,6 +383,8 @@ impl Pipeline {
                     },
                     None => inner.transport.send(req).await,
                 };
+                // The round trip is charged to the execution budget.
+                drop(flight);
                 drop(permit);
 
                 let within_budget = |delay: Duration| started.elapsed() + delay <= policy.max_elapsed();
@@ -385,8 +423,12 @@ impl Pipeline {
                                 wait = ?retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE),
                                 "throttled by the service; pausing requests"
                             );
+                            let pause = retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE);
                             if let Some(l) = &inner.limiter {
-                                l.on_throttled(retry_after.unwrap_or(DEFAULT_THROTTLE_PAUSE));
+                                l.on_throttled(pause);
+                            }
+                            if let Some(p) = &inner.pacer {
+                                p.on_throttled(pause);
                             }
                         } else if status.is_success()
                             && let Some(l) = &inner.limiter

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use cosell_http::http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
 use cosell_http::http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use cosell_http::{
-    AdaptiveLimiter, HttpTransport, LimiterSnapshot, NextLink, Pipeline, RetryPolicy, SendOptions,
-    ServiceError, TokenCredential,
+    AdaptiveLimiter, BudgetPacer, HttpTransport, LimiterSnapshot, NextLink, PacerConfig,
+    PacerSnapshot, Pipeline, Priority, RetryPolicy, SendOptions, ServiceError, TokenCredential,
 };
 use serde::Serialize;
 use url::Url;
@@ -40,8 +40,15 @@ pub(crate) const JSON_UTF8: HeaderValue =
 
 /// A typed client for the Dataverse Web API of one environment.
 ///
-/// Cheap to clone (an `Arc` inside); clones share the transport, credential cache and the
-/// adaptive concurrency limiter, so a 429 seen by one task slows all of them.
+/// Cheap to clone (an `Arc` inside); clones share the transport, credential cache, the
+/// adaptive concurrency limiter and the budget pacer, so a 429 seen by one task slows all of
+/// them.
+///
+/// Requests are paced under Dataverse's service-protection budgets (6,000 requests and 1,200 s
+/// of execution time per sliding 300 s; see [`DataverseClientBuilder::pacing`]). A client sends
+/// [`Priority::Live`] traffic; [`background`](Self::background) gives a handle for bulk work
+/// (a backfill) that may use only the background share of the budget, so live requests keep
+/// their headroom.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), dataverse_client::Error> {
@@ -61,6 +68,7 @@ pub(crate) const JSON_UTF8: HeaderValue =
 #[derive(Clone)]
 pub struct DataverseClient {
     pub(crate) inner: Arc<Inner>,
+    priority: Priority,
 }
 
 pub(crate) struct Inner {
@@ -68,6 +76,8 @@ pub(crate) struct Inner {
     pub(crate) api_url: Url,
     pub(crate) pipeline: Pipeline,
     pub(crate) limiter: AdaptiveLimiter,
+    pub(crate) pacer: Option<BudgetPacer>,
+    pub(crate) pacing_hints: bool,
     pub(crate) last: Mutex<LastHeaders>,
 }
 
@@ -82,6 +92,7 @@ impl fmt::Debug for DataverseClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataverseClient")
             .field("api_url", &self.inner.api_url.as_str())
+            .field("priority", &self.priority)
             .field("pipeline", &self.inner.pipeline)
             .finish()
     }
@@ -98,7 +109,23 @@ pub struct DataverseClientBuilder {
     retry: Option<RetryPolicy>,
     max_concurrency: Option<usize>,
     limiter: Option<AdaptiveLimiter>,
+    pacing: Pacing,
+    pacing_hints: bool,
     attempt_timeout: Option<Duration>,
+}
+
+/// How a built client paces its requests.
+#[derive(Debug, Default)]
+enum Pacing {
+    /// A new pacer with Dataverse's documented budgets.
+    #[default]
+    Documented,
+    /// A new pacer with these budgets.
+    Config(PacerConfig),
+    /// A pacer shared with other clients.
+    Shared(BudgetPacer),
+    /// No pacing (only the concurrency limiter and `Retry-After`).
+    Off,
 }
 
 impl fmt::Debug for DataverseClientBuilder {
@@ -112,6 +139,7 @@ impl fmt::Debug for DataverseClientBuilder {
             .field("credential", &self.credential)
             .field("retry", &self.retry)
             .field("max_concurrency", &self.max_concurrency)
+            .field("pacing", &self.pacing)
             .finish_non_exhaustive()
     }
 }
@@ -176,10 +204,69 @@ impl DataverseClientBuilder {
         self
     }
 
+    /// The service-protection budgets to pace under: requests and execution time per sliding
+    /// window, the target fraction live traffic may fill and the background share. By default
+    /// the client paces under [`PacerConfig::default`], Dataverse's documented per-user limits
+    /// (6,000 requests and 1,200 s per 300 s, target 90 %, background 80 %); set this when an
+    /// environment has other limits, or to scale the windows down for tests and benches.
+    /// [`build`](Self::build) refuses settings that cannot work, naming the setting.
+    ///
+    /// The pacer counts the requests it sends and charges each its measured round trip as
+    /// execution time (an upper bound of the server's share), so it does not depend on the
+    /// `x-ms-ratelimit-*` headers Microsoft documents as debugging aids (see
+    /// [`pacing_hints`](Self::pacing_hints)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dataverse_client::{DataverseClient, cosell_http::PacerConfig};
+    /// let client = DataverseClient::builder()
+    ///     .environment_url("https://contoso.crm.dynamics.com/".parse().unwrap())
+    ///     .credential(std::sync::Arc::new(cosell_http::StaticTokenCredential::new("token")))
+    ///     .pacing(PacerConfig {
+    ///         max_requests: 200,
+    ///         request_window: Duration::from_secs(2),
+    ///         background_share: 0.7,
+    ///         ..PacerConfig::default()
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(client.pacing_snapshot().unwrap().max_requests, 200);
+    /// ```
+    pub fn pacing(mut self, config: PacerConfig) -> Self {
+        self.pacing = Pacing::Config(config);
+        self
+    }
+
+    /// Shares an existing pacer: every client of one environment and user should pace under one
+    /// budget. Overrides [`pacing`](Self::pacing).
+    pub fn pacer(mut self, pacer: BudgetPacer) -> Self {
+        self.pacing = Pacing::Shared(pacer);
+        self
+    }
+
+    /// Lets the `x-ms-ratelimit-burst-remaining-xrm-requests` and `…-time-remaining-…` headers
+    /// tighten the pacer when they report more use than it counted (another process of the same
+    /// user, a server that charges more than the round trip). Off by default: Microsoft says not
+    /// to depend on them, they reset when the balancer picks another web server, and they are
+    /// relative to the server's limits, so they mislead a pacer configured with other budgets.
+    /// Turn it on only when the [pacing](Self::pacing) budgets are the environment's own.
+    pub fn pacing_hints(mut self, on: bool) -> Self {
+        self.pacing_hints = on;
+        self
+    }
+
+    /// Sends without budget pacing: requests go as fast as the concurrency limiter allows and
+    /// only a 429's `Retry-After` holds them.
+    pub fn no_pacing(mut self) -> Self {
+        self.pacing = Pacing::Off;
+        self
+    }
+
     /// Builds the client.
     ///
     /// Fails when the environment URL or credential is missing, the URL is not an absolute
-    /// `http(s)` URL without query, or the default transport cannot be created.
+    /// `http(s)` URL without query, a [pacing](Self::pacing) setting cannot work, or the default
+    /// transport cannot be created.
     pub fn build(self) -> Result<DataverseClient, Error> {
         let mut environment_url = self
             .environment_url
@@ -230,6 +317,14 @@ impl DataverseClientBuilder {
                 environment_url.as_str().trim_end_matches('/')
             )
         });
+        let pacer = match self.pacing {
+            Pacing::Documented => Some(BudgetPacer::default()),
+            Pacing::Config(config) => Some(
+                BudgetPacer::new(config).map_err(|e| ConfigError::new(format!("pacing: {e}")))?,
+            ),
+            Pacing::Shared(pacer) => Some(pacer),
+            Pacing::Off => None,
+        };
         let transport = match self.transport {
             Some(t) => t,
             None => cosell_http::default_transport().map_err(Error::Transport)?,
@@ -250,14 +345,20 @@ impl DataverseClientBuilder {
         if let Some(t) = self.attempt_timeout {
             builder = builder.attempt_timeout(t);
         }
+        if let Some(p) = &pacer {
+            builder = builder.pacer(p.clone());
+        }
         Ok(DataverseClient {
             inner: Arc::new(Inner {
                 environment_url,
                 api_url,
                 pipeline: builder.build(),
                 limiter,
+                pacer,
+                pacing_hints: self.pacing_hints,
                 last: Mutex::new(LastHeaders::default()),
             }),
+            priority: Priority::Live,
         })
     }
 }
@@ -277,6 +378,9 @@ pub struct RateLimitStatus {
     pub dop_hint: Option<usize>,
     /// The shared limiter (its `max` follows the DOP hint).
     pub limiter: LimiterSnapshot,
+    /// The budget pacer (`None` when built with
+    /// [`no_pacing`](DataverseClientBuilder::no_pacing)).
+    pub pacer: Option<PacerSnapshot>,
 }
 
 /// A response from [`DataverseClient::send_raw`].
@@ -429,14 +533,61 @@ impl DataverseClient {
             .map(|g| g.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
         RateLimitStatus {
-            burst_remaining: last
-                .burst_remaining
-                .as_deref()
-                .and_then(|v| v.trim().replace(',', "").parse().ok()),
+            burst_remaining: last.burst_remaining.as_deref().and_then(parse_count),
             time_remaining: last.time_remaining,
             dop_hint: last.dop_hint.as_deref().and_then(|v| v.trim().parse().ok()),
             limiter: self.inner.limiter.snapshot(),
+            pacer: self.pacing_snapshot(),
         }
+    }
+
+    /// The shared budget pacer (`None` when built with
+    /// [`no_pacing`](DataverseClientBuilder::no_pacing)).
+    pub fn pacer(&self) -> Option<&BudgetPacer> {
+        self.inner.pacer.as_ref()
+    }
+
+    /// The pacer's state, for status pages and benches: requests and execution time counted in
+    /// the window, the delay a live or background request would wait now, the `Retry-After`
+    /// left, and the 429s seen.
+    pub fn pacing_snapshot(&self) -> Option<PacerSnapshot> {
+        self.inner.pacer.as_ref().map(BudgetPacer::snapshot)
+    }
+
+    /// A handle on the same client (transport, credential, limiter, pacer) whose requests are
+    /// [`Priority::Background`]: they may fill only the pacer's background share of the budget,
+    /// and wait while a live request waits. Cheap (an `Arc` clone); give it to a backfill or a
+    /// first reconcile and keep `self` for webhooks and CRM edits.
+    ///
+    /// ```
+    /// use dataverse_client::{DataverseClient, cosell_http::Priority};
+    /// let live = DataverseClient::builder()
+    ///     .environment_url("https://contoso.crm.dynamics.com/".parse().unwrap())
+    ///     .credential(std::sync::Arc::new(cosell_http::StaticTokenCredential::new("token")))
+    ///     .build()
+    ///     .unwrap();
+    /// let backfill = live.background();
+    /// assert_eq!(backfill.priority(), Priority::Background);
+    /// assert_eq!(live.priority(), Priority::Live);
+    /// // Both pace under one budget.
+    /// assert!(std::ptr::eq(live.pacer().unwrap(), backfill.pacer().unwrap()));
+    /// ```
+    pub fn background(&self) -> DataverseClient {
+        self.with_priority(Priority::Background)
+    }
+
+    /// A handle on the same client whose requests have `priority`.
+    pub fn with_priority(&self, priority: Priority) -> DataverseClient {
+        DataverseClient {
+            inner: self.inner.clone(),
+            priority,
+        }
+    }
+
+    /// The priority of this handle's requests ([`Priority::Live`] unless made by
+    /// [`background`](Self::background)).
+    pub fn priority(&self) -> Priority {
+        self.priority
     }
 
     /// The escape hatch: requests to any path under the Web API.
@@ -575,7 +726,9 @@ impl DataverseClient {
         }
         *req.headers_mut() = std::mem::take(headers);
         let request_id = uuid::Uuid::new_v4().to_string();
-        let mut options = SendOptions::default().with_request_id(request_id.clone());
+        let mut options = SendOptions::default()
+            .with_request_id(request_id.clone())
+            .priority(self.priority);
         if let Some(i) = idempotent {
             options = options.idempotent(i);
         }
@@ -592,6 +745,17 @@ impl DataverseClient {
                 .map(str::to_string)
         };
         let (burst, time, dop) = (get(&BURST_REMAINING), get(&TIME_REMAINING), get(&DOP_HINT));
+        if let Some(pacer) = self
+            .inner
+            .pacer
+            .as_ref()
+            .filter(|_| self.inner.pacing_hints)
+        {
+            pacer.observe_remaining(
+                burst.as_deref().and_then(parse_count),
+                time.as_deref().and_then(parse_seconds),
+            );
+        }
         let mut last = self.inner.last.lock().unwrap_or_else(|p| p.into_inner());
         if burst.is_some() {
             last.burst_remaining = burst;
@@ -618,4 +782,16 @@ pub(crate) fn check_set(entity_set: &str) -> Result<(), InvalidRequest> {
 pub(crate) fn header_value(value: &str) -> Result<HeaderValue, Error> {
     HeaderValue::from_str(value)
         .map_err(|_| Error::invalid(format!("`{value}` is not a valid header value")))
+}
+
+/// A header count such as `5,999`.
+fn parse_count(v: &str) -> Option<u64> {
+    v.trim().replace(',', "").parse().ok()
+}
+
+/// `x-ms-ratelimit-time-remaining-xrm-requests`: seconds with thousands separators, such as
+/// `1,199.98`.
+fn parse_seconds(v: &str) -> Option<Duration> {
+    let secs: f64 = v.trim().replace(',', "").parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
 }
