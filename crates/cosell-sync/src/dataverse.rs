@@ -733,7 +733,8 @@ impl DataverseCrm {
             .into_iter()
             .fold(Batch::new(), Batch::request)
             .continue_on_error(true);
-        let result = self.client.execute_batch(&batch).await?;
+        // Bulk work: background priority, so live syncs keep their share of the budget.
+        let result = self.client.background().execute_batch(&batch).await?;
         if result.responses.len() != lookups.len() {
             return Err(RemoteError::new(
                 RemoteErrorKind::Transient,
@@ -1048,7 +1049,8 @@ impl DataverseCrm {
         if batch.is_empty() {
             return Ok(out);
         }
-        let result = self.client.execute_batch(&batch).await?;
+        // Bulk work: background priority, so live syncs keep their share of the budget.
+        let result = self.client.background().execute_batch(&batch).await?;
         let mut responses = result.responses.as_slice();
         for (slot, len, primary) in sent {
             // A change set that ran answers one response per request inside its own part; one
@@ -1188,7 +1190,8 @@ impl DataverseCrm {
                 b.request(self.rows_by_referral_request(*k, referral_ids))
             })
             .continue_on_error(true);
-        let result = self.client.execute_batch(&batch).await?;
+        // Bulk work: background priority, so live syncs keep their share of the budget.
+        let result = self.client.background().execute_batch(&batch).await?;
         if result.responses.len() != kinds.len() {
             return Err(RemoteError::new(
                 RemoteErrorKind::Transient,
