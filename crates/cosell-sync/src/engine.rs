@@ -965,6 +965,10 @@ impl Engine {
         // pair's state (its version vouches for it, its write goes under If-Match); after a
         // 412, or a plan that needs more, both sides are read.
         let mut assume = !self.inner.config.dry_run;
+        // A pass for a CRM change may end as an echo without reading the referral; a pass for
+        // a referral redone after a 412 reads it again instead (the change it was given must
+        // not be taken for an echo of the CRM's).
+        let crm_trigger = referral.is_none();
         loop {
             let link_now = self
                 .inner
@@ -974,7 +978,10 @@ impl Engine {
                 .unwrap_or_else(|| link.clone());
             let given = referral.take();
             let kept = if assume { given.clone() } else { None };
-            match Box::pin(self.reconcile_once(&link_now, given, &carried, assume)).await {
+            let res =
+                Box::pin(self.reconcile_once(&link_now, given, &carried, assume, crm_trigger))
+                    .await;
+            match res {
                 Err(Failure::NeedsRead) if assume => {
                     // Nothing was written: the same pass again, reading what it assumed.
                     assume = false;
@@ -1136,6 +1143,7 @@ impl Engine {
         referral: Option<Referral>,
         carried: &[String],
         assume: bool,
+        crm_trigger: bool,
     ) -> Result<Outcome, Failure> {
         let inner = &self.inner;
         let map = &inner.map;
@@ -1201,13 +1209,28 @@ impl Engine {
         let mut pc_assumed = false;
         let referral = match referral {
             Some(r) => r,
-            None if link.in_sync && raw_crm == sides.crm && !switched && row.is_some() => {
+            None if crm_trigger
+                && link.in_sync
+                && raw_crm == sides.crm
+                && !switched
+                && row.is_some() =>
+            {
                 inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
-                let row = row.as_ref().map(|r| (r.kind, r.id.clone()));
                 let mut o = Outcome::new(Action::Echo, "CRM change matches what was last synced")
                     .referral(&link.referral_id);
-                if let Some((k, id)) = row {
-                    o = o.crm(k, &id);
+                if let Some(r) = &row {
+                    o = o.crm(r.kind, &r.id);
+                    // The row holds what the pair knows at this version: recorded, so its next
+                    // echo is known by the version alone and a write can go under it.
+                    if link.crm_id.as_deref() == Some(r.id.as_str())
+                        && r.etag.is_some()
+                        && r.etag != link.crm_etag
+                        && !dry_run
+                    {
+                        let mut updated = link.clone();
+                        updated.crm_etag = r.etag.clone();
+                        self.commit(Commit::new().link(updated)).await?;
+                    }
                 }
                 return Ok(o);
             }
@@ -1963,12 +1986,25 @@ impl Engine {
                 }
                 (target, _) => {
                     let trimmed = self.trimmed_payload(same_row, payload, crm_view);
-                    let written = inner
-                        .crm
-                        .write(trimmed.as_ref().unwrap_or(payload), &extra, target)
-                        .await?;
-                    etag = written.etag;
-                    id = Some(written.id);
+                    let nothing_to_send = extra.is_empty()
+                        && trimmed.as_ref().is_some_and(|t| {
+                            t.record.is_empty()
+                                && t.binds.is_empty()
+                                && t.account.is_none()
+                                && t.contacts.is_empty()
+                                && t.solutions.is_empty()
+                                && t.solutions_removed.is_empty()
+                        });
+                    // The row holds every column already (a difference it cannot represent,
+                    // such as a field a lead has no column for): no request.
+                    if !nothing_to_send {
+                        let written = inner
+                            .crm
+                            .write(trimmed.as_ref().unwrap_or(payload), &extra, target)
+                            .await?;
+                        etag = written.etag;
+                        id = Some(written.id);
+                    }
                 }
             }
         }
