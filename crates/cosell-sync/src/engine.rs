@@ -775,7 +775,7 @@ impl Engine {
                     Outcome::new(Action::Unchanged, "eTag unchanged since last sync").referral(&id),
                 );
             }
-            Some(link) => self.reconcile_locked(link, Some(referral)).await,
+            Some(link) => Box::pin(self.reconcile_locked(link, Some(referral))).await,
             None => Box::pin(self.create_in_crm(&id, referral)).await,
         };
         match result {
@@ -977,7 +977,12 @@ impl Engine {
                 .await?
                 .unwrap_or_else(|| link.clone());
             let given = referral.take();
-            let kept = if assume { given.clone() } else { None };
+            // Boxed: kept across the pass, it would make every caller's future larger.
+            let kept = if assume {
+                given.clone().map(Box::new)
+            } else {
+                None
+            };
             let res =
                 Box::pin(self.reconcile_once(&link_now, given, &carried, assume, crm_trigger))
                     .await;
@@ -985,7 +990,7 @@ impl Engine {
                 Err(Failure::NeedsRead) if assume => {
                     // Nothing was written: the same pass again, reading what it assumed.
                     assume = false;
-                    referral = kept;
+                    referral = kept.map(|r| *r);
                 }
                 Err(Failure::Remote(e))
                     if e.kind() == RemoteErrorKind::PreconditionFailed
