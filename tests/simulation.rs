@@ -55,6 +55,9 @@ const REGRESSION_SEEDS: &[u64] = &[
     7349, // a reconcile's listed copy, older than our own later write, read as Microsoft's edit
     // Found with Microsoft's decisions told in the CRM (invariant g):
     37, // Microsoft's decline drained before our referral's create: the decision was dropped
+    // Found with updates written without a read (issue 15):
+    24, // a blind write's 412 redone as a CRM echo: the referral's change never written (idle loop)
+    383, // the same on a lead: Partner Center's notes lost
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

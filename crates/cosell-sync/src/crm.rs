@@ -75,6 +75,10 @@ pub enum CrmChange {
         kind: RecordKind,
         /// Row id.
         id: String,
+        /// The row's version (`@odata.etag`) as the feed delivered it: equal to the version
+        /// the pair recorded after its own write, the change is that write coming back (an
+        /// echo, recognised without reading the row).
+        etag: Option<String>,
         /// The row's columns as the feed delivered them.
         row: Map<String, Value>,
     },

@@ -1492,6 +1492,7 @@ impl Crm for DataverseCrm {
                     Some(CrmChange::Upserted {
                         kind,
                         id,
+                        etag: e.etag.map(|t| t.as_str().to_string()),
                         row: e.value,
                     })
                 }

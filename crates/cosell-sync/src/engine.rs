@@ -387,6 +387,9 @@ enum Failure {
     /// The pair moved on under the pass (a lead became an opportunity): run it again now,
     /// saying what the interrupted pass had to say (its audit notes).
     Again(Vec<String>),
+    /// A pass that took a side from the pair's state instead of reading it found the plan
+    /// needs more than that side's known version can vouch for: run it again reading both.
+    NeedsRead,
     /// The CRM record was written with everything it can hold; these fields it cannot (a
     /// currency it lacks), and Partner Center keeps them. `marked`: the pass already wrote ✖
     /// and this text on the CRM row.
@@ -407,6 +410,7 @@ impl fmt::Display for Failure {
             Failure::Store(e) => write!(f, "{e}"),
             Failure::Rule(s) => f.write_str(s),
             Failure::Again(_) => f.write_str("the pair changed during the pass; not finished"),
+            Failure::NeedsRead => f.write_str("the pass needs both sides read; not finished"),
             Failure::Partial { errors, .. } => {
                 let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 write!(
@@ -586,6 +590,9 @@ struct CrmWrite<'a> {
     message: &'a str,
     /// What the CRM holds once written.
     crm_view: &'a MappedSnapshot,
+    /// Whether `row` is the pair's known state rather than a read: its audit column's text is
+    /// unknown, so the write leaves that column as it is.
+    row_assumed: bool,
 }
 
 /// Where an adopted referral came from.
@@ -771,7 +778,7 @@ impl Engine {
                     Outcome::new(Action::Unchanged, "eTag unchanged since last sync").referral(&id),
                 );
             }
-            Some(link) => self.reconcile_locked(link, Some(referral)).await,
+            Some(link) => Box::pin(self.reconcile_locked(link, Some(referral))).await,
             None => Box::pin(self.create_in_crm(&id, referral)).await,
         };
         match result {
@@ -957,6 +964,14 @@ impl Engine {
         let mut attempt = 0;
         // Notes of a pass cut short by the pair moving on, said by the pass that finishes.
         let mut carried: Vec<String> = Vec::new();
+        // The first pass over a pair in sync may take the side that did not change from the
+        // pair's state (its version vouches for it, its write goes under If-Match); after a
+        // 412, or a plan that needs more, both sides are read.
+        let mut assume = !self.inner.config.dry_run;
+        // A pass for a CRM change may end as an echo without reading the referral; a pass for
+        // a referral redone after a 412 reads it again instead (the change it was given must
+        // not be taken for an echo of the CRM's).
+        let crm_trigger = referral.is_none();
         loop {
             let link_now = self
                 .inner
@@ -964,18 +979,35 @@ impl Engine {
                 .link_by_referral(&link.referral_id)
                 .await?
                 .unwrap_or_else(|| link.clone());
-            match Box::pin(self.reconcile_once(&link_now, referral.take(), &carried)).await {
+            let given = referral.take();
+            // Boxed: kept across the pass, it would make every caller's future larger.
+            let kept = if assume {
+                given.clone().map(Box::new)
+            } else {
+                None
+            };
+            let res =
+                Box::pin(self.reconcile_once(&link_now, given, &carried, assume, crm_trigger))
+                    .await;
+            match res {
+                Err(Failure::NeedsRead) if assume => {
+                    // Nothing was written: the same pass again, reading what it assumed.
+                    assume = false;
+                    referral = kept.map(|r| *r);
+                }
                 Err(Failure::Remote(e))
                     if e.kind() == RemoteErrorKind::PreconditionFailed
                         && attempt < self.inner.config.max_precondition_retries =>
                 {
                     attempt += 1;
+                    assume = false;
                     tracing::debug!(attempt, "concurrent edit (412); re-reading both sides");
                 }
                 Err(Failure::Again(notes))
                     if attempt < self.inner.config.max_precondition_retries =>
                 {
                     attempt += 1;
+                    assume = false;
                     for note in notes {
                         if !carried.contains(&note) {
                             carried.push(note);
@@ -1105,17 +1137,36 @@ impl Engine {
     /// One pass over a pair: read both sides, merge against the per-side state, commit the
     /// plan, write each side what it lacks (recording each side as soon as it is written),
     /// then record the pair as verified.
+    ///
+    /// With `assume`, a pair in sync takes the side that did not trigger the pass from its
+    /// state rather than reading it: the CRM row as the pair last wrote or read it (a Partner
+    /// Center change), the referral as the pair last wrote or read it (a CRM change). The
+    /// writes to an assumed side go under `If-Match` with its recorded version, so a change
+    /// made there meanwhile is a 412 and a pass that reads; a plan that needs more than a
+    /// plain field write to the assumed side (status steps, a refusal, notes) is
+    /// [`Failure::NeedsRead`] before anything is written.
     async fn reconcile_once(
         &self,
         link: &Link,
         referral: Option<Referral>,
         carried: &[String],
+        assume: bool,
+        crm_trigger: bool,
     ) -> Result<Outcome, Failure> {
         let inner = &self.inner;
         let map = &inner.map;
         let dry_run = inner.config.dry_run;
         let mut sides = Sides::of(link)?;
-        let crm_side = self.crm_side(link, &sides).await?;
+        let assumed_row = if assume && referral.is_some() {
+            self.known_crm_row(link, &sides)
+        } else {
+            None
+        };
+        let crm_assumed = assumed_row.is_some();
+        let crm_side = match assumed_row {
+            Some(row) => CrmSide::plain(Some(row), sides.crm.clone()),
+            None => self.crm_side(link, &sides).await?,
+        };
         if link.crm_id.is_some() && crm_side.row.is_none() {
             return Ok(Outcome::new(
                 Action::Skipped,
@@ -1163,22 +1214,60 @@ impl Engine {
                 .set_opt(FieldId::Status, raw_crm.get(FieldId::Status).cloned());
         }
         // An echo of our own CRM write costs no Partner Center call.
+        let mut pc_assumed = false;
         let referral = match referral {
             Some(r) => r,
-            None if link.in_sync && raw_crm == sides.crm && !switched && row.is_some() => {
+            None if crm_trigger
+                && link.in_sync
+                && raw_crm == sides.crm
+                && !switched
+                && row.is_some() =>
+            {
                 inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
-                let row = row.as_ref().map(|r| (r.kind, r.id.clone()));
                 let mut o = Outcome::new(Action::Echo, "CRM change matches what was last synced")
                     .referral(&link.referral_id);
-                if let Some((k, id)) = row {
-                    o = o.crm(k, &id);
+                if let Some(r) = &row {
+                    o = o.crm(r.kind, &r.id);
+                    // The row holds what the pair knows at this version: recorded, so its next
+                    // echo is known by the version alone and a write can go under it.
+                    if link.crm_id.as_deref() == Some(r.id.as_str())
+                        && r.etag.is_some()
+                        && r.etag != link.crm_etag
+                        && !dry_run
+                    {
+                        let mut updated = link.clone();
+                        updated.crm_etag = r.etag.clone();
+                        self.commit(Commit::new().link(updated)).await?;
+                    }
                 }
                 return Ok(o);
+            }
+            // A CRM edit of a pair in sync: the referral is what the pair last knew at its
+            // eTag, and a patch goes under If-Match with it (a 412 if Microsoft changed it).
+            None if assume
+                && link.in_sync
+                && !link.crm_status_in_transit
+                && link.pc_etag.is_some()
+                && !switched
+                && row.is_some() =>
+            {
+                pc_assumed = true;
+                Referral {
+                    id: Some(link.referral_id.clone()),
+                    engagement_id: link.engagement_id.clone(),
+                    e_tag: link.pc_etag.clone(),
+                    updated_date_time: link.pc_updated_at,
+                    ..Referral::default()
+                }
             }
             None => inner.pc.get_referral(&link.referral_id).await?,
         };
         let identity = self.identity(&referral)?;
-        let raw_pc = map.snapshot_from_referral(&referral)?;
+        let raw_pc = if pc_assumed {
+            sides.pc.clone()
+        } else {
+            map.snapshot_from_referral(&referral)?
+        };
 
         // Per-field direction: a held side's edits are masked from the merge.
         let mut crm_in = raw_crm.clone();
@@ -1393,6 +1482,22 @@ impl Engine {
             ));
         }
 
+        // What an assumed side can take unread: a plain field write under its version. Anything
+        // more is decided on both sides read.
+        let plain_crm_write = pc_update.is_none()
+            && pc_refusal.is_none()
+            && notes.is_empty()
+            && conflicts.is_empty()
+            && partial.is_none()
+            && lead_to_close.is_none()
+            && !status_moves
+            && !needs_identity
+            && current_kind == Some(payload.kind);
+        let plain_pc_write = pc_refusal.is_none() && notes.is_empty() && conflicts.is_empty();
+        if (crm_assumed && !plain_crm_write) || (pc_assumed && !plain_pc_write) {
+            return Err(Failure::NeedsRead);
+        }
+
         if dry_run {
             let mut planned = Vec::new();
             let mut writes = Vec::new();
@@ -1465,10 +1570,14 @@ impl Engine {
         let mut referral_after = referral.clone();
         if let Some(update) = pc_update {
             let etag = referral.e_tag.clone().unwrap_or_default();
-            referral_after = inner
+            referral_after = match inner
                 .pc
                 .update_referral(&link.referral_id, &etag, update.operations)
-                .await?;
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => return Err(self.undo_plan(link, e).await),
+            };
             wrote.push("referral updated".to_string());
             self.count_synced(Direction::ToPartnerCenter);
             now_sides.pc = map.snapshot_from_referral(&referral_after)?;
@@ -1539,10 +1648,20 @@ impl Engine {
                     outcome,
                     message: &message,
                     crm_view: &crm_view,
+                    row_assumed: crm_assumed,
                 },
                 (&mut updated, &mut now_sides),
             ))
-            .await?;
+            .await;
+            let written = match written {
+                Ok(w) => w,
+                // A 412 there comes from the CRM side's first write (after a reopen the row is
+                // written without If-Match): with Partner Center not written either, nothing was.
+                Err(Failure::Remote(e)) if wrote.is_empty() => {
+                    return Err(self.undo_plan(link, e).await);
+                }
+                Err(f) => return Err(f),
+            };
             wrote.push(format!("{} updated", entity_name(written.0)));
             // Writing back only the referral's identity is linking, not syncing a change.
             if creating || crm_view != raw_crm || lead_to_close.is_some() {
@@ -1701,6 +1820,19 @@ impl Engine {
         Ok(o)
     }
 
+    /// A failed first write of a pass. On a 412 nothing was written, so the pair is put back as
+    /// it was before this pass's plan: the pass that follows reads both sides and merges them
+    /// against that state, so an edit on each side is still a conflict for the ownership
+    /// policy, not one side's edit already taken into a plan.
+    async fn undo_plan(&self, link: &Link, e: RemoteError) -> Failure {
+        if e.kind() == RemoteErrorKind::PreconditionFailed
+            && let Err(f) = self.commit(Commit::new().link(link.clone())).await
+        {
+            return f;
+        }
+        Failure::Remote(e)
+    }
+
     /// The target's currency when the CRM lacks it (a row holding that currency has it).
     async fn missing_currency(
         &self,
@@ -1788,6 +1920,7 @@ impl Engine {
             outcome,
             message,
             crm_view,
+            row_assumed,
         } = w;
         let open = |kind| self.open_status(kind);
         let same_row = row.filter(|r| r.kind == payload.kind);
@@ -1823,6 +1956,12 @@ impl Engine {
             let mut extra = map.outcome_columns(payload.kind, basis, outcome, message, now());
             // The payload carries the name with its mark already.
             extra.retain(|k, _| !payload.record.contains_key(k));
+            if row_assumed && let Some(audit) = self.audit_column(payload.kind) {
+                // The audit column is a running log: rewritten without its earlier lines it
+                // would lose them. An unread row keeps it (the store's audit trail has the
+                // entry).
+                extra.remove(audit);
+            }
             let target = match &id {
                 Some(id) => WriteTarget::Row {
                     id,
@@ -1855,12 +1994,25 @@ impl Engine {
                 }
                 (target, _) => {
                     let trimmed = self.trimmed_payload(same_row, payload, crm_view);
-                    let written = inner
-                        .crm
-                        .write(trimmed.as_ref().unwrap_or(payload), &extra, target)
-                        .await?;
-                    etag = written.etag;
-                    id = Some(written.id);
+                    let nothing_to_send = extra.is_empty()
+                        && trimmed.as_ref().is_some_and(|t| {
+                            t.record.is_empty()
+                                && t.binds.is_empty()
+                                && t.account.is_none()
+                                && t.contacts.is_empty()
+                                && t.solutions.is_empty()
+                                && t.solutions_removed.is_empty()
+                        });
+                    // The row holds every column already (a difference it cannot represent,
+                    // such as a field a lead has no column for): no request.
+                    if !nothing_to_send {
+                        let written = inner
+                            .crm
+                            .write(trimmed.as_ref().unwrap_or(payload), &extra, target)
+                            .await?;
+                        etag = written.etag;
+                        id = Some(written.id);
+                    }
                 }
             }
         }
@@ -1982,21 +2134,34 @@ impl Engine {
         Ok((payload.kind, id, etag))
     }
 
-    /// The identity columns of a payload: what ties the CRM record to its referral.
-    /// What an update of an existing row needs of `payload`, when that is less: the solutions
-    /// to unlink; no account or contacts to resolve when the row already has the customer the
-    /// plan names; no solutions to link when the row has them all. `None`: write it whole.
+    /// What an update of an existing row needs of `payload`, when that is less: only the
+    /// columns the row does not already hold (and no currency lookup for an unchanged
+    /// currency); for an opportunity, the solutions to unlink, no account or contacts to
+    /// resolve when the row already has the customer the plan names, no solutions to link
+    /// when the row has them all. `None`: write it whole.
     fn trimmed_payload(
         &self,
         row: Option<&CrmRow>,
         payload: &CrmPayload,
         planned: &MappedSnapshot,
     ) -> Option<CrmPayload> {
-        let row =
-            row.filter(|r| r.kind == payload.kind && payload.kind == RecordKind::Opportunity)?;
+        let row = row.filter(|r| r.kind == payload.kind)?;
         let read = self.inner.map.snapshot_from_crm(&row.records, None).ok()?;
         let same = |fields: &[FieldId]| fields.iter().all(|f| read.get(*f) == planned.get(*f));
         let mut trimmed = payload.clone();
+        // Changed columns only: a column the row already holds is not sent again (a value
+        // written in another form, say 1.0 for 1, is merely sent again).
+        trimmed
+            .record
+            .retain(|column, value| row.records.primary.get(column) != Some(value));
+        if same(&[FieldId::Currency]) {
+            trimmed
+                .binds
+                .retain(|b| !matches!(b.target, cosell_mapping::BindTarget::Currency { .. }));
+        }
+        if payload.kind != RecordKind::Opportunity {
+            return (trimmed != *payload).then_some(trimmed);
+        }
         trimmed.solutions_removed = self.solutions_removed(Some(row), payload);
         // The customer is resolved (found or created) only when it changed, or the row lacks
         // the account or a contact it should have.
@@ -2030,6 +2195,52 @@ impl Engine {
         (trimmed != *payload).then_some(trimmed)
     }
 
+    /// The CRM row of a pair in sync as the pair last wrote or read it, without reading it: its
+    /// known snapshot mapped back to columns, at its recorded version. `None` when the pair's
+    /// state cannot vouch for the row (not in sync, a write under way, no version, or a
+    /// snapshot the mapping does not give back exactly).
+    fn known_crm_row(&self, link: &Link, sides: &Sides) -> Option<CrmRow> {
+        let map = &self.inner.map;
+        if !link.in_sync || link.crm_status_in_transit {
+            return None;
+        }
+        let kind = kind_of(&link.crm_entity)?;
+        let id = link.crm_id.clone()?;
+        let etag = link.crm_etag.clone()?;
+        let identity = ReferralIdentity {
+            referral_id: link.referral_id.clone(),
+            engagement_id: link.engagement_id.clone(),
+        };
+        let payload = map.to_crm(&sides.crm, &identity, Some(kind)).ok()?;
+        if payload.kind != kind {
+            return None;
+        }
+        let mut records = map.written_records(&payload);
+        records.primary.insert(
+            payload.key.column.clone(),
+            Value::String(payload.key.value.clone()),
+        );
+        // Read back, it must be what the pair knows, or the assumption would look like an edit.
+        if map.snapshot_from_crm(&records, Some(&sides.crm)).ok()? != sides.crm {
+            return None;
+        }
+        Some(CrmRow {
+            kind,
+            id,
+            etag: Some(etag),
+            records,
+        })
+    }
+
+    /// The audit column of a record kind, when the map has one.
+    fn audit_column(&self, kind: RecordKind) -> Option<&String> {
+        let c = &self.inner.map.config().columns;
+        match kind {
+            RecordKind::Opportunity => Some(&c.opportunity.audit),
+            RecordKind::Lead => c.lead.audit.as_ref(),
+        }
+    }
+
     /// The solutions `row` holds that `payload` (the plan) no longer has: the ones the write
     /// unlinks. Read from the row, so a solution linked after the read is never unlinked.
     fn solutions_removed(&self, row: Option<&CrmRow>, payload: &CrmPayload) -> Vec<String> {
@@ -2047,6 +2258,7 @@ impl Engine {
             .collect()
     }
 
+    /// The identity columns of a payload: what ties the CRM record to its referral.
     fn identity_columns(&self, payload: &CrmPayload) -> serde_json::Map<String, Value> {
         let c = &self.inner.map.config().columns;
         let names: Vec<&String> = match payload.kind {
@@ -2612,21 +2824,32 @@ impl Engine {
         // Several changes of one row in a page collapse to one sync.
         let mut ids: Vec<String> = Vec::new();
         let mut deleted = Vec::new();
+        let mut echoes = Vec::new();
         for change in changes.changes {
             match change {
-                CrmChange::Upserted { id, row, .. } => {
-                    let linked = inner
-                        .store
-                        .link_by_crm(entity_name(kind), &id)
-                        .await?
-                        .is_some();
-                    if (linked || inner.map.sync_enabled(kind, &row)) && !ids.contains(&id) {
+                CrmChange::Upserted { id, row, etag, .. } => {
+                    let link = inner.store.link_by_crm(entity_name(kind), &id).await?;
+                    // Our own write coming back: the row is at the version the pair recorded
+                    // after writing (or reading) it, so it holds what the pair knows. No read.
+                    if let Some(l) = &link
+                        && l.in_sync
+                        && !l.crm_status_in_transit
+                        && etag.is_some()
+                        && l.crm_etag == etag
+                    {
+                        echoes.push((l.referral_id.clone(), id));
+                        continue;
+                    }
+                    if (link.is_some() || inner.map.sync_enabled(kind, &row)) && !ids.contains(&id)
+                    {
                         ids.push(id);
                     }
                 }
                 CrmChange::Deleted { id, .. } => deleted.push(id),
             }
         }
+        // A row that also changed since (a later entry of the page) is synced instead.
+        echoes.retain(|(_, id)| !ids.contains(id));
         let mut report = self
             .run_parallel(
                 ids.into_iter()
@@ -2643,6 +2866,14 @@ impl Engine {
                     "deleted in the CRM; the referral is left as is",
                 )
                 .crm(kind, &id),
+            );
+        }
+        for (referral_id, id) in echoes {
+            inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
+            report.outcomes.push(
+                Outcome::new(Action::Echo, "CRM change is the version last synced")
+                    .referral(&referral_id)
+                    .crm(kind, &id),
             );
         }
         if !inner.config.dry_run {

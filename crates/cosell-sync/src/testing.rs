@@ -844,6 +844,7 @@ impl Crm for MemoryCrm {
                     CrmChange::Upserted {
                         kind,
                         id: at.1.clone(),
+                        etag: Some(etag_of(row.version)),
                         row: row.records.primary.clone(),
                     },
                 ))
