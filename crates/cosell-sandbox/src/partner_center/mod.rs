@@ -53,7 +53,7 @@ mod referrals;
 mod seed;
 mod webhooks;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -111,6 +111,14 @@ pub(crate) struct Stored {
 pub(crate) struct State {
     pub(crate) referrals: Vec<Stored>,
     pub(crate) index: HashMap<String, usize>,
+    /// `(createdDateTime, position)` of every referral: `$orderby`/`$filter` on it without a
+    /// sort or a scan per page.
+    pub(crate) by_created: BTreeSet<(String, usize)>,
+    /// `(updatedDateTime, position)` of every referral.
+    pub(crate) by_updated: BTreeSet<(String, usize)>,
+    /// Whether some stored timestamp is not in the fixed format (then listing does not narrow
+    /// by timestamp text).
+    pub(crate) odd_timestamps: bool,
     pub(crate) rng: StdRng,
     etag_counter: u64,
     last_tick: i64,
@@ -159,9 +167,16 @@ impl State {
         self.index.get(id).and_then(|i| self.referrals.get(*i))
     }
 
-    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Stored> {
-        let i = *self.index.get(id)?;
-        self.referrals.get_mut(i)
+    /// Replaces the body of referral `id`, keeping the timestamp indexes exact.
+    pub(crate) fn replace_body(&mut self, id: &str, body: Map<String, Value>) {
+        let Some(&i) = self.index.get(id) else { return };
+        if let Some(old) = self.referrals.get(i).map(|r| r.body.clone()) {
+            self.unindex_times(i, &old);
+        }
+        self.index_times(i, &body);
+        if let Some(slot) = self.referrals.get_mut(i) {
+            slot.body = body;
+        }
     }
 
     pub(crate) fn insert(&mut self, stored: Stored) {
@@ -171,9 +186,43 @@ impl State {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        self.index.insert(id, self.referrals.len());
+        let i = self.referrals.len();
+        self.index.insert(id, i);
+        self.index_times(i, &stored.body);
         self.referrals.push(stored);
     }
+
+    fn index_times(&mut self, i: usize, body: &Map<String, Value>) {
+        let (created, updated) = (
+            timestamp(body, "createdDateTime"),
+            timestamp(body, "updatedDateTime"),
+        );
+        self.odd_timestamps |= !fixed_format(&created) || !fixed_format(&updated);
+        self.by_created.insert((created, i));
+        self.by_updated.insert((updated, i));
+    }
+
+    fn unindex_times(&mut self, i: usize, body: &Map<String, Value>) {
+        self.by_created
+            .remove(&(timestamp(body, "createdDateTime"), i));
+        self.by_updated
+            .remove(&(timestamp(body, "updatedDateTime"), i));
+    }
+}
+
+/// A timestamp member as listing sorts it (text; absent or not a string sorts as empty).
+pub(crate) fn timestamp(body: &Map<String, Value>, field: &str) -> String {
+    body.get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `2026-09-30T10:00:00.1234567Z`: [`format_timestamp`]'s fixed width, where text order is time
+/// order.
+pub(crate) fn fixed_format(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 28 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && b[27] == b'Z'
 }
 
 /// Formats an instant as the API does: UTC, 7 fractional digits, `Z`.
@@ -253,6 +302,9 @@ impl PartnerCenterEmulator {
         }
         let state = State {
             referrals: Vec::new(),
+            by_created: BTreeSet::new(),
+            by_updated: BTreeSet::new(),
+            odd_timestamps: false,
             index: HashMap::new(),
             rng: StdRng::seed_from_u64(ctx.seed),
             etag_counter: 0,

@@ -498,9 +498,7 @@ pub(crate) fn write_update(
         .unwrap_or_default()
         .to_string();
     new.insert("links".into(), links(pc, id, &engagement));
-    if let Some(slot) = s.get_mut(id) {
-        slot.body = new.clone();
-    }
+    s.replace_body(id, new.clone());
     delivery::emit(
         pc,
         s,
@@ -821,6 +819,138 @@ async fn put_one(
 
 // ----- list -------------------------------------------------------------------------------
 
+/// The referrals a listing returns, in its order. With no `$orderby` that is storage order;
+/// with one key it walks the timestamp index (from the lower bound a `… ge <date-time>` filter
+/// sets on that key, when there is one) instead of sorting; with more it sorts, as before.
+/// Every candidate is still checked against the whole filter, except where the filter is that
+/// one bound and the index answers it exactly.
+fn matching_referrals<'s>(
+    s: &'s PcState,
+    filter: Option<&Filter>,
+    keys: &[SortKey],
+    show_related: bool,
+) -> Vec<&'s Map<String, Value>> {
+    let visible = |i: &usize| {
+        s.referrals
+            .get(*i)
+            .filter(|r| r.party == Party::Ours || show_related)
+            .map(|r| &r.body)
+    };
+    let check = |b: &&Map<String, Value>| filter.is_none_or(|f| filter::matches_object(f, b));
+    // The index field to walk and the bound (as index text) the filter puts on it.
+    let field = match keys {
+        [] => "updatedDateTime",
+        [k] => k.field,
+        _ => "",
+    };
+    let bound = filter
+        .filter(|_| !s.odd_timestamps && !field.is_empty())
+        .and_then(|f| filter::lower_bound(f, field))
+        .map(|(at, strict)| {
+            let at = at.with_timezone(&chrono::Utc);
+            // Truncating to the 100 ns grid only widens the range; the filter decides.
+            let exact = at.timestamp_subsec_nanos() % 100 == 0;
+            (format_timestamp(at), strict, exact)
+        });
+    let index = if field == "createdDateTime" {
+        &s.by_created
+    } else {
+        &s.by_updated
+    };
+    let range =
+        |b: &Option<(String, bool, bool)>| -> Box<dyn DoubleEndedIterator<Item = usize> + 's> {
+            match b {
+                Some((text, strict, _)) => {
+                    let from = if *strict {
+                        std::ops::Bound::Excluded((text.clone(), usize::MAX))
+                    } else {
+                        std::ops::Bound::Included((text.clone(), 0))
+                    };
+                    Box::new(
+                        index
+                            .range((from, std::ops::Bound::Unbounded))
+                            .map(|(_, i)| *i),
+                    )
+                }
+                None => Box::new(index.iter().map(|(_, i)| *i)),
+            }
+        };
+    // The index answers a lone bound exactly: no need to evaluate it on each referral.
+    let trusted = bound.as_ref().is_some_and(|(_, _, exact)| *exact)
+        && filter.is_some_and(|f| filter::is_only_lower_bound(f, field));
+    let keep = |b: &&Map<String, Value>| trusted || check(b);
+    match keys {
+        [] => {
+            if bound.is_some() {
+                let mut positions: Vec<usize> = range(&bound).collect();
+                positions.sort_unstable();
+                positions.iter().filter_map(visible).filter(keep).collect()
+            } else {
+                s.referrals
+                    .iter()
+                    .filter(|r| r.party == Party::Ours || show_related)
+                    .map(|r| &r.body)
+                    .filter(check)
+                    .collect()
+            }
+        }
+        [k] if !k.desc => range(&bound)
+            .filter_map(|i| visible(&i))
+            .filter(keep)
+            .collect(),
+        [_] => {
+            // Descending, ties in storage order (as the stable sort this replaces kept them).
+            let mut out: Vec<&Map<String, Value>> = Vec::new();
+            let mut run: Vec<usize> = Vec::new();
+            let mut run_key: Option<&str> = None;
+            let key_of = |i: usize| {
+                s.referrals
+                    .get(i)
+                    .and_then(|r| r.body.get(field))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            };
+            let flush = |run: &mut Vec<usize>, out: &mut Vec<&'s Map<String, Value>>| {
+                run.reverse();
+                out.extend(run.drain(..).filter_map(|i| visible(&i)).filter(keep));
+            };
+            for i in range(&bound).rev() {
+                let k = key_of(i);
+                if run_key != Some(k) {
+                    flush(&mut run, &mut out);
+                    run_key = Some(k);
+                }
+                run.push(i);
+            }
+            flush(&mut run, &mut out);
+            out
+        }
+        _ => {
+            let mut hits: Vec<&Map<String, Value>> = s
+                .referrals
+                .iter()
+                .filter(|r| r.party == Party::Ours || show_related)
+                .map(|r| &r.body)
+                .filter(check)
+                .collect();
+            hits.sort_by(|a, b| {
+                for k in keys {
+                    let av = a.get(k.field).and_then(Value::as_str).unwrap_or_default();
+                    let bv = b.get(k.field).and_then(Value::as_str).unwrap_or_default();
+                    // The fixed 7-digit UTC format sorts correctly as text.
+                    let ord = av.cmp(bv);
+                    let ord = if k.desc { ord.reverse() } else { ord };
+                    if ord.is_ne() {
+                        return ord;
+                    }
+                }
+                std::cmp::Ordering::Equal
+            });
+            hits
+        }
+    }
+}
+
 /// What a `$skiptoken` carries: the query and the position (opaque to clients).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct Cursor {
@@ -991,32 +1121,7 @@ fn list_inner(
         .as_ref()
         .is_some_and(|f| filter::mentions(f, "engagementId"));
     let s = pc.lock();
-    let mut hits: Vec<&Map<String, Value>> = s
-        .referrals
-        .iter()
-        .filter(|r| r.party == Party::Ours || show_related)
-        .map(|r| &r.body)
-        .filter(|b| {
-            filter
-                .as_ref()
-                .is_none_or(|f| filter::matches(f, &Value::Object((*b).clone())))
-        })
-        .collect();
-    if !keys.is_empty() {
-        hits.sort_by(|a, b| {
-            for k in &keys {
-                let av = a.get(k.field).and_then(Value::as_str).unwrap_or_default();
-                let bv = b.get(k.field).and_then(Value::as_str).unwrap_or_default();
-                // The fixed 7-digit UTC format sorts correctly as text.
-                let ord = av.cmp(bv);
-                let ord = if k.desc { ord.reverse() } else { ord };
-                if ord.is_ne() {
-                    return ord;
-                }
-            }
-            std::cmp::Ordering::Equal
-        });
-    }
+    let hits = matching_referrals(&s, filter.as_ref(), &keys, show_related);
     let total = hits.len();
     // OData (and the connector's `$skip`/`$top` pair): skip first, then take `$top`.
     let start = cursor.skip.min(total);
