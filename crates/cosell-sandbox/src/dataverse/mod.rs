@@ -55,6 +55,8 @@ mod actions;
 mod batch;
 pub mod error;
 pub mod filter;
+#[cfg(test)]
+mod index_tests;
 mod limits;
 mod metadata;
 mod money;
@@ -302,7 +304,8 @@ impl DataverseEmulator {
         let expr = filter::parse(filter, &HashMap::new())
             .map_err(|e| ControlError::from(DvError::odata(e.message().to_string())))?;
         let bound = query::bind(t, &expr)?;
-        let store = self.lock();
+        let mut store = self.lock();
+        store.index_filter(t.logical(), &bound);
         Ok(store
             .table_data(t.logical())
             .map(|d| {

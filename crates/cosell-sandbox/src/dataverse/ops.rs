@@ -848,24 +848,26 @@ fn applied(prefer: &Prefer) -> Vec<String> {
     v
 }
 
-fn matching<'s>(
-    store: &'s Store,
+/// Parses and binds a `$filter`, indexing the properties it looks up by equality.
+fn bind_filter(
+    store: &mut Store,
     table: &Table,
     pairs: &[(String, String)],
     filter: Option<&str>,
-) -> DvResult<Vec<&'s Row>> {
-    let bound = match filter {
-        Some(f) => {
-            let expr = filter::parse(f, &super::request::aliases(pairs))
-                .map_err(|e| DvError::odata(e.message().to_string()))?;
-            Some(query::bind(table, &expr)?)
-        }
-        None => None,
-    };
-    Ok(store
+) -> DvResult<Option<query::Bound>> {
+    let Some(f) = filter else { return Ok(None) };
+    let expr = filter::parse(f, &super::request::aliases(pairs))
+        .map_err(|e| DvError::odata(e.message().to_string()))?;
+    let bound = query::bind(table, &expr)?;
+    store.index_filter(table.logical(), &bound);
+    Ok(Some(bound))
+}
+
+fn matching<'s>(store: &'s Store, table: &Table, bound: Option<&query::Bound>) -> Vec<&'s Row> {
+    store
         .table_data(table.logical())
-        .map(|d| query::filter_rows(d, bound.as_ref()))
-        .unwrap_or_default())
+        .map(|d| query::filter_rows(d, bound))
+        .unwrap_or_default()
 }
 
 fn list(
@@ -915,8 +917,9 @@ fn list(
             )));
         }
     };
+    let bound = bind_filter(ctx.store, table, pairs, o.filter.as_deref())?;
     let store: &Store = ctx.store;
-    let mut rows = matching(store, table, pairs, o.filter.as_deref())?;
+    let mut rows = matching(store, table, bound.as_ref());
     query::sort_rows(&mut rows, &orderby);
     let total = rows.len();
     if prefer.max_page_size.is_none()
@@ -987,7 +990,7 @@ fn list(
     Ok(resp)
 }
 
-fn count(ctx: &Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<OpResponse> {
+fn count(ctx: &mut Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<OpResponse> {
     let o = options(pairs)?;
     let n = match o.deltatoken.as_deref() {
         // Source: "Use change tracking to synchronize data with external systems" (D-CT):
@@ -1006,7 +1009,10 @@ fn count(ctx: &Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<O
             }
             changes_since(ctx.store, table, since)
         }
-        None => matching(ctx.store, table, pairs, o.filter.as_deref())?.len(),
+        None => {
+            let bound = bind_filter(ctx.store, table, pairs, o.filter.as_deref())?;
+            matching(ctx.store, table, bound.as_ref()).len()
+        }
     };
     Ok(OpResponse {
         status: StatusCode::OK,

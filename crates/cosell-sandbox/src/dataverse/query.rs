@@ -391,6 +391,25 @@ pub(crate) fn candidates(data: &TableData, e: &Bound) -> Option<Vec<RowId>> {
     }
 }
 
+/// The properties `e` compares for equality where [`candidates`] could use an index (the
+/// store indexes them on first use, so what a client actually looks up stays flat in N).
+pub(crate) fn eq_properties(e: &Bound, out: &mut Vec<(String, Kind)>) {
+    match e {
+        Bound::And(a, b) | Bound::Or(a, b) => {
+            eq_properties(a, out);
+            eq_properties(b, out);
+        }
+        Bound::Cmp(BOperand::Prop(p, k), CmpOp::Eq, BOperand::Const(_))
+        | Bound::Cmp(BOperand::Const(_), CmpOp::Eq, BOperand::Prop(p, k))
+        | Bound::In(p, k, _, false) => {
+            if !out.iter().any(|(q, _)| q == p) {
+                out.push((p.clone(), *k));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn intersect(a: &[RowId], b: &[RowId]) -> Vec<RowId> {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     small

@@ -318,6 +318,24 @@ impl TableData {
         }
     }
 
+    /// Adds an equality index on `prop` (filled from the rows) unless there is one.
+    fn ensure_index(&mut self, prop: &str, kind: Kind) {
+        if self.indexes.contains_key(prop) {
+            return;
+        }
+        let mut ix = PropIndex {
+            kind,
+            postings: HashMap::new(),
+        };
+        for (id, row) in &self.rows {
+            if let Some(key) = ix.key(row, prop) {
+                // Rows are visited in id order, so each posting stays sorted.
+                ix.postings.entry(key).or_default().push(*id);
+            }
+        }
+        self.indexes.insert(prop.to_string(), ix);
+    }
+
     /// Installs the equality indexes `props` and fills them (and the version index) from the
     /// rows.
     fn rebuild(&mut self, props: Vec<(String, Kind)>) {
@@ -488,14 +506,34 @@ impl Store {
     /// alternate key or lookup is indexed over the rows already there).
     pub(crate) fn reindex(&mut self, model: &Model) {
         for (name, table) in &model.tables {
-            let props = table.indexed_properties();
+            let mut props = table.indexed_properties();
             let data = self.data.entry(name.clone()).or_default();
+            // Keep the indexes added on first use whose columns still exist.
+            for p in data.indexes.keys() {
+                if let Some(col) = table.prop(p)
+                    && !props.iter().any(|(q, _)| q == p)
+                {
+                    props.push((p.clone(), Kind::of(&col.column_type)));
+                }
+            }
             let same = data.indexes.len() == props.len()
                 && props
                     .iter()
                     .all(|(p, k)| data.indexes.get(p).is_some_and(|ix| ix.kind == *k));
             if !same || data.by_version.len() != data.rows.len() {
                 data.rebuild(props);
+            }
+        }
+    }
+
+    /// Indexes every property `filter` compares for equality on `table` that is not indexed
+    /// yet: the first such query scans once, later ones look up.
+    pub(crate) fn index_filter(&mut self, table: &str, filter: &super::query::Bound) {
+        let mut props = Vec::new();
+        super::query::eq_properties(filter, &mut props);
+        if let Some(data) = self.data.get_mut(table) {
+            for (p, k) in props {
+                data.ensure_index(&p, k);
             }
         }
     }
