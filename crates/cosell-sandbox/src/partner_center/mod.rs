@@ -48,6 +48,8 @@ mod delivery;
 mod error;
 pub mod filter;
 mod lifecycle;
+#[cfg(test)]
+mod list_tests;
 mod patch;
 mod referrals;
 mod seed;

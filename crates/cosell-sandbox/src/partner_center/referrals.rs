@@ -1095,7 +1095,7 @@ async fn list(
     }
 }
 
-fn list_inner(
+pub(crate) fn list_inner(
     pc: &PartnerCenterEmulator,
     headers: &HeaderMap,
     query: Option<&str>,
