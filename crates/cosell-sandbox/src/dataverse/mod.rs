@@ -30,6 +30,14 @@
 //! Service-protection limits ([`ServiceLimits`]) answer 429 + `Retry-After` with
 //! `0x80072322` (requests), `0x80072321` (execution time) or `0x80072326` (concurrency).
 //!
+//! # Cost
+//!
+//! Reads are flat in the number of rows: equality indexes (alternate-key columns, lookups,
+//! primary names, intersect columns, and each column a `$filter … eq …` names, indexed on its
+//! first use) answer upserts, duplicate-key checks, `$expand` of N:N and `$filter`s built of
+//! `eq`/`and`/`or`/`In` on them, every candidate still checked against the whole filter; a
+//! version index serves delta reads. Other filters scan, with the same results.
+//!
 //! # Control API (for tests and benches)
 //!
 //! [`rows`](DataverseEmulator::rows), [`row`](DataverseEmulator::row),

@@ -685,6 +685,26 @@ pub(crate) fn lower_bound(filter: &Filter, field: &str) -> Option<(DateTime<Fixe
     }
 }
 
+/// The engagement a top-level conjunct `engagementId eq '<id>'` names (an id that is not a
+/// date, since two dates compare as dates), for listing through the engagement index.
+pub(crate) fn engagement(filter: &Filter) -> Option<&str> {
+    match filter {
+        Filter::And(a, b) => engagement(a).or_else(|| engagement(b)),
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value: Literal::String(id) | Literal::Guid(id),
+        } if path.len() == 1
+            && path[0].eq_ignore_ascii_case("engagementId")
+            && parse_datetime(id).is_none()
+            && id.trim().parse::<f64>().is_err() =>
+        {
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
 /// Whether `filter` is nothing but one `field ge|gt <date-time>` comparison.
 pub(crate) fn is_only_lower_bound(filter: &Filter, field: &str) -> bool {
     matches!(filter, Filter::Compare { .. }) && lower_bound(filter, field).is_some()

@@ -212,3 +212,31 @@ async fn point_reads_and_seeding_keep_the_indexes() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_engagement_listing_comes_from_the_engagement_index() {
+    let (_sb, pc) = emulator(40);
+    let ours = pc.referrals()[7].clone();
+    let engagement = ours["engagementId"].as_str().unwrap().to_string();
+    let related = pc.add_related_referral(&engagement, json!({})).unwrap();
+    pc.seed_referrals(5);
+    for f in [
+        format!("engagementId eq '{}'", engagement.to_uppercase()),
+        format!("engagementId eq {engagement} and status eq 'Active'"),
+    ] {
+        let (ids, count) = all_pages(&pc, &format!("$filter={}", encode(&f)));
+        let parsed = filter::parse(&f).unwrap();
+        let want: Vec<String> = pc
+            .referrals()
+            .iter()
+            .filter(|r| filter::matches(&parsed, r))
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids, want, "{f}");
+        assert_eq!(count, want.len() as u64);
+        assert!(
+            ids.contains(&related["id"].as_str().unwrap().to_string()),
+            "{f}"
+        );
+    }
+}

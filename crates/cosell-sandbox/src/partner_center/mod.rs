@@ -13,6 +13,12 @@
 //! The referrals API accepts only app+user tokens for `https://api.partner.microsoft.com`; the
 //! webhook API accepts app-only and app+user tokens for `https://api.partnercenter.microsoft.com`.
 //!
+//! # Listing cost
+//!
+//! Referrals are indexed by id and by `createdDateTime`/`updatedDateTime`: `$orderby` on one of
+//! them and a `updatedDateTime ge|gt …` filter walk the index rather than sorting every stored
+//! referral for each page. Pages stay skip-based, as the `$skiptoken` of the documented pager.
+//!
 //! # Parties
 //!
 //! The sandbox's tenant ("ours", [`SANDBOX_ORGANIZATION_ID`]) is the only webhook subscriber.
@@ -118,8 +124,11 @@ pub(crate) struct State {
     pub(crate) by_created: BTreeSet<(String, usize)>,
     /// `(updatedDateTime, position)` of every referral.
     pub(crate) by_updated: BTreeSet<(String, usize)>,
-    /// Whether some stored timestamp is not in the fixed format (then listing does not narrow
-    /// by timestamp text).
+    /// Positions of the referrals of each engagement (by `engagementId`, ASCII lower case, as
+    /// `engagementId eq '…'` compares it), ascending.
+    pub(crate) by_engagement: HashMap<String, Vec<usize>>,
+    /// Whether some stored timestamp is not in the fixed format, or some engagement id not a
+    /// string (then listing does not narrow through the indexes).
     pub(crate) odd_timestamps: bool,
     pub(crate) rng: StdRng,
     etag_counter: u64,
@@ -202,6 +211,26 @@ impl State {
         self.odd_timestamps |= !fixed_format(&created) || !fixed_format(&updated);
         self.by_created.insert((created, i));
         self.by_updated.insert((updated, i));
+        match body.get("engagementId") {
+            Some(Value::String(e)) => {
+                let ids = self
+                    .by_engagement
+                    .entry(e.to_ascii_lowercase())
+                    .or_default();
+                if let Err(at) = ids.binary_search(&i) {
+                    ids.insert(at, i);
+                }
+            }
+            // Only string ids are indexed; anything else turns the narrowing off.
+            _ => self.odd_timestamps = true,
+        }
+    }
+
+    /// Positions of the referrals of engagement `id` (any case), ascending.
+    pub(crate) fn in_engagement(&self, id: &str) -> &[usize] {
+        self.by_engagement
+            .get(&id.to_ascii_lowercase())
+            .map_or(&[], Vec::as_slice)
     }
 
     fn unindex_times(&mut self, i: usize, body: &Map<String, Value>) {
@@ -306,6 +335,7 @@ impl PartnerCenterEmulator {
             referrals: Vec::new(),
             by_created: BTreeSet::new(),
             by_updated: BTreeSet::new(),
+            by_engagement: HashMap::new(),
             odd_timestamps: false,
             index: HashMap::new(),
             rng: StdRng::seed_from_u64(ctx.seed),

@@ -819,6 +819,23 @@ async fn put_one(
 
 // ----- list -------------------------------------------------------------------------------
 
+/// Stable sort by `$orderby` keys (storage order among equals).
+fn sort_by_keys(hits: &mut [&Map<String, Value>], keys: &[SortKey]) {
+    hits.sort_by(|a, b| {
+        for k in keys {
+            let av = a.get(k.field).and_then(Value::as_str).unwrap_or_default();
+            let bv = b.get(k.field).and_then(Value::as_str).unwrap_or_default();
+            // The fixed 7-digit UTC format sorts correctly as text.
+            let ord = av.cmp(bv);
+            let ord = if k.desc { ord.reverse() } else { ord };
+            if ord.is_ne() {
+                return ord;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+}
+
 /// The referrals a listing returns, in its order. With no `$orderby` that is storage order;
 /// with one key it walks the timestamp index (from the lower bound a `… ge <date-time>` filter
 /// sets on that key, when there is one) instead of sorting; with more it sorts, as before.
@@ -837,6 +854,20 @@ fn matching_referrals<'s>(
             .map(|r| &r.body)
     };
     let check = |b: &&Map<String, Value>| filter.is_none_or(|f| filter::matches_object(f, b));
+    // An engagement's referrals (what `links.relatedReferrals` lists) come from its index.
+    if let Some(e) = filter
+        .filter(|_| !s.odd_timestamps)
+        .and_then(filter::engagement)
+    {
+        let mut hits: Vec<&Map<String, Value>> = s
+            .in_engagement(e)
+            .iter()
+            .filter_map(visible)
+            .filter(check)
+            .collect();
+        sort_by_keys(&mut hits, keys);
+        return hits;
+    }
     // The index field to walk and the bound (as index text) the filter puts on it.
     let field = match keys {
         [] => "updatedDateTime",
@@ -933,19 +964,7 @@ fn matching_referrals<'s>(
                 .map(|r| &r.body)
                 .filter(check)
                 .collect();
-            hits.sort_by(|a, b| {
-                for k in keys {
-                    let av = a.get(k.field).and_then(Value::as_str).unwrap_or_default();
-                    let bv = b.get(k.field).and_then(Value::as_str).unwrap_or_default();
-                    // The fixed 7-digit UTC format sorts correctly as text.
-                    let ord = av.cmp(bv);
-                    let ord = if k.desc { ord.reverse() } else { ord };
-                    if ord.is_ne() {
-                        return ord;
-                    }
-                }
-                std::cmp::Ordering::Equal
-            });
+            sort_by_keys(&mut hits, keys);
             hits
         }
     }
