@@ -401,10 +401,10 @@ pub(crate) fn eq_properties(e: &Bound, out: &mut Vec<(String, Kind)>) {
         }
         Bound::Cmp(BOperand::Prop(p, k), CmpOp::Eq, BOperand::Const(_))
         | Bound::Cmp(BOperand::Const(_), CmpOp::Eq, BOperand::Prop(p, k))
-        | Bound::In(p, k, _, false) => {
-            if !out.iter().any(|(q, _)| q == p) {
-                out.push((p.clone(), *k));
-            }
+        | Bound::In(p, k, _, false)
+            if !out.iter().any(|(q, _)| q == p) =>
+        {
+            out.push((p.clone(), *k));
         }
         _ => {}
     }

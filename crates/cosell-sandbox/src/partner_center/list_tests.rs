@@ -97,7 +97,8 @@ async fn indexed_listings_match_filter_then_sort_on_every_page() {
         .as_str()
         .unwrap()
         .to_string();
-    let cases: Vec<(Option<String>, Vec<(&str, bool)>)> = vec![
+    type Case = (Option<String>, Vec<(&'static str, bool)>);
+    let cases: Vec<Case> = vec![
         (None, vec![]),
         (None, vec![("updatedDateTime", false)]),
         (None, vec![("createdDateTime", true)]),

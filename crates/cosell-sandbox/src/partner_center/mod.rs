@@ -127,6 +127,10 @@ pub(crate) struct State {
     /// Positions of the referrals of each engagement (by `engagementId`, ASCII lower case, as
     /// `engagementId eq '…'` compares it), ascending.
     pub(crate) by_engagement: HashMap<String, Vec<usize>>,
+    /// Bumped by every write to a referral: a cached listing is valid for one generation.
+    pub(crate) generation: u64,
+    /// The last listing's matches (positions in order), reused by its next pages.
+    pub(crate) list_cache: Option<(referrals::ListKey, Arc<Vec<usize>>)>,
     /// Whether some stored timestamp is not in the fixed format, or some engagement id not a
     /// string (then listing does not narrow through the indexes).
     pub(crate) odd_timestamps: bool,
@@ -204,6 +208,8 @@ impl State {
     }
 
     fn index_times(&mut self, i: usize, body: &Map<String, Value>) {
+        self.generation += 1;
+        self.list_cache = None;
         let (created, updated) = (
             timestamp(body, "createdDateTime"),
             timestamp(body, "updatedDateTime"),
@@ -336,6 +342,8 @@ impl PartnerCenterEmulator {
             by_created: BTreeSet::new(),
             by_updated: BTreeSet::new(),
             by_engagement: HashMap::new(),
+            generation: 0,
+            list_cache: None,
             odd_timestamps: false,
             index: HashMap::new(),
             rng: StdRng::seed_from_u64(ctx.seed),
