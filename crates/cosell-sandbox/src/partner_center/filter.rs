@@ -591,7 +591,7 @@ pub fn matches(filter: &Filter, referral: &Value) -> bool {
     eval(filter, Root::Value(referral), &mut scope)
 }
 
-/// [`matches`] on a stored referral's members, without building a `Value` around them.
+/// [`matches()`] on a stored referral's members, without building a `Value` around them.
 pub fn matches_object(filter: &Filter, referral: &serde_json::Map<String, Value>) -> bool {
     let mut scope = Vec::new();
     eval(filter, Root::Object(referral), &mut scope)
