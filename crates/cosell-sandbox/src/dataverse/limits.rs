@@ -110,6 +110,35 @@ pub struct ThrottleCounts {
     pub concurrency: u64,
 }
 
+/// What the limiter has counted since it was created or last reset: the server-side numbers a
+/// bench needs to compare a client's traffic with the ceiling the limits allow.
+///
+/// ```
+/// use std::time::Duration;
+/// use cosell_sandbox::dataverse::{LimitUsage, ServiceLimits};
+/// let limits = ServiceLimits::default();
+/// let usage = LimitUsage { requests: 6000, execution_time: Duration::from_secs(600), ..LimitUsage::default() };
+/// // Half the execution-time budget for the whole request budget of one window.
+/// assert!(usage.execution_time * 2 == limits.max_execution_time);
+/// assert_eq!(usage.early_requests, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitUsage {
+    /// Requests admitted, each counted toward the request limit (a `$batch` counts once).
+    pub requests: u64,
+    /// Operations executed by admitted requests (a `$batch` counts each part it ran).
+    pub operations: u64,
+    /// Execution time accrued toward the execution-time limit: `operations × operation_cost`
+    /// when [`ServiceLimits::operation_cost`] is set, else the measured handling time.
+    pub execution_time: Duration,
+    /// 429s answered, per limit.
+    pub throttled: ThrottleCounts,
+    /// Requests (admitted or refused) that arrived before the `Retry-After` of an earlier 429
+    /// had run out: a well-behaved client sends none. The emulator has one application user,
+    /// so every request is that user's.
+    pub early_requests: u64,
+}
+
 /// A refusal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Throttled {
@@ -125,6 +154,10 @@ struct State {
     executions: VecDeque<(Instant, Duration)>,
     in_flight: u32,
     counts: ThrottleCounts,
+    /// Cumulative counters (requests, operations, execution time, early requests).
+    usage: LimitUsage,
+    /// When the latest `Retry-After` handed out runs out.
+    retry_until: Option<Instant>,
 }
 
 /// The limiter (cheap to clone; clones share state).
@@ -171,6 +204,8 @@ impl Limiter {
                 executions: VecDeque::new(),
                 in_flight: 0,
                 counts: ThrottleCounts::default(),
+                usage: LimitUsage::default(),
+                retry_until: None,
             })),
         }
     }
@@ -193,10 +228,28 @@ impl Limiter {
         s.requests.clear();
         s.executions.clear();
         s.counts = ThrottleCounts::default();
+        s.usage = LimitUsage::default();
+        s.retry_until = None;
     }
 
     pub(crate) fn counts(&self) -> ThrottleCounts {
         self.lock().counts
+    }
+
+    pub(crate) fn usage(&self) -> LimitUsage {
+        let s = self.lock();
+        LimitUsage {
+            throttled: s.counts,
+            ..s.usage
+        }
+    }
+
+    /// Zeroes the cumulative counters and throttle counts; the windows and a running
+    /// `Retry-After` stay.
+    pub(crate) fn reset_usage(&self) {
+        let mut s = self.lock();
+        s.usage = LimitUsage::default();
+        s.counts = ThrottleCounts::default();
     }
 
     fn prune(s: &mut State, now: Instant) {
@@ -222,7 +275,28 @@ impl Limiter {
     pub(crate) fn admit(&self) -> Result<Permit, Throttled> {
         let now = Instant::now();
         let mut s = self.lock();
-        Self::prune(&mut s, now);
+        if s.retry_until.is_some_and(|until| now < until) {
+            s.usage.early_requests += 1;
+        }
+        match Self::decide(&mut s, now) {
+            Ok(()) => {
+                s.usage.requests += 1;
+                drop(s);
+                Ok(Permit {
+                    limiter: self.clone(),
+                })
+            }
+            Err(t) => {
+                // The client is told to wait `retry_after` whole seconds from now.
+                let until = now + Duration::from_secs(t.retry_after);
+                s.retry_until = Some(s.retry_until.map_or(until, |u| u.max(until)));
+                Err(t)
+            }
+        }
+    }
+
+    fn decide(s: &mut State, now: Instant) -> Result<(), Throttled> {
+        Self::prune(s, now);
         if s.cfg.enabled {
             let fixed = s.cfg.retry_after.map(ceil_secs);
             if s.in_flight >= s.cfg.max_concurrent {
@@ -279,10 +353,7 @@ impl Limiter {
         }
         s.requests.push_back(now);
         s.in_flight += 1;
-        drop(s);
-        Ok(Permit {
-            limiter: self.clone(),
-        })
+        Ok(())
     }
 
     /// Records the execution time of a finished request: `operations × operation_cost` when a
@@ -293,6 +364,8 @@ impl Limiter {
             Some(c) => c.saturating_mul(u32::try_from(operations).unwrap_or(u32::MAX)),
             None => measured,
         };
+        s.usage.operations += operations as u64;
+        s.usage.execution_time = s.usage.execution_time.saturating_add(cost);
         s.executions.push_back((Instant::now(), cost));
     }
 

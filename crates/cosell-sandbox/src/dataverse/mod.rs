@@ -30,6 +30,14 @@
 //! Service-protection limits ([`ServiceLimits`]) answer 429 + `Retry-After` with
 //! `0x80072322` (requests), `0x80072321` (execution time) or `0x80072326` (concurrency).
 //!
+//! # Cost
+//!
+//! Reads are flat in the number of rows: equality indexes (alternate-key columns, lookups,
+//! primary names, intersect columns, and each column a `$filter … eq …` names, indexed on its
+//! first use) answer upserts, duplicate-key checks, `$expand` of N:N and `$filter`s built of
+//! `eq`/`and`/`or`/`In` on them, every candidate still checked against the whole filter; a
+//! version index serves delta reads. Other filters scan, with the same results.
+//!
 //! # Control API (for tests and benches)
 //!
 //! [`rows`](DataverseEmulator::rows), [`row`](DataverseEmulator::row),
@@ -41,7 +49,9 @@
 //! [`currency_id`](DataverseEmulator::currency_id),
 //! [`limits`](DataverseEmulator::limits) / [`set_limits`](DataverseEmulator::set_limits) /
 //! [`reset_limit_windows`](DataverseEmulator::reset_limit_windows) /
-//! [`throttle_counts`](DataverseEmulator::throttle_counts),
+//! [`throttle_counts`](DataverseEmulator::throttle_counts) /
+//! [`limit_usage`](DataverseEmulator::limit_usage) /
+//! [`reset_limit_usage`](DataverseEmulator::reset_limit_usage),
 //! [`expire_change_tracking_tokens`](DataverseEmulator::expire_change_tracking_tokens),
 //! [`version`](DataverseEmulator::version),
 //! [`write_requests`](DataverseEmulator::write_requests),
@@ -53,6 +63,8 @@ mod actions;
 mod batch;
 pub mod error;
 pub mod filter;
+#[cfg(test)]
+mod index_tests;
 mod limits;
 mod metadata;
 mod money;
@@ -80,7 +92,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 pub use error::codes;
-pub use limits::{LimitKind, ServiceLimits, ThrottleCounts};
+pub use limits::{LimitKind, LimitUsage, ServiceLimits, ThrottleCounts};
 pub use schema::{
     AlternateKey, ColumnDef, ColumnType, DataverseSchema, LookupTarget, ManyToMany, SeedCurrency,
     StateModel, StateOption, TableDef,
@@ -255,9 +267,7 @@ impl DataverseEmulator {
         let out = f(&mut ctx);
         if let Some(schema) = store.meta.schema_change.take() {
             let next = Model::compile(schema);
-            for name in next.tables.keys() {
-                store.data.entry(name.clone()).or_default();
-            }
+            store.reindex(&next);
             *self.inner.model.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         }
         out
@@ -302,12 +312,13 @@ impl DataverseEmulator {
         let expr = filter::parse(filter, &HashMap::new())
             .map_err(|e| ControlError::from(DvError::odata(e.message().to_string())))?;
         let bound = query::bind(t, &expr)?;
-        let store = self.lock();
+        let mut store = self.lock();
+        store.index_filter(t.logical(), &bound);
         Ok(store
-            .rows(t.logical())
-            .map(|rows| {
-                rows.values()
-                    .filter(|r| query::eval(r, &bound))
+            .table_data(t.logical())
+            .map(|d| {
+                query::filter_rows(d, Some(&bound))
+                    .into_iter()
                     .map(|r| {
                         Value::Object(ops::render(&model, &store, t, r, None, &Prefer::default()))
                     })
@@ -482,7 +493,8 @@ impl DataverseEmulator {
         self.inner.limiter.set_config(limits);
     }
 
-    /// Forgets the request and execution-time windows and the throttle counts.
+    /// Forgets the request and execution-time windows, the throttle counts, the
+    /// [`limit_usage`](Self::limit_usage) counters and any running `Retry-After`.
     pub fn reset_limit_windows(&self) {
         self.inner.limiter.reset();
     }
@@ -490,6 +502,23 @@ impl DataverseEmulator {
     /// How many 429s each limit answered.
     pub fn throttle_counts(&self) -> ThrottleCounts {
         self.inner.limiter.counts()
+    }
+
+    /// The service-protection accounting since the emulator started or the last
+    /// [`reset_limit_windows`](Self::reset_limit_windows) /
+    /// [`reset_limit_usage`](Self::reset_limit_usage): requests counted toward the request limit
+    /// (a `$batch` once), operations and execution time accrued (a `$batch` per part), 429s per
+    /// limit, and requests that arrived while an earlier 429's `Retry-After` was still running.
+    /// Counted whether or not [`ServiceLimits::enabled`] is set.
+    pub fn limit_usage(&self) -> LimitUsage {
+        self.inner.limiter.usage()
+    }
+
+    /// Zeroes the counters of [`limit_usage`](Self::limit_usage) (and the throttle counts)
+    /// without forgetting the sliding windows or a `Retry-After` still running: a bench
+    /// measures one phase after another under the same limits.
+    pub fn reset_limit_usage(&self) {
+        self.inner.limiter.reset_usage();
     }
 }
 

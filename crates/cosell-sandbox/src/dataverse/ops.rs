@@ -16,7 +16,7 @@ use super::request::{
     percent_encode, query_pairs, query_without, segments,
 };
 use super::schema::{ColumnDef, ColumnType};
-use super::store::{CollectionNav, LOOKUP_LOGICAL_NAME, Model, Row, Store, Table};
+use super::store::{CollectionNav, LOOKUP_LOGICAL_NAME, Model, Row, Store, Table, TableData};
 use super::{actions, metadata};
 
 /// Fixed identities answered by `WhoAmI`.
@@ -366,16 +366,49 @@ fn same_value(table: &Table, prop: &str, a: Option<&Value>, b: Option<&Value>) -
 
 /// The row a URL addresses, if it exists.
 pub(crate) fn find(store: &Store, table: &Table, addr: &Addr) -> Option<Uuid> {
-    let rows = store.rows(table.logical())?;
+    let data = store.table_data(table.logical())?;
     match addr {
-        Addr::Id(id) => rows.contains_key(id).then_some(*id),
-        Addr::Alt(parts) => rows.iter().find_map(|(id, row)| {
-            parts
-                .iter()
-                .all(|(p, v)| same_value(table, p, row.get(p), Some(v)))
-                .then_some(*id)
-        }),
+        Addr::Id(id) => data.rows.contains_key(id).then_some(*id),
+        Addr::Alt(parts) => {
+            let matches = |row: &Row| {
+                parts
+                    .iter()
+                    .all(|(p, v)| same_value(table, p, row.get(p), Some(v)))
+            };
+            let values: Vec<(&str, Option<&Value>)> =
+                parts.iter().map(|(p, v)| (p.as_str(), Some(v))).collect();
+            match key_candidates(data, table, &values) {
+                Some(ids) => ids
+                    .into_iter()
+                    .find(|id| data.rows.get(id).is_some_and(matches)),
+                None => data
+                    .rows
+                    .iter()
+                    .find_map(|(id, row)| matches(row).then_some(*id)),
+            }
+        }
     }
+}
+
+/// Ids (ascending) of the rows that may hold every `(property, value)` of an alternate key,
+/// from the equality indexes; `None` when a property is not indexed (the caller scans).
+fn key_candidates(
+    data: &TableData,
+    table: &Table,
+    values: &[(&str, Option<&Value>)],
+) -> Option<Vec<Uuid>> {
+    let mut best: Option<&[Uuid]> = None;
+    for (p, v) in values {
+        let ix = data.indexes.get(*p)?;
+        let kind = table
+            .prop(p)
+            .map_or(Kind::Text, |c| Kind::of(&c.column_type));
+        let ids = ix.lookup(&V::from_json(*v, kind))?;
+        if best.is_none_or(|b| ids.len() < b.len()) {
+            best = Some(ids);
+        }
+    }
+    best.map(<[Uuid]>::to_vec)
 }
 
 fn not_found(table: &Table, addr: &Addr) -> DvError {
@@ -687,20 +720,42 @@ fn row_id(table: &Table, row: &Row) -> Option<Uuid> {
         .and_then(|s| Uuid::parse_str(s).ok())
 }
 
-/// Ids on the other side of an N:N for `id`.
+/// Ids on the other side of an N:N for `id`, in the order of the intersect rows' ids.
 pub(crate) fn related_ids(store: &Store, nav: &CollectionNav, id: Option<Uuid>) -> Vec<Uuid> {
     let Some(id) = id else { return Vec::new() };
+    intersect_rows(store, nav, id)
+        .filter_map(|(_, r)| r.get(&nav.other_column).and_then(Value::as_str))
+        .filter_map(|s| Uuid::parse_str(s).ok())
+        .collect()
+}
+
+/// The intersect rows of an N:N whose column for this side holds `id`: an index lookup.
+fn intersect_rows<'s>(
+    store: &'s Store,
+    nav: &CollectionNav,
+    id: Uuid,
+) -> impl Iterator<Item = (Uuid, &'s Row)> + 's {
+    let data = store.table_data(&nav.intersect);
     let idv = id.to_string();
-    store
-        .rows(&nav.intersect)
-        .map(|rows| {
-            rows.values()
-                .filter(|r| r.get(&nav.self_column).and_then(Value::as_str) == Some(idv.as_str()))
-                .filter_map(|r| r.get(&nav.other_column).and_then(Value::as_str))
-                .filter_map(|s| Uuid::parse_str(s).ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    let column = nav.self_column.clone();
+    let ids: Vec<Uuid> = match data.and_then(|d| d.indexes.get(&nav.self_column)) {
+        Some(ix) => ix
+            .lookup(&V::Guid(id))
+            .map(<[Uuid]>::to_vec)
+            .unwrap_or_default(),
+        // Every intersect column is indexed; a scan is kept for safety only.
+        None => data
+            .map(|d| {
+                d.rows
+                    .iter()
+                    .filter(|(_, r)| r.get(&column).and_then(Value::as_str) == Some(idv.as_str()))
+                    .map(|(k, _)| *k)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    ids.into_iter()
+        .filter_map(move |k| data.and_then(|d| d.rows.get(&k)).map(|r| (k, r)))
 }
 
 // ----- query options --------------------------------------------------------------------------
@@ -793,28 +848,26 @@ fn applied(prefer: &Prefer) -> Vec<String> {
     v
 }
 
-fn matching<'s>(
-    store: &'s Store,
+/// Parses and binds a `$filter`, indexing the properties it looks up by equality.
+fn bind_filter(
+    store: &mut Store,
     table: &Table,
     pairs: &[(String, String)],
     filter: Option<&str>,
-) -> DvResult<Vec<&'s Row>> {
-    let bound = match filter {
-        Some(f) => {
-            let expr = filter::parse(f, &super::request::aliases(pairs))
-                .map_err(|e| DvError::odata(e.message().to_string()))?;
-            Some(query::bind(table, &expr)?)
-        }
-        None => None,
-    };
-    Ok(store
-        .rows(table.logical())
-        .map(|rows| {
-            rows.values()
-                .filter(|r| bound.as_ref().is_none_or(|b| query::eval(r, b)))
-                .collect()
-        })
-        .unwrap_or_default())
+) -> DvResult<Option<query::Bound>> {
+    let Some(f) = filter else { return Ok(None) };
+    let expr = filter::parse(f, &super::request::aliases(pairs))
+        .map_err(|e| DvError::odata(e.message().to_string()))?;
+    let bound = query::bind(table, &expr)?;
+    store.index_filter(table.logical(), &bound);
+    Ok(Some(bound))
+}
+
+fn matching<'s>(store: &'s Store, table: &Table, bound: Option<&query::Bound>) -> Vec<&'s Row> {
+    store
+        .table_data(table.logical())
+        .map(|d| query::filter_rows(d, bound))
+        .unwrap_or_default()
 }
 
 fn list(
@@ -864,8 +917,9 @@ fn list(
             )));
         }
     };
+    let bound = bind_filter(ctx.store, table, pairs, o.filter.as_deref())?;
     let store: &Store = ctx.store;
-    let mut rows = matching(store, table, pairs, o.filter.as_deref())?;
+    let mut rows = matching(store, table, bound.as_ref());
     query::sort_rows(&mut rows, &orderby);
     let total = rows.len();
     if prefer.max_page_size.is_none()
@@ -936,7 +990,7 @@ fn list(
     Ok(resp)
 }
 
-fn count(ctx: &Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<OpResponse> {
+fn count(ctx: &mut Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<OpResponse> {
     let o = options(pairs)?;
     let n = match o.deltatoken.as_deref() {
         // Source: "Use change tracking to synchronize data with external systems" (D-CT):
@@ -955,7 +1009,10 @@ fn count(ctx: &Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<O
             }
             changes_since(ctx.store, table, since)
         }
-        None => matching(ctx.store, table, pairs, o.filter.as_deref())?.len(),
+        None => {
+            let bound = bind_filter(ctx.store, table, pairs, o.filter.as_deref())?;
+            matching(ctx.store, table, bound.as_ref()).len()
+        }
     };
     Ok(OpResponse {
         status: StatusCode::OK,
@@ -967,24 +1024,10 @@ fn count(ctx: &Ctx<'_>, table: &Table, pairs: &[(String, String)]) -> DvResult<O
 /// How many changes (rows created or updated, and rows deleted) `table` has had after version
 /// `since`.
 fn changes_since(store: &Store, table: &Table, since: u64) -> usize {
-    let Some(data) = store.data.get(table.logical()) else {
+    let Some(data) = store.table_data(table.logical()) else {
         return 0;
     };
-    let changed = data
-        .rows
-        .values()
-        .filter(|r| {
-            r.get("versionnumber")
-                .and_then(Value::as_u64)
-                .is_some_and(|v| v > since)
-        })
-        .count();
-    let deleted = data
-        .tombstones
-        .iter()
-        .filter(|(id, v)| *v > since && !data.rows.contains_key(id))
-        .count();
-    changed + deleted
+    data.changed_between(since, u64::MAX).count() + data.deleted_between(since, u64::MAX).count()
 }
 
 /// Parses `919042!08/22/2017 08:10:44` → 919042.
@@ -1056,19 +1099,20 @@ fn delta(
         }
         None => (store.version, String::new(), 1),
     };
-    let data = store.data.get(table.logical());
-    let empty = Default::default();
-    let rows = data.map_or(&empty, |d| &d.rows);
+    let empty = TableData::default();
+    let data = store.table_data(table.logical()).unwrap_or(&empty);
     let mut items: Vec<Value> = Vec::new();
     let mut next_cursor = None;
     let render_row =
         |r: &Row| Value::Object(render_wire(ctx.model, store, table, r, select, prefer));
     match since {
         None => {
-            let last = Uuid::parse_str(&cursor).ok();
-            let mut iter = rows
-                .iter()
-                .filter(|(id, _)| last.is_none_or(|l| **id > l))
+            let from = Uuid::parse_str(&cursor)
+                .ok()
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            let mut iter = data
+                .rows
+                .range((from, std::ops::Bound::Unbounded))
                 .peekable();
             while let Some((id, r)) = iter.next() {
                 items.push(render_row(r));
@@ -1079,53 +1123,38 @@ fn delta(
             }
         }
         Some(since) => {
-            let (mut phase, mut last) = match cursor.split_once(':') {
+            let (phase, last) = match cursor.split_once(':') {
                 Some((p, l)) => (p.parse::<u8>().unwrap_or(0), l.parse::<u64>().unwrap_or(0)),
                 None => (0, 0),
             };
-            let mut changed: Vec<(u64, &Row)> = rows
-                .values()
-                .filter_map(|r| {
-                    let v = r.get("versionnumber").and_then(Value::as_u64)?;
-                    (v > since && v <= snapshot).then_some((v, r))
-                })
-                .collect();
-            changed.sort_by_key(|(v, _)| *v);
-            let deleted: Vec<(u64, Uuid)> = data
-                .map(|d| {
-                    d.tombstones
-                        .iter()
-                        .filter(|(id, v)| *v > since && *v <= snapshot && !rows.contains_key(id))
-                        .map(|(id, v)| (*v, *id))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let mut entries: Vec<(u8, u64, Value)> = Vec::new();
-            for (v, r) in changed {
-                entries.push((0, v, render_row(r)));
-            }
-            for (v, id) in deleted {
-                entries.push((
-                    1,
-                    v,
-                    json!({
+            // Phase 0: rows changed in (since, snapshot] by version; phase 1: deletions. The
+            // cursor resumes after `(phase, last version)`, reading only what is left.
+            let changed = data
+                .changed_between(
+                    if phase == 0 {
+                        since.max(last)
+                    } else {
+                        u64::MAX
+                    },
+                    snapshot,
+                )
+                .map(|(v, r)| (0u8, v, Some(r), None));
+            let deleted = data
+                .deleted_between(if phase == 1 { since.max(last) } else { since }, snapshot)
+                .map(|(v, id)| (1u8, v, None, Some(id)));
+            let mut iter = changed.chain(deleted).peekable();
+            while let Some((p, v, row, gone)) = iter.next() {
+                match (row, gone) {
+                    (Some(r), _) => items.push(render_row(r)),
+                    (None, Some(id)) => items.push(json!({
                         "@odata.context": format!("{}$metadata#{}/$deletedEntity", ctx.api_base, table.set()),
                         "id": id.to_string(),
                         "reason": "deleted",
-                    }),
-                ));
-            }
-            let from = (phase, last);
-            let mut iter = entries
-                .into_iter()
-                .filter(|(p, v, _)| (*p, *v) > from)
-                .peekable();
-            while let Some((p, v, item)) = iter.next() {
-                items.push(item);
-                phase = p;
-                last = v;
+                    })),
+                    (None, None) => {}
+                }
                 if items.len() == size && iter.peek().is_some() {
-                    next_cursor = Some(format!("d{snapshot}:{phase}:{last}"));
+                    next_cursor = Some(format!("d{snapshot}:{p}:{v}"));
                     break;
                 }
             }
@@ -1638,9 +1667,10 @@ pub(crate) fn currency_by_iso(store: &Store, iso: &str) -> Option<Uuid> {
 }
 
 fn check_alternate_keys(ctx: &Ctx<'_>, table: &Table, id: Uuid, row: &Row) -> DvResult<()> {
-    let Some(rows) = ctx.store.rows(table.logical()) else {
+    let Some(data) = ctx.store.table_data(table.logical()) else {
         return Ok(());
     };
+    let rows = &data.rows;
     for key in &table.def.alternate_keys {
         let props: Vec<String> = key
             .columns
@@ -1652,12 +1682,20 @@ fn check_alternate_keys(ctx: &Ctx<'_>, table: &Table, id: Uuid, row: &Row) -> Dv
         {
             continue;
         }
-        let dup = rows.iter().any(|(oid, other)| {
+        let same = |oid: &Uuid, other: &Row| {
             *oid != id
                 && props
                     .iter()
                     .all(|p| same_value(table, p, row.get(p), other.get(p)))
-        });
+        };
+        let values: Vec<(&str, Option<&Value>)> =
+            props.iter().map(|p| (p.as_str(), row.get(p))).collect();
+        let dup = match key_candidates(data, table, &values) {
+            Some(ids) => ids
+                .iter()
+                .any(|oid| rows.get(oid).is_some_and(|other| same(oid, other))),
+            None => rows.iter().any(|(oid, other)| same(oid, other)),
+        };
         if dup {
             return Err(DvError::new(
                 StatusCode::PRECONDITION_FAILED,
@@ -1817,20 +1855,11 @@ pub(crate) fn associate(
 
 /// Removes an N:N association (no error when absent).
 fn disassociate(ctx: &mut Ctx<'_>, n: &CollectionNav, id: Uuid, other: Uuid) {
-    let (idv, ov) = (id.to_string(), other.to_string());
-    let victims: Vec<Uuid> = ctx
-        .store
-        .rows(&n.intersect)
-        .map(|rows| {
-            rows.iter()
-                .filter(|(_, r)| {
-                    r.get(&n.self_column).and_then(Value::as_str) == Some(idv.as_str())
-                        && r.get(&n.other_column).and_then(Value::as_str) == Some(ov.as_str())
-                })
-                .map(|(k, _)| *k)
-                .collect()
-        })
-        .unwrap_or_default();
+    let ov = other.to_string();
+    let victims: Vec<Uuid> = intersect_rows(ctx.store, n, id)
+        .filter(|(_, r)| r.get(&n.other_column).and_then(Value::as_str) == Some(ov.as_str()))
+        .map(|(k, _)| k)
+        .collect();
     for v in victims {
         ctx.store.remove(&n.intersect, &v);
     }

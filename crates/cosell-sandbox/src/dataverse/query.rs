@@ -11,7 +11,8 @@ use super::error::{DvError, DvResult};
 use super::filter::{CmpOp, Expr, Literal, Operand, StrFn};
 use super::request::split_outside_quotes;
 use super::schema::ColumnType;
-use super::store::{Row, Table};
+use super::store::{Row, Table, TableData};
+use uuid::Uuid as RowId;
 
 /// How a property's values compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +367,102 @@ pub(crate) fn eval(row: &Row, e: &Bound) -> bool {
         }
         Bound::Value(o) => operand(row, o) == V::Bool(true),
     }
+}
+
+/// Ids (ascending) of the rows that can satisfy `e` by the table's equality indexes, or `None`
+/// when the indexes cannot narrow it down and the table must be scanned. A superset: callers
+/// still evaluate the whole filter on each candidate, so indexed and scanned results agree.
+pub(crate) fn candidates(data: &TableData, e: &Bound) -> Option<Vec<RowId>> {
+    let eq =
+        |p: &str, v: &V| -> Option<Vec<RowId>> { Some(data.indexes.get(p)?.lookup(v)?.to_vec()) };
+    match e {
+        Bound::And(a, b) => match (candidates(data, a), candidates(data, b)) {
+            (Some(x), Some(y)) => Some(intersect(&x, &y)),
+            (Some(x), None) | (None, Some(x)) => Some(x),
+            (None, None) => None,
+        },
+        Bound::Or(a, b) => Some(union(&candidates(data, a)?, &candidates(data, b)?)),
+        Bound::Cmp(BOperand::Prop(p, _), CmpOp::Eq, BOperand::Const(v))
+        | Bound::Cmp(BOperand::Const(v), CmpOp::Eq, BOperand::Prop(p, _)) => eq(p, v),
+        Bound::In(p, _, vs, false) => vs
+            .iter()
+            .try_fold(Vec::new(), |acc, v| Some(union(&acc, &eq(p, v)?))),
+        _ => None,
+    }
+}
+
+/// The properties `e` compares for equality where [`candidates`] could use an index (the
+/// store indexes them on first use, so what a client actually looks up stays flat in N).
+pub(crate) fn eq_properties(e: &Bound, out: &mut Vec<(String, Kind)>) {
+    match e {
+        Bound::And(a, b) | Bound::Or(a, b) => {
+            eq_properties(a, out);
+            eq_properties(b, out);
+        }
+        Bound::Cmp(BOperand::Prop(p, k), CmpOp::Eq, BOperand::Const(_))
+        | Bound::Cmp(BOperand::Const(_), CmpOp::Eq, BOperand::Prop(p, k))
+        | Bound::In(p, k, _, false)
+            if !out.iter().any(|(q, _)| q == p) =>
+        {
+            out.push((p.clone(), *k));
+        }
+        _ => {}
+    }
+}
+
+fn intersect(a: &[RowId], b: &[RowId]) -> Vec<RowId> {
+    let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    small
+        .iter()
+        .filter(|id| large.binary_search(id).is_ok())
+        .copied()
+        .collect()
+}
+
+fn union(a: &[RowId], b: &[RowId]) -> Vec<RowId> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// The rows of a table matching `filter` (all rows without one), in primary-key order: through
+/// the equality indexes when they narrow the filter, else by a scan.
+pub(crate) fn filter_rows<'d>(data: &'d TableData, filter: Option<&Bound>) -> Vec<&'d Row> {
+    let Some(b) = filter else {
+        return data.rows.values().collect();
+    };
+    match candidates(data, b) {
+        Some(ids) => ids
+            .iter()
+            .filter_map(|id| data.rows.get(id))
+            .filter(|r| eval(r, b))
+            .collect(),
+        None => scan_rows(data, b),
+    }
+}
+
+/// [`filter_rows`] without the indexes (the reference the indexed path must agree with).
+pub(crate) fn scan_rows<'d>(data: &'d TableData, filter: &Bound) -> Vec<&'d Row> {
+    data.rows.values().filter(|r| eval(r, filter)).collect()
 }
 
 /// `$select`: property names, checked.

@@ -2,6 +2,7 @@
 //! the row store with its undo journal (for atomic change sets) and change-tracking history.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound as RangeBound;
 
 use chrono::{SecondsFormat, Utc};
 use rand::rngs::StdRng;
@@ -9,6 +10,7 @@ use rand::{RngCore, SeedableRng};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::query::{Kind, V, fold};
 use super::schema::{ColumnDef, ColumnType, DataverseSchema, ManyToMany, StateModel, TableDef};
 
 /// A stored row: property name → JSON value (lookups as `_x_value` plus their
@@ -43,6 +45,39 @@ pub(crate) struct Table {
     pub(crate) navs: HashMap<String, (String, String)>,
     /// Collection-valued navigation properties (N:N).
     pub(crate) collections: HashMap<String, CollectionNav>,
+}
+
+impl Table {
+    /// The properties the store keeps an equality index on: alternate-key columns, lookups,
+    /// the primary name and, on an intersect table, both of its columns. These are what
+    /// upserts, duplicate-key checks, `$expand` and the sync's `$filter … eq …` look up.
+    pub(crate) fn indexed_properties(&self) -> Vec<(String, Kind)> {
+        let mut out: Vec<(String, Kind)> = Vec::new();
+        let mut add = |col: &ColumnDef| {
+            let p = col.property_name();
+            if col.logical_name != self.def.primary_key && !out.iter().any(|(q, _)| *q == p) {
+                out.push((p, Kind::of(&col.column_type)));
+            }
+        };
+        for key in &self.def.alternate_keys {
+            for c in &key.columns {
+                if let Some(col) = self.column(c) {
+                    add(col);
+                }
+            }
+        }
+        for col in &self.columns {
+            let is_lookup = matches!(col.column_type, ColumnType::Lookup { .. });
+            let is_name = self.def.primary_name.as_deref() == Some(col.logical_name.as_str());
+            if is_lookup
+                || is_name
+                || (self.def.intersect && col.logical_name != self.def.primary_key)
+            {
+                add(col);
+            }
+        }
+        out
+    }
 }
 
 impl Table {
@@ -187,12 +222,173 @@ impl Model {
     }
 }
 
-/// Rows of one table and its deletions.
+/// An equality-index key: a value as `$filter … eq …` compares it (text case-folded, as
+/// [`V::compare`] does). Dates, date-times and nulls are not indexed; filters on them scan.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum IndexKey {
+    Str(String),
+    /// The bits of an `f64` (`-0` as `0`; NaN is never equal and so never indexed).
+    Num(u64),
+    Bool(bool),
+    Guid(Uuid),
+}
+
+impl IndexKey {
+    /// The key of a comparable value; `None` when the index cannot answer for it.
+    pub(crate) fn of(v: &V) -> Option<IndexKey> {
+        Some(match v {
+            V::Str(s) => IndexKey::Str(fold(s)),
+            V::Num(n) if n.is_nan() => return None,
+            V::Num(n) => IndexKey::Num(if *n == 0.0 { 0f64 } else { *n }.to_bits()),
+            V::Bool(b) => IndexKey::Bool(*b),
+            V::Guid(g) => IndexKey::Guid(*g),
+            V::Null | V::Date(_) | V::DateTime(_) => return None,
+        })
+    }
+}
+
+/// The equality index of one property: value → ids of the rows holding it, ascending (the
+/// order a scan of the table visits them in).
+#[derive(Debug, Clone)]
+pub(crate) struct PropIndex {
+    pub(crate) kind: Kind,
+    pub(crate) postings: HashMap<IndexKey, Vec<Uuid>>,
+}
+
+impl PropIndex {
+    fn key(&self, row: &Row, prop: &str) -> Option<IndexKey> {
+        IndexKey::of(&V::from_json(row.get(prop), self.kind))
+    }
+
+    /// The ids holding `v` (empty when none); `None` when `v` cannot be looked up.
+    pub(crate) fn lookup(&self, v: &V) -> Option<&[Uuid]> {
+        let key = IndexKey::of(v)?;
+        Some(self.postings.get(&key).map_or(&[][..], Vec::as_slice))
+    }
+}
+
+/// Rows of one table, its deletions and the indexes kept beside them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TableData {
     pub(crate) rows: BTreeMap<Uuid, Row>,
-    /// `(id, version of the deletion)`, in deletion order.
+    /// `(id, version of the deletion)`, in deletion order (so ascending by version).
     pub(crate) tombstones: Vec<(Uuid, u64)>,
+    /// `versionnumber` → id of every live row: a delta read visits only what changed.
+    pub(crate) by_version: BTreeMap<u64, Uuid>,
+    /// Equality indexes by property name ([`Table::indexed_properties`]).
+    pub(crate) indexes: HashMap<String, PropIndex>,
+}
+
+fn version_of(row: &Row) -> Option<u64> {
+    row.get("versionnumber").and_then(Value::as_u64)
+}
+
+impl TableData {
+    fn index(&mut self, id: Uuid, row: &Row) {
+        if let Some(v) = version_of(row) {
+            self.by_version.insert(v, id);
+        }
+        for (prop, ix) in &mut self.indexes {
+            if let Some(key) = ix.key(row, prop) {
+                let ids = ix.postings.entry(key).or_default();
+                if let Err(at) = ids.binary_search(&id) {
+                    ids.insert(at, id);
+                }
+            }
+        }
+    }
+
+    fn unindex(&mut self, id: Uuid, row: &Row) {
+        if let Some(v) = version_of(row)
+            && self.by_version.get(&v) == Some(&id)
+        {
+            self.by_version.remove(&v);
+        }
+        for (prop, ix) in &mut self.indexes {
+            if let Some(key) = ix.key(row, prop)
+                && let Some(ids) = ix.postings.get_mut(&key)
+            {
+                if let Ok(at) = ids.binary_search(&id) {
+                    ids.remove(at);
+                }
+                if ids.is_empty() {
+                    ix.postings.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Adds an equality index on `prop` (filled from the rows) unless there is one.
+    fn ensure_index(&mut self, prop: &str, kind: Kind) {
+        if self.indexes.contains_key(prop) {
+            return;
+        }
+        let mut ix = PropIndex {
+            kind,
+            postings: HashMap::new(),
+        };
+        for (id, row) in &self.rows {
+            if let Some(key) = ix.key(row, prop) {
+                // Rows are visited in id order, so each posting stays sorted.
+                ix.postings.entry(key).or_default().push(*id);
+            }
+        }
+        self.indexes.insert(prop.to_string(), ix);
+    }
+
+    /// Installs the equality indexes `props` and fills them (and the version index) from the
+    /// rows.
+    fn rebuild(&mut self, props: Vec<(String, Kind)>) {
+        self.indexes = props
+            .into_iter()
+            .map(|(p, kind)| {
+                (
+                    p,
+                    PropIndex {
+                        kind,
+                        postings: HashMap::new(),
+                    },
+                )
+            })
+            .collect();
+        self.by_version.clear();
+        let rows = std::mem::take(&mut self.rows);
+        for (id, row) in &rows {
+            self.index(*id, row);
+        }
+        self.rows = rows;
+    }
+
+    /// Live rows changed after version `after` up to `upto` (inclusive), by version.
+    pub(crate) fn changed_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> impl Iterator<Item = (u64, &Row)> + '_ {
+        // `BTreeMap::range` panics on an inverted range (a token from the future, say).
+        let range = if after < upto {
+            self.by_version
+                .range((RangeBound::Excluded(after), RangeBound::Included(upto)))
+        } else {
+            self.by_version.range(0..0)
+        };
+        range.filter_map(|(v, id)| self.rows.get(id).map(|r| (*v, r)))
+    }
+
+    /// Deletions after version `after` up to `upto` (inclusive) of rows not created again
+    /// since, by version.
+    pub(crate) fn deleted_between(
+        &self,
+        after: u64,
+        upto: u64,
+    ) -> impl Iterator<Item = (u64, Uuid)> + '_ {
+        let start = self.tombstones.partition_point(|(_, v)| *v <= after);
+        self.tombstones[start..]
+            .iter()
+            .take_while(move |(_, v)| *v <= upto)
+            .filter(|(id, _)| !self.rows.contains_key(id))
+            .map(|(id, v)| (*v, *id))
+    }
 }
 
 #[derive(Debug)]
@@ -288,7 +484,7 @@ pub(crate) fn now_string() -> String {
 
 impl Store {
     pub(crate) fn new(model: &Model, seed: u64) -> Store {
-        Store {
+        let mut store = Store {
             data: model
                 .tables
                 .keys()
@@ -301,7 +497,50 @@ impl Store {
             in_transaction: false,
             token_floor: 0,
             meta: MetaState::default(),
+        };
+        store.reindex(model);
+        store
+    }
+
+    /// Makes the indexes match `model` (after a metadata write changed the schema: a new
+    /// alternate key or lookup is indexed over the rows already there).
+    pub(crate) fn reindex(&mut self, model: &Model) {
+        for (name, table) in &model.tables {
+            let mut props = table.indexed_properties();
+            let data = self.data.entry(name.clone()).or_default();
+            // Keep the indexes added on first use whose columns still exist.
+            for p in data.indexes.keys() {
+                if let Some(col) = table.prop(p)
+                    && !props.iter().any(|(q, _)| q == p)
+                {
+                    props.push((p.clone(), Kind::of(&col.column_type)));
+                }
+            }
+            let same = data.indexes.len() == props.len()
+                && props
+                    .iter()
+                    .all(|(p, k)| data.indexes.get(p).is_some_and(|ix| ix.kind == *k));
+            if !same || data.by_version.len() != data.rows.len() {
+                data.rebuild(props);
+            }
         }
+    }
+
+    /// Indexes every property `filter` compares for equality on `table` that is not indexed
+    /// yet: the first such query scans once, later ones look up.
+    pub(crate) fn index_filter(&mut self, table: &str, filter: &super::query::Bound) {
+        let mut props = Vec::new();
+        super::query::eq_properties(filter, &mut props);
+        if let Some(data) = self.data.get_mut(table) {
+            for (p, k) in props {
+                data.ensure_index(&p, k);
+            }
+        }
+    }
+
+    /// The data of a table, with its indexes.
+    pub(crate) fn table_data(&self, table: &str) -> Option<&TableData> {
+        self.data.get(table)
     }
 
     pub(crate) fn new_id(&mut self) -> Uuid {
@@ -329,12 +568,16 @@ impl Store {
         let version = self.next_version();
         let now = Value::String(now_string());
         let data = self.data.entry(table.to_string()).or_default();
-        let previous = data.rows.get(&id).cloned();
+        let previous = data.rows.remove(&id);
+        if let Some(p) = &previous {
+            data.unindex(id, p);
+        }
         if previous.is_none() && !row.contains_key("createdon") {
             row.insert("createdon".into(), now.clone());
         }
         row.insert("modifiedon".into(), now);
         row.insert("versionnumber".into(), Value::from(version));
+        data.index(id, &row);
         data.rows.insert(id, row);
         if self.in_transaction {
             self.journal.push(Undo::Row {
@@ -351,6 +594,7 @@ impl Store {
         let version = self.next_version();
         let data = self.data.get_mut(table)?;
         let previous = data.rows.remove(id)?;
+        data.unindex(*id, &previous);
         data.tombstones.push((*id, version));
         if self.in_transaction {
             self.journal.push(Undo::Row {
@@ -392,13 +636,12 @@ impl Store {
                     previous,
                 } => {
                     if let Some(d) = self.data.get_mut(&table) {
-                        match previous {
-                            Some(row) => {
-                                d.rows.insert(id, row);
-                            }
-                            None => {
-                                d.rows.remove(&id);
-                            }
+                        if let Some(current) = d.rows.remove(&id) {
+                            d.unindex(id, &current);
+                        }
+                        if let Some(row) = previous {
+                            d.index(id, &row);
+                            d.rows.insert(id, row);
                         }
                     }
                 }

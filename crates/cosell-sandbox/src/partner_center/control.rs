@@ -75,9 +75,10 @@ fn ours_or_error(pc: &PartnerCenterEmulator, id: &str) -> Result<Map<String, Val
 
 /// Microsoft's referral in an engagement, if there is one.
 fn microsoft_referral(pc: &PartnerCenterEmulator, engagement: &str) -> Option<String> {
-    pc.lock()
-        .referrals
+    let s = pc.lock();
+    s.in_engagement(engagement)
         .iter()
+        .filter_map(|i| s.referrals.get(*i))
         .find(|r| {
             r.party == Party::Other
                 && r.body.get("engagementId").and_then(Value::as_str) == Some(engagement)
@@ -223,9 +224,11 @@ pub(crate) fn add_related(
 ) -> Result<Value, ControlError> {
     overrides_object(&overrides)?;
     let mut s = pc.lock();
-    let known = s.referrals.iter().any(|r| {
-        r.party == Party::Ours
-            && r.body.get("engagementId").and_then(Value::as_str) == Some(engagement)
+    let known = s.in_engagement(engagement).iter().any(|i| {
+        s.referrals.get(*i).is_some_and(|r| {
+            r.party == Party::Ours
+                && r.body.get("engagementId").and_then(Value::as_str) == Some(engagement)
+        })
     });
     if !known {
         return Err(ApiError::not_found("engagement", engagement).into());

@@ -588,10 +588,23 @@ fn is_literal_word(w: &str) -> bool {
 /// Evaluates `filter` against one referral.
 pub fn matches(filter: &Filter, referral: &Value) -> bool {
     let mut scope = Vec::new();
-    eval(filter, referral, &mut scope)
+    eval(filter, Root::Value(referral), &mut scope)
 }
 
-fn eval<'a>(filter: &Filter, root: &'a Value, scope: &mut Vec<(String, &'a Value)>) -> bool {
+/// [`matches()`] on a stored referral's members, without building a `Value` around them.
+pub fn matches_object(filter: &Filter, referral: &serde_json::Map<String, Value>) -> bool {
+    let mut scope = Vec::new();
+    eval(filter, Root::Object(referral), &mut scope)
+}
+
+/// The referral a filter is evaluated on.
+#[derive(Debug, Clone, Copy)]
+enum Root<'a> {
+    Value(&'a Value),
+    Object(&'a serde_json::Map<String, Value>),
+}
+
+fn eval<'a>(filter: &Filter, root: Root<'a>, scope: &mut Vec<(String, &'a Value)>) -> bool {
     match filter {
         Filter::And(a, b) => eval(a, root, scope) && eval(b, root, scope),
         Filter::Or(a, b) => eval(a, root, scope) || eval(b, root, scope),
@@ -616,17 +629,85 @@ fn eval<'a>(filter: &Filter, root: &'a Value, scope: &mut Vec<(String, &'a Value
 
 fn resolve<'a>(
     path: &[String],
-    root: &'a Value,
+    root: Root<'a>,
     scope: &[(String, &'a Value)],
 ) -> Option<&'a Value> {
-    let (start, rest) = match path.split_first() {
-        Some((first, rest)) => match scope.iter().rev().find(|(v, _)| v == first) {
-            Some((_, bound)) => (*bound, rest),
-            None => (root, path),
+    let Some((first, rest)) = path.split_first() else {
+        return match root {
+            Root::Value(v) => Some(v),
+            // The parser never yields an empty path; an object root has no `Value` to give.
+            Root::Object(_) => None,
+        };
+    };
+    let start = match scope.iter().rev().find(|(v, _)| v == first) {
+        Some((_, bound)) => *bound,
+        None => match root {
+            Root::Value(v) => get_ci(v, first)?,
+            Root::Object(m) => get_ci_map(m, first)?,
         },
-        None => return Some(root),
     };
     rest.iter().try_fold(start, |v, seg| get_ci(v, seg))
+}
+
+fn get_ci_map<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+/// The lower bound a top-level conjunct `field ge|gt <date-time>` puts on `field` (`true` when
+/// strict), for listing through the timestamp index; `None` when the filter has none.
+pub(crate) fn lower_bound(filter: &Filter, field: &str) -> Option<(DateTime<FixedOffset>, bool)> {
+    match filter {
+        Filter::And(a, b) => match (lower_bound(a, field), lower_bound(b, field)) {
+            (Some(x), Some(y)) => Some(if (x.0, x.1) >= (y.0, y.1) { x } else { y }),
+            (x, y) => x.or(y),
+        },
+        Filter::Compare { path, op, value } => {
+            let [name] = path.as_slice() else { return None };
+            if !name.eq_ignore_ascii_case(field) {
+                return None;
+            }
+            let at = match value {
+                Literal::DateTime(d) => *d,
+                Literal::String(s) => parse_datetime(s)?,
+                _ => return None,
+            };
+            match op {
+                CompareOp::Ge => Some((at, false)),
+                CompareOp::Gt => Some((at, true)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The engagement a top-level conjunct `engagementId eq '<id>'` names (an id that is not a
+/// date, since two dates compare as dates), for listing through the engagement index.
+pub(crate) fn engagement(filter: &Filter) -> Option<&str> {
+    match filter {
+        Filter::And(a, b) => engagement(a).or_else(|| engagement(b)),
+        Filter::Compare {
+            path,
+            op: CompareOp::Eq,
+            value: Literal::String(id) | Literal::Guid(id),
+        } if path.len() == 1
+            && path[0].eq_ignore_ascii_case("engagementId")
+            && parse_datetime(id).is_none()
+            && id.trim().parse::<f64>().is_err() =>
+        {
+            Some(id)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `filter` is nothing but one `field ge|gt <date-time>` comparison.
+pub(crate) fn is_only_lower_bound(filter: &Filter, field: &str) -> bool {
+    matches!(filter, Filter::Compare { .. }) && lower_bound(filter, field).is_some()
 }
 
 /// Object member lookup: exact name first, then ignoring ASCII case.

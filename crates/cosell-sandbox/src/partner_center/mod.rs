@@ -13,6 +13,12 @@
 //! The referrals API accepts only app+user tokens for `https://api.partner.microsoft.com`; the
 //! webhook API accepts app-only and app+user tokens for `https://api.partnercenter.microsoft.com`.
 //!
+//! # Listing cost
+//!
+//! Referrals are indexed by id and by `createdDateTime`/`updatedDateTime`: `$orderby` on one of
+//! them and a `updatedDateTime ge|gt …` filter walk the index rather than sorting every stored
+//! referral for each page. Pages stay skip-based, as the `$skiptoken` of the documented pager.
+//!
 //! # Parties
 //!
 //! The sandbox's tenant ("ours", [`SANDBOX_ORGANIZATION_ID`]) is the only webhook subscriber.
@@ -48,12 +54,14 @@ mod delivery;
 mod error;
 pub mod filter;
 mod lifecycle;
+#[cfg(test)]
+mod list_tests;
 mod patch;
 mod referrals;
 mod seed;
 mod webhooks;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -111,6 +119,21 @@ pub(crate) struct Stored {
 pub(crate) struct State {
     pub(crate) referrals: Vec<Stored>,
     pub(crate) index: HashMap<String, usize>,
+    /// `(createdDateTime, position)` of every referral: `$orderby`/`$filter` on it without a
+    /// sort or a scan per page.
+    pub(crate) by_created: BTreeSet<(String, usize)>,
+    /// `(updatedDateTime, position)` of every referral.
+    pub(crate) by_updated: BTreeSet<(String, usize)>,
+    /// Positions of the referrals of each engagement (by `engagementId`, ASCII lower case, as
+    /// `engagementId eq '…'` compares it), ascending.
+    pub(crate) by_engagement: HashMap<String, Vec<usize>>,
+    /// Bumped by every write to a referral: a cached listing is valid for one generation.
+    pub(crate) generation: u64,
+    /// The last listing's matches (positions in order), reused by its next pages.
+    pub(crate) list_cache: Option<(referrals::ListKey, Arc<Vec<usize>>)>,
+    /// Whether some stored timestamp is not in the fixed format, or some engagement id not a
+    /// string (then listing does not narrow through the indexes).
+    pub(crate) odd_timestamps: bool,
     pub(crate) rng: StdRng,
     etag_counter: u64,
     last_tick: i64,
@@ -159,9 +182,16 @@ impl State {
         self.index.get(id).and_then(|i| self.referrals.get(*i))
     }
 
-    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Stored> {
-        let i = *self.index.get(id)?;
-        self.referrals.get_mut(i)
+    /// Replaces the body of referral `id`, keeping the timestamp indexes exact.
+    pub(crate) fn replace_body(&mut self, id: &str, body: Map<String, Value>) {
+        let Some(&i) = self.index.get(id) else { return };
+        if let Some(old) = self.referrals.get(i).map(|r| r.body.clone()) {
+            self.unindex_times(i, &old);
+        }
+        self.index_times(i, &body);
+        if let Some(slot) = self.referrals.get_mut(i) {
+            slot.body = body;
+        }
     }
 
     pub(crate) fn insert(&mut self, stored: Stored) {
@@ -171,9 +201,65 @@ impl State {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        self.index.insert(id, self.referrals.len());
+        let i = self.referrals.len();
+        self.index.insert(id, i);
+        self.index_times(i, &stored.body);
         self.referrals.push(stored);
     }
+
+    fn index_times(&mut self, i: usize, body: &Map<String, Value>) {
+        self.generation += 1;
+        self.list_cache = None;
+        let (created, updated) = (
+            timestamp(body, "createdDateTime"),
+            timestamp(body, "updatedDateTime"),
+        );
+        self.odd_timestamps |= !fixed_format(&created) || !fixed_format(&updated);
+        self.by_created.insert((created, i));
+        self.by_updated.insert((updated, i));
+        match body.get("engagementId") {
+            Some(Value::String(e)) => {
+                let ids = self
+                    .by_engagement
+                    .entry(e.to_ascii_lowercase())
+                    .or_default();
+                if let Err(at) = ids.binary_search(&i) {
+                    ids.insert(at, i);
+                }
+            }
+            // Only string ids are indexed; anything else turns the narrowing off.
+            _ => self.odd_timestamps = true,
+        }
+    }
+
+    /// Positions of the referrals of engagement `id` (any case), ascending.
+    pub(crate) fn in_engagement(&self, id: &str) -> &[usize] {
+        self.by_engagement
+            .get(&id.to_ascii_lowercase())
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn unindex_times(&mut self, i: usize, body: &Map<String, Value>) {
+        self.by_created
+            .remove(&(timestamp(body, "createdDateTime"), i));
+        self.by_updated
+            .remove(&(timestamp(body, "updatedDateTime"), i));
+    }
+}
+
+/// A timestamp member as listing sorts it (text; absent or not a string sorts as empty).
+pub(crate) fn timestamp(body: &Map<String, Value>, field: &str) -> String {
+    body.get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `2026-09-30T10:00:00.1234567Z`: [`format_timestamp`]'s fixed width, where text order is time
+/// order.
+pub(crate) fn fixed_format(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 28 && b[4] == b'-' && b[10] == b'T' && b[19] == b'.' && b[27] == b'Z'
 }
 
 /// Formats an instant as the API does: UTC, 7 fractional digits, `Z`.
@@ -253,6 +339,12 @@ impl PartnerCenterEmulator {
         }
         let state = State {
             referrals: Vec::new(),
+            by_created: BTreeSet::new(),
+            by_updated: BTreeSet::new(),
+            by_engagement: HashMap::new(),
+            generation: 0,
+            list_cache: None,
+            odd_timestamps: false,
             index: HashMap::new(),
             rng: StdRng::seed_from_u64(ctx.seed),
             etag_counter: 0,

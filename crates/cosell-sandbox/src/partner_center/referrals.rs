@@ -498,9 +498,7 @@ pub(crate) fn write_update(
         .unwrap_or_default()
         .to_string();
     new.insert("links".into(), links(pc, id, &engagement));
-    if let Some(slot) = s.get_mut(id) {
-        slot.body = new.clone();
-    }
+    s.replace_body(id, new.clone());
     delivery::emit(
         pc,
         s,
@@ -821,6 +819,182 @@ async fn put_one(
 
 // ----- list -------------------------------------------------------------------------------
 
+/// Stable sort of positions by `$orderby` keys (storage order among equals).
+fn sort_by_keys(s: &PcState, hits: &mut [usize], keys: &[SortKey]) {
+    let field = |i: usize, f: &str| -> &str {
+        s.referrals
+            .get(i)
+            .and_then(|r| r.body.get(f))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    hits.sort_by(|a, b| {
+        for k in keys {
+            // The fixed 7-digit UTC format sorts correctly as text.
+            let ord = field(*a, k.field).cmp(field(*b, k.field));
+            let ord = if k.desc { ord.reverse() } else { ord };
+            if ord.is_ne() {
+                return ord;
+            }
+        }
+        std::cmp::Ordering::Equal
+    });
+}
+
+/// What one listing's matches were computed from; while the referrals have not changed since,
+/// the next page reuses them instead of evaluating the filter on every referral again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ListKey {
+    filter: Option<String>,
+    orderby: Option<String>,
+    show_related: bool,
+    generation: u64,
+}
+
+/// [`matching_referrals`] through the state's one-entry cache.
+fn cached_matches(
+    s: &mut PcState,
+    key: ListKey,
+    filter: Option<&Filter>,
+    keys: &[SortKey],
+) -> std::sync::Arc<Vec<usize>> {
+    if let Some((k, hits)) = &s.list_cache
+        && *k == key
+    {
+        return hits.clone();
+    }
+    let hits = std::sync::Arc::new(matching_referrals(s, filter, keys, key.show_related));
+    s.list_cache = Some((key, hits.clone()));
+    hits
+}
+
+/// The positions of the referrals a listing returns, in its order. With no `$orderby` that is
+/// storage order; with one key it walks the timestamp index (from the lower bound a
+/// `… ge <date-time>` filter sets on that key, when there is one) instead of sorting; with more
+/// it sorts, as before. An `engagementId eq …` filter starts from that engagement's referrals.
+/// Every candidate is still checked against the whole filter, except where the filter is one
+/// timestamp bound and the index answers it exactly.
+fn matching_referrals(
+    s: &PcState,
+    filter: Option<&Filter>,
+    keys: &[SortKey],
+    show_related: bool,
+) -> Vec<usize> {
+    let visible = |i: &usize| {
+        s.referrals
+            .get(*i)
+            .is_some_and(|r| r.party == Party::Ours || show_related)
+    };
+    let check = |i: &usize| {
+        filter.is_none_or(|f| {
+            s.referrals
+                .get(*i)
+                .is_some_and(|r| filter::matches_object(f, &r.body))
+        })
+    };
+    // An engagement's referrals (what `links.relatedReferrals` lists) come from its index.
+    if let Some(e) = filter
+        .filter(|_| !s.odd_timestamps)
+        .and_then(filter::engagement)
+    {
+        let mut hits: Vec<usize> = s
+            .in_engagement(e)
+            .iter()
+            .copied()
+            .filter(|i| visible(i) && check(i))
+            .collect();
+        sort_by_keys(s, &mut hits, keys);
+        return hits;
+    }
+    // The index field to walk and the bound (as index text) the filter puts on it.
+    let field = match keys {
+        [] => "updatedDateTime",
+        [k] => k.field,
+        _ => "",
+    };
+    let bound = filter
+        .filter(|_| !s.odd_timestamps && !field.is_empty())
+        .and_then(|f| filter::lower_bound(f, field))
+        .map(|(at, strict)| {
+            let at = at.with_timezone(&chrono::Utc);
+            // Truncating to the 100 ns grid only widens the range; the filter decides.
+            let exact = at.timestamp_subsec_nanos() % 100 == 0;
+            (format_timestamp(at), strict, exact)
+        });
+    let index = if field == "createdDateTime" {
+        &s.by_created
+    } else {
+        &s.by_updated
+    };
+    let range =
+        |b: &Option<(String, bool, bool)>| -> Box<dyn DoubleEndedIterator<Item = usize> + '_> {
+            match b {
+                Some((text, strict, _)) => {
+                    let from = if *strict {
+                        std::ops::Bound::Excluded((text.clone(), usize::MAX))
+                    } else {
+                        std::ops::Bound::Included((text.clone(), 0))
+                    };
+                    Box::new(
+                        index
+                            .range((from, std::ops::Bound::Unbounded))
+                            .map(|(_, i)| *i),
+                    )
+                }
+                None => Box::new(index.iter().map(|(_, i)| *i)),
+            }
+        };
+    // The index answers a lone bound exactly: no need to evaluate it on each referral.
+    let trusted = bound.as_ref().is_some_and(|(_, _, exact)| *exact)
+        && filter.is_some_and(|f| filter::is_only_lower_bound(f, field));
+    let keep = |i: &usize| visible(i) && (trusted || check(i));
+    match keys {
+        [] if bound.is_some() => {
+            let mut positions: Vec<usize> = range(&bound).filter(keep).collect();
+            positions.sort_unstable();
+            positions
+        }
+        [] => (0..s.referrals.len())
+            .filter(|i| visible(i) && check(i))
+            .collect(),
+        [k] if !k.desc => range(&bound).filter(keep).collect(),
+        [_] => {
+            // Descending, ties in storage order (as the stable sort this replaces kept them).
+            let key_of = |i: usize| {
+                s.referrals
+                    .get(i)
+                    .and_then(|r| r.body.get(field))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            };
+            let mut out: Vec<usize> = Vec::new();
+            let mut run: Vec<usize> = Vec::new();
+            let mut run_key: Option<&str> = None;
+            let flush = |run: &mut Vec<usize>, out: &mut Vec<usize>| {
+                run.reverse();
+                out.extend(run.drain(..).filter(keep));
+            };
+            for i in range(&bound).rev() {
+                let k = key_of(i);
+                if run_key != Some(k) {
+                    flush(&mut run, &mut out);
+                    run_key = Some(k);
+                }
+                run.push(i);
+            }
+            flush(&mut run, &mut out);
+            out
+        }
+        _ => {
+            let mut hits: Vec<usize> = (0..s.referrals.len())
+                .filter(|i| visible(i) && check(i))
+                .collect();
+            sort_by_keys(s, &mut hits, keys);
+            hits
+        }
+    }
+}
+
 /// What a `$skiptoken` carries: the query and the position (opaque to clients).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 struct Cursor {
@@ -965,7 +1139,7 @@ async fn list(
     }
 }
 
-fn list_inner(
+pub(crate) fn list_inner(
     pc: &PartnerCenterEmulator,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -990,33 +1164,18 @@ fn list_inner(
     let show_related = filter
         .as_ref()
         .is_some_and(|f| filter::mentions(f, "engagementId"));
-    let s = pc.lock();
-    let mut hits: Vec<&Map<String, Value>> = s
-        .referrals
+    let mut s = pc.lock();
+    let key = ListKey {
+        filter: cursor.filter.clone(),
+        orderby: cursor.orderby.clone(),
+        show_related,
+        generation: s.generation,
+    };
+    let positions = cached_matches(&mut s, key, filter.as_ref(), &keys);
+    let hits: Vec<&Map<String, Value>> = positions
         .iter()
-        .filter(|r| r.party == Party::Ours || show_related)
-        .map(|r| &r.body)
-        .filter(|b| {
-            filter
-                .as_ref()
-                .is_none_or(|f| filter::matches(f, &Value::Object((*b).clone())))
-        })
+        .filter_map(|i| s.referrals.get(*i).map(|r| &r.body))
         .collect();
-    if !keys.is_empty() {
-        hits.sort_by(|a, b| {
-            for k in &keys {
-                let av = a.get(k.field).and_then(Value::as_str).unwrap_or_default();
-                let bv = b.get(k.field).and_then(Value::as_str).unwrap_or_default();
-                // The fixed 7-digit UTC format sorts correctly as text.
-                let ord = av.cmp(bv);
-                let ord = if k.desc { ord.reverse() } else { ord };
-                if ord.is_ne() {
-                    return ord;
-                }
-            }
-            std::cmp::Ordering::Equal
-        });
-    }
     let total = hits.len();
     // OData (and the connector's `$skip`/`$top` pair): skip first, then take `$top`.
     let start = cursor.skip.min(total);
