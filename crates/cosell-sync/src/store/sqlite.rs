@@ -15,11 +15,10 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter,
-    DeadLetterClass, Direction, InboxHint, Link, StateStore, StoreError,
+    DeadLetterClass, Direction, InboxHint, Link, StateStore, StoreError, compact,
 };
 
-mod compact;
-#[cfg(test)]
+#[cfg(all(test, feature = "testing"))]
 mod tests;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,5 +1,5 @@
-//! A compact, exact binary form of the JSON snapshots the SQLite store keeps (a link's target
-//! and per-side snapshots, an intent's target).
+//! A compact, exact binary form of the JSON snapshots the SQL stores keep (a link's target and
+//! per-side snapshots, an intent's target).
 //!
 //! A mapped snapshot spells every field as `{"name":{"kind":"text","value":"…"}}`: most of its
 //! bytes are the same keys on every row. This form writes each JSON value as a tag byte and its
