@@ -59,7 +59,7 @@ pub fn link(referral: &str, entity: &str, crm: &str) -> Link {
 /// even `i`, a lead for odd), fresh UUIDs, eTags in the services' formats, both sides in sync.
 pub fn realistic_link(i: usize) -> Link {
     let id = || uuid::Uuid::new_v4().to_string();
-    let opportunity = i % 2 == 0;
+    let opportunity = i.is_multiple_of(2);
     let at = t(0) + Duration::microseconds(i as i64 * 7_919_311);
     let text = |v: String| json!({"kind": "text", "value": v});
     let mut target = json!({
@@ -86,7 +86,7 @@ pub fn realistic_link(i: usize) -> Link {
             "solution_type": "Name",
         }]},
         "status": {"kind": "status", "value": {"status": "Active", "substatus": "Accepted"}},
-        "visible_to_microsoft": {"kind": "bool", "value": i % 3 == 0},
+        "visible_to_microsoft": {"kind": "bool", "value": i.is_multiple_of(3)},
     });
     if opportunity {
         target["help_required"] = text("ProofOfConceptOrDemo".into());
