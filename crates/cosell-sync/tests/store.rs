@@ -39,7 +39,7 @@ async fn postgres_store_survives_reconnecting_and_migrates_once() {
         return;
     };
     let store = pg.store("reconnect").await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
     store
         .commit(
             Commit::new()
@@ -62,7 +62,7 @@ async fn postgres_store_survives_reconnecting_and_migrates_once() {
         let store = store.unwrap();
         assert_eq!(
             store.schema_version().await.unwrap(),
-            1,
+            2,
             "migrations run once"
         );
         assert_eq!(
@@ -98,7 +98,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     assert!(!path.exists());
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 4);
+        assert_eq!(store.schema_version().await.unwrap(), 5);
         store
             .commit(
                 Commit::new()
@@ -119,7 +119,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(
         store.schema_version().await.unwrap(),
-        4,
+        5,
         "migrations run once"
     );
     assert_eq!(
@@ -181,4 +181,45 @@ async fn a_backend_failure_keeps_the_drivers_error_as_its_source() {
     );
     assert!(err.source().is_some(), "no source under {err}");
     assert!(err.is_retryable());
+}
+
+/// What 2,000 realistic links take in PostgreSQL: the schema's tables with their indexes and
+/// TOAST, links only (the audit trail grows with decisions over time, not with links).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bytes_per_link() {
+    const LINKS: usize = 2_000;
+    let Some(pg) = TestPostgres::for_test("postgres_bytes_per_link") else {
+        return;
+    };
+    let store = pg.store("size").await.unwrap();
+    let bytes = async || -> i64 {
+        let pool = sqlx::PgPool::connect(pg.url()).await.unwrap();
+        let bytes = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0)::BIGINT FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind = 'r'",
+        )
+        .bind(store.schema().unwrap())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        bytes
+    };
+    // Counted from the empty schema, whose tables and indexes take a page or two each.
+    let empty = bytes().await;
+    let links: Vec<_> = (0..LINKS).map(conformance::realistic_link).collect();
+    for batch in links.chunks(100) {
+        let mut commit = Commit::new();
+        commit.links.extend(batch.iter().cloned());
+        store.commit(commit).await.unwrap();
+    }
+    assert_eq!(
+        store.link_by_referral(&links[5].referral_id).await.unwrap(),
+        Some(links[5].clone())
+    );
+    let per_link = (bytes().await - empty) / LINKS as i64;
+    eprintln!("postgres, {LINKS} links: {per_link} bytes per link (empty schema {empty} bytes)");
+    assert!(per_link < 1_024, "{per_link} bytes per link");
+    store.close().await;
 }

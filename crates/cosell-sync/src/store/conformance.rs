@@ -54,6 +54,60 @@ pub fn link(referral: &str, entity: &str, crm: &str) -> Link {
     }
 }
 
+/// Link number `i` as the engine writes it for a typical referral, for measuring a store: the
+/// mapped snapshot (customer, address, one contact, one solution, status; an opportunity for
+/// even `i`, a lead for odd), fresh UUIDs, eTags in the services' formats, both sides in sync.
+pub fn realistic_link(i: usize) -> Link {
+    let id = || uuid::Uuid::new_v4().to_string();
+    let opportunity = i.is_multiple_of(2);
+    let at = t(0) + Duration::microseconds(i as i64 * 7_919_311);
+    let text = |v: String| json!({"kind": "text", "value": v});
+    let mut target = json!({
+        "address_line1": text(format!("{} Market Street", 100 + i % 900)),
+        "city": text(["Singapore", "Seattle", "Contoso City", "München"][i % 4].into()),
+        "close_date": {"kind": "date", "value": format!("2027-{:02}-{:02}", 1 + i % 12, 1 + i % 28)},
+        "contacts": {"kind": "contacts", "value": [{
+            "email": format!("aisha.tanaka{i}@wingtiptoysltd.example"),
+            "first_name": "Aisha",
+            "last_name": "Tanaka",
+            "phone": format!("57102{:05}", i % 100_000),
+        }]},
+        "country": text(["SG", "US", "GB", "DE"][i % 4].into()),
+        "currency": text(["SGD", "USD", "GBP", "EUR"][i % 4].into()),
+        "customer_name": text(format!("Wingtip Toys Ltd {i}")),
+        "deal_value": {"kind": "decimal", "value": format!("{}", 10_000 + (i * 7_919) % 990_000)},
+        "name": text(format!("Referral {i}")),
+        "notes": text(format!("Wingtip Toys Ltd {i} is evaluating Supply Chain Suite.")),
+        "postal_code": text(format!("{:06}", (i * 104_729) % 1_000_000)),
+        "solutions": {"kind": "solutions", "value": [{
+            "id": format!("SOL-{:05}-DSS", i % 100_000),
+            "name": "Fabrikam Supply Chain Suite",
+            "publisher": "Fabrikam Sandbox Partner",
+            "solution_type": "Name",
+        }]},
+        "status": {"kind": "status", "value": {"status": "Active", "substatus": "Accepted"}},
+        "visible_to_microsoft": {"kind": "bool", "value": i.is_multiple_of(3)},
+    });
+    if opportunity {
+        target["help_required"] = text("ProofOfConceptOrDemo".into());
+    }
+    Link {
+        referral_id: id(),
+        engagement_id: Some(id()),
+        crm_entity: if opportunity { "opportunity" } else { "lead" }.into(),
+        crm_id: Some(id()),
+        pc_etag: Some(format!("\"{:08x}-0000-0200-0000-00006b0f136b\"", i)),
+        pc_updated_at: Some(at),
+        crm_etag: Some(format!("W/\"{}\"", 1_000_000 + i)),
+        target,
+        crm_known: None,
+        pc_known: None,
+        in_sync: true,
+        crm_status_in_transit: false,
+        synced_at: at + Duration::milliseconds(15),
+    }
+}
+
 /// A hint as the intake stores it.
 pub fn hint(referral: &str, secs: i64) -> InboxHint {
     InboxHint {

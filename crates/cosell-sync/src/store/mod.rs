@@ -14,6 +14,8 @@
 //! link, the checkpoint that covers it, the audit entry and the inbox acknowledgement become
 //! durable together or not at all. That is how a checkpoint never moves ahead of its work.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod compact;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod memory;

@@ -17,7 +17,7 @@ use sqlx::{PgPool, Row};
 
 use super::{
     AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter, Direction,
-    InboxHint, Link, StateStore, StoreError,
+    InboxHint, Link, StateStore, StoreError, compact,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-postgres");
@@ -209,16 +209,17 @@ impl PostgresStore {
     }
 }
 
-/// An optional JSON text column of `row` (a stored snapshot), decoded.
+/// An optional snapshot column of `row`, decoded: the compact form, or the JSON text of rows
+/// written before it (migration 0002).
 fn json_column(
     row: &PgRow,
     what: &'static str,
     column: &str,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    row.try_get::<Option<String>, _>(column)
+    row.try_get::<Option<Vec<u8>>, _>(column)
         .map_err(backend)?
-        .map(|text| {
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        .map(|bytes| {
+            compact::decode(&bytes).map_err(|e| StoreError::Corrupt {
                 what,
                 detail: format!("{column} snapshot: {e}"),
             })
@@ -263,10 +264,6 @@ macro_rules! link_columns {
     () => {
         "referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, crm_status_in_transit, synced_at"
     };
-}
-
-fn json_text(v: &serde_json::Value) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(backend)
 }
 
 #[async_trait]
@@ -502,9 +499,9 @@ impl StateStore for PostgresStore {
             .bind(link.pc_etag.as_deref())
             .bind(link.pc_updated_at)
             .bind(link.crm_etag.as_deref())
-            .bind(json_text(&link.target)?)
-            .bind(link.crm_known.as_ref().map(json_text).transpose()?)
-            .bind(link.pc_known.as_ref().map(json_text).transpose()?)
+            .bind(compact::encode(&link.target))
+            .bind(link.crm_known.as_ref().map(compact::encode))
+            .bind(link.pc_known.as_ref().map(compact::encode))
             .bind(link.in_sync)
             .bind(link.crm_status_in_transit)
             .bind(link.synced_at)
@@ -543,7 +540,7 @@ impl StateStore for PostgresStore {
             .bind(&intent.external_reference_id)
             .bind(intent.recorded_at)
             .bind(i64::from(intent.attempts))
-            .bind(intent.target.as_ref().map(json_text).transpose()?)
+            .bind(intent.target.as_ref().map(compact::encode))
             .bind(intent.crm_etag.as_deref())
             .execute(&mut *tx)
             .await

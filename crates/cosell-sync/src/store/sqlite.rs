@@ -15,8 +15,11 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     AuditEntry, AuditOutcome, AuditQuery, Commit, CreateIntent, CrmChild, DeadLetter,
-    DeadLetterClass, Direction, InboxHint, Link, StateStore, StoreError,
+    DeadLetterClass, Direction, InboxHint, Link, StateStore, StoreError, compact,
 };
+
+#[cfg(all(test, feature = "testing"))]
+mod tests;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -106,6 +109,7 @@ impl SqliteStore {
 
     async fn migrate(pool: SqlitePool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await.map_err(backend)?;
+        compact_old_snapshots(&pool).await?;
         Ok(SqliteStore {
             leases: pool.clone(),
             pool,
@@ -125,17 +129,20 @@ impl SqliteStore {
         &self,
         key: Option<(&str, &str)>,
     ) -> Result<Vec<CreateIntent>, StoreError> {
-        let (entity, id) = key.unzip();
-        let rows = sqlx::query(
+        // Two statements, not one with `?1 IS NULL OR …`: SQLite plans before it sees the
+        // parameters, so the combined form scans the table even for one key.
+        let sql = if key.is_some() {
             "SELECT crm_entity, crm_id, external_reference_id, recorded_at, attempts, target, crm_etag \
-             FROM create_intents WHERE (?1 IS NULL OR (crm_entity = ?1 AND crm_id = ?2)) \
-             ORDER BY recorded_at",
-        )
-        .bind(entity)
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+             FROM create_intents WHERE crm_entity = ?1 AND crm_id = ?2"
+        } else {
+            "SELECT crm_entity, crm_id, external_reference_id, recorded_at, attempts, target, crm_etag \
+             FROM create_intents ORDER BY recorded_at"
+        };
+        let mut query = sqlx::query(sql);
+        if let Some((entity, id)) = key {
+            query = query.bind(entity).bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter()
             .map(|row| {
                 let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
@@ -156,14 +163,19 @@ impl SqliteStore {
 
     /// Dead letters, all of them or the one with `key`.
     async fn dead_letters_where(&self, key: Option<&str>) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
+        // Two statements for the reason `intents_where` gives.
+        let sql = if key.is_some() {
             "SELECT key, direction, error, attempts, first_failed_at, last_failed_at \
-             FROM dead_letters WHERE (?1 IS NULL OR key = ?1) ORDER BY first_failed_at",
-        )
-        .bind(key)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+             FROM dead_letters WHERE key = ?1"
+        } else {
+            "SELECT key, direction, error, attempts, first_failed_at, last_failed_at \
+             FROM dead_letters ORDER BY first_failed_at"
+        };
+        let mut query = sqlx::query(sql);
+        if let Some(key) = key {
+            query = query.bind(key);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
         rows.iter()
             .map(|row| {
                 let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
@@ -187,6 +199,73 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.leases.close().await;
         self.pool.close().await;
+    }
+}
+
+/// Rows re-encoded per transaction by [`compact_old_snapshots`].
+const COMPACT_BATCH: i64 = 500;
+
+/// Re-encodes the snapshots written as JSON text before migration 0005 in the compact form,
+/// a batch per transaction, once: the task row migration 0005 left is deleted with the last
+/// batch. Each batch takes the write lock first (`BEGIN IMMEDIATE`), so a writer on another
+/// connection waits instead of interleaving; re-encoding a row twice gives the same bytes.
+async fn compact_old_snapshots(pool: &SqlitePool) -> Result<(), StoreError> {
+    let pending: Option<String> =
+        sqlx::query_scalar("SELECT name FROM store_tasks WHERE name = 'compact_snapshots'")
+            .fetch_optional(pool)
+            .await
+            .map_err(backend)?;
+    if pending.is_none() {
+        return Ok(());
+    }
+    let recode =
+        |row: &sqlx::sqlite::SqliteRow, column: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(json_column(row, "snapshot", column)?.map(|v| compact::encode(&v)))
+        };
+    let mut after = 0i64;
+    loop {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(backend)?;
+        let rows = sqlx::query(
+            "SELECT rowid, target, crm_known, pc_known FROM links WHERE rowid > ? \
+             ORDER BY rowid LIMIT ?",
+        )
+        .bind(after)
+        .bind(COMPACT_BATCH)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        for row in &rows {
+            sqlx::query("UPDATE links SET target = ?, crm_known = ?, pc_known = ? WHERE rowid = ?")
+                .bind(recode(row, "target")?)
+                .bind(recode(row, "crm_known")?)
+                .bind(recode(row, "pc_known")?)
+                .bind(row.try_get::<i64, _>("rowid").map_err(backend)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        let Some(last) = rows.last() else {
+            // Intents are few (each is resolved within a pass): one statement each, then done.
+            let intents = sqlx::query("SELECT rowid, target FROM create_intents")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+            for row in &intents {
+                sqlx::query("UPDATE create_intents SET target = ? WHERE rowid = ?")
+                    .bind(recode(row, "target")?)
+                    .bind(row.try_get::<i64, _>("rowid").map_err(backend)?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            }
+            sqlx::query("DELETE FROM store_tasks WHERE name = 'compact_snapshots'")
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+            return tx.commit().await.map_err(backend);
+        };
+        after = last.try_get("rowid").map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
     }
 }
 
@@ -231,16 +310,17 @@ fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
     name.into()
 }
 
-/// An optional JSON column of `row` (a stored snapshot), decoded.
+/// An optional snapshot column of `row`, decoded: the compact form, or the JSON text of rows
+/// written before it (migration 0005).
 fn json_column(
     row: &sqlx::sqlite::SqliteRow,
     what: &'static str,
     column: &str,
 ) -> Result<Option<serde_json::Value>, StoreError> {
-    row.try_get::<Option<String>, _>(column)
+    row.try_get::<Option<Vec<u8>>, _>(column)
         .map_err(backend)?
-        .map(|text| {
-            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        .map(|bytes| {
+            compact::decode(&bytes).map_err(|e| StoreError::Corrupt {
                 what,
                 detail: format!("{column} snapshot: {e}"),
             })
@@ -444,17 +524,31 @@ impl StateStore for SqliteStore {
         } else {
             query.limit as i64
         };
-        let rows = sqlx::query(
-            "SELECT id, at, direction, referral_id, crm_entity, crm_id, outcome, message, conflicts \
-             FROM audit WHERE (?1 IS NULL OR referral_id = ?1) AND (?2 IS NULL OR crm_id = ?2) \
-             ORDER BY id DESC LIMIT ?3",
-        )
-        .bind(query.referral_id.as_deref())
-        .bind(query.crm_id.as_deref())
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
+        // One statement per filter, so each searches its index (`audit_by_referral`,
+        // `audit_by_crm`): with `?1 IS NULL OR …` SQLite plans a walk of the whole trail.
+        macro_rules! audit_select {
+            ($where:literal) => {
+                concat!(
+                    "SELECT id, at, direction, referral_id, crm_entity, crm_id, outcome, message, conflicts \
+                     FROM audit ",
+                    $where,
+                    " ORDER BY id DESC LIMIT ?3"
+                )
+            };
+        }
+        let sql = match (&query.referral_id, &query.crm_id) {
+            (Some(_), Some(_)) => audit_select!("WHERE referral_id = ?1 AND crm_id = ?2"),
+            (Some(_), None) => audit_select!("WHERE referral_id = ?1 AND ?2 IS NULL"),
+            (None, Some(_)) => audit_select!("WHERE ?1 IS NULL AND crm_id = ?2"),
+            (None, None) => audit_select!("WHERE ?1 IS NULL AND ?2 IS NULL"),
+        };
+        let rows = sqlx::query(sql)
+            .bind(query.referral_id.as_deref())
+            .bind(query.crm_id.as_deref())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
         rows.iter()
             .map(|row| {
                 let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
@@ -552,7 +646,6 @@ impl StateStore for SqliteStore {
                 .map_err(backend)?;
         }
         for link in &commit.links {
-            let json = |v: &serde_json::Value| serde_json::to_string(v).map_err(backend);
             let result = sqlx::query(
                 "INSERT INTO links (referral_id, engagement_id, crm_entity, crm_id, pc_etag, pc_updated_at, crm_etag, target, crm_known, pc_known, in_sync, crm_status_in_transit, synced_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -570,9 +663,9 @@ impl StateStore for SqliteStore {
             .bind(link.pc_etag.as_deref())
             .bind(link.pc_updated_at.as_ref().map(ts))
             .bind(link.crm_etag.as_deref())
-            .bind(json(&link.target)?)
-            .bind(link.crm_known.as_ref().map(json).transpose()?)
-            .bind(link.pc_known.as_ref().map(json).transpose()?)
+            .bind(compact::encode(&link.target))
+            .bind(link.crm_known.as_ref().map(compact::encode))
+            .bind(link.pc_known.as_ref().map(compact::encode))
             .bind(link.in_sync)
             .bind(link.crm_status_in_transit)
             .bind(ts(&link.synced_at))
@@ -611,14 +704,7 @@ impl StateStore for SqliteStore {
             .bind(&intent.external_reference_id)
             .bind(ts(&intent.recorded_at))
             .bind(i64::from(intent.attempts))
-            .bind(
-                intent
-                    .target
-                    .as_ref()
-                    .map(serde_json::to_string)
-                    .transpose()
-                    .map_err(backend)?,
-            )
+            .bind(intent.target.as_ref().map(compact::encode))
             .bind(intent.crm_etag.as_deref())
             .execute(&mut *tx)
             .await
