@@ -24,7 +24,7 @@ use axum::routing::post;
 use serde_json::json;
 
 use crate::dataverse::DataverseClient;
-use crate::http::{ClientSecretCredential, RefreshTokenCredential, RetryPolicy};
+use crate::http::{ClientSecretCredential, PacerConfig, RefreshTokenCredential, RetryPolicy};
 use crate::mapping::FieldMap;
 use crate::partner_center::PartnerCenterClient;
 use crate::sandbox::dataverse::ControlError;
@@ -78,6 +78,7 @@ pub struct SandboxedBuilder {
     config: EngineConfig,
     retry: RetryPolicy,
     webhooks: bool,
+    pacing: Option<PacerConfig>,
 }
 
 impl Default for SandboxedBuilder {
@@ -91,6 +92,7 @@ impl Default for SandboxedBuilder {
                 .with_initial_delay(Duration::from_millis(50))
                 .with_max_attempts(5),
             webhooks: true,
+            pacing: Some(PacerConfig::default()),
         }
     }
 }
@@ -132,6 +134,14 @@ impl SandboxedBuilder {
         self
     }
 
+    /// How the Dataverse client paces itself under the service-protection budgets (default:
+    /// Dataverse's documented budgets); `None` turns pacing off, for a bench that resets the
+    /// emulator's windows between phases.
+    pub fn dataverse_pacing(mut self, pacing: Option<PacerConfig>) -> Self {
+        self.pacing = pacing;
+        self
+    }
+
     /// Starts everything.
     pub async fn start(self) -> Result<Sandboxed, SetupError> {
         let sandbox = self.sandbox.clone().start().await?;
@@ -168,8 +178,12 @@ impl SandboxedBuilder {
         let dataverse = DataverseClient::builder()
             .environment_url(urls.dataverse.clone())
             .credential(Arc::new(app))
-            .retry(self.retry)
-            .build()?;
+            .retry(self.retry);
+        let dataverse = match self.pacing {
+            Some(pacing) => dataverse.pacing(pacing),
+            None => dataverse.no_pacing(),
+        }
+        .build()?;
         let store: Arc<dyn StateStore> = match &self.store {
             StoreChoice::Memory => Arc::new(MemoryStore::new()),
             StoreChoice::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),

@@ -496,8 +496,10 @@ async fn classic(args: &Args, sandbox: Sandbox) -> BoxResult<()> {
             StoreChoice::Sqlite(dir.join("state.sqlite"))
         }
     };
+    // The emulator's windows are reset between phases, so the client does not pace itself.
     let s = Sandboxed::builder()
         .store(store)
+        .dataverse_pacing(None)
         .start_with(sandbox)
         .await?;
     let cores = std::thread::available_parallelism().map_or(0, usize::from);

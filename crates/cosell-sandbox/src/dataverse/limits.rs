@@ -35,8 +35,9 @@ pub struct ServiceLimits {
     pub execution_window: Duration,
     /// Requests in flight at once (default 52); the 53rd is refused immediately.
     pub max_concurrent: u32,
-    /// Emulated execution time of each operation (a `$batch` accrues it once per part);
-    /// `None` (default) measures the real handling time instead.
+    /// Emulated execution time of each operation (a `$batch` accrues it once per part), also
+    /// spent as a real delay before the answer; `None` (default) measures the real handling
+    /// time instead.
     pub operation_cost: Option<Duration>,
     /// A real delay added to every request while it holds a concurrency slot (default zero):
     /// makes the concurrency limit reachable in tests.

@@ -655,6 +655,15 @@ async fn serve(emu: &DataverseEmulator, request: Request) -> Response {
     } else {
         (into_response(emu.with_ctx(|ctx| ops::execute(ctx, &op))), 1)
     };
+    // Execution time is the server's own time on the request, so an emulated cost is also
+    // spent (holding the concurrency slot): a client timing its requests sees it, as it would
+    // against Dataverse (https://learn.microsoft.com/power-apps/developer/data-platform/api-limits).
+    if let Some(cost) = emu.inner.limiter.config().operation_cost {
+        let due = cost.saturating_mul(u32::try_from(operations).unwrap_or(u32::MAX));
+        if let Some(rest) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
     emu.inner.limiter.record(operations, started.elapsed());
     drop(permit);
     resp

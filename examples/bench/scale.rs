@@ -1,0 +1,361 @@
+//! `--sizes 1000,10000,100000`: the same engine at growing N (issue 15). For each N, a fresh
+//! sandbox with N referrals of history and a SQLite store:
+//!
+//! 1. **Backfill**: every referral into the CRM, under Dataverse's service-protection limits
+//!    (the documented ratios — 20 requests and 4 s of execution per second, 52 concurrent —
+//!    with windows shortened so that a run takes minutes, and an emulated execution time per
+//!    operation). The ceiling is computed from the emulator's own accounting: the requests and
+//!    execution time the backfill used per referral, against those budgets.
+//! 2. **Live, at N links**: `M` new referrals by webhook, then `M` CRM opportunities by change
+//!    feed, with the limits at their documented values (windows reset before each phase): the
+//!    per-record cost each way with N pairs already in the store.
+//! 3. **Echo round**: one full pass after that; what it costs Dataverse.
+//!
+//! The emulators run on a runtime of their own; the engine's heap (clients, store, receiver,
+//! passes) is counted apart by [`heap`](super::heap). The store's size is its file (and WAL)
+//! over the links it holds.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use std::sync::Arc;
+
+use cosell::dataverse::DataverseClient;
+use cosell::http::{ClientSecretCredential, PacerConfig};
+use cosell::sandbox::dataverse::ServiceLimits;
+use cosell::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
+use cosell::sandbox::{DataverseEmulator, Sandbox};
+use cosell::sandboxed::{Sandboxed, StoreChoice};
+use cosell::sync::EngineConfig;
+use cosell::sync::{Crm, DataverseCrm, Engine};
+use serde_json::json;
+
+use super::{BoxResult, Calls, Feed, drive, heap, reset, throttled};
+
+/// The limits the backfill runs under: Dataverse's budgets per second, windows of `window`.
+pub(crate) fn scaled_limits(window: Duration, operation_cost: Duration) -> ServiceLimits {
+    let defaults = ServiceLimits::default();
+    let scale = window.as_secs_f64() / defaults.request_window.as_secs_f64();
+    ServiceLimits {
+        max_requests: ((f64::from(defaults.max_requests) * scale).round() as u32).max(1),
+        request_window: window,
+        max_execution_time: defaults.max_execution_time.mul_f64(scale),
+        execution_window: window,
+        operation_cost: Some(operation_cost),
+        ..defaults
+    }
+}
+
+/// What one size measured.
+#[derive(Debug)]
+pub(crate) struct SizeResult {
+    n: usize,
+    backfill: Backfill,
+    to_crm: Live,
+    to_pc: Live,
+    echo_dataverse: u64,
+    echo_writes: u64,
+    heap_peak: usize,
+    heap_after: usize,
+    links: u64,
+    store_bytes: u64,
+}
+
+#[derive(Debug)]
+struct Backfill {
+    elapsed: Duration,
+    failures: usize,
+    /// Requests counted toward the request limit, per referral.
+    requests_per_record: f64,
+    /// Emulated execution time per referral.
+    execution_per_record: Duration,
+    /// Records per second the budgets allow at those costs.
+    ceiling: f64,
+    throttled: u64,
+    requests: u64,
+    /// Requests that arrived while a `Retry-After` given to the engine was still running.
+    early: u64,
+}
+
+#[derive(Debug)]
+struct Live {
+    records: usize,
+    elapsed: Duration,
+    calls: Calls,
+    failures: usize,
+}
+
+impl Live {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs a control call of the emulators off the engine's threads (what they allocate is the
+/// emulators', not the engine's).
+async fn on_emulator<R: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> BoxResult<R> {
+    Ok(rt.spawn_blocking(f).await?)
+}
+
+fn file_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        total += std::fs::metadata(&p).map_or(0, |m| m.len());
+    }
+    total
+}
+
+/// One size, end to end.
+pub(crate) async fn run_size(
+    emulators: &tokio::runtime::Handle,
+    sandbox: Sandbox,
+    n: usize,
+    live: usize,
+    limits: ServiceLimits,
+    dir: &Path,
+) -> BoxResult<SizeResult> {
+    let db = dir.join(format!("state-{n}.sqlite"));
+    // The live engine: pacing off, the emulator's windows reset between phases (as the
+    // classic bench); the backfill gets an engine of its own below, paced to the scaled limits.
+    let s = Sandboxed::builder()
+        .store(StoreChoice::Sqlite(db.clone()))
+        .engine_config(EngineConfig::default())
+        .dataverse_pacing(None)
+        .start_with(sandbox)
+        .await?;
+    let pc = s.sandbox.partner_center().clone();
+    on_emulator(emulators, move || {
+        pc.seed_referrals(n);
+    })
+    .await?;
+    s.deliveries_settled().await;
+    heap::reset_peak();
+
+    // 1. Backfill under the scaled limits.
+    s.sandbox.dataverse().set_limits(limits.clone());
+    reset(&s);
+    s.sandbox.dataverse().reset_limit_usage();
+    let throttled_before = throttled(&s);
+    let backfill_engine = paced_engine(&s, &limits)?;
+    let started = Instant::now();
+    // The service's first reconcile over the whole history is the backfill: paged, batched.
+    let report = backfill_engine.reconcile().await?;
+    let elapsed = started.elapsed();
+    let failures = report.count(cosell::sync::Action::Failed);
+    let counted = s.sandbox.dataverse().limit_usage();
+    let per = n.max(1) as f64;
+    let requests_per_record = counted.requests as f64 / per;
+    let execution_per_record = counted.execution_time.div_f64(per);
+    let by_requests = f64::from(limits.max_requests)
+        / limits.request_window.as_secs_f64()
+        / requests_per_record.max(1e-9);
+    let by_time = limits.max_execution_time.as_secs_f64()
+        / limits.execution_window.as_secs_f64()
+        / execution_per_record.as_secs_f64().max(1e-9);
+    let backfill = Backfill {
+        elapsed,
+        failures,
+        requests_per_record,
+        execution_per_record,
+        ceiling: by_requests.min(by_time),
+        throttled: throttled(&s) - throttled_before,
+        requests: counted.requests,
+        early: counted.early_requests,
+    };
+
+    // 2. Live traffic at N links, under the documented limits.
+    s.sandbox.dataverse().set_limits(ServiceLimits::default());
+    s.deliveries_settled().await;
+    s.engine.pull_crm_changes().await?;
+    reset(&s);
+    let pc = s.sandbox.partner_center().clone();
+    let started = Instant::now();
+    on_emulator(emulators, move || {
+        for i in 0..live {
+            let _ = pc.create_incoming_referral(json!({"name": format!("Live incoming {i}")}));
+        }
+    })
+    .await?;
+    let failures = drive(&s, Feed::Inbox, live, started).await?;
+    let to_crm = Live {
+        records: live,
+        elapsed: started.elapsed(),
+        calls: Calls::read(&s),
+        failures,
+    };
+    s.deliveries_settled().await;
+    s.engine.pull_crm_changes().await?;
+    let dv = s.sandbox.dataverse().clone();
+    let seeded = on_emulator(emulators, move || -> Result<(), String> {
+        for i in 0..live {
+            seed_opportunity(&dv, i).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
+    .await?;
+    seeded?;
+    reset(&s);
+    let started = Instant::now();
+    let failures = drive(&s, Feed::ChangeFeed, live, started).await?;
+    let to_pc = Live {
+        records: live,
+        elapsed: started.elapsed(),
+        calls: Calls::read(&s),
+        failures,
+    };
+
+    // 3. Echo round.
+    s.deliveries_settled().await;
+    reset(&s);
+    s.engine.run_once().await?;
+    let echo = Calls::read(&s);
+
+    let links = s.store.link_count().await?;
+    let heap_peak = heap::peak();
+    let heap_after = heap::live();
+    let store_bytes = file_bytes(&db);
+    let _ = std::fs::remove_file(&db);
+    Ok(SizeResult {
+        n,
+        backfill,
+        to_crm,
+        to_pc,
+        echo_dataverse: echo.dataverse,
+        echo_writes: echo.writes,
+        heap_peak,
+        heap_after,
+        links,
+        store_bytes,
+    })
+}
+
+/// An engine over the same Partner Center client and store whose Dataverse client paces itself
+/// to `limits` (as a production client does to Dataverse's documented budgets).
+fn paced_engine(s: &Sandboxed, limits: &ServiceLimits) -> BoxResult<Engine> {
+    let urls = s.sandbox.urls();
+    let app =
+        ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
+            .authority_host(urls.entra.as_str())
+            .build()?;
+    let pacing = PacerConfig {
+        max_requests: limits.max_requests,
+        request_window: limits.request_window,
+        max_execution_time: limits.max_execution_time,
+        execution_window: limits.execution_window,
+        ..PacerConfig::default()
+    };
+    let client = DataverseClient::builder()
+        .environment_url(urls.dataverse.clone())
+        .credential(Arc::new(app))
+        .pacing(pacing)
+        .build()?;
+    Ok(Engine::new(
+        Arc::new(s.partner_center.clone()),
+        Arc::new(DataverseCrm::new(client, s.crm.field_map().clone())),
+        s.store.clone(),
+        EngineConfig::default(),
+    ))
+}
+
+/// A seller's co-sell opportunity written straight into the emulated CRM (the control API,
+/// as `Sandboxed::seed_co_sell_opportunity` does, without needing the engine's side).
+fn seed_opportunity(dv: &DataverseEmulator, i: usize) -> BoxResult<()> {
+    let account = dv.insert_row(
+        "account",
+        json!({"name": format!("Live customer {i}"), "address1_city": "Seattle",
+               "address1_postalcode": "98101", "address1_country": "US"}),
+    )?;
+    let mut opp = json!({
+        "name": format!("Live opportunity {i}"),
+        "estimatedvalue": 50000.0,
+        "estimatedclosedate": "2027-06-30",
+        "description": "Bench",
+        "cosell_syncwithpartnercenter": true,
+        "cosell_helprequired": 100000003,
+        "cosell_visibletomicrosoft": true,
+        "customerid_account@odata.bind": format!("/accounts({account})"),
+    });
+    if let Some(usd) = dv.currency_id("USD") {
+        opp["transactioncurrencyid@odata.bind"] = json!(format!("/transactioncurrencies({usd})"));
+    }
+    dv.insert_row("opportunity", opp)?;
+    Ok(())
+}
+
+fn mb(bytes: usize) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
+}
+
+/// Prints the table of all sizes.
+pub(crate) fn print(results: &[SizeResult], limits: &ServiceLimits, live: usize) {
+    println!(
+        "cosell scale bench: backfill under scaled limits ({} requests and {:.0} s execution per {:.0} s window, {:.1} ms emulated per operation), then {live} live records each way at N links",
+        limits.max_requests,
+        limits.max_execution_time.as_secs_f64(),
+        limits.request_window.as_secs_f64(),
+        limits.operation_cost.unwrap_or_default().as_secs_f64() * 1000.0,
+    );
+    println!();
+    println!(
+        "{:>7} | {:>9} {:>8} {:>7} {:>8} {:>6} | {:>8} {:>5} {:>5} | {:>8} {:>5} {:>5} | {:>5} | {:>9} {:>9} | {:>6}",
+        "N",
+        "backfill/s",
+        "ceiling",
+        "of ceil",
+        "DV req/r",
+        "429 %",
+        "→CRM/s",
+        "PC/r",
+        "DV/r",
+        "→PC/s",
+        "PC/r",
+        "DV/r",
+        "echo",
+        "heap peak",
+        "heap now",
+        "B/link",
+    );
+    for r in results {
+        let b = &r.backfill;
+        let rate = r.n as f64 / b.elapsed.as_secs_f64().max(1e-9);
+        let (tp, td, _) = r.to_crm.calls.per(r.to_crm.records);
+        let (pp, pd, _) = r.to_pc.calls.per(r.to_pc.records);
+        println!(
+            "{:>7} | {:>10.1} {:>8.1} {:>6.0}% {:>8.3} {:>5.2}% | {:>8.1} {:>5.2} {:>5.2} | {:>8.1} {:>5.2} {:>5.2} | {:>5} | {:>9} {:>9} | {:>6}",
+            r.n,
+            rate,
+            b.ceiling,
+            100.0 * rate / b.ceiling.max(1e-9),
+            b.requests_per_record,
+            100.0 * b.throttled as f64 / (b.requests.max(1) as f64),
+            r.to_crm.rate(),
+            tp,
+            td,
+            r.to_pc.rate(),
+            pp,
+            pd,
+            r.echo_dataverse,
+            mb(r.heap_peak),
+            mb(r.heap_after),
+            r.store_bytes / r.links.max(1),
+        );
+        if b.failures + r.to_crm.failures + r.to_pc.failures > 0 || r.echo_writes > 0 {
+            println!(
+                "        failures: backfill {}, → CRM {}, → PC {}; echo-round writes {}",
+                b.failures, r.to_crm.failures, r.to_pc.failures, r.echo_writes
+            );
+        }
+        println!(
+            "        backfill {:.1} s, {:.2} ms execution per referral, {} requests sent inside a Retry-After; {} links",
+            b.elapsed.as_secs_f64(),
+            b.execution_per_record.as_secs_f64() * 1000.0,
+            b.early,
+            r.links
+        );
+    }
+}
