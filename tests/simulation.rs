@@ -58,6 +58,7 @@ const REGRESSION_SEEDS: &[u64] = &[
     // Found with updates written without a read (issue 15):
     24, // a blind write's 412 redone as a CRM echo: the referral's change never written (idle loop)
     383, // the same on a lead: Partner Center's notes lost
+    182, // reconcile pages backfilled in four parallel lanes: Partner Center's later edit lost
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

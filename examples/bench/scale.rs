@@ -22,11 +22,12 @@ use std::sync::Arc;
 
 use cosell::dataverse::DataverseClient;
 use cosell::http::{ClientSecretCredential, PacerConfig};
+use cosell::sandbox::Sandbox;
 use cosell::sandbox::dataverse::ServiceLimits;
 use cosell::sandbox::entra::{SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET, SANDBOX_TENANT};
-use cosell::sandbox::{DataverseEmulator, Sandbox};
 use cosell::sandboxed::{Sandboxed, StoreChoice};
 use cosell::sync::EngineConfig;
+use cosell::sync::store::SqliteStore;
 use cosell::sync::{Crm, DataverseCrm, Engine};
 use serde_json::json;
 
@@ -122,8 +123,9 @@ pub(crate) async fn run_size(
     let db = dir.join(format!("state-{n}.sqlite"));
     // The live engine: pacing off, the emulator's windows reset between phases (as the
     // classic bench); the backfill gets an engine of its own below, paced to the scaled limits.
+    let store = Arc::new(SqliteStore::open(&db).await?);
     let s = Sandboxed::builder()
-        .store(StoreChoice::Sqlite(db.clone()))
+        .store(StoreChoice::Shared(store.clone()))
         .engine_config(EngineConfig::default())
         .dataverse_pacing(None)
         .start_with(sandbox)
@@ -190,14 +192,19 @@ pub(crate) async fn run_size(
     };
     s.deliveries_settled().await;
     s.engine.pull_crm_changes().await?;
-    let dv = s.sandbox.dataverse().clone();
-    let seeded = on_emulator(emulators, move || -> Result<(), String> {
-        for i in 0..live {
-            seed_opportunity(&dv, i).map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    })
-    .await?;
+    // Written on a thread of its own, so the rows count as the emulator's, not the engine's.
+    let seeded: Result<(), String> = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                (0..live).try_for_each(|i| {
+                    s.seed_co_sell_opportunity(&format!("Live opportunity {i}"))
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err("seeding panicked".into()))
+    });
     seeded?;
     reset(&s);
     let started = Instant::now();
@@ -218,6 +225,10 @@ pub(crate) async fn run_size(
     let links = s.store.link_count().await?;
     let heap_peak = heap::peak();
     let heap_after = heap::live();
+    // Closed first: closing the last connection checkpoints the WAL into the file.
+    drop(backfill_engine);
+    drop(s);
+    store.close().await;
     let store_bytes = file_bytes(&db);
     let _ = std::fs::remove_file(&db);
     Ok(SizeResult {
@@ -260,31 +271,6 @@ fn paced_engine(s: &Sandboxed, limits: &ServiceLimits) -> BoxResult<Engine> {
         s.store.clone(),
         EngineConfig::default(),
     ))
-}
-
-/// A seller's co-sell opportunity written straight into the emulated CRM (the control API,
-/// as `Sandboxed::seed_co_sell_opportunity` does, without needing the engine's side).
-fn seed_opportunity(dv: &DataverseEmulator, i: usize) -> BoxResult<()> {
-    let account = dv.insert_row(
-        "account",
-        json!({"name": format!("Live customer {i}"), "address1_city": "Seattle",
-               "address1_postalcode": "98101", "address1_country": "US"}),
-    )?;
-    let mut opp = json!({
-        "name": format!("Live opportunity {i}"),
-        "estimatedvalue": 50000.0,
-        "estimatedclosedate": "2027-06-30",
-        "description": "Bench",
-        "cosell_syncwithpartnercenter": true,
-        "cosell_helprequired": 100000003,
-        "cosell_visibletomicrosoft": true,
-        "customerid_account@odata.bind": format!("/accounts({account})"),
-    });
-    if let Some(usd) = dv.currency_id("USD") {
-        opp["transactioncurrencyid@odata.bind"] = json!(format!("/transactioncurrencies({usd})"));
-    }
-    dv.insert_row("opportunity", opp)?;
-    Ok(())
 }
 
 fn mb(bytes: usize) -> String {

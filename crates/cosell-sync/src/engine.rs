@@ -2643,7 +2643,8 @@ impl Engine {
             let mut report = Report::default();
             let mut newest = checkpoint;
             let mut pages = inner.pc.referral_pages_updated_since(since);
-            while let Some(page) = pages.try_next().await? {
+            let mut next = pages.try_next().await?;
+            while let Some(page) = next.take() {
                 let listed =
                     inner.reconcile_done.load(Ordering::Relaxed) + page.referrals.len() as u64;
                 inner
@@ -2657,9 +2658,13 @@ impl Engine {
                 // New referrals are created in the CRM a group at a time (a first start over
                 // a year of history is a backfill), the rest one by one.
                 let count = page.referrals.len() as u64;
-                let outcomes = self
-                    .backfill_in_groups(page.referrals, backfill::DEFAULT_BACKFILL_GROUP)
-                    .await?;
+                // The next page is fetched while this one is written.
+                let (outcomes, fetched) = futures::future::join(
+                    self.backfill_in_groups(page.referrals, backfill::DEFAULT_BACKFILL_GROUP),
+                    pages.try_next(),
+                )
+                .await;
+                let outcomes = outcomes?;
                 inner.reconcile_done.fetch_add(count, Ordering::Relaxed);
                 report.extend(outcomes);
                 // Every referral of this page and the pages before is now linked, unchanged or
@@ -2671,6 +2676,7 @@ impl Engine {
                     self.set_reconcile_checkpoint(t).await?;
                     newest = Some(t);
                 }
+                next = fetched?;
             }
             Ok(report)
         }
