@@ -144,7 +144,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             take_over_registration,
         } => {
             settings.take_over_registration |= take_over_registration;
-            service::serve(settings).await
+            Box::pin(service::serve(settings)).await
         }
         Command::Login => login::login(&settings).await,
         Command::Check => commands::check(&settings).await,

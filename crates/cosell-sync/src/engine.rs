@@ -3108,7 +3108,16 @@ impl Engine {
         schedule: Schedule,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), EngineError> {
-        self.tolerate(self.resolve_intents().await)?;
+        // Boxed: the three pass loops make a large future, kept off the caller's stack.
+        Box::pin(self.run_passes(schedule, shutdown)).await
+    }
+
+    async fn run_passes(
+        &self,
+        schedule: Schedule,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), EngineError> {
+        self.tolerate(Box::pin(self.resolve_intents()).await)?;
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let watch_shutdown = async {
             let mut stopped = stopping.clone();
