@@ -442,6 +442,26 @@ impl From<StoreError> for Failure {
     }
 }
 
+/// The link of a referral about to be created in the CRM: the plan (`target`), no CRM row yet.
+/// Committed before the CRM write, so a crash after it is recovered by the referral id.
+fn plan_link(id: &str, referral: &Referral, kind: RecordKind, target: &MappedSnapshot) -> Link {
+    Link {
+        referral_id: id.to_string(),
+        engagement_id: referral.engagement_id.clone(),
+        crm_entity: entity_name(kind).to_string(),
+        crm_id: None,
+        pc_etag: referral.e_tag.clone(),
+        pc_updated_at: referral.updated_date_time,
+        crm_etag: None,
+        target: encode(target),
+        crm_known: None,
+        pc_known: None,
+        in_sync: false,
+        crm_status_in_transit: false,
+        synced_at: now(),
+    }
+}
+
 fn now() -> DateTime<Utc> {
     Utc::now()
 }
@@ -819,21 +839,7 @@ impl Engine {
         }
         // The plan is durable before the CRM is written: a crash after the upsert is recovered
         // by finding the row by its referral id and merging against what was sent.
-        let link = Link {
-            referral_id: id.to_string(),
-            engagement_id: referral.engagement_id.clone(),
-            crm_entity: entity_name(kind).to_string(),
-            crm_id: None,
-            pc_etag: referral.e_tag.clone(),
-            pc_updated_at: referral.updated_date_time,
-            crm_etag: None,
-            target: encode(&snapshot),
-            crm_known: None,
-            pc_known: None,
-            in_sync: false,
-            crm_status_in_transit: false,
-            synced_at: now(),
-        };
+        let link = plan_link(id, &referral, kind, &snapshot);
         self.commit(Commit::new().link(link.clone())).await?;
         Box::pin(self.reconcile_locked(link, Some(referral))).await
     }

@@ -27,7 +27,7 @@ use partner_center_client::models::Referral;
 use serde_json::{Map, Value};
 
 use super::{
-    Action, Engine, EngineError, Outcome, PairGuard, Report, Sides, encode, entity_name, now,
+    Action, Engine, EngineError, Outcome, PairGuard, Report, Sides, entity_name, now, plan_link,
 };
 use crate::crm::{CrmWritten, NewRecord};
 use crate::store::{AuditEntry, AuditOutcome, Commit, Direction, Link};
@@ -258,21 +258,7 @@ impl Engine {
         // The payload carries the name with its mark already.
         extra.retain(|k, _| !payload.record.contains_key(k));
         let kind = payload.kind;
-        let link = Link {
-            referral_id: id.to_string(),
-            engagement_id: referral.engagement_id.clone(),
-            crm_entity: entity_name(kind).to_string(),
-            crm_id: None,
-            pc_etag: referral.e_tag.clone(),
-            pc_updated_at: referral.updated_date_time,
-            crm_etag: None,
-            target: encode(&snapshot),
-            crm_known: None,
-            pc_known: None,
-            in_sync: false,
-            crm_status_in_transit: false,
-            synced_at: now(),
-        };
+        let link = plan_link(id, referral, kind, &snapshot);
         Some(Planned {
             id: id.to_string(),
             referral: Referral::default(),
