@@ -51,6 +51,17 @@ struct Planned {
     guard: Option<PairGuard>,
 }
 
+/// The in-process lock key of a referral's customer: its name, folded as the account match
+/// compares names (case-insensitively).
+fn customer_key(referral: &Referral) -> String {
+    let name = referral
+        .customer_profile
+        .as_ref()
+        .and_then(|c| c.name.as_deref())
+        .unwrap_or("");
+    format!("customer:{}", name.trim().to_lowercase())
+}
+
 impl Engine {
     /// Applies `referrals` as [`apply_referral`](Self::apply_referral) would, in groups of
     /// [`DEFAULT_BACKFILL_GROUP`]: the new ones are created in the CRM a group at a time (see
@@ -197,9 +208,16 @@ impl Engine {
             drop(c.guard);
             one_by_one.push(c.referral);
         }
+        // Several at a time, but one customer's referrals one after another: two referrals of
+        // a new customer written side by side would each find no account and create one.
         let items: Vec<_> = one_by_one
             .into_iter()
-            .map(|r| move || self.apply_referral(r))
+            .map(|r| {
+                move || async move {
+                    let _customer = self.inner.locks.lock(customer_key(&r)).await;
+                    self.apply_referral(r).await
+                }
+            })
             .collect();
         report.extend(self.run_parallel(items).await?);
         Ok(report)
