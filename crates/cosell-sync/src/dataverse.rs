@@ -346,21 +346,26 @@ impl DataverseCrm {
         })
     }
 
-    async fn resolve_account(&self, account: &AccountPayload) -> Result<String, RemoteError> {
-        let c = &self.map.config().columns.account;
-        // Every part of the matching rule as an exact filter, all pages read: the right row is
-        // among the candidates however many accounts share a name or a postal code (a `$top`
-        // page of "name or postal code" once missed it and created duplicates). Dataverse's
-        // `eq` on text is case-insensitive, as the rule's default; the rule then decides.
-        let filters: Vec<Filter> = self
-            .map
+    /// Every non-blank part of the account matching rule as an exact filter (the batched
+    /// look-up and `resolve_account` find candidates alike).
+    fn account_filters(&self, account: &AccountPayload) -> Vec<Filter> {
+        self.map
             .account_match_columns()
             .into_iter()
             .filter_map(|column| {
                 let v = account.record.get(column).and_then(Value::as_str)?;
                 (!v.trim().is_empty()).then(|| Filter::eq(column, v))
             })
-            .collect();
+            .collect()
+    }
+
+    async fn resolve_account(&self, account: &AccountPayload) -> Result<String, RemoteError> {
+        let c = &self.map.config().columns.account;
+        // Every part of the matching rule as an exact filter, all pages read: the right row is
+        // among the candidates however many accounts share a name or a postal code (a `$top`
+        // page of "name or postal code" once missed it and created duplicates). Dataverse's
+        // `eq` on text is case-insensitive, as the rule's default; the rule then decides.
+        let filters = self.account_filters(account);
         if !account.match_key.is_blank()
             && let Some(filter) = Filter::all(filters)
         {
@@ -647,15 +652,7 @@ impl DataverseCrm {
             Lookup::Account(_) => {
                 let account = account?;
                 // The same exact filters as `resolve_account`: every part of the matching rule.
-                let filters: Vec<Filter> = self
-                    .map
-                    .account_match_columns()
-                    .into_iter()
-                    .filter_map(|column| {
-                        let v = account.record.get(column).and_then(Value::as_str)?;
-                        (!v.trim().is_empty()).then(|| Filter::eq(column, v))
-                    })
-                    .collect();
+                let filters = self.account_filters(account);
                 (
                     c.account.entity_set.as_str(),
                     Query::new().filter(Filter::all(filters)?),
