@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
+use cosell::http::PacerConfig;
 use cosell::sandbox::{Sandbox, Service};
 use cosell::sandboxed::{Sandboxed, StoreChoice};
 use cosell::sync::store::{AuditOutcome, AuditQuery, Direction};
@@ -94,6 +95,15 @@ struct Args {
     /// Scale bench: emulated execution time of one Dataverse operation (µs).
     #[arg(long, default_value_t = 2000)]
     operation_us: u64,
+    /// Scale bench: the backfill pacer's `target` (fraction of each budget live traffic may fill).
+    #[arg(long, default_value_t = PacerConfig::default().target)]
+    pacer_target: f64,
+    /// Scale bench: the backfill pacer's `background_share` (fraction the backfill may fill).
+    #[arg(long, default_value_t = PacerConfig::default().background_share)]
+    background_share: f64,
+    /// Scale bench: backfill lanes (`EngineConfig::backfill_lanes`).
+    #[arg(long, default_value_t = cosell::sync::BACKFILL_LANES)]
+    lanes: usize,
 }
 
 /// Requests per service during one phase, and by operation.
@@ -476,12 +486,19 @@ fn main() -> BoxResult<()> {
             n,
             args.live,
             limits.clone(),
+            (args.pacer_target, args.background_share),
+            args.lanes,
             &dir,
         ));
         results.push(result?);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    scale::print(&results, &limits, args.live);
+    scale::print(
+        &results,
+        &limits,
+        args.live,
+        (args.pacer_target, args.background_share),
+    );
     Ok(())
 }
 

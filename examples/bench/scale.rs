@@ -118,6 +118,8 @@ pub(crate) async fn run_size(
     n: usize,
     live: usize,
     limits: ServiceLimits,
+    shares: (f64, f64),
+    lanes: usize,
     dir: &Path,
 ) -> BoxResult<SizeResult> {
     let db = dir.join(format!("state-{n}.sqlite"));
@@ -143,13 +145,18 @@ pub(crate) async fn run_size(
     reset(&s);
     s.sandbox.dataverse().reset_limit_usage();
     let throttled_before = throttled(&s);
-    let backfill_engine = paced_engine(&s, &limits)?;
+    let backfill_engine = paced_engine(&s, &limits, shares, lanes)?;
     let started = Instant::now();
     // The service's first reconcile over the whole history is the backfill: paged, batched.
     let report = backfill_engine.reconcile().await?;
     let elapsed = started.elapsed();
     let failures = report.count(cosell::sync::Action::Failed);
     let counted = s.sandbox.dataverse().limit_usage();
+    if std::env::var_os("COSELL_BENCH_TRACE").is_some() {
+        for ((service, method, path), n) in s.sandbox.faults().counters() {
+            eprintln!("backfill {service:?} {method} {path}: {n}");
+        }
+    }
     let per = n.max(1) as f64;
     let requests_per_record = counted.requests as f64 / per;
     let execution_per_record = counted.execution_time.div_f64(per);
@@ -247,7 +254,12 @@ pub(crate) async fn run_size(
 
 /// An engine over the same Partner Center client and store whose Dataverse client paces itself
 /// to `limits` (as a production client does to Dataverse's documented budgets).
-fn paced_engine(s: &Sandboxed, limits: &ServiceLimits) -> BoxResult<Engine> {
+fn paced_engine(
+    s: &Sandboxed,
+    limits: &ServiceLimits,
+    (target, background_share): (f64, f64),
+    lanes: usize,
+) -> BoxResult<Engine> {
     let urls = s.sandbox.urls();
     let app =
         ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
@@ -258,8 +270,10 @@ fn paced_engine(s: &Sandboxed, limits: &ServiceLimits) -> BoxResult<Engine> {
         request_window: limits.request_window,
         max_execution_time: limits.max_execution_time,
         execution_window: limits.execution_window,
-        ..PacerConfig::default()
+        target,
+        background_share,
     };
+    pacing.validate()?;
     let client = DataverseClient::builder()
         .environment_url(urls.dataverse.clone())
         .credential(Arc::new(app))
@@ -269,7 +283,10 @@ fn paced_engine(s: &Sandboxed, limits: &ServiceLimits) -> BoxResult<Engine> {
         Arc::new(s.partner_center.clone()),
         Arc::new(DataverseCrm::new(client, s.crm.field_map().clone())),
         s.store.clone(),
-        EngineConfig::default(),
+        EngineConfig {
+            backfill_lanes: lanes,
+            ..EngineConfig::default()
+        },
     ))
 }
 
@@ -278,13 +295,20 @@ fn mb(bytes: usize) -> String {
 }
 
 /// Prints the table of all sizes.
-pub(crate) fn print(results: &[SizeResult], limits: &ServiceLimits, live: usize) {
+pub(crate) fn print(
+    results: &[SizeResult],
+    limits: &ServiceLimits,
+    live: usize,
+    (target, background_share): (f64, f64),
+) {
     println!(
-        "cosell scale bench: backfill under scaled limits ({} requests and {:.0} s execution per {:.0} s window, {:.1} ms emulated per operation), then {live} live records each way at N links",
+        "cosell scale bench: backfill under scaled limits ({} requests and {:.0} s execution per {:.0} s window, {:.1} ms emulated per operation), paced to {:.0} % of each budget (live {:.0} %), then {live} live records each way at N links",
         limits.max_requests,
         limits.max_execution_time.as_secs_f64(),
         limits.request_window.as_secs_f64(),
         limits.operation_cost.unwrap_or_default().as_secs_f64() * 1000.0,
+        background_share * 100.0,
+        target * 100.0,
     );
     println!();
     println!(

@@ -61,7 +61,7 @@ mod backfill;
 mod decisions;
 mod leases;
 
-pub use backfill::DEFAULT_BACKFILL_GROUP;
+pub use backfill::{BACKFILL_LANES, DEFAULT_BACKFILL_GROUP};
 pub use leases::LeaseConfig;
 
 /// Checkpoint holding the `updatedDateTime` the Partner Center reconcile has covered.
@@ -123,6 +123,9 @@ pub struct EngineConfig {
     pub dry_run: bool,
     /// How engines sharing one store split the work (leases, inbox claims).
     pub leases: LeaseConfig,
+    /// Backfill groups written side by side (see [`Engine::backfill_in_groups`]); one
+    /// customer's referrals always share a lane. Default [`BACKFILL_LANES`].
+    pub backfill_lanes: usize,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +138,7 @@ impl Default for EngineConfig {
             directions: BTreeMap::new(),
             dry_run: false,
             leases: LeaseConfig::default(),
+            backfill_lanes: BACKFILL_LANES,
         }
     }
 }
@@ -1593,12 +1597,10 @@ impl Engine {
                 .engagement_id
                 .clone()
                 .or(updated.engagement_id.clone());
-            if write_crm {
-                // Recorded at once: a CRM failure next must not make this write look like
-                // Microsoft's edit.
-                now_sides.store_in(&mut updated);
-                self.commit(Commit::new().link(updated.clone())).await?;
-            }
+            // Recorded at once: a CRM failure next (the record's write, or only its outcome
+            // columns) must not make this write look like Microsoft's edit.
+            now_sides.store_in(&mut updated);
+            self.commit(Commit::new().link(updated.clone())).await?;
         }
 
         // ---- then the CRM
@@ -2624,9 +2626,10 @@ impl Engine {
     }
 
     /// Lists referrals updated since the checkpoint (minus the overlap), oldest change first,
-    /// a page at a time: applies the page's referrals, then moves the checkpoint to the page's
-    /// newest change. The pass that heals lost webhooks; it holds one page in memory, and a
-    /// pass cut off (a crash, a failure) resumes after the last finished page.
+    /// a round of pages at a time (enough for a group in each backfill lane): applies the
+    /// round's referrals, then moves the checkpoint to the round's newest change. The pass that
+    /// heals lost webhooks; it holds one round (and the next page) in memory, and a pass cut
+    /// off (a crash, a failure) resumes after the last finished round.
     #[tracing::instrument(skip(self))]
     pub async fn reconcile(&self) -> Result<Report, EngineError> {
         let Some(_pass) = self.lease_pass(RECONCILE_CHECKPOINT).await? else {
@@ -2649,32 +2652,52 @@ impl Engine {
             let mut report = Report::default();
             let mut newest = checkpoint;
             let mut pages = inner.pc.referral_pages_updated_since(since);
+            // A round holds enough pages to give every backfill lane a whole group (two of
+            // Partner Center's 100-referral pages by default): fewer, fuller `$batch`es.
+            let round_size = inner.config.backfill_lanes.max(1) * backfill::DEFAULT_BACKFILL_GROUP;
             let mut next = pages.try_next().await?;
-            while let Some(page) = next.take() {
-                let listed =
-                    inner.reconcile_done.load(Ordering::Relaxed) + page.referrals.len() as u64;
+            while let Some(first) = next.take() {
+                let mut total = first.total;
+                let mut referrals = first.referrals;
+                let mut ended = false;
+                while referrals.len() < round_size {
+                    match pages.try_next().await? {
+                        Some(more) => {
+                            total = more.total.or(total);
+                            referrals.extend(more.referrals);
+                        }
+                        None => {
+                            ended = true;
+                            break;
+                        }
+                    }
+                }
+                let listed = inner.reconcile_done.load(Ordering::Relaxed) + referrals.len() as u64;
                 inner
                     .reconcile_total
-                    .store(page.total.unwrap_or(0).max(listed), Ordering::Relaxed);
-                let page_newest = page
-                    .referrals
-                    .iter()
-                    .filter_map(|r| r.updated_date_time)
-                    .max();
+                    .store(total.unwrap_or(0).max(listed), Ordering::Relaxed);
+                let page_newest = referrals.iter().filter_map(|r| r.updated_date_time).max();
                 // New referrals are created in the CRM a group at a time (a first start over
                 // a year of history is a backfill), the rest one by one.
-                let count = page.referrals.len() as u64;
-                // The next page is fetched while this one is written.
+                let count = referrals.len() as u64;
+                // The next page is fetched while this round is written.
+                let fetch = async {
+                    if ended {
+                        Ok(None)
+                    } else {
+                        pages.try_next().await
+                    }
+                };
                 let (outcomes, fetched) = futures::future::join(
-                    self.backfill_in_groups(page.referrals, backfill::DEFAULT_BACKFILL_GROUP),
-                    pages.try_next(),
+                    self.backfill_in_groups(referrals, backfill::DEFAULT_BACKFILL_GROUP),
+                    fetch,
                 )
                 .await;
                 let outcomes = outcomes?;
                 inner.reconcile_done.fetch_add(count, Ordering::Relaxed);
                 report.extend(outcomes);
-                // Every referral of this page and the pages before is now linked, unchanged or
-                // dead-lettered (durable), and they came oldest change first: the checkpoint
+                // Every referral of this round and the rounds before is now linked, unchanged
+                // or dead-lettered (durable), and they came oldest change first: the checkpoint
                 // may pass them. One changed meanwhile lists again after the overlap.
                 if let Some(t) = page_newest
                     && newest.is_none_or(|n| t > n)

@@ -30,8 +30,8 @@ pub use crm::{
 #[cfg(feature = "dataverse")]
 pub use dataverse::{DataverseCrm, MappedColumn, mapped_columns, required_columns, setup_problems};
 pub use engine::{
-    Action, DEFAULT_BACKFILL_GROUP, Engine, EngineConfig, EngineError, EngineStats, FieldDirection,
-    LeaseConfig, Outcome, PlannedWrite, Report, Schedule,
+    Action, BACKFILL_LANES, DEFAULT_BACKFILL_GROUP, Engine, EngineConfig, EngineError, EngineStats,
+    FieldDirection, LeaseConfig, Outcome, PlannedWrite, Report, Schedule,
 };
 #[cfg(feature = "webhook")]
 pub use intake::{IntakeError, Received, WebhookIntake};

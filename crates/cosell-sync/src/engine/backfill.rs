@@ -17,7 +17,7 @@
 //! dry run) takes the per-record path to begin with. A closed referral's record is created and
 //! closed in one change set: it exists closed or not at all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use cosell_mapping::{
     CrmPayload, FieldId, FieldValue, MappedSnapshot, PairState, RecordKind, StatusStep,
@@ -35,6 +35,11 @@ use crate::store::{AuditEntry, AuditOutcome, Commit, Direction, Link};
 /// Referrals per group of [`Engine::backfill`]: one `$batch` of writes holds a change set for
 /// each (a few requests apiece, well under Dataverse's 1,000 per batch).
 pub const DEFAULT_BACKFILL_GROUP: usize = 50;
+
+/// The default of [`EngineConfig::backfill_lanes`](super::EngineConfig::backfill_lanes):
+/// enough batches in flight to use Dataverse's execution-time budget, which allows about four
+/// operations running at once (1,200 s per 300 s).
+pub const BACKFILL_LANES: usize = 4;
 
 /// A new referral planned for a batched create.
 struct Planned {
@@ -73,21 +78,58 @@ impl Engine {
     }
 
     /// [`backfill`](Self::backfill) with groups of `group_size` referrals (at least one).
-    /// Groups run one after another, so two groups never create one new customer twice.
+    ///
+    /// The referrals are split into [`EngineConfig::backfill_lanes`](super::EngineConfig)
+    /// lanes by customer, and the lanes run
+    /// side by side, each one group after another: Dataverse runs a `$batch` one operation
+    /// after another, so one batch in flight uses a fraction of its execution-time budget.
+    /// One customer's referrals share a lane (in their listed order), so two groups never
+    /// create one new customer twice.
     pub async fn backfill_in_groups(
         &self,
         referrals: Vec<Referral>,
         group_size: usize,
     ) -> Result<Report, EngineError> {
-        let mut report = Report::default();
-        let mut rest = referrals.into_iter();
-        loop {
-            let group: Vec<Referral> = rest.by_ref().take(group_size.max(1)).collect();
-            if group.is_empty() {
-                return Ok(report);
+        let lanes = self.inner.config.backfill_lanes.max(1);
+        let mut by_lane: Vec<Vec<Referral>> = (0..lanes).map(|_| Vec::new()).collect();
+        // Whole customers to the shortest lane, in the order they first appear: lanes of even
+        // length fill whole groups (a lane a few referrals longer than a group would send a
+        // second, nearly empty `$batch`).
+        let mut lane_of: HashMap<String, usize> = HashMap::new();
+        let mut by_customer: Vec<(usize, Vec<Referral>)> = Vec::new();
+        for referral in referrals {
+            let key = customer_key(&referral);
+            let next = by_customer.len();
+            let i = *lane_of.entry(key).or_insert(next);
+            if i == next {
+                by_customer.push((i, Vec::new()));
             }
-            report.extend(self.apply_referrals(group).await?);
+            by_customer[i].1.push(referral);
         }
+        for (_, customer) in by_customer {
+            let shortest = (0..lanes).min_by_key(|&l| by_lane[l].len()).unwrap_or(0);
+            by_lane[shortest].extend(customer);
+        }
+        let group_size = group_size.max(1);
+        let runs = by_lane
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .map(|lane| async move {
+                let mut report = Report::default();
+                let mut rest = lane.into_iter();
+                loop {
+                    let group: Vec<Referral> = rest.by_ref().take(group_size).collect();
+                    if group.is_empty() {
+                        return Ok::<_, EngineError>(report);
+                    }
+                    report.extend(self.apply_referrals(group).await?);
+                }
+            });
+        let mut report = Report::default();
+        for lane in futures::future::try_join_all(runs).await? {
+            report.extend(lane);
+        }
+        Ok(report)
     }
 
     /// Applies a group of referrals with one outcome each, as
