@@ -474,6 +474,12 @@ fn main() -> BoxResult<()> {
         Duration::from_millis(args.window_ms),
         Duration::from_micros(args.operation_us),
     );
+    let setup = scale::Setup {
+        limits: limits.clone(),
+        shares: (args.pacer_target, args.background_share),
+        lanes: args.lanes,
+        live: args.live,
+    };
     let dir = std::env::temp_dir().join(format!("cosell-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut results = Vec::new();
@@ -484,10 +490,7 @@ fn main() -> BoxResult<()> {
             emulators.handle(),
             sandbox,
             n,
-            args.live,
-            limits.clone(),
-            (args.pacer_target, args.background_share),
-            args.lanes,
+            &setup,
             &dir,
         ));
         results.push(result?);

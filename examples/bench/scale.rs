@@ -111,17 +111,33 @@ fn file_bytes(path: &Path) -> u64 {
     total
 }
 
+/// How the backfill is run: the limits it runs under and the engine's settings for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    /// The emulated service-protection limits.
+    pub(crate) limits: ServiceLimits,
+    /// The pacer's `target` and `background_share`.
+    pub(crate) shares: (f64, f64),
+    /// `EngineConfig::backfill_lanes`.
+    pub(crate) lanes: usize,
+    /// Live records each way at N links.
+    pub(crate) live: usize,
+}
+
 /// One size, end to end.
 pub(crate) async fn run_size(
     emulators: &tokio::runtime::Handle,
     sandbox: Sandbox,
     n: usize,
-    live: usize,
-    limits: ServiceLimits,
-    shares: (f64, f64),
-    lanes: usize,
+    setup: &Setup,
     dir: &Path,
 ) -> BoxResult<SizeResult> {
+    let Setup {
+        limits,
+        shares,
+        lanes,
+        live,
+    } = setup.clone();
     let db = dir.join(format!("state-{n}.sqlite"));
     // The live engine: pacing off, the emulator's windows reset between phases (as the
     // classic bench); the backfill gets an engine of its own below, paced to the scaled limits.
@@ -145,7 +161,7 @@ pub(crate) async fn run_size(
     reset(&s);
     s.sandbox.dataverse().reset_limit_usage();
     let throttled_before = throttled(&s);
-    let backfill_engine = paced_engine(&s, &limits, shares, lanes)?;
+    let (backfill_engine, backfill_client) = paced_engine(&s, &limits, shares, lanes)?;
     let started = Instant::now();
     // The service's first reconcile over the whole history is the backfill: paged, batched.
     let report = backfill_engine.reconcile().await?;
@@ -153,6 +169,7 @@ pub(crate) async fn run_size(
     let failures = report.count(cosell::sync::Action::Failed);
     let counted = s.sandbox.dataverse().limit_usage();
     if std::env::var_os("COSELL_BENCH_TRACE").is_some() {
+        eprintln!("backfill pacer: {:?}", backfill_client.pacing_snapshot());
         for ((service, method, path), n) in s.sandbox.faults().counters() {
             eprintln!("backfill {service:?} {method} {path}: {n}");
         }
@@ -259,7 +276,7 @@ fn paced_engine(
     limits: &ServiceLimits,
     (target, background_share): (f64, f64),
     lanes: usize,
-) -> BoxResult<Engine> {
+) -> BoxResult<(Engine, DataverseClient)> {
     let urls = s.sandbox.urls();
     let app =
         ClientSecretCredential::builder(SANDBOX_TENANT, SANDBOX_CLIENT_ID, SANDBOX_CLIENT_SECRET)
@@ -279,14 +296,17 @@ fn paced_engine(
         .credential(Arc::new(app))
         .pacing(pacing)
         .build()?;
-    Ok(Engine::new(
-        Arc::new(s.partner_center.clone()),
-        Arc::new(DataverseCrm::new(client, s.crm.field_map().clone())),
-        s.store.clone(),
-        EngineConfig {
-            backfill_lanes: lanes,
-            ..EngineConfig::default()
-        },
+    Ok((
+        Engine::new(
+            Arc::new(s.partner_center.clone()),
+            Arc::new(DataverseCrm::new(client.clone(), s.crm.field_map().clone())),
+            s.store.clone(),
+            EngineConfig {
+                backfill_lanes: lanes,
+                ..EngineConfig::default()
+            },
+        ),
+        client,
     ))
 }
 

@@ -84,6 +84,9 @@ pub struct DataverseCrm {
     /// ISO code -> `transactioncurrencyid`. Only hits are kept (a currency enabled later is
     /// found on the next write); dropped when a write fails, in case a currency was removed.
     currencies: Arc<Mutex<HashMap<String, String>>>,
+    /// Held while a currency missing from the cache is looked up, so tasks side by side
+    /// (backfill lanes) wait for one look-up instead of each sending its own.
+    currency_lookup: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DataverseCrm {
@@ -94,6 +97,7 @@ impl DataverseCrm {
             client,
             map,
             currencies: Arc::default(),
+            currency_lookup: Arc::default(),
         }
     }
 
@@ -426,6 +430,10 @@ impl DataverseCrm {
     }
 
     async fn currency_id(&self, code: &str) -> Result<Option<String>, RemoteError> {
+        if let Some(id) = self.cached_currencies().get(code) {
+            return Ok(Some(id.clone()));
+        }
+        let _lookup = self.currency_lookup.lock().await;
         if let Some(id) = self.cached_currencies().get(code) {
             return Ok(Some(id.clone()));
         }

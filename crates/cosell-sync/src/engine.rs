@@ -369,6 +369,8 @@ struct Inner {
     worker: leases::Worker,
     /// The reconcile pass in flight: referrals done and listed (0 of 0 when none runs).
     reconcile_done: AtomicU64,
+    /// Referrals listed so far by the running reconcile.
+    reconcile_listed: AtomicU64,
     reconcile_total: AtomicU64,
 }
 
@@ -674,6 +676,7 @@ impl Engine {
                 stats: Stats::default(),
                 worker: leases::Worker::default(),
                 reconcile_done: AtomicU64::new(0),
+                reconcile_listed: AtomicU64::new(0),
                 reconcile_total: AtomicU64::new(0),
             }),
         }
@@ -830,9 +833,15 @@ impl Engine {
                 .await;
         }
         let snapshot = map.snapshot_from_referral(&referral)?;
-        let kind = map
-            .to_crm(&snapshot, &self.identity(&referral)?, None)?
-            .kind;
+        let payload = map.to_crm(&snapshot, &self.identity(&referral)?, None)?;
+        let kind = payload.kind;
+        // One customer's records are created one after another (after the pair's lock, in the
+        // order every create takes them): two referrals of a new customer created side by side
+        // (two webhooks, a webhook and a backfill group) would each find no account and make one.
+        let _customer = match backfill::customer_key(&payload) {
+            Some(key) if !inner.config.dry_run => Some(inner.locks.lock(key).await),
+            _ => None,
+        };
         if inner.config.dry_run {
             return Ok(Outcome::new(
                 Action::Planned,
@@ -2626,10 +2635,11 @@ impl Engine {
     }
 
     /// Lists referrals updated since the checkpoint (minus the overlap), oldest change first,
-    /// a round of pages at a time (enough for a group in each backfill lane): applies the
-    /// round's referrals, then moves the checkpoint to the round's newest change. The pass that
-    /// heals lost webhooks; it holds one round (and the next page) in memory, and a pass cut
-    /// off (a crash, a failure) resumes after the last finished round.
+    /// a page at a time: applies the page's referrals in groups, up to
+    /// [`EngineConfig::backfill_lanes`] groups side by side, and moves the checkpoint to a
+    /// page's newest change once it and every page before it are written. The pass that heals
+    /// lost webhooks; it holds a few pages in memory, and a pass cut off (a crash, a failure)
+    /// resumes after the last finished page.
     #[tracing::instrument(skip(self))]
     pub async fn reconcile(&self) -> Result<Report, EngineError> {
         let Some(_pass) = self.lease_pass(RECONCILE_CHECKPOINT).await? else {
@@ -2647,65 +2657,96 @@ impl Engine {
             None => now() - inner.config.initial_lookback,
         };
         inner.reconcile_done.store(0, Ordering::Relaxed);
+        inner.reconcile_listed.store(0, Ordering::Relaxed);
         inner.reconcile_total.store(0, Ordering::Relaxed);
         let result = async {
             let mut report = Report::default();
-            let mut newest = checkpoint;
-            let mut pages = inner.pc.referral_pages_updated_since(since);
-            // A round holds enough pages to give every backfill lane a whole group (two of
-            // Partner Center's 100-referral pages by default): fewer, fuller `$batch`es.
-            let round_size = inner.config.backfill_lanes.max(1) * backfill::DEFAULT_BACKFILL_GROUP;
-            let mut next = pages.try_next().await?;
-            while let Some(first) = next.take() {
-                let mut total = first.total;
-                let mut referrals = first.referrals;
-                let mut ended = false;
-                while referrals.len() < round_size {
-                    match pages.try_next().await? {
-                        Some(more) => {
-                            total = more.total.or(total);
-                            referrals.extend(more.referrals);
+            let pages = inner.pc.referral_pages_updated_since(since);
+            // Each page in groups, split by customer (see `backfill::by_customer`); its last
+            // group carries the page's newest change, where the checkpoint may move once that
+            // group (and every one before it) is written.
+            let lanes = inner.config.backfill_lanes.max(1);
+            let groups = pages
+                .map_err(EngineError::from)
+                .map_ok(|page| {
+                    let listed = inner
+                        .reconcile_listed
+                        .fetch_add(page.referrals.len() as u64, Ordering::Relaxed)
+                        + page.referrals.len() as u64;
+                    inner
+                        .reconcile_total
+                        .store(page.total.unwrap_or(0).max(listed), Ordering::Relaxed);
+                    let newest = page
+                        .referrals
+                        .iter()
+                        .filter_map(|r| r.updated_date_time)
+                        .max();
+                    let size = backfill::DEFAULT_BACKFILL_GROUP;
+                    let split = page.referrals.len().div_ceil(size);
+                    let groups = backfill::by_customer(page.referrals, split, size);
+                    let last = groups.len().saturating_sub(1);
+                    let tagged: Vec<_> = groups
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, g)| Ok((g, if i == last { newest } else { None })))
+                        .collect();
+                    stream::iter(tagged)
+                })
+                .try_flatten();
+            // New referrals are created in the CRM a group at a time (a first start over a
+            // year of history is a backfill), several groups side by side, the rest one by
+            // one. `buffered` yields the groups in listing order and pulls the next pages while
+            // earlier groups are written; a page that fails to list is an item in that order
+            // too, so the groups before it finish (and move the checkpoint) first.
+            //
+            // The checkpoint is written inside the groups' futures, each after the one before
+            // it has finished (a chain of signals): the loop below must await nothing but the
+            // stream, or the groups in flight stop being polled, one of them perhaps inside a
+            // store transaction that the checkpoint's commit would then wait for.
+            let newest = std::sync::Mutex::new(checkpoint);
+            let newest = &newest;
+            let mut before: Option<futures::channel::oneshot::Receiver<()>> = None;
+            let written = groups
+                .map(
+                    |item: Result<(Vec<Referral>, Option<DateTime<Utc>>), EngineError>| {
+                        let (done, signal) = futures::channel::oneshot::channel::<()>();
+                        let previous = before.replace(signal);
+                        async move {
+                            let (group, page_newest) = item?;
+                            let count = group.len() as u64;
+                            let outcomes = self.apply_referrals(group).await?;
+                            // A group before this one that failed ends the pass at its place:
+                            // this one's checkpoint must not pass it.
+                            if let Some(previous) = previous
+                                && previous.await.is_err()
+                            {
+                                return Ok((outcomes, count));
+                            }
+                            let moved = page_newest.filter(|t| {
+                                newest
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .is_none_or(|n| *t > n)
+                            });
+                            // Every referral of this page and the pages before is now linked,
+                            // unchanged or dead-lettered (durable), and they came oldest change
+                            // first: the checkpoint may pass them. One changed meanwhile lists
+                            // again after the overlap.
+                            if let Some(t) = moved {
+                                self.set_reconcile_checkpoint(t).await?;
+                                *newest.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+                            }
+                            let _ = done.send(());
+                            Ok::<_, EngineError>((outcomes, count))
                         }
-                        None => {
-                            ended = true;
-                            break;
-                        }
-                    }
-                }
-                let listed = inner.reconcile_done.load(Ordering::Relaxed) + referrals.len() as u64;
-                inner
-                    .reconcile_total
-                    .store(total.unwrap_or(0).max(listed), Ordering::Relaxed);
-                let page_newest = referrals.iter().filter_map(|r| r.updated_date_time).max();
-                // New referrals are created in the CRM a group at a time (a first start over
-                // a year of history is a backfill), the rest one by one.
-                let count = referrals.len() as u64;
-                // The next page is fetched while this round is written.
-                let fetch = async {
-                    if ended {
-                        Ok(None)
-                    } else {
-                        pages.try_next().await
-                    }
-                };
-                let (outcomes, fetched) = futures::future::join(
-                    self.backfill_in_groups(referrals, backfill::DEFAULT_BACKFILL_GROUP),
-                    fetch,
+                    },
                 )
-                .await;
-                let outcomes = outcomes?;
+                .buffered(lanes);
+            let mut written = std::pin::pin!(written);
+            while let Some(item) = written.next().await {
+                let (outcomes, count) = item?;
                 inner.reconcile_done.fetch_add(count, Ordering::Relaxed);
                 report.extend(outcomes);
-                // Every referral of this round and the rounds before is now linked, unchanged
-                // or dead-lettered (durable), and they came oldest change first: the checkpoint
-                // may pass them. One changed meanwhile lists again after the overlap.
-                if let Some(t) = page_newest
-                    && newest.is_none_or(|n| t > n)
-                {
-                    self.set_reconcile_checkpoint(t).await?;
-                    newest = Some(t);
-                }
-                next = fetched?;
             }
             Ok(report)
         }

@@ -207,7 +207,7 @@ impl DataverseClientBuilder {
     /// The service-protection budgets to pace under: requests and execution time per sliding
     /// window, the target fraction live traffic may fill and the background share. By default
     /// the client paces under [`PacerConfig::default`], Dataverse's documented per-user limits
-    /// (6,000 requests and 1,200 s per 300 s, target 90 %, background 80 %); set this when an
+    /// (6,000 requests and 1,200 s per 300 s, target 95 %, background 90 %); set this when an
     /// environment has other limits, or to scale the windows down for tests and benches.
     /// [`build`](Self::build) refuses settings that cannot work, naming the setting.
     ///

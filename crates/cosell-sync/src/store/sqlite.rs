@@ -37,6 +37,9 @@ pub struct SqliteStore {
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    if e.to_string().contains("locked") {
+        eprintln!("TEMPDEBUG {}", std::backtrace::Backtrace::force_capture());
+    }
     StoreError::backend_caused_by(e)
 }
 
@@ -114,6 +117,26 @@ impl SqliteStore {
             leases: pool.clone(),
             pool,
         })
+    }
+
+    /// A transaction that holds SQLite's write lock from its start (`BEGIN IMMEDIATE`): a
+    /// deferred one that reads first cannot take the lock once another connection has written
+    /// meanwhile and fails at once with "database is locked", whatever the busy timeout; an
+    /// immediate one waits its turn (the busy timeout) instead.
+    async fn write_transaction(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        let t0 = std::time::Instant::now();
+        let r = self.pool.begin_with("BEGIN IMMEDIATE").await;
+        if r.is_err() {
+            eprintln!(
+                "TEMPDEBUG begin failed after {:?}, pool size {} idle {}",
+                t0.elapsed(),
+                self.pool.size(),
+                self.pool.num_idle()
+            );
+        }
+        r.map_err(backend)
     }
 
     /// The schema version (the latest applied migration).
@@ -590,7 +613,7 @@ impl StateStore for SqliteStore {
     }
 
     async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write_transaction().await?;
         // Retention runs on the store's clock, not on the timestamps a caller supplies.
         let now = Utc::now();
         let cutoff = ts(&(now - SEEN_RETENTION));
@@ -637,7 +660,7 @@ impl StateStore for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut tx = self.write_transaction().await?;
         for id in &commit.remove_links {
             sqlx::query("DELETE FROM links WHERE referral_id = ?")
                 .bind(id)
