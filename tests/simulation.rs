@@ -58,7 +58,10 @@ const REGRESSION_SEEDS: &[u64] = &[
     // Found with updates written without a read (issue 15):
     24, // a blind write's 412 redone as a CRM echo: the referral's change never written (idle loop)
     383, // the same on a lead: Partner Center's notes lost
-    182, // reconcile pages backfilled in four parallel lanes: Partner Center's later edit lost
+    // Found with backfill lanes (which moved the faults onto it; the bug is older):
+    182, // a referral patch resent after its lost answer got 412: the landed write undone
+    539, // the same: the pair put back as before the write, a later PC edit lost to the CRM
+    734, // the same (a later Partner Center write lost to an earlier CRM one)
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1586,7 +1586,10 @@ impl Engine {
                 .await
             {
                 Ok(r) => r,
-                Err(e) => return Err(self.undo_plan(link, e).await),
+                Err(e) => match self.landed_update(&link.referral_id, &pc_target, &e).await {
+                    Some(r) => r,
+                    None => return Err(self.undo_plan(link, e).await),
+                },
             };
             wrote.push("referral updated".to_string());
             self.count_synced(Direction::ToPartnerCenter);
@@ -1839,6 +1842,25 @@ impl Engine {
             return f;
         }
         Failure::Remote(e)
+    }
+
+    /// The referral as it stands after a 412 on our patch, when it holds `pc_target` all the
+    /// same: the patch went under `If-Match` and was sent again after its answer was lost, so
+    /// the 412 may be the repeat refused because the first one landed. Then the patch is
+    /// written (it is recorded as such); otherwise `None`, and the 412 is a concurrent edit.
+    async fn landed_update(
+        &self,
+        referral_id: &str,
+        pc_target: &MappedSnapshot,
+        e: &RemoteError,
+    ) -> Option<Referral> {
+        if e.kind() != RemoteErrorKind::PreconditionFailed {
+            return None;
+        }
+        let fresh = self.inner.pc.get_referral(referral_id).await.ok()?;
+        let held = self.inner.map.snapshot_from_referral(&fresh).ok()?;
+        let rest = self.referral_update(&held, pc_target).ok()?;
+        rest.is_empty().then_some(fresh)
     }
 
     /// The target's currency when the CRM lacks it (a row holding that currency has it).
