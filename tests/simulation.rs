@@ -62,6 +62,7 @@ const REGRESSION_SEEDS: &[u64] = &[
     182, // a referral patch resent after its lost answer got 412: the landed write undone
     539, // the same: the pair put back as before the write, a later PC edit lost to the CRM
     734, // the same (a later Partner Center write lost to an earlier CRM one)
+    724, // the outcome columns written blind after a referral-only write: a seller's edit as echo
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1696,11 +1696,14 @@ impl Engine {
             && row_status.is_none_or(|s| s.is_open())
         {
             // Only Partner Center changed: record the outcome on the open CRM row (mark and
-            // audit text).
+            // audit text), under If-Match with the version it was read at. Its new version is
+            // recorded as the pair's: written blind, a seller's edit made since the read would
+            // hide behind it (its change taken for our echo). A 412 redoes the pass, with
+            // Partner Center's write recorded already.
             let columns = map.outcome_columns(r.kind, &r.records.primary, outcome, &message, now());
             let etag = inner
                 .crm
-                .update_columns(r.kind, &r.id, &columns, None)
+                .update_columns(r.kind, &r.id, &columns, r.etag.as_deref())
                 .await?;
             updated.crm_etag = etag;
             crm_marked = true;
