@@ -2828,7 +2828,18 @@ impl Engine {
             }
             match now_parent {
                 Some(parent) => {
-                    if !learn_only {
+                    // The first read only learns the rows of opportunities not linked yet: the
+                    // opportunity feed syncs those anyway. A linked pair may have been in sync
+                    // at its version before a seller linked a solution (a link row leaves the
+                    // opportunity's version as it was, so that feed takes it for our echo):
+                    // synced, else the solution would never reach Partner Center.
+                    if !learn_only
+                        || inner
+                            .store
+                            .link_by_crm(opportunity, &parent)
+                            .await?
+                            .is_some()
+                    {
                         touch(&mut parents, parent.clone());
                     }
                     seen.insert(link_id.clone(), parent.clone());
