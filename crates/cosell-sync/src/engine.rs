@@ -394,6 +394,13 @@ enum Failure {
     /// A pass that took a side from the pair's state instead of reading it found the plan
     /// needs more than that side's known version can vouch for: run it again reading both.
     NeedsRead,
+    /// Partner Center refused our patch with a 412 and the referral, read after it, does not
+    /// hold the plan (a concurrent edit): the pair is put back as before the plan; the pass
+    /// runs again from this copy, reading the CRM side.
+    Stale {
+        error: RemoteError,
+        referral: Box<Referral>,
+    },
     /// The CRM record was written with everything it can hold; these fields it cannot (a
     /// currency it lacks), and Partner Center keeps them. `marked`: the pass already wrote ✖
     /// and this text on the CRM row.
@@ -415,6 +422,7 @@ impl fmt::Display for Failure {
             Failure::Rule(s) => f.write_str(s),
             Failure::Again(_) => f.write_str("the pair changed during the pass; not finished"),
             Failure::NeedsRead => f.write_str("the pass needs both sides read; not finished"),
+            Failure::Stale { error, .. } => write!(f, "{error}"),
             Failure::Partial { errors, .. } => {
                 let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 write!(
@@ -1013,6 +1021,16 @@ impl Engine {
                     assume = false;
                     tracing::debug!(attempt, "concurrent edit (412); re-reading both sides");
                 }
+                Err(Failure::Stale {
+                    referral: fresh, ..
+                }) if attempt < self.inner.config.max_precondition_retries => {
+                    attempt += 1;
+                    assume = false;
+                    // Read just now, after the 412: the redo need not read it again.
+                    referral = Some(*fresh);
+                    tracing::debug!(attempt, "concurrent edit (412); re-reading the CRM side");
+                }
+                Err(Failure::Stale { error, .. }) => return Err(Failure::Remote(error)),
                 Err(Failure::Again(notes))
                     if attempt < self.inner.config.max_precondition_retries =>
                 {
@@ -1586,10 +1604,27 @@ impl Engine {
                 .await
             {
                 Ok(r) => r,
-                Err(e) => match self.landed_update(&link.referral_id, &pc_target, &e).await {
-                    Some(r) => r,
-                    None => return Err(self.undo_plan(link, e).await),
-                },
+                Err(e) if e.kind() == RemoteErrorKind::PreconditionFailed => {
+                    // Sent under If-Match, the patch is sent again after a lost answer: the 412
+                    // may be that repeat refused because the first one landed. The referral
+                    // as it stands tells: holding the plan, the patch is written.
+                    let fresh = match inner.pc.get_referral(&link.referral_id).await {
+                        Ok(fresh) => fresh,
+                        Err(_) => return Err(self.undo_plan(link, e).await),
+                    };
+                    if self.holds_plan(&fresh, &pc_target) {
+                        fresh
+                    } else {
+                        return Err(match self.undo_plan(link, e).await {
+                            Failure::Remote(error) => Failure::Stale {
+                                error,
+                                referral: Box::new(fresh),
+                            },
+                            f => f,
+                        });
+                    }
+                }
+                Err(e) => return Err(self.undo_plan(link, e).await),
             };
             wrote.push("referral updated".to_string());
             self.count_synced(Direction::ToPartnerCenter);
@@ -1847,23 +1882,14 @@ impl Engine {
         Failure::Remote(e)
     }
 
-    /// The referral as it stands after a 412 on our patch, when it holds `pc_target` all the
-    /// same: the patch went under `If-Match` and was sent again after its answer was lost, so
-    /// the 412 may be the repeat refused because the first one landed. Then the patch is
-    /// written (it is recorded as such); otherwise `None`, and the 412 is a concurrent edit.
-    async fn landed_update(
-        &self,
-        referral_id: &str,
-        pc_target: &MappedSnapshot,
-        e: &RemoteError,
-    ) -> Option<Referral> {
-        if e.kind() != RemoteErrorKind::PreconditionFailed {
-            return None;
-        }
-        let fresh = self.inner.pc.get_referral(referral_id).await.ok()?;
-        let held = self.inner.map.snapshot_from_referral(&fresh).ok()?;
-        let rest = self.referral_update(&held, pc_target).ok()?;
-        rest.is_empty().then_some(fresh)
+    /// Whether `referral` holds `pc_target`: nothing left to patch.
+    fn holds_plan(&self, referral: &Referral, pc_target: &MappedSnapshot) -> bool {
+        self.inner
+            .map
+            .snapshot_from_referral(referral)
+            .ok()
+            .and_then(|held| self.referral_update(&held, pc_target).ok())
+            .is_some_and(|rest| rest.is_empty())
     }
 
     /// The target's currency when the CRM lacks it (a row holding that currency has it).
