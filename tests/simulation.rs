@@ -64,6 +64,7 @@ const REGRESSION_SEEDS: &[u64] = &[
     734,  // the same (a later Partner Center write lost to an earlier CRM one)
     724,  // the outcome columns written blind after a referral-only write: a seller's edit as echo
     1736, // the link feed's first read only learned a seller's solution on a pair in sync: lost
+    1781, // (in this fix) a 412 taken for our landed patch with Microsoft's CRM id new: never synced
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1612,7 +1612,7 @@ impl Engine {
                         Ok(fresh) => fresh,
                         Err(_) => return Err(self.undo_plan(link, e).await),
                     };
-                    if self.holds_plan(&fresh, &pc_target) {
+                    if self.holds_plan(&fresh, &raw_pc, &pc_target) {
                         fresh
                     } else {
                         return Err(match self.undo_plan(link, e).await {
@@ -1702,8 +1702,17 @@ impl Engine {
             let written = match written {
                 Ok(w) => w,
                 // A 412 there comes from the CRM side's first write (after a reopen the row is
-                // written without If-Match): with Partner Center not written either, nothing was.
+                // written without If-Match): with Partner Center not written either, nothing
+                // was, unless it is the write's repeat after a lost answer, refused because
+                // the first one landed. A row holding the plan tells: the plan stays (it is
+                // what the row holds) and the pass is redone reading both sides.
                 Err(Failure::Remote(e)) if wrote.is_empty() => {
+                    if e.kind() == RemoteErrorKind::PreconditionFailed
+                        && let Some(r) = row.as_ref().filter(|r| r.kind == payload.kind)
+                        && self.row_holds(r, &crm_view).await
+                    {
+                        return Err(Failure::Remote(e));
+                    }
                     return Err(self.undo_plan(link, e).await);
                 }
                 Err(f) => return Err(f),
@@ -1882,14 +1891,36 @@ impl Engine {
         Failure::Remote(e)
     }
 
-    /// Whether `referral` holds `pc_target`: nothing left to patch.
-    fn holds_plan(&self, referral: &Referral, pc_target: &MappedSnapshot) -> bool {
+    /// Whether the CRM row `row` names holds `crm_view` now (read again; its status aside).
+    async fn row_holds(&self, row: &CrmRow, crm_view: &MappedSnapshot) -> bool {
+        let Ok(Some(now)) = self.inner.crm.read(row.kind, &row.id).await else {
+            return false;
+        };
         self.inner
             .map
-            .snapshot_from_referral(referral)
-            .ok()
-            .and_then(|held| self.referral_update(&held, pc_target).ok())
-            .is_some_and(|rest| rest.is_empty())
+            .snapshot_from_crm(&now.records, Some(crm_view))
+            .is_ok_and(|held| !differs_beyond_status(crm_view, &held))
+    }
+
+    /// Whether `referral` holds `pc_target` (nothing left to patch) and nothing else new: each
+    /// field as planned or as read before the patch (`raw_pc`). A field changed to anything
+    /// else is Microsoft's edit, which a pass recording this copy would take for known.
+    fn holds_plan(
+        &self,
+        referral: &Referral,
+        raw_pc: &MappedSnapshot,
+        pc_target: &MappedSnapshot,
+    ) -> bool {
+        let Ok(held) = self.inner.map.snapshot_from_referral(referral) else {
+            return false;
+        };
+        let nothing_new = FieldId::ALL
+            .into_iter()
+            .all(|f| held.get(f) == pc_target.get(f) || held.get(f) == raw_pc.get(f));
+        nothing_new
+            && self
+                .referral_update(&held, pc_target)
+                .is_ok_and(|rest| rest.is_empty())
     }
 
     /// The target's currency when the CRM lacks it (a row holding that currency has it).
