@@ -341,6 +341,60 @@ async fn a_patch_whose_answer_was_lost_and_whose_repeat_got_412_costs_one_read_a
 }
 
 #[tokio::test]
+async fn a_failed_pass_leaves_the_pair_out_of_sync_so_no_side_is_taken_from_its_state() {
+    let h = Harness::start().await;
+    let id = h.synced_pair().await;
+    let opp = h.opportunity_id(&id);
+
+    // The seller's edit comes through the feed, but its pass cannot read the row.
+    h.s.sandbox
+        .dataverse()
+        .update_as_user(
+            "opportunity",
+            opp,
+            json!({"description": "The seller's notes, pass failed."}),
+        )
+        .unwrap();
+    h.s.sandbox.faults().inject(
+        Service::Dataverse,
+        Fault::status(400)
+            .on_method(Method::GET)
+            .on_path(format!("opportunities({opp})"))
+            .times(1),
+    );
+    let report = h.s.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.failures().count(), 1, "{report:#?}");
+    // The feed has moved past the edit, which no state knows: the pair is not in sync, so
+    // the next pass reads the row rather than assume it unchanged.
+    let link =
+        h.s.engine
+            .store()
+            .link_by_referral(&id)
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(!link.in_sync, "{link:#?}");
+
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace", "path": "/details/closingDateTime",
+                    "value": "2027-11-30T00:00:00Z"}]),
+        )
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        h.referral(&id)["details"]["notes"],
+        json!("The seller's notes, pass failed.")
+    );
+    assert_eq!(
+        h.opportunity(&id)["estimatedclosedate"],
+        json!("2027-11-30")
+    );
+}
+
+#[tokio::test]
 async fn an_echo_from_the_change_feed_costs_no_dataverse_request_beyond_the_feed() {
     let h = Harness::start().await;
     let id = h.synced_pair().await;

@@ -795,7 +795,7 @@ impl Engine {
             {
                 match self.inner.pc.get_referral(&id).await {
                     Ok(fresh) => fresh,
-                    Err(e) => return self.fail_referral(&id, None, Failure::Remote(e)).await,
+                    Err(e) => return self.fail_pair(&id, None, Failure::Remote(e)).await,
                 }
             }
             _ => referral,
@@ -816,7 +816,7 @@ impl Engine {
         match result {
             Ok(outcome) => Ok(outcome),
             Err(Failure::Store(e)) => Err(e.into()),
-            Err(failure) => self.fail_referral(&id, None, failure).await,
+            Err(failure) => self.fail_pair(&id, None, failure).await,
         }
     }
 
@@ -968,7 +968,7 @@ impl Engine {
         match self.reconcile_locked(link, None).await {
             Ok(o) => Ok(o),
             Err(Failure::Store(e)) => Err(e.into()),
-            Err(f) => self.fail_referral(&referral_id, crm, f).await,
+            Err(f) => self.fail_pair(&referral_id, crm, f).await,
         }
     }
 
@@ -2579,6 +2579,7 @@ impl Engine {
         referral_id: Option<&str>,
         crm: Option<(RecordKind, String)>,
         failure: &Failure,
+        unsync: Option<Link>,
     ) -> Result<Outcome, EngineError> {
         let inner = &self.inner;
         let message = failure.to_string();
@@ -2640,6 +2641,9 @@ impl Engine {
             last_failed_at: at,
         };
         let mut commit = Commit::new().dead_letter(letter);
+        if let Some(link) = unsync {
+            commit = commit.link(link);
+        }
         if !repeated {
             commit = commit.audit(entry);
         }
@@ -2668,6 +2672,38 @@ impl Engine {
             Some(referral_id),
             crm,
             &failure,
+            None,
+        )
+        .await
+    }
+
+    /// [`fail_referral`](Self::fail_referral) for a pass that holds the pair's lock: a pair
+    /// in sync is no longer. The failed pass verified nothing, and the change it was given (a
+    /// CRM row's, from a feed that has moved on) may be known to no state: the next pass must
+    /// read both sides, never take one from the state or stop at an unchanged eTag (an
+    /// assumed CRM row with nothing to write there would clear the letter and lose the edit).
+    async fn fail_pair(
+        &self,
+        referral_id: &str,
+        crm: Option<(RecordKind, String)>,
+        failure: Failure,
+    ) -> Result<Outcome, EngineError> {
+        let link = self.inner.store.link_by_referral(referral_id).await?;
+        let crm = crm.or_else(|| {
+            link.as_ref()
+                .and_then(|l| kind_of(&l.crm_entity).zip(l.crm_id.clone()))
+        });
+        let unsync = link.filter(|l| l.in_sync).map(|mut l| {
+            l.in_sync = false;
+            l
+        });
+        self.record_failure(
+            format!("referral:{referral_id}"),
+            Direction::ToCrm,
+            Some(referral_id),
+            crm,
+            &failure,
+            unsync,
         )
         .await
     }
@@ -2684,6 +2720,7 @@ impl Engine {
             None,
             Some((kind, id.to_string())),
             &failure,
+            None,
         )
         .await
     }
@@ -3122,6 +3159,7 @@ impl Engine {
                         "related referral {id}: our referral in engagement {engagement} is not \
                          linked yet"
                     )),
+                    None,
                 )
                 .await;
         }
@@ -3144,6 +3182,7 @@ impl Engine {
                             Some(&link.referral_id),
                             None,
                             &failure,
+                            None,
                         )
                         .await;
                 }
