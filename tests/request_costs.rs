@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::Method;
 use cosell::partner_center::models::Referral;
-use cosell::sandbox::Service;
+use cosell::sandbox::{Fault, Service};
 use cosell::sandboxed::Sandboxed;
 use cosell::sync::Action;
 use serde_json::{Value, json};
@@ -283,6 +283,115 @@ async fn a_referral_edited_meanwhile_costs_a_412_a_read_and_a_patch_and_both_edi
     let row = h.opportunity(&id);
     assert_eq!(row["description"], json!("Microsoft's notes."));
     assert_eq!(row["estimatedclosedate"], json!("2027-10-31"));
+}
+
+#[tokio::test]
+async fn a_patch_whose_answer_was_lost_and_whose_repeat_got_412_costs_one_read_and_no_redo() {
+    let h = Harness::start().await;
+    let id = h.synced_pair().await;
+    let opp = h.opportunity_id(&id);
+
+    h.s.sandbox
+        .dataverse()
+        .update_as_user(
+            "opportunity",
+            opp,
+            json!({"description": "The seller's notes, answer lost."}),
+        )
+        .unwrap();
+    // The patch lands, its answer is lost; its repeat under the same If-Match gets 412.
+    h.s.sandbox.faults().inject(
+        Service::Referrals,
+        Fault::drop_after()
+            .on_method(Method::PATCH)
+            .on_path("/v1.0/engagements/referrals")
+            .times(1),
+    );
+    h.reset();
+    let report = h.s.engine.pull_crm_changes().await.unwrap();
+    assert!(report.failures().next().is_none(), "{report:#?}");
+    // The referral holds the plan: the write landed, and the pass records it as written
+    // rather than putting the pair back and redoing it.
+    assert_eq!(report.count(Action::UpdatedReferral), 1, "{report:#?}");
+    assert_eq!(h.calls_of(Service::Referrals, Method::PATCH), 2);
+    assert_eq!(h.calls_of(Service::Referrals, Method::GET), 1);
+    assert_eq!(
+        h.referral(&id)["details"]["notes"],
+        json!("The seller's notes, answer lost.")
+    );
+    let link =
+        h.s.engine
+            .store()
+            .link_by_referral(&id)
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(link.in_sync && link.pc_known.is_none(), "{link:#?}");
+
+    // Microsoft's later edit of the same field is its edit, not a conflict with the seller's.
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(&id, description_patch("Microsoft's later notes."))
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        h.opportunity(&id)["description"],
+        json!("Microsoft's later notes.")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_pass_leaves_the_pair_out_of_sync_so_no_side_is_taken_from_its_state() {
+    let h = Harness::start().await;
+    let id = h.synced_pair().await;
+    let opp = h.opportunity_id(&id);
+
+    // The seller's edit comes through the feed, but its pass cannot read the row.
+    h.s.sandbox
+        .dataverse()
+        .update_as_user(
+            "opportunity",
+            opp,
+            json!({"description": "The seller's notes, pass failed."}),
+        )
+        .unwrap();
+    h.s.sandbox.faults().inject(
+        Service::Dataverse,
+        Fault::status(400)
+            .on_method(Method::GET)
+            .on_path(format!("opportunities({opp})"))
+            .times(1),
+    );
+    let report = h.s.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.failures().count(), 1, "{report:#?}");
+    // The feed has moved past the edit, which no state knows: the pair is not in sync, so
+    // the next pass reads the row rather than assume it unchanged.
+    let link =
+        h.s.engine
+            .store()
+            .link_by_referral(&id)
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(!link.in_sync, "{link:#?}");
+
+    h.s.sandbox
+        .partner_center()
+        .update_as_microsoft(
+            &id,
+            json!([{"op": "replace", "path": "/details/closingDateTime",
+                    "value": "2027-11-30T00:00:00Z"}]),
+        )
+        .unwrap();
+    h.settle().await;
+    assert_eq!(
+        h.referral(&id)["details"]["notes"],
+        json!("The seller's notes, pass failed.")
+    );
+    assert_eq!(
+        h.opportunity(&id)["estimatedclosedate"],
+        json!("2027-11-30")
+    );
 }
 
 #[tokio::test]

@@ -58,7 +58,13 @@ const REGRESSION_SEEDS: &[u64] = &[
     // Found with updates written without a read (issue 15):
     24, // a blind write's 412 redone as a CRM echo: the referral's change never written (idle loop)
     383, // the same on a lead: Partner Center's notes lost
-    182, // reconcile pages backfilled in four parallel lanes: Partner Center's later edit lost
+    // Found after backfill lanes (older bugs; the lanes only moved the faults onto 182):
+    182,  // a referral patch resent after its lost answer got 412: the landed write undone
+    539,  // the same: the pair put back as before the write, a later PC edit lost to the CRM
+    734,  // the same (a later Partner Center write lost to an earlier CRM one)
+    724,  // the outcome columns written blind after a referral-only write: a seller's edit as echo
+    1736, // the link feed's first read only learned a seller's solution on a pair in sync: lost
+    1781, // (in this fix) a 412 taken for our landed patch with Microsoft's CRM id new: never synced
 ];
 
 fn env_u64(name: &str) -> Option<u64> {

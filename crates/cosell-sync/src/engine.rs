@@ -396,6 +396,13 @@ enum Failure {
     /// A pass that took a side from the pair's state instead of reading it found the plan
     /// needs more than that side's known version can vouch for: run it again reading both.
     NeedsRead,
+    /// Partner Center refused our patch with a 412 and the referral, read after it, does not
+    /// hold the plan (a concurrent edit): the pair is put back as before the plan; the pass
+    /// runs again from this copy, reading the CRM side.
+    Stale {
+        error: RemoteError,
+        referral: Box<Referral>,
+    },
     /// The CRM record was written with everything it can hold; these fields it cannot (a
     /// currency it lacks), and Partner Center keeps them. `marked`: the pass already wrote ✖
     /// and this text on the CRM row.
@@ -417,6 +424,7 @@ impl fmt::Display for Failure {
             Failure::Rule(s) => f.write_str(s),
             Failure::Again(_) => f.write_str("the pair changed during the pass; not finished"),
             Failure::NeedsRead => f.write_str("the pass needs both sides read; not finished"),
+            Failure::Stale { error, .. } => write!(f, "{error}"),
             Failure::Partial { errors, .. } => {
                 let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 write!(
@@ -790,7 +798,7 @@ impl Engine {
             {
                 match self.inner.pc.get_referral(&id).await {
                     Ok(fresh) => fresh,
-                    Err(e) => return self.fail_referral(&id, None, Failure::Remote(e)).await,
+                    Err(e) => return self.fail_pair(&id, None, Failure::Remote(e)).await,
                 }
             }
             _ => referral,
@@ -811,7 +819,7 @@ impl Engine {
         match result {
             Ok(outcome) => Ok(outcome),
             Err(Failure::Store(e)) => Err(e.into()),
-            Err(failure) => self.fail_referral(&id, None, failure).await,
+            Err(failure) => self.fail_pair(&id, None, failure).await,
         }
     }
 
@@ -969,7 +977,7 @@ impl Engine {
         match self.reconcile_locked(link, None).await {
             Ok(o) => Ok(o),
             Err(Failure::Store(e)) => Err(e.into()),
-            Err(f) => self.fail_referral(&referral_id, crm, f).await,
+            Err(f) => self.fail_pair(&referral_id, crm, f).await,
         }
     }
 
@@ -1022,6 +1030,16 @@ impl Engine {
                     assume = false;
                     tracing::debug!(attempt, "concurrent edit (412); re-reading both sides");
                 }
+                Err(Failure::Stale {
+                    referral: fresh, ..
+                }) if attempt < self.inner.config.max_precondition_retries => {
+                    attempt += 1;
+                    assume = false;
+                    // Read just now, after the 412: the redo need not read it again.
+                    referral = Some(*fresh);
+                    tracing::debug!(attempt, "concurrent edit (412); re-reading the CRM side");
+                }
+                Err(Failure::Stale { error, .. }) => return Err(Failure::Remote(error)),
                 Err(Failure::Again(notes))
                     if attempt < self.inner.config.max_precondition_retries =>
                 {
@@ -1595,6 +1613,26 @@ impl Engine {
                 .await
             {
                 Ok(r) => r,
+                Err(e) if e.kind() == RemoteErrorKind::PreconditionFailed => {
+                    // Sent under If-Match, the patch is sent again after a lost answer: the 412
+                    // may be that repeat refused because the first one landed. The referral
+                    // as it stands tells: holding the plan, the patch is written.
+                    let fresh = match inner.pc.get_referral(&link.referral_id).await {
+                        Ok(fresh) => fresh,
+                        Err(_) => return Err(self.undo_plan(link, e).await),
+                    };
+                    if self.holds_plan(&fresh, &raw_pc, &pc_target) {
+                        fresh
+                    } else {
+                        return Err(match self.undo_plan(link, e).await {
+                            Failure::Remote(error) => Failure::Stale {
+                                error,
+                                referral: Box::new(fresh),
+                            },
+                            f => f,
+                        });
+                    }
+                }
                 Err(e) => return Err(self.undo_plan(link, e).await),
             };
             wrote.push("referral updated".to_string());
@@ -1673,8 +1711,17 @@ impl Engine {
             let written = match written {
                 Ok(w) => w,
                 // A 412 there comes from the CRM side's first write (after a reopen the row is
-                // written without If-Match): with Partner Center not written either, nothing was.
+                // written without If-Match): with Partner Center not written either, nothing
+                // was, unless it is the write's repeat after a lost answer, refused because
+                // the first one landed. A row holding the plan tells: the plan stays (it is
+                // what the row holds) and the pass is redone reading both sides.
                 Err(Failure::Remote(e)) if wrote.is_empty() => {
+                    if e.kind() == RemoteErrorKind::PreconditionFailed
+                        && let Some(r) = row.as_ref().filter(|r| r.kind == payload.kind)
+                        && self.row_holds(r, &crm_view).await
+                    {
+                        return Err(Failure::Remote(e));
+                    }
                     return Err(self.undo_plan(link, e).await);
                 }
                 Err(f) => return Err(f),
@@ -1702,11 +1749,14 @@ impl Engine {
             && row_status.is_none_or(|s| s.is_open())
         {
             // Only Partner Center changed: record the outcome on the open CRM row (mark and
-            // audit text).
+            // audit text), under If-Match with the version it was read at. Its new version is
+            // recorded as the pair's: written blind, a seller's edit made since the read would
+            // hide behind it (its change taken for our echo). A 412 redoes the pass, with
+            // Partner Center's write recorded already.
             let columns = map.outcome_columns(r.kind, &r.records.primary, outcome, &message, now());
             let etag = inner
                 .crm
-                .update_columns(r.kind, &r.id, &columns, None)
+                .update_columns(r.kind, &r.id, &columns, r.etag.as_deref())
                 .await?;
             updated.crm_etag = etag;
             crm_marked = true;
@@ -1848,6 +1898,38 @@ impl Engine {
             return f;
         }
         Failure::Remote(e)
+    }
+
+    /// Whether the CRM row `row` names holds `crm_view` now (read again; its status aside).
+    async fn row_holds(&self, row: &CrmRow, crm_view: &MappedSnapshot) -> bool {
+        let Ok(Some(now)) = self.inner.crm.read(row.kind, &row.id).await else {
+            return false;
+        };
+        self.inner
+            .map
+            .snapshot_from_crm(&now.records, Some(crm_view))
+            .is_ok_and(|held| !differs_beyond_status(crm_view, &held))
+    }
+
+    /// Whether `referral` holds `pc_target` (nothing left to patch) and nothing else new: each
+    /// field as planned or as read before the patch (`raw_pc`). A field changed to anything
+    /// else is Microsoft's edit, which a pass recording this copy would take for known.
+    fn holds_plan(
+        &self,
+        referral: &Referral,
+        raw_pc: &MappedSnapshot,
+        pc_target: &MappedSnapshot,
+    ) -> bool {
+        let Ok(held) = self.inner.map.snapshot_from_referral(referral) else {
+            return false;
+        };
+        let nothing_new = FieldId::ALL
+            .into_iter()
+            .all(|f| held.get(f) == pc_target.get(f) || held.get(f) == raw_pc.get(f));
+        nothing_new
+            && self
+                .referral_update(&held, pc_target)
+                .is_ok_and(|rest| rest.is_empty())
     }
 
     /// The target's currency when the CRM lacks it (a row holding that currency has it).
@@ -2506,6 +2588,7 @@ impl Engine {
         referral_id: Option<&str>,
         crm: Option<(RecordKind, String)>,
         failure: &Failure,
+        unsync: Option<Link>,
     ) -> Result<Outcome, EngineError> {
         let inner = &self.inner;
         let message = failure.to_string();
@@ -2567,6 +2650,9 @@ impl Engine {
             last_failed_at: at,
         };
         let mut commit = Commit::new().dead_letter(letter);
+        if let Some(link) = unsync {
+            commit = commit.link(link);
+        }
         if !repeated {
             commit = commit.audit(entry);
         }
@@ -2595,6 +2681,38 @@ impl Engine {
             Some(referral_id),
             crm,
             &failure,
+            None,
+        )
+        .await
+    }
+
+    /// [`fail_referral`](Self::fail_referral) for a pass that holds the pair's lock: a pair
+    /// in sync is no longer. The failed pass verified nothing, and the change it was given (a
+    /// CRM row's, from a feed that has moved on) may be known to no state: the next pass must
+    /// read both sides, never take one from the state or stop at an unchanged eTag (an
+    /// assumed CRM row with nothing to write there would clear the letter and lose the edit).
+    async fn fail_pair(
+        &self,
+        referral_id: &str,
+        crm: Option<(RecordKind, String)>,
+        failure: Failure,
+    ) -> Result<Outcome, EngineError> {
+        let link = self.inner.store.link_by_referral(referral_id).await?;
+        let crm = crm.or_else(|| {
+            link.as_ref()
+                .and_then(|l| kind_of(&l.crm_entity).zip(l.crm_id.clone()))
+        });
+        let unsync = link.filter(|l| l.in_sync).map(|mut l| {
+            l.in_sync = false;
+            l
+        });
+        self.record_failure(
+            format!("referral:{referral_id}"),
+            Direction::ToCrm,
+            Some(referral_id),
+            crm,
+            &failure,
+            unsync,
         )
         .await
     }
@@ -2611,6 +2729,7 @@ impl Engine {
             None,
             Some((kind, id.to_string())),
             &failure,
+            None,
         )
         .await
     }
@@ -2844,7 +2963,18 @@ impl Engine {
             }
             match now_parent {
                 Some(parent) => {
-                    if !learn_only {
+                    // The first read only learns the rows of opportunities not linked yet: the
+                    // opportunity feed syncs those anyway. A linked pair may have been in sync
+                    // at its version before a seller linked a solution (a link row leaves the
+                    // opportunity's version as it was, so that feed takes it for our echo):
+                    // synced, else the solution would never reach Partner Center.
+                    if !learn_only
+                        || inner
+                            .store
+                            .link_by_crm(opportunity, &parent)
+                            .await?
+                            .is_some()
+                    {
                         touch(&mut parents, parent.clone());
                     }
                     seen.insert(link_id.clone(), parent.clone());
@@ -3070,6 +3200,7 @@ impl Engine {
                         "related referral {id}: our referral in engagement {engagement} is not \
                          linked yet"
                     )),
+                    None,
                 )
                 .await;
         }
@@ -3092,6 +3223,7 @@ impl Engine {
                             Some(&link.referral_id),
                             None,
                             &failure,
+                            None,
                         )
                         .await;
                 }
