@@ -420,3 +420,48 @@ async fn a_batched_backfill_writes_what_apply_referral_writes() {
         }
     }
 }
+
+/// Two webhooks for two referrals of one new customer, handled side by side, and a backfill
+/// group of that customer running with them: each create looks for the account, finds none and
+/// would make one, unless one customer's creates go one after another. One account is made.
+#[tokio::test]
+async fn one_new_customers_referrals_created_side_by_side_make_one_account() {
+    let h = Harness::start(41).await;
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            h.incoming(
+                "Nod Publishers",
+                "98101",
+                &format!("pat{i}@nod.example"),
+                true,
+            )
+        })
+        .collect();
+    let listed = h.list().await;
+    let group: Vec<Referral> = listed
+        .iter()
+        .filter(|r| {
+            r.id.as_deref() == Some(ids[2].as_str()) || r.id.as_deref() == Some(ids[3].as_str())
+        })
+        .cloned()
+        .collect();
+    assert_eq!(group.len(), 2);
+    let engine = &h.s.engine;
+    let (a, b, g) = tokio::join!(
+        engine.sync_referral(&ids[0]),
+        engine.sync_referral(&ids[1]),
+        engine.backfill(group),
+    );
+    let (a, b, g) = (a.unwrap(), b.unwrap(), g.unwrap());
+    assert_eq!(a.action, Action::CreatedInCrm, "{a:?}");
+    assert_eq!(b.action, Action::CreatedInCrm, "{b:?}");
+    assert_eq!(g.count(Action::CreatedInCrm), 2, "{g:?}");
+    let accounts = h.accounts_by_key();
+    assert_eq!(
+        accounts.get(&("nod publishers".into(), "98101".into())),
+        Some(&1),
+        "{accounts:?}"
+    );
+    let rows = h.rows_by_referral();
+    assert!(ids.iter().all(|id| rows.get(id) == Some(&1)), "{rows:?}");
+}
