@@ -17,6 +17,9 @@ struct State {
     links: BTreeMap<String, Link>,
     /// (CRM entity, CRM id) -> referral id: `links` looked up from the CRM side.
     by_crm: BTreeMap<(String, String), String>,
+    /// Engagement id -> referral ids: the related referrals of one engagement, found without
+    /// a scan of every link.
+    by_engagement: BTreeMap<String, BTreeSet<String>>,
     intents: BTreeMap<(String, String), CreateIntent>,
     checkpoints: BTreeMap<String, String>,
     audit: Vec<AuditEntry>,
@@ -49,9 +52,18 @@ pub struct MemoryStore {
 
 impl State {
     fn remove_link(&mut self, referral_id: &str) {
-        if let Some(old) = self.links.remove(referral_id)
-            && let Some(crm_id) = old.crm_id
+        let Some(old) = self.links.remove(referral_id) else {
+            return;
+        };
+        if let Some(engagement) = &old.engagement_id
+            && let Some(ids) = self.by_engagement.get_mut(engagement)
         {
+            ids.remove(referral_id);
+            if ids.is_empty() {
+                self.by_engagement.remove(engagement);
+            }
+        }
+        if let Some(crm_id) = old.crm_id {
             self.by_crm.remove(&(old.crm_entity, crm_id));
         }
     }
@@ -107,6 +119,13 @@ fn apply(state: &mut State, commit: Commit) -> Result<(), StoreError> {
                 (link.crm_entity.clone(), crm_id.clone()),
                 link.referral_id.clone(),
             );
+        }
+        if let Some(engagement) = &link.engagement_id {
+            state
+                .by_engagement
+                .entry(engagement.clone())
+                .or_default()
+                .insert(link.referral_id.clone());
         }
         state.links.insert(link.referral_id.clone(), link);
     }
@@ -170,6 +189,17 @@ impl StateStore for MemoryStore {
 
     async fn links(&self) -> Result<Vec<Link>, StoreError> {
         Ok(self.lock().links.values().cloned().collect())
+    }
+
+    async fn links_by_engagement(&self, engagement_id: &str) -> Result<Vec<Link>, StoreError> {
+        let state = self.lock();
+        Ok(state
+            .by_engagement
+            .get(engagement_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| state.links.get(id).cloned())
+            .collect())
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
