@@ -29,7 +29,7 @@
 //! state store, so several engines sharing one store (workers) never handle one pair at once
 //! (`engine/leases.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -2933,9 +2933,12 @@ impl Engine {
         let mut commit = Commit::new();
         // This page's rows, so a row linked and deleted within one page is traced too.
         let mut seen: HashMap<String, String> = HashMap::new();
+        // In the order first touched, each once (a set beside the list: a first read over many
+        // links touched thousands, and `Vec::contains` made that quadratic).
         let mut parents: Vec<String> = Vec::new();
-        let touch = |parents: &mut Vec<String>, id: String| {
-            if !parents.contains(&id) {
+        let mut touched: HashSet<String> = HashSet::new();
+        let mut touch = |parents: &mut Vec<String>, id: String| {
+            if touched.insert(id.clone()) {
                 parents.push(id);
             }
         };
