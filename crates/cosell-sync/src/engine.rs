@@ -2666,24 +2666,8 @@ impl Engine {
         crm: Option<(RecordKind, String)>,
         failure: Failure,
     ) -> Result<Outcome, EngineError> {
-        let crm = match crm {
-            Some(c) => Some(c),
-            None => self
-                .inner
-                .store
-                .link_by_referral(referral_id)
-                .await?
-                .and_then(|l| kind_of(&l.crm_entity).zip(l.crm_id)),
-        };
-        self.record_failure(
-            format!("referral:{referral_id}"),
-            Direction::ToCrm,
-            Some(referral_id),
-            crm,
-            &failure,
-            None,
-        )
-        .await
+        self.fail_referral_marking(referral_id, crm, failure, false)
+            .await
     }
 
     /// [`fail_referral`](Self::fail_referral) for a pass that holds the pair's lock: a pair
@@ -2697,12 +2681,29 @@ impl Engine {
         crm: Option<(RecordKind, String)>,
         failure: Failure,
     ) -> Result<Outcome, EngineError> {
-        let link = self.inner.store.link_by_referral(referral_id).await?;
+        self.fail_referral_marking(referral_id, crm, failure, true)
+            .await
+    }
+
+    /// Records a referral's failure; with `unsync_pair`, a linked pair in sync is marked out
+    /// of sync in the same commit.
+    async fn fail_referral_marking(
+        &self,
+        referral_id: &str,
+        crm: Option<(RecordKind, String)>,
+        failure: Failure,
+        unsync_pair: bool,
+    ) -> Result<Outcome, EngineError> {
+        let link = if crm.is_none() || unsync_pair {
+            self.inner.store.link_by_referral(referral_id).await?
+        } else {
+            None
+        };
         let crm = crm.or_else(|| {
             link.as_ref()
                 .and_then(|l| kind_of(&l.crm_entity).zip(l.crm_id.clone()))
         });
-        let unsync = link.filter(|l| l.in_sync).map(|mut l| {
+        let unsync = link.filter(|l| unsync_pair && l.in_sync).map(|mut l| {
             l.in_sync = false;
             l
         });
