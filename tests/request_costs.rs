@@ -459,3 +459,137 @@ async fn a_webhook_echo_costs_no_dataverse_request() {
     );
     assert_eq!(h.calls_of(Service::Referrals, Method::PATCH), 0);
 }
+
+/// The solution link feed knows our own links. A backfill creates opportunities with their
+/// solutions; the feed's first read then lists every link row, and a later read the rows of
+/// the next creates. Neither reads a referral or an opportunity: each row links a solution
+/// its pair already holds on both sides (one catalogue look-up per page names the rows'
+/// solutions). A seller linking a solution the deal already has (a second row) costs nothing
+/// either; a new solution is synced and reaches the referral.
+#[tokio::test]
+async fn our_own_solution_links_cost_the_link_feed_no_read_and_a_sellers_new_one_is_synced() {
+    let h = Harness::start().await;
+    let seeded = h.s.sandbox.partner_center().seed_referrals(12);
+    let report = h.s.engine.reconcile().await.unwrap();
+    assert!(report.count(Action::CreatedInCrm) >= 1, "{report:#?}");
+    let with_solutions: Vec<&String> = seeded
+        .iter()
+        .filter(|id| {
+            h.referral(id)["details"]["requirements"]["solutions"]
+                .as_array()
+                .is_some_and(|s| !s.is_empty())
+                && h.s
+                    .sandbox
+                    .dataverse()
+                    .query("opportunity", &format!("cosell_referralid eq '{id}'"))
+                    .unwrap()
+                    .len()
+                    == 1
+        })
+        .collect();
+    assert!(
+        with_solutions.len() >= 3,
+        "the seed makes opportunities with solutions"
+    );
+
+    // The first read of every feed: the opportunities are our creates coming back, the link
+    // rows our links.
+    h.reset();
+    let report = h.s.engine.pull_crm_changes().await.unwrap();
+    let touched: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter(|o| !matches!(o.action, Action::Echo))
+        .collect();
+    assert!(touched.is_empty(), "{touched:#?}");
+    assert_eq!(h.calls(Service::Referrals), 0);
+    // The opportunity feed reads a row whose version it cannot vouch for (one created closed:
+    // its status step leaves a version the create did not see), and that read lists the row's
+    // link rows too. Beyond those, the link feed costs its page and one catalogue look-up.
+    let f = h.s.sandbox.faults();
+    let gets = |path: &str| f.calls_matching(Service::Dataverse, &Method::GET, path);
+    let opportunity_reads = gets("/api/data/v9.2/opportunities(");
+    assert_eq!(
+        gets("/api/data/v9.2/cosell_opportunitysolutions") - opportunity_reads,
+        1,
+        "one page of the link feed: {:#?}",
+        f.counters()
+    );
+    assert_eq!(
+        gets("/api/data/v9.2/cosell_partnercentersolutions"),
+        1,
+        "{:#?}",
+        f.counters()
+    );
+    assert!(
+        opportunity_reads < 3,
+        "the link feed read no opportunity: {:#?}",
+        f.counters()
+    );
+
+    // A later read, after more creates (webhooks of our own new referrals).
+    let id = h.synced_pair().await;
+    let opp = h.opportunity_id(&id);
+    h.s.engine.pull_crm_changes().await.unwrap();
+    h.reset();
+    let report = h.s.engine.pull_crm_changes().await.unwrap();
+    assert!(report.outcomes.is_empty(), "{report:#?}");
+    assert_eq!(h.calls(Service::Referrals), 0);
+
+    // The seller links the deal's first solution a second time: nothing new to sync.
+    let dv = h.s.sandbox.dataverse();
+    let link = |solution_row: &str| {
+        json!({"cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
+               "cosell_PartnerCenterSolutionId@odata.bind":
+                   format!("/cosell_partnercentersolutions({solution_row})")})
+    };
+    let first_solution = h.referral(&id)["details"]["requirements"]["solutions"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let catalogue_row = dv
+        .query(
+            "cosell_partnercentersolution",
+            &format!("cosell_solutionid eq '{first_solution}'"),
+        )
+        .unwrap()[0]["cosell_partnercentersolutionid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    h.s.dataverse
+        .create("cosell_opportunitysolutions", &link(&catalogue_row))
+        .await
+        .unwrap();
+    h.reset();
+    let report = h.s.engine.pull_crm_changes().await.unwrap();
+    assert!(report.outcomes.is_empty(), "{report:#?}");
+    assert_eq!(h.calls(Service::Referrals), 0);
+
+    // A solution the deal lacks: synced, and on the referral.
+    let added = h
+        .s
+        .dataverse
+        .create(
+            "cosell_partnercentersolutions",
+            &json!({"cosell_solutionid": "SOL-55555-NEW", "cosell_name": "Added by the seller"}),
+        )
+        .await
+        .unwrap();
+    h.s.dataverse
+        .create("cosell_opportunitysolutions", &link(&added.to_string()))
+        .await
+        .unwrap();
+    let report = h.s.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::UpdatedReferral), 1, "{report:#?}");
+    let solutions: Vec<String> = h.referral(&id)["details"]["requirements"]["solutions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        solutions.contains(&"SOL-55555-NEW".to_string()),
+        "{solutions:?}"
+    );
+    assert!(solutions.contains(&first_solution), "{solutions:?}");
+}

@@ -110,6 +110,13 @@ pub enum SolutionLinkChange {
         link_id: String,
         /// The opportunity it links, when the row names one.
         opportunity_id: Option<String>,
+        /// The linked solution's id in the catalogue (its alternate key, the Partner Center
+        /// solution id), when the row names a solution and the CRM could tell which. Lets the
+        /// engine recognise a link it wrote itself, or a solution the pair already holds,
+        /// without reading the opportunity.
+        solution_id: Option<String>,
+        /// Whether the row is active (an inactive row is a removed solution).
+        active: bool,
     },
     /// A link row was deleted. The feed gives only its id: the engine finds the opportunity
     /// from an earlier [`Linked`](Self::Linked) entry of the same row.

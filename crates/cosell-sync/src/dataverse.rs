@@ -87,6 +87,9 @@ pub struct DataverseCrm {
     /// Held while a currency missing from the cache is looked up, so tasks side by side
     /// (backfill lanes) wait for one look-up instead of each sending its own.
     currency_lookup: Arc<tokio::sync::Mutex<()>>,
+    /// Catalogue row id -> solution id (its alternate key), for the solution link feed. Rows
+    /// of the catalogue are created, never re-keyed, so a hit stays true.
+    solution_keys: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl DataverseCrm {
@@ -98,6 +101,7 @@ impl DataverseCrm {
             map,
             currencies: Arc::default(),
             currency_lookup: Arc::default(),
+            solution_keys: Arc::default(),
         }
     }
 
@@ -423,6 +427,65 @@ impl DataverseCrm {
         let account_set = &self.map.config().columns.account.entity_set;
         let body = contact.body(account_id, account_set).map_err(mapping)?;
         Ok(self.client.create(&c.entity_set, &body).await?.to_string())
+    }
+
+    /// The solution ids (catalogue alternate keys) of catalogue rows, by lower-case row id:
+    /// from the cache, and the rows it lacks read in groups of 50 by id. A row that is gone
+    /// has no entry.
+    async fn solution_keys_of(
+        &self,
+        rows: &[&str],
+    ) -> Result<HashMap<String, String>, RemoteError> {
+        let cached = || self.solution_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut missing: Vec<String> = {
+            let cache = cached();
+            rows.iter()
+                .map(|r| r.to_ascii_lowercase())
+                .filter(|r| !cache.contains_key(r))
+                .collect()
+        };
+        missing.sort();
+        missing.dedup();
+        let s = &self.map.config().columns.solution;
+        let pk = self.solution_primary_key();
+        for group in missing.chunks(50) {
+            let ids = group
+                .iter()
+                .map(|id| parse_id(id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let Some(filter) = Filter::any(ids.into_iter().map(|id| Filter::eq(&pk, id))) else {
+                continue;
+            };
+            let found: Vec<Map<String, Value>> = self
+                .client
+                .query::<Map<String, Value>>(
+                    &s.entity_set,
+                    &Query::new()
+                        .select([pk.as_str(), s.solution_id.as_str()])
+                        .filter(filter),
+                )
+                .into_stream()
+                .map_ok(|e| e.value)
+                .try_collect()
+                .await?;
+            let mut cache = cached();
+            for row in found {
+                if let (Some(id), Some(key)) = (
+                    row.get(&pk).and_then(Value::as_str),
+                    row.get(&s.solution_id).and_then(Value::as_str),
+                ) {
+                    cache.insert(id.to_ascii_lowercase(), key.to_string());
+                }
+            }
+        }
+        let cache = cached();
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let r = r.to_ascii_lowercase();
+                cache.get(&r).map(|k| (r, k.clone()))
+            })
+            .collect())
     }
 
     fn cached_currencies(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -1520,13 +1583,28 @@ impl Crm for DataverseCrm {
         let s = &self.map.config().columns.solution;
         let link_pk = self.link_primary_key();
         let opportunity_value = format!("_{}_value", s.link_opportunity);
+        let solution_value = format!("_{}_value", s.link_solution);
         let collected = self
             .changes_of(
                 &s.link_entity_set,
-                &[link_pk.as_str(), opportunity_value.as_str(), "statecode"],
+                &[
+                    link_pk.as_str(),
+                    opportunity_value.as_str(),
+                    solution_value.as_str(),
+                    "statecode",
+                ],
                 cursor,
             )
             .await?;
+        let rows: Vec<&str> = collected
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upserted(e) => e.value.get(&solution_value).and_then(Value::as_str),
+                Change::Deleted { .. } => None,
+            })
+            .collect();
+        let keys = self.solution_keys_of(&rows).await?;
         let changes = collected
             .changes
             .into_iter()
@@ -1538,6 +1616,14 @@ impl Crm for DataverseCrm {
                         .get(&opportunity_value)
                         .and_then(Value::as_str)
                         .map(str::to_string),
+                    solution_id: e
+                        .value
+                        .get(&solution_value)
+                        .and_then(Value::as_str)
+                        .and_then(|row| keys.get(&row.to_ascii_lowercase()))
+                        .cloned(),
+                    // Dataverse's statecode 0 is Active on every table.
+                    active: e.value.get("statecode").and_then(Value::as_i64) == Some(0),
                 }),
                 Change::Deleted { id } => Some(SolutionLinkChange::Unlinked {
                     link_id: id.to_string(),

@@ -498,6 +498,20 @@ fn decode(what: &'static str, v: &Value) -> Result<MappedSnapshot, Failure> {
     })
 }
 
+/// Whether a pair holds `solution` on both sides: the plan has it and the CRM row had it when
+/// last read or written. A link state that cannot be decoded holds nothing (the caller syncs).
+fn pair_holds(pair: &Link, solution: &str) -> bool {
+    let Ok(sides) = Sides::of(pair) else {
+        return false;
+    };
+    let has = |s: &MappedSnapshot| {
+        s.solutions()
+            .iter()
+            .any(|v| v.id.eq_ignore_ascii_case(solution))
+    };
+    has(&sides.target) && has(&sides.crm)
+}
+
 fn encode(s: &MappedSnapshot) -> Value {
     serde_json::to_value(s).unwrap_or(Value::Null)
 }
@@ -2944,12 +2958,14 @@ impl Engine {
             }
         };
         for change in changes.changes {
-            let (link_id, now_parent) = match change {
+            let (link_id, now_parent, linked) = match change {
                 SolutionLinkChange::Linked {
                     link_id,
                     opportunity_id,
-                } => (link_id, opportunity_id),
-                SolutionLinkChange::Unlinked { link_id } => (link_id, None),
+                    solution_id,
+                    active,
+                } => (link_id, opportunity_id, Some((solution_id, active))),
+                SolutionLinkChange::Unlinked { link_id } => (link_id, None, None),
             };
             let before = match seen.get(&link_id) {
                 Some(p) => Some(p.clone()),
@@ -2959,6 +2975,7 @@ impl Engine {
                     .await?
                     .map(|c| c.parent_id),
             };
+            let seen_before = before.is_some();
             // The opportunity the row left (deleted, or moved to another one) lost a solution.
             if let Some(before) = before
                 && now_parent.as_deref() != Some(before.as_str())
@@ -2967,18 +2984,24 @@ impl Engine {
             }
             match now_parent {
                 Some(parent) => {
-                    // The first read only learns the rows of opportunities not linked yet: the
-                    // opportunity feed syncs those anyway. A linked pair may have been in sync
-                    // at its version before a seller linked a solution (a link row leaves the
-                    // opportunity's version as it was, so that feed takes it for our echo):
-                    // synced, else the solution would never reach Partner Center.
-                    if !learn_only
-                        || inner
-                            .store
-                            .link_by_crm(opportunity, &parent)
-                            .await?
-                            .is_some()
-                    {
+                    // A row seen before changed: synced. A row seen for the first time on a
+                    // linked opportunity is synced unless the pair already holds its solution
+                    // on both sides (our own link coming back, or a solution linked twice,
+                    // which counts once): a link row leaves the opportunity's version as it
+                    // was, so the opportunity feed takes a seller's new solution for our echo
+                    // and only this feed brings it. The first read skips the rows of
+                    // opportunities not linked yet: the opportunity feed syncs those anyway.
+                    let sync = if seen_before {
+                        true
+                    } else {
+                        match inner.store.link_by_crm(opportunity, &parent).await? {
+                            Some(pair) => !linked.as_ref().is_some_and(|(solution, active)| {
+                                *active && solution.as_deref().is_some_and(|s| pair_holds(&pair, s))
+                            }),
+                            None => !learn_only,
+                        }
+                    };
+                    if sync {
                         touch(&mut parents, parent.clone());
                     }
                     seen.insert(link_id.clone(), parent.clone());
@@ -3031,8 +3054,10 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         };
-        // Several changes of one row in a page collapse to one sync.
+        // Several changes of one row in a page collapse to one sync (a set beside the list:
+        // a page holds up to 5,000 rows, and `Vec::contains` made that quadratic).
         let mut ids: Vec<String> = Vec::new();
+        let mut queued: HashSet<String> = HashSet::new();
         let mut deleted = Vec::new();
         let mut echoes = Vec::new();
         for change in changes.changes {
@@ -3050,7 +3075,8 @@ impl Engine {
                         echoes.push((l.referral_id.clone(), id));
                         continue;
                     }
-                    if (link.is_some() || inner.map.sync_enabled(kind, &row)) && !ids.contains(&id)
+                    if (link.is_some() || inner.map.sync_enabled(kind, &row))
+                        && queued.insert(id.clone())
                     {
                         ids.push(id);
                     }
@@ -3059,7 +3085,7 @@ impl Engine {
             }
         }
         // A row that also changed since (a later entry of the page) is synced instead.
-        echoes.retain(|(_, id)| !ids.contains(id));
+        echoes.retain(|(_, id)| !queued.contains(id));
         let mut report = self
             .run_parallel(
                 ids.into_iter()
