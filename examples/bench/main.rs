@@ -104,6 +104,11 @@ struct Args {
     /// Scale bench: backfill lanes (`EngineConfig::backfill_lanes`).
     #[arg(long, default_value_t = cosell::sync::BACKFILL_LANES)]
     lanes: usize,
+    /// Scale bench: the backfill's pacer ignores the emulator's `x-ms-ratelimit-*` hints and
+    /// charges its measured round trips (as a client must when its budgets are not the
+    /// environment's own).
+    #[arg(long)]
+    no_pacing_hints: bool,
 }
 
 /// Requests per service during one phase, and by operation.
@@ -479,6 +484,7 @@ fn main() -> BoxResult<()> {
         shares: (args.pacer_target, args.background_share),
         lanes: args.lanes,
         live: args.live,
+        hints: !args.no_pacing_hints,
     };
     let dir = std::env::temp_dir().join(format!("cosell-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -501,6 +507,7 @@ fn main() -> BoxResult<()> {
         &limits,
         args.live,
         (args.pacer_target, args.background_share),
+        !args.no_pacing_hints,
     );
     Ok(())
 }

@@ -120,6 +120,9 @@ pub(crate) struct Setup {
     pub(crate) shares: (f64, f64),
     /// `EngineConfig::backfill_lanes`.
     pub(crate) lanes: usize,
+    /// Whether the backfill's pacer folds in the emulator's `x-ms-ratelimit-*` hints
+    /// (`DataverseClientBuilder::pacing_hints`): the budgets are the emulator's own.
+    pub(crate) hints: bool,
     /// Live records each way at N links.
     pub(crate) live: usize,
 }
@@ -137,6 +140,7 @@ pub(crate) async fn run_size(
         shares,
         lanes,
         live,
+        hints,
     } = setup.clone();
     let db = dir.join(format!("state-{n}.sqlite"));
     // The live engine: pacing off, the emulator's windows reset between phases (as the
@@ -161,7 +165,7 @@ pub(crate) async fn run_size(
     reset(&s);
     s.sandbox.dataverse().reset_limit_usage();
     let throttled_before = throttled(&s);
-    let (backfill_engine, backfill_client) = paced_engine(&s, &limits, shares, lanes)?;
+    let (backfill_engine, backfill_client) = paced_engine(&s, &limits, shares, lanes, hints)?;
     let started = Instant::now();
     // The service's first reconcile over the whole history is the backfill: paged, batched.
     let report = backfill_engine.reconcile().await?;
@@ -276,6 +280,7 @@ fn paced_engine(
     limits: &ServiceLimits,
     (target, background_share): (f64, f64),
     lanes: usize,
+    hints: bool,
 ) -> BoxResult<(Engine, DataverseClient)> {
     let urls = s.sandbox.urls();
     let app =
@@ -295,6 +300,7 @@ fn paced_engine(
         .environment_url(urls.dataverse.clone())
         .credential(Arc::new(app))
         .pacing(pacing)
+        .pacing_hints(hints)
         .build()?;
     Ok((
         Engine::new(
@@ -320,15 +326,17 @@ pub(crate) fn print(
     limits: &ServiceLimits,
     live: usize,
     (target, background_share): (f64, f64),
+    hints: bool,
 ) {
     println!(
-        "cosell scale bench: backfill under scaled limits ({} requests and {:.0} s execution per {:.0} s window, {:.1} ms emulated per operation), paced to {:.0} % of each budget (live {:.0} %), then {live} live records each way at N links",
+        "cosell scale bench: backfill under scaled limits ({} requests and {:.0} s execution per {:.0} s window, {:.1} ms emulated per operation), paced to {:.0} % of each budget (live {:.0} %, server hints {}), then {live} live records each way at N links",
         limits.max_requests,
         limits.max_execution_time.as_secs_f64(),
         limits.request_window.as_secs_f64(),
         limits.operation_cost.unwrap_or_default().as_secs_f64() * 1000.0,
         background_share * 100.0,
         target * 100.0,
+        if hints { "on" } else { "off" },
     );
     println!();
     println!(

@@ -17,7 +17,8 @@ pub use credential::{
 };
 pub use error::{DecodeError, Error, MAX_ERROR_BODY, ServiceError, decode_json};
 pub use pacer::{
-    BudgetPacer, InFlight, PacerConfig, PacerConfigError, PacerSnapshot, Priority, Reservation,
+    BudgetPacer, InFlight, MIN_EXECUTION_SCALE, PacerConfig, PacerConfigError, PacerSnapshot,
+    Priority, Reservation,
 };
 pub use pager::{DeltaLink, NextLink, ODataPage, Page, PageFuture, Pager};
 pub use pipeline::{Pipeline, PipelineBuilder, SendOptions, json_body};

@@ -7,8 +7,11 @@
 //! execution happens inside the round trip, so this is an upper bound and the pacer errs on the
 //! cautious side. Servers that report their own remaining budget (Dataverse's
 //! `x-ms-ratelimit-*-remaining-xrm-requests`, documented as "for debugging") may be fed to
-//! [`BudgetPacer::observe_remaining`]; those hints only ever tighten the pacer's own count, so a
-//! missing or reset header never makes it send faster.
+//! [`BudgetPacer::observe_remaining`]: a hint reporting more use than the pacer counted adds the
+//! difference; one reporting less scales the pacer's round trips down to what the server
+//! charged, never below [`MIN_EXECUTION_SCALE`] of them and only for one execution window after
+//! the hint, so a missing header restores the round-trip count and a reset one (another web
+//! server) is ignored.
 //!
 //! Two priorities share the budget: [`Priority::Live`] may fill it up to
 //! [`PacerConfig::target`], [`Priority::Background`] only up to
@@ -23,6 +26,15 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+/// The least fraction of its measured round trips a pacer charges as execution time when the
+/// server's hints report less: a header from another web server (Microsoft says they reset) can
+/// at worst let the pacer count half of what it measured.
+pub const MIN_EXECUTION_SCALE: f64 = 0.5;
+
+/// Finished requests a window must hold before a server's hint rescales the pacer's count (a
+/// ratio over fewer is noise).
+const MIN_SAMPLES_TO_SCALE: usize = 8;
 
 /// Which share of the budget a request may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -157,6 +169,9 @@ pub struct PacerSnapshot {
     pub execution_in_window: Duration,
     /// The execution budget per window.
     pub max_execution_time: Duration,
+    /// The fraction of measured round trips charged as execution time: 1, or less while a
+    /// server hint reported charging less (see [`BudgetPacer::observe_remaining`]).
+    pub execution_scale: f64,
     /// Requests in flight now.
     pub in_flight: usize,
     /// How long a live request sent now would wait (zero: none).
@@ -194,7 +209,14 @@ struct State {
     pending: [usize; 2],
     finished: VecDeque<Finished>,
     finished_total: Duration,
+    /// The part of `finished_total` taken from server hints (entries without a priority).
+    corrections_total: Duration,
     finished_requests: usize,
+    /// What the server charged per measured round trip, from its last hint that reported
+    /// less than the pacer counted (1: round trips as measured).
+    execution_scale: f64,
+    /// When `execution_scale` was last set; it lapses an execution window later.
+    scaled_at: Option<Instant>,
     in_flight: HashMap<u64, (Instant, Priority)>,
     next_id: u64,
     paused_until: Option<Instant>,
@@ -253,8 +275,23 @@ impl State {
                 self.finished_total = self.finished_total.saturating_sub(f.cost);
                 if f.priority.is_some() {
                     self.finished_requests -= 1;
+                } else {
+                    self.corrections_total = self.corrections_total.saturating_sub(f.cost);
                 }
             }
+        }
+        if self.scaled_at.is_some_and(|t| now - t >= ew) {
+            self.execution_scale = 1.0;
+            self.scaled_at = None;
+        }
+    }
+
+    /// What a finished entry counts toward the budget: a measured round trip scaled by the
+    /// server's last hint, a correction as it was reported.
+    fn charged(&self, f: &Finished) -> Duration {
+        match f.priority {
+            Some(_) => f.cost.mul_f64(self.execution_scale),
+            None => f.cost,
         }
     }
 
@@ -262,7 +299,8 @@ impl State {
     /// to cost at least.
     fn mean_cost(&self) -> Duration {
         match u32::try_from(self.finished_requests) {
-            Ok(n) if n > 0 => self.finished_total / n,
+            Ok(n) if n > 0 => (self.finished_total.saturating_sub(self.corrections_total) / n)
+                .mul_f64(self.execution_scale),
             _ => Duration::ZERO,
         }
     }
@@ -276,20 +314,26 @@ impl State {
 
     fn execution_used(&self, now: Instant, scope: Scope) -> Duration {
         let mean = self.mean_cost();
+        let scale = self.execution_scale;
         let finished: Duration = match scope {
-            Scope::All => self.finished_total,
+            Scope::All => {
+                self.finished_total
+                    .saturating_sub(self.corrections_total)
+                    .mul_f64(scale)
+                    + self.corrections_total
+            }
             Scope::Background => self
                 .finished
                 .iter()
                 .filter(|f| scope.holds(f.priority))
-                .map(|f| f.cost)
+                .map(|f| self.charged(f))
                 .sum(),
         };
         let flying: Duration = self
             .in_flight
             .values()
             .filter(|(_, p)| scope.holds(Some(*p)))
-            .map(|(t, _)| (now - *t).max(mean))
+            .map(|(t, _)| (now - *t).mul_f64(scale).max(mean))
             .sum();
         let pending = u32::try_from(self.pending_in(scope)).unwrap_or(u32::MAX);
         finished + flying + mean * pending
@@ -324,11 +368,12 @@ impl State {
             let mut excess = used - cap;
             let mut at = None;
             for f in self.finished.iter().filter(|f| scope.holds(f.priority)) {
-                if f.cost >= excess {
+                let cost = self.charged(f);
+                if cost >= excess {
                     at = Some(f.at + cfg.execution_window);
                     break;
                 }
-                excess -= f.cost;
+                excess -= cost;
             }
             match at {
                 Some(t) => until = later(until, t),
@@ -435,7 +480,10 @@ impl BudgetPacer {
                     pending: [0, 0],
                     finished: VecDeque::new(),
                     finished_total: Duration::ZERO,
+                    corrections_total: Duration::ZERO,
                     finished_requests: 0,
+                    execution_scale: 1.0,
+                    scaled_at: None,
                     in_flight: HashMap::new(),
                     next_id: 0,
                     paused_until: None,
@@ -540,10 +588,19 @@ impl BudgetPacer {
     }
 
     /// Folds in the server's own view of what is left of its budgets (for Dataverse the
-    /// `x-ms-ratelimit-burst-remaining-xrm-requests` and `…-time-remaining-…` headers). A hint
-    /// only tightens: when the server has counted more than the pacer (another process of the
-    /// same user, a server that charges more than the round trip), the difference is added to
-    /// the current window; when it has counted less, the hint is ignored.
+    /// `x-ms-ratelimit-burst-remaining-xrm-requests` and `…-time-remaining-…` headers).
+    ///
+    /// - When the server has counted more than the pacer (another process of the same user, a
+    ///   server that charges more than the round trip), the difference is added to the current
+    ///   window.
+    /// - When it has charged less execution time than the pacer's round trips (the network and
+    ///   the client's own time are in a round trip, not in the server's count), the pacer scales
+    ///   its round trips by the server's ratio, never below [`MIN_EXECUTION_SCALE`], for one
+    ///   execution window. It needs a few finished requests in the window first, and a hint
+    ///   reporting the whole budget left while the pacer counted use (a reset: another web
+    ///   server) is ignored.
+    /// - A request count reported lower than the pacer's own is ignored (the pacer counts its
+    ///   sends exactly).
     pub fn observe_remaining(
         &self,
         requests_remaining: Option<u64>,
@@ -565,6 +622,7 @@ impl BudgetPacer {
         if let Some(left) = execution_remaining {
             let server_used = s.cfg.max_execution_time.saturating_sub(left);
             let flying: Duration = s.in_flight.values().map(|(t, _)| now - *t).sum();
+            let measured = s.finished_total.saturating_sub(s.corrections_total);
             let ours = s.finished_total + flying;
             if server_used > ours {
                 let cost = server_used - ours;
@@ -574,8 +632,23 @@ impl BudgetPacer {
                     priority: None,
                 });
                 s.finished_total += cost;
+                s.corrections_total += cost;
+                s.execution_scale = 1.0;
+                s.scaled_at = None;
+            } else if server_used > Duration::ZERO
+                && s.finished_requests >= MIN_SAMPLES_TO_SCALE
+                && !measured.is_zero()
+            {
+                // Requests in flight are not in the server's count yet, nor in `measured`.
+                let charged = server_used.saturating_sub(s.corrections_total);
+                let ratio = charged.as_secs_f64() / measured.as_secs_f64();
+                s.execution_scale = ratio.clamp(MIN_EXECUTION_SCALE, 1.0);
+                s.scaled_at = Some(now);
             }
         }
+        drop(s);
+        // A lower count may let waiting requests go.
+        self.inner.notify.notify_waiters();
     }
 
     /// The current state.
@@ -588,6 +661,7 @@ impl BudgetPacer {
             max_requests: s.cfg.max_requests,
             execution_in_window: s.execution_used(now, Scope::All),
             max_execution_time: s.cfg.max_execution_time,
+            execution_scale: s.execution_scale,
             in_flight: s.in_flight.len(),
             live_delay: s.delay(now, Priority::Live),
             background_delay: s.delay(now, Priority::Background),
@@ -1025,6 +1099,67 @@ mod tests {
         let s = p.snapshot();
         assert_eq!(s.requests_in_window, 0);
         assert_eq!(s.execution_in_window, Duration::ZERO);
+    }
+
+    /// Ten requests of 100 ms each, finished one after the other.
+    async fn ten_round_trips_of_100_ms(p: &BudgetPacer) {
+        for _ in 0..10 {
+            let flight = p.admit(Priority::Background).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(flight);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_charging_less_than_the_round_trips_scales_them_down_for_one_window() {
+        let p = pacer(1000, 10_000, 100_000);
+        ten_round_trips_of_100_ms(&p).await;
+        assert_eq!(p.snapshot().execution_in_window, Duration::from_secs(1));
+        // The server charged 0.6 s of the 1 s the pacer measured.
+        p.observe_remaining(None, Some(Duration::from_millis(99_400)));
+        let s = p.snapshot();
+        assert!((s.execution_scale - 0.6).abs() < 1e-9, "{s:?}");
+        assert_eq!(s.execution_in_window, Duration::from_millis(600));
+        // Never below half of the round trips, whatever the server says.
+        p.observe_remaining(None, Some(Duration::from_millis(99_900)));
+        assert_eq!(p.snapshot().execution_scale, MIN_EXECUTION_SCALE);
+        assert_eq!(p.snapshot().execution_in_window, Duration::from_millis(500));
+        // The whole budget left while the pacer counted use is a reset header: ignored.
+        p.observe_remaining(None, Some(Duration::from_secs(100)));
+        assert_eq!(p.snapshot().execution_scale, MIN_EXECUTION_SCALE);
+        // Without a new hint the scale lapses with the window: round trips count in full again.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        ten_round_trips_of_100_ms(&p).await;
+        let s = p.snapshot();
+        assert_eq!(s.execution_scale, 1.0);
+        assert_eq!(s.execution_in_window, Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scaled_count_admits_more_requests_when_execution_time_binds() {
+        // 4 s of execution per window, half of it for background: 20 round trips of 100 ms.
+        let p = pacer(1000, 10_000, 4_000);
+        ten_round_trips_of_100_ms(&p).await;
+        ten_round_trips_of_100_ms(&p).await;
+        assert!(
+            p.snapshot().background_delay > Duration::ZERO,
+            "2 s measured: the background share is spent"
+        );
+        // The server charged half of the 2 s measured, so background may go again.
+        p.observe_remaining(None, Some(Duration::from_secs(3)));
+        assert_eq!(p.snapshot().background_delay, Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_requests_are_too_few_to_scale_by() {
+        let p = pacer(1000, 10_000, 100_000);
+        for _ in 0..3 {
+            let flight = p.admit(Priority::Live).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(flight);
+        }
+        p.observe_remaining(None, Some(Duration::from_millis(99_900)));
+        assert_eq!(p.snapshot().execution_scale, 1.0);
     }
 
     #[tokio::test(start_paused = true)]

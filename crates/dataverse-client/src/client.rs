@@ -244,12 +244,15 @@ impl DataverseClientBuilder {
         self
     }
 
-    /// Lets the `x-ms-ratelimit-burst-remaining-xrm-requests` and `…-time-remaining-…` headers
-    /// tighten the pacer when they report more use than it counted (another process of the same
-    /// user, a server that charges more than the round trip). Off by default: Microsoft says not
-    /// to depend on them, they reset when the balancer picks another web server, and they are
-    /// relative to the server's limits, so they mislead a pacer configured with other budgets.
-    /// Turn it on only when the [pacing](Self::pacing) budgets are the environment's own.
+    /// Feeds the `x-ms-ratelimit-burst-remaining-xrm-requests` and `…-time-remaining-…` headers
+    /// to the pacer ([`BudgetPacer::observe_remaining`](cosell_http::BudgetPacer::observe_remaining)):
+    /// they tighten it when they report more use than it counted (another process of the same
+    /// user), and let it charge less than its measured round trips when the server charged
+    /// less (never below half of them), so a backfill can fill the execution budget instead of
+    /// the round trips' upper bound. Off by default: Microsoft says not to depend on them, they
+    /// reset when the balancer picks another web server, and they are relative to the server's
+    /// limits, so they mislead a pacer configured with other budgets. Turn it on only when the
+    /// [pacing](Self::pacing) budgets are the environment's own.
     pub fn pacing_hints(mut self, on: bool) -> Self {
         self.pacing_hints = on;
         self
