@@ -365,6 +365,8 @@ struct Inner {
     map: FieldMap,
     config: EngineConfig,
     locks: KeyedLocks,
+    /// Customers whose account a committed create of ours made or found (no lock needed).
+    known_customers: backfill::KnownCustomers,
     stats: Stats,
     worker: leases::Worker,
     /// The reconcile pass in flight: referrals done and listed (0 of 0 when none runs).
@@ -695,6 +697,7 @@ impl Engine {
                 map,
                 config,
                 locks: KeyedLocks::default(),
+                known_customers: backfill::KnownCustomers::default(),
                 stats: Stats::default(),
                 worker: leases::Worker::default(),
                 reconcile_done: AtomicU64::new(0),
@@ -860,8 +863,11 @@ impl Engine {
         // One customer's records are created one after another (after the pair's lock, in the
         // order every create takes them): two referrals of a new customer created side by side
         // (two webhooks, a webhook and a backfill group) would each find no account and make one.
-        let _customer = match backfill::customer_key(&payload) {
-            Some(key) if !inner.config.dry_run => Some(inner.locks.lock(key).await),
+        let customer = backfill::customer_key(&payload);
+        let _customer = match &customer {
+            Some(key) if !inner.config.dry_run && !inner.known_customers.contains(key) => {
+                Some(inner.locks.lock(key.clone()).await)
+            }
             _ => None,
         };
         if inner.config.dry_run {
@@ -876,7 +882,11 @@ impl Engine {
         // by finding the row by its referral id and merging against what was sent.
         let link = plan_link(id, &referral, kind, &snapshot);
         self.commit(Commit::new().link(link.clone())).await?;
-        Box::pin(self.reconcile_locked(link, Some(referral))).await
+        let outcome = Box::pin(self.reconcile_locked(link, Some(referral))).await?;
+        if outcome.action == Action::CreatedInCrm {
+            inner.known_customers.learn(customer);
+        }
+        Ok(outcome)
     }
 
     /// The create intent recorded for a CRM record, if any.
@@ -2796,28 +2806,23 @@ impl Engine {
         let result = async {
             let mut report = Report::default();
             let pages = inner.pc.referral_pages_updated_since(since);
-            // Each page in groups, split by customer (see `backfill::by_customer`); its last
-            // group carries the page's newest change, where the checkpoint may move once that
-            // group (and every one before it) is written.
             let lanes = inner.config.backfill_lanes.max(1);
-            let groups = pages
-                .map_err(EngineError::from)
-                .map_ok(|page| {
-                    let listed = inner
-                        .reconcile_listed
-                        .fetch_add(page.referrals.len() as u64, Ordering::Relaxed)
-                        + page.referrals.len() as u64;
-                    inner
-                        .reconcile_total
-                        .store(page.total.unwrap_or(0).max(listed), Ordering::Relaxed);
-                    let newest = page
-                        .referrals
-                        .iter()
-                        .filter_map(|r| r.updated_date_time)
-                        .max();
-                    let size = backfill::DEFAULT_BACKFILL_GROUP;
-                    let split = page.referrals.len().div_ceil(size);
-                    let groups = backfill::by_customer(page.referrals, split, size);
+            let size = backfill::DEFAULT_BACKFILL_GROUP;
+            // Pages (100 referrals each) are taken together until a lane's worth of groups is
+            // at hand, then split by customer: the groups written side by side share no
+            // customer, so none waits on another's customer lock (page by page, groups of
+            // adjacent pages creating one new customer held each other up: 576 ms of a 1.7 s
+            // group). The chunk's last group carries its newest change, where the checkpoint
+            // may move once that group (and every one before it) is written.
+            let chunks = backfill::Chunking::new(
+                pages,
+                (&inner.reconcile_listed, &inner.reconcile_total),
+                lanes * size,
+            );
+            let groups = chunks
+                .map_ok(|(referrals, newest)| {
+                    let split = referrals.len().div_ceil(size);
+                    let groups = backfill::by_customer(referrals, split, size);
                     let last = groups.len().saturating_sub(1);
                     let tagged: Vec<_> = groups
                         .into_iter()
