@@ -144,3 +144,106 @@ async fn money_with_four_decimals_reads_as_the_deal_value() {
         assert_eq!(deal.to_string(), expected, "{value}");
     }
 }
+
+/// Issue 15: the solution link feed names each row's solution by its catalogue key, active or
+/// not, also when a page names more catalogue rows than one query holds (150 here: a `$batch`
+/// of queries), and a later page from the cache.
+#[tokio::test]
+async fn the_solution_link_feed_names_each_rows_solution_across_a_batch_of_lookups() {
+    use cosell::sync::SolutionLinkChange;
+    let s = Sandboxed::start().await.unwrap();
+    let dv = s.sandbox.dataverse();
+    let opp = dv
+        .insert_row("opportunity", json!({"name": "Many solutions"}))
+        .unwrap();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..150 {
+        let key = format!("SOL-{:05}-ABC", 10_000 + i);
+        let solution = dv
+            .insert_row(
+                "cosell_partnercentersolution",
+                json!({"cosell_solutionid": key, "cosell_name": format!("Solution {i}")}),
+            )
+            .unwrap();
+        let link = dv
+            .insert_row(
+                "cosell_opportunitysolution",
+                json!({
+                    "cosell_OpportunityId@odata.bind": format!("/opportunities({opp})"),
+                    "cosell_PartnerCenterSolutionId@odata.bind":
+                        format!("/cosell_partnercentersolutions({solution})"),
+                }),
+            )
+            .unwrap();
+        if i == 7 {
+            // The seller deactivates one: a removed solution.
+            dv.update_as_user(
+                "cosell_opportunitysolution",
+                link,
+                json!({"statecode": 1, "statuscode": 2}),
+            )
+            .unwrap();
+        }
+        expected.insert(link.to_string(), (key, i != 7));
+    }
+    let calls_before = s
+        .sandbox
+        .faults()
+        .calls(cosell::sandbox::Service::Dataverse);
+    let first = s.crm.solution_link_changes(None).await.unwrap().unwrap();
+    assert_eq!(first.changes.len(), 150);
+    for change in &first.changes {
+        let SolutionLinkChange::Linked {
+            link_id,
+            opportunity_id,
+            solution_id,
+            active,
+        } = change
+        else {
+            panic!("{change:?}");
+        };
+        let (key, is_active) = &expected[link_id];
+        assert_eq!(opportunity_id.as_deref(), Some(opp.to_string().as_str()));
+        assert_eq!(solution_id.as_deref(), Some(key.as_str()), "{link_id}");
+        assert_eq!(active, is_active);
+    }
+    let f = s.sandbox.faults();
+    assert_eq!(
+        f.calls(cosell::sandbox::Service::Dataverse) - calls_before,
+        2,
+        "the feed page and one `$batch` of two queries: {:#?}",
+        f.counters()
+    );
+
+    // A row changed later is named from the cache: the feed page alone.
+    let (link, _) = expected.iter().next().unwrap();
+    dv.update_as_user(
+        "cosell_opportunitysolution",
+        Uuid::parse_str(link).unwrap(),
+        json!({"cosell_name": "renamed"}),
+    )
+    .unwrap();
+    let calls_before = f.calls(cosell::sandbox::Service::Dataverse);
+    let next = s
+        .crm
+        .solution_link_changes(Some(&first.cursor))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.changes.len(), 1);
+    assert!(
+        matches!(
+            &next.changes[0],
+            SolutionLinkChange::Linked {
+                solution_id: Some(_),
+                ..
+            }
+        ),
+        "{:?}",
+        next.changes
+    );
+    assert_eq!(
+        f.calls(cosell::sandbox::Service::Dataverse) - calls_before,
+        1
+    );
+}

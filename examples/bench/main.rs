@@ -501,7 +501,12 @@ fn main() -> BoxResult<()> {
         ));
         results.push(result?);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    // `COSELL_BENCH_KEEP=1` keeps the stores, to look inside them.
+    if std::env::var_os("COSELL_BENCH_KEEP").is_some() {
+        eprintln!("stores kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     scale::print(
         &results,
         &limits,

@@ -101,6 +101,21 @@ async fn on_emulator<R: Send + 'static>(
     Ok(rt.spawn_blocking(f).await?)
 }
 
+/// With `COSELL_BENCH_TRACE`: how long a phase took and what it asked of the emulators.
+fn trace_phase(s: &Sandboxed, phase: &str, started: Instant) {
+    if std::env::var_os("COSELL_BENCH_TRACE").is_none() {
+        return;
+    }
+    eprintln!(
+        "{phase}: {:.1} s, {} throttled so far",
+        started.elapsed().as_secs_f64(),
+        throttled(s)
+    );
+    for ((service, method, path), n) in s.sandbox.faults().counters() {
+        eprintln!("  {phase} {service:?} {method} {path}: {n}");
+    }
+}
+
 fn file_bytes(path: &Path) -> u64 {
     let mut total = 0;
     for suffix in ["", "-wal", "-shm"] {
@@ -200,8 +215,12 @@ pub(crate) async fn run_size(
 
     // 2. Live traffic at N links, under the documented limits.
     s.sandbox.dataverse().set_limits(ServiceLimits::default());
+    reset(&s);
+    let started = Instant::now();
     s.deliveries_settled().await;
+    // The live engine's first read of the CRM feeds: N rows each.
     s.engine.pull_crm_changes().await?;
+    trace_phase(&s, "first feed reads", started);
     reset(&s);
     let pc = s.sandbox.partner_center().clone();
     let started = Instant::now();
@@ -218,6 +237,7 @@ pub(crate) async fn run_size(
         calls: Calls::read(&s),
         failures,
     };
+    trace_phase(&s, "to CRM", started);
     s.deliveries_settled().await;
     s.engine.pull_crm_changes().await?;
     // Written on a thread of its own, so the rows count as the emulator's, not the engine's.
@@ -243,6 +263,7 @@ pub(crate) async fn run_size(
         calls: Calls::read(&s),
         failures,
     };
+    trace_phase(&s, "to Partner Center", started);
 
     // 3. Echo round.
     s.deliveries_settled().await;
@@ -258,7 +279,9 @@ pub(crate) async fn run_size(
     drop(s);
     store.close().await;
     let store_bytes = file_bytes(&db);
-    let _ = std::fs::remove_file(&db);
+    if std::env::var_os("COSELL_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&db);
+    }
     Ok(SizeResult {
         n,
         backfill,

@@ -34,6 +34,26 @@ use crate::remote::{RemoteError, RemoteErrorKind};
 
 const SERVICE: &str = "dataverse";
 
+/// A `$batch` answer's row version: its `ETag` header, else the body's `@odata.etag`.
+fn response_etag(response: &dataverse_client::BatchResponse) -> Option<String> {
+    response
+        .headers
+        .get(dataverse_client::cosell_http::http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| {
+            response
+                .json::<Map<String, Value>>()
+                .ok()?
+                .get("@odata.etag")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+}
+
+/// Most catalogue rows [`DataverseCrm`] remembers the solution ids of.
+const SOLUTION_KEYS_CAP: usize = 10_000;
+
 impl From<dataverse_client::Error> for RemoteError {
     fn from(e: dataverse_client::Error) -> Self {
         use dataverse_client::Error as E;
@@ -430,62 +450,98 @@ impl DataverseCrm {
     }
 
     /// The solution ids (catalogue alternate keys) of catalogue rows, by lower-case row id:
-    /// from the cache, and the rows it lacks read in groups of 50 by id. A row that is gone
-    /// has no entry.
+    /// from the cache, and the rows it lacks read by id, 100 to a query and up to 10 queries
+    /// to a `$batch` (one request toward the limits for 1,000 rows: a first read of the link
+    /// feed over 100,000 pairs names as many rows when every deal has a solution of its own).
+    /// A row that is gone has no entry.
     async fn solution_keys_of(
         &self,
         rows: &[&str],
     ) -> Result<HashMap<String, String>, RemoteError> {
         let cached = || self.solution_keys.lock().unwrap_or_else(|p| p.into_inner());
-        let mut missing: Vec<String> = {
+        let mut keys: HashMap<String, String> = HashMap::new();
+        let mut missing: Vec<String> = Vec::new();
+        {
             let cache = cached();
-            rows.iter()
-                .map(|r| r.to_ascii_lowercase())
-                .filter(|r| !cache.contains_key(r))
-                .collect()
-        };
+            for row in rows.iter().map(|r| r.to_ascii_lowercase()) {
+                match cache.get(&row) {
+                    Some(key) => {
+                        keys.insert(row, key.clone());
+                    }
+                    None => missing.push(row),
+                }
+            }
+        }
         missing.sort();
         missing.dedup();
         let s = &self.map.config().columns.solution;
         let pk = self.solution_primary_key();
-        for group in missing.chunks(50) {
-            let ids = group
-                .iter()
-                .map(|id| parse_id(id))
-                .collect::<Result<Vec<_>, _>>()?;
-            let Some(filter) = Filter::any(ids.into_iter().map(|id| Filter::eq(&pk, id))) else {
-                continue;
+        let query_of = |part: &[String]| {
+            Query::new()
+                .select([pk.as_str(), s.solution_id.as_str()])
+                .filter(Filter::is_in(&pk, part.iter().cloned()))
+        };
+        for ids in missing.chunks(1000) {
+            for id in ids {
+                parse_id(id)?;
+            }
+            // One query alone goes as a GET; more in a `$batch`.
+            let pages: Vec<Map<String, Value>> = if ids.len() <= 100 {
+                let rows: Vec<Value> = self
+                    .client
+                    .query::<Value>(&s.entity_set, &query_of(ids))
+                    .into_stream()
+                    .map_ok(|e| e.value)
+                    .try_collect()
+                    .await?;
+                let mut page = Map::new();
+                page.insert("value".into(), Value::Array(rows));
+                vec![page]
+            } else {
+                let batch = ids
+                    .chunks(100)
+                    .fold(Batch::new(), |batch, part| {
+                        batch.request(BatchRequest::get(format!(
+                            "{}?{}",
+                            s.entity_set,
+                            query_of(part).to_query_string()
+                        )))
+                    })
+                    .continue_on_error(true);
+                let result = self.client.execute_batch(&batch).await?;
+                let mut pages = Vec::with_capacity(result.responses.len());
+                for response in &result.responses {
+                    if let Some(e) = response.error() {
+                        return Err(e.into());
+                    }
+                    pages.push(response.json()?);
+                }
+                pages
             };
-            let found: Vec<Map<String, Value>> = self
-                .client
-                .query::<Map<String, Value>>(
-                    &s.entity_set,
-                    &Query::new()
-                        .select([pk.as_str(), s.solution_id.as_str()])
-                        .filter(filter),
-                )
-                .into_stream()
-                .map_ok(|e| e.value)
-                .try_collect()
-                .await?;
             let mut cache = cached();
-            for row in found {
-                if let (Some(id), Some(key)) = (
-                    row.get(&pk).and_then(Value::as_str),
-                    row.get(&s.solution_id).and_then(Value::as_str),
-                ) {
-                    cache.insert(id.to_ascii_lowercase(), key.to_string());
+            // Bounded: a catalogue is tens of rows; a seed with a solution per deal would
+            // otherwise keep every one.
+            if cache.len() > SOLUTION_KEYS_CAP {
+                cache.clear();
+            }
+            for page in pages {
+                for row in page
+                    .get("value")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let (Some(id), Some(key)) = (
+                        row.get(&pk).and_then(Value::as_str),
+                        row.get(&s.solution_id).and_then(Value::as_str),
+                    ) {
+                        cache.insert(id.to_ascii_lowercase(), key.to_string());
+                        keys.insert(id.to_ascii_lowercase(), key.to_string());
+                    }
                 }
             }
         }
-        let cache = cached();
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                let r = r.to_ascii_lowercase();
-                cache.get(&r).map(|k| (r, k.clone()))
-            })
-            .collect())
+        Ok(keys)
     }
 
     fn cached_currencies(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -1079,6 +1135,11 @@ impl DataverseCrm {
         let mut out: Vec<Option<Result<CrmWritten, RemoteError>>> = Vec::new();
         // (index into `out`, requests in the change set, index of the primary's request)
         let mut sent: Vec<(usize, usize, usize)> = Vec::new();
+        // Records with status steps, read back after every change set (by `out` index): the
+        // steps move the row past the version the upsert answered, and without the final one
+        // the change feed cannot tell the row for our own write (a read per record created
+        // closed, 0.25 requests per pair on the feed's first read after a backfill).
+        let mut read_back: Vec<(usize, BatchRequest)> = Vec::new();
         let mut batch = Batch::new().continue_on_error(true);
         for record in records {
             let p = &record.payload;
@@ -1103,6 +1164,18 @@ impl DataverseCrm {
                 Ok((requests, primary)) => {
                     claimed_accounts.extend(new_account);
                     claimed_emails.extend(new_emails);
+                    if !record.steps.is_empty() {
+                        let kind = p.kind;
+                        let key = Key::alternate(p.key.column.clone(), p.key.value.clone());
+                        read_back.push((
+                            out.len(),
+                            BatchRequest::get(format!(
+                                "{}({key})?$select={}",
+                                self.entity_set(kind),
+                                self.primary_key(kind)
+                            )),
+                        ));
+                    }
                     sent.push((out.len(), requests.len(), primary));
                     batch = batch.change_set(requests);
                     out.push(Some(Err(RemoteError::new(
@@ -1116,6 +1189,10 @@ impl DataverseCrm {
         }
         if batch.is_empty() {
             return Ok(out);
+        }
+        let read_slots: Vec<usize> = read_back.iter().map(|(slot, _)| *slot).collect();
+        for (_, request) in read_back {
+            batch = batch.request(request);
         }
         // Bulk work: background priority, so live syncs keep their share of the budget.
         let result = self.client.background().execute_batch(&batch).await?;
@@ -1139,7 +1216,8 @@ impl DataverseCrm {
                 ChangeSetAnswer::Done(mine) => {
                     self.written_of(&mine[primary], records[slot]).map(|mut w| {
                         if !records[slot].steps.is_empty() {
-                            // The steps moved the row on since the upsert answered its ETag.
+                            // The steps moved the row on since the upsert answered its ETag;
+                            // the read after the change sets gives the final one.
                             w.etag = None;
                         }
                         w
@@ -1161,6 +1239,17 @@ impl DataverseCrm {
                     "the $batch stopped before the record's change set",
                 )),
             });
+        }
+        // The reads come after every change set, in the order they were added. A read that
+        // failed (its change set did) leaves the ETag unknown, as before.
+        if responses.len() == read_slots.len() {
+            for (slot, response) in read_slots.into_iter().zip(responses) {
+                if let Some(Ok(w)) = out[slot].as_mut()
+                    && response.error().is_none()
+                {
+                    w.etag = response_etag(response);
+                }
+            }
         }
         Ok(out)
     }
@@ -1185,16 +1274,7 @@ impl DataverseCrm {
                     "upsert answered without the row id",
                 )
             })?;
-        let etag = response
-            .headers
-            .get(dataverse_client::cosell_http::http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| {
-                row.get("@odata.etag")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            });
+        let etag = response_etag(response);
         Ok(CrmWritten {
             id,
             etag,

@@ -81,7 +81,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // A WAL file keeps its largest size unless limited: a backfill left a 7 MB `-wal`
+            // beside a 13 MB database. Truncated to 1 MB whenever a checkpoint resets it.
+            .pragma("journal_size_limit", "1048576");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone())
