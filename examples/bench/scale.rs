@@ -6,9 +6,11 @@
 //!    with windows shortened so that a run takes minutes, and an emulated execution time per
 //!    operation). The ceiling is computed from the emulator's own accounting: the requests and
 //!    execution time the backfill used per referral, against those budgets.
-//! 2. **Live, at N links**: `M` new referrals by webhook, then `M` CRM opportunities by change
-//!    feed, with the limits at their documented values (windows reset before each phase): the
-//!    per-record cost each way with N pairs already in the store.
+//! 2. **Live, at N links**: the live engine's first read of the CRM feeds (N opportunities and
+//!    their link rows: our own writes coming back), then `M` new referrals by webhook, then `M`
+//!    CRM opportunities by change feed, with the limits at their documented values (windows
+//!    reset before each phase): the per-record cost each way with N pairs already in the
+//!    store. `COSELL_BENCH_TRACE=1` prints each phase's requests.
 //! 3. **Echo round**: one full pass after that; what it costs Dataverse.
 //!
 //! The emulators run on a runtime of their own; the engine's heap (clients, store, receiver,
@@ -186,6 +188,9 @@ pub(crate) async fn run_size(
     let report = backfill_engine.reconcile().await?;
     let elapsed = started.elapsed();
     let failures = report.count(cosell::sync::Action::Failed);
+    // A pass's report holds an outcome per referral: not the engine's state, so not counted in
+    // its heap at rest.
+    drop(report);
     let counted = s.sandbox.dataverse().limit_usage();
     if std::env::var_os("COSELL_BENCH_TRACE").is_some() {
         eprintln!("backfill pacer: {:?}", backfill_client.pacing_snapshot());

@@ -37,9 +37,6 @@ pub struct SqliteStore {
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    if e.to_string().contains("locked") {
-        eprintln!("TEMPDEBUG {}", std::backtrace::Backtrace::force_capture());
-    }
     StoreError::backend_caused_by(e)
 }
 
@@ -129,17 +126,10 @@ impl SqliteStore {
     async fn write_transaction(
         &self,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        let t0 = std::time::Instant::now();
-        let r = self.pool.begin_with("BEGIN IMMEDIATE").await;
-        if r.is_err() {
-            eprintln!(
-                "TEMPDEBUG begin failed after {:?}, pool size {} idle {}",
-                t0.elapsed(),
-                self.pool.size(),
-                self.pool.num_idle()
-            );
-        }
-        r.map_err(backend)
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
     }
 
     /// The schema version (the latest applied migration).
