@@ -51,6 +51,13 @@ fn response_etag(response: &dataverse_client::BatchResponse) -> Option<String> {
         })
 }
 
+/// The first page of one query of a [`DataverseCrm::read_batch`].
+struct ReadPage {
+    rows: Vec<Map<String, Value>>,
+    /// Whether the query had more rows than the page (`@odata.nextLink`).
+    more: bool,
+}
+
 /// Most catalogue rows [`DataverseCrm`] remembers the solution ids of.
 const SOLUTION_KEYS_CAP: usize = 10_000;
 
@@ -449,6 +456,48 @@ impl DataverseCrm {
         Ok(self.client.create(&c.entity_set, &body).await?.to_string())
     }
 
+    /// Sends `queries` (GETs) in one `$batch` through `client` and returns each one's first
+    /// page, in order. A batch answered in part, or a query that failed, fails the whole read.
+    async fn read_batch(
+        client: &DataverseClient,
+        queries: Vec<BatchRequest>,
+    ) -> Result<Vec<ReadPage>, RemoteError> {
+        let sent = queries.len();
+        let batch = queries
+            .into_iter()
+            .fold(Batch::new(), Batch::request)
+            .continue_on_error(true);
+        let result = client.execute_batch(&batch).await?;
+        if result.responses.len() != sent {
+            return Err(RemoteError::new(
+                RemoteErrorKind::Transient,
+                SERVICE,
+                format!(
+                    "a $batch of {sent} reads answered {}",
+                    result.responses.len()
+                ),
+            ));
+        }
+        let mut pages = Vec::with_capacity(sent);
+        for response in &result.responses {
+            if let Some(e) = response.error() {
+                return Err(e.into());
+            }
+            let page: Map<String, Value> = response.json()?;
+            pages.push(ReadPage {
+                rows: match page.get("value") {
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|v| v.as_object().cloned())
+                        .collect(),
+                    _ => Vec::new(),
+                },
+                more: page.contains_key("@odata.nextLink"),
+            });
+        }
+        Ok(pages)
+    }
+
     /// The solution ids (catalogue alternate keys) of catalogue rows, by lower-case row id:
     /// from the cache, and the rows it lacks read by id, 100 to a query and up to 10 queries
     /// to a `$batch` (one request toward the limits for 1,000 rows: a first read of the link
@@ -486,37 +535,29 @@ impl DataverseCrm {
                 parse_id(id)?;
             }
             // One query alone goes as a GET; more in a `$batch`.
-            let pages: Vec<Map<String, Value>> = if ids.len() <= 100 {
-                let rows: Vec<Value> = self
-                    .client
-                    .query::<Value>(&s.entity_set, &query_of(ids))
+            let rows: Vec<Map<String, Value>> = if ids.len() <= 100 {
+                self.client
+                    .query::<Map<String, Value>>(&s.entity_set, &query_of(ids))
                     .into_stream()
                     .map_ok(|e| e.value)
                     .try_collect()
-                    .await?;
-                let mut page = Map::new();
-                page.insert("value".into(), Value::Array(rows));
-                vec![page]
+                    .await?
             } else {
-                let batch = ids
+                let queries = ids
                     .chunks(100)
-                    .fold(Batch::new(), |batch, part| {
-                        batch.request(BatchRequest::get(format!(
+                    .map(|part| {
+                        BatchRequest::get(format!(
                             "{}?{}",
                             s.entity_set,
                             query_of(part).to_query_string()
-                        )))
+                        ))
                     })
-                    .continue_on_error(true);
-                let result = self.client.execute_batch(&batch).await?;
-                let mut pages = Vec::with_capacity(result.responses.len());
-                for response in &result.responses {
-                    if let Some(e) = response.error() {
-                        return Err(e.into());
-                    }
-                    pages.push(response.json()?);
-                }
-                pages
+                    .collect();
+                Self::read_batch(&self.client, queries)
+                    .await?
+                    .into_iter()
+                    .flat_map(|page| page.rows)
+                    .collect()
             };
             let mut cache = cached();
             // Bounded: a catalogue is tens of rows; a seed with a solution per deal would
@@ -524,20 +565,13 @@ impl DataverseCrm {
             if cache.len() > SOLUTION_KEYS_CAP {
                 cache.clear();
             }
-            for page in pages {
-                for row in page
-                    .get("value")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    if let (Some(id), Some(key)) = (
-                        row.get(&pk).and_then(Value::as_str),
-                        row.get(&s.solution_id).and_then(Value::as_str),
-                    ) {
-                        cache.insert(id.to_ascii_lowercase(), key.to_string());
-                        keys.insert(id.to_ascii_lowercase(), key.to_string());
-                    }
+            for row in rows {
+                if let (Some(id), Some(key)) = (
+                    row.get(&pk).and_then(Value::as_str),
+                    row.get(&s.solution_id).and_then(Value::as_str),
+                ) {
+                    cache.insert(id.to_ascii_lowercase(), key.to_string());
+                    keys.insert(id.to_ascii_lowercase(), key.to_string());
                 }
             }
         }
@@ -853,38 +887,13 @@ impl DataverseCrm {
         if requests.is_empty() {
             return Ok(found);
         }
-        let batch = requests
-            .into_iter()
-            .fold(Batch::new(), Batch::request)
-            .continue_on_error(true);
         // Bulk work: background priority, so live syncs keep their share of the budget.
-        let result = self.client.background().execute_batch(&batch).await?;
-        if result.responses.len() != lookups.len() {
-            return Err(RemoteError::new(
-                RemoteErrorKind::Transient,
-                SERVICE,
-                format!(
-                    "a $batch of {} reads answered {}",
-                    lookups.len(),
-                    result.responses.len()
-                ),
-            ));
-        }
+        let pages = Self::read_batch(&self.client.background(), requests).await?;
         let id_of = |row: &Map<String, Value>, pk: &str| {
             row.get(pk).and_then(Value::as_str).map(str::to_string)
         };
-        for (lookup, response) in lookups.into_iter().zip(&result.responses) {
-            if let Some(e) = response.error() {
-                return Err(e.into());
-            }
-            let page: Map<String, Value> = response.json()?;
-            let rows: Vec<Map<String, Value>> = match page.get("value") {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(|v| v.as_object().cloned())
-                    .collect(),
-                _ => Vec::new(),
-            };
+        for (lookup, page) in lookups.into_iter().zip(pages) {
+            let rows = page.rows;
             match lookup {
                 Lookup::Account(key) => {
                     let pk = format!("{}id", c.account.entity);
@@ -898,7 +907,7 @@ impl DataverseCrm {
                         }
                         // More candidates than a page: the right one may be on a later page,
                         // so this account is resolved the per-record way, reading every page.
-                        None if page.contains_key("@odata.nextLink") => {
+                        None if page.more => {
                             let account = records
                                 .iter()
                                 .find_map(|r| {
@@ -1332,33 +1341,15 @@ impl DataverseCrm {
             return Ok(found);
         }
         let kinds = [RecordKind::Opportunity, RecordKind::Lead];
-        let batch = kinds
+        let queries = kinds
             .iter()
-            .fold(Batch::new(), |b, k| {
-                b.request(self.rows_by_referral_request(*k, referral_ids))
-            })
-            .continue_on_error(true);
+            .map(|k| self.rows_by_referral_request(*k, referral_ids))
+            .collect();
         // Bulk work: background priority, so live syncs keep their share of the budget.
-        let result = self.client.background().execute_batch(&batch).await?;
-        if result.responses.len() != kinds.len() {
-            return Err(RemoteError::new(
-                RemoteErrorKind::Transient,
-                SERVICE,
-                "a $batch of reads answered in part",
-            ));
-        }
-        for (kind, response) in kinds.iter().zip(&result.responses) {
-            if let Some(e) = response.error() {
-                return Err(e.into());
-            }
-            let page: Map<String, Value> = response.json()?;
+        let pages = Self::read_batch(&self.client.background(), queries).await?;
+        for (kind, page) in kinds.iter().zip(pages) {
             let column = self.referral_column(*kind);
-            for row in page
-                .get("value")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for row in page.rows {
                 if let Some(id) = row.get(column).and_then(Value::as_str) {
                     found.insert(id.to_string());
                 }
