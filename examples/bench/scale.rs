@@ -194,10 +194,8 @@ pub(crate) async fn run_size(
     let counted = s.sandbox.dataverse().limit_usage();
     if std::env::var_os("COSELL_BENCH_TRACE").is_some() {
         eprintln!("backfill pacer: {:?}", backfill_client.pacing_snapshot());
-        for ((service, method, path), n) in s.sandbox.faults().counters() {
-            eprintln!("backfill {service:?} {method} {path}: {n}");
-        }
     }
+    trace_phase(&s, "backfill", started);
     let per = n.max(1) as f64;
     let requests_per_record = counted.requests as f64 / per;
     let execution_per_record = counted.execution_time.div_f64(per);
