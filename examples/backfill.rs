@@ -110,7 +110,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 .entry(format!("{:?}", outcome.action))
                 .or_default() += 1;
         }
-        bar.inc(report.outcomes.len() as u64);
+        bar.inc(report.total() as u64);
     }
     bar.finish();
     let dataverse_used = s.sandbox.faults().calls(Service::Dataverse) - dataverse_before;
@@ -167,11 +167,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
             )?;
         }
         let replay = engine.replay_dead_letters().await?;
-        let failing = replay.failures().count();
+        let failing = replay.count(Action::Failed);
         println!(
             "   replayed {}: {} now synced, {} still failing",
-            replay.outcomes.len(),
-            replay.outcomes.len() - failing,
+            replay.total(),
+            replay.total() - failing,
             failing
         );
     }

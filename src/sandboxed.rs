@@ -79,6 +79,7 @@ pub struct SandboxedBuilder {
     retry: RetryPolicy,
     webhooks: bool,
     pacing: Option<PacerConfig>,
+    change_page_size: Option<u32>,
 }
 
 impl Default for SandboxedBuilder {
@@ -93,6 +94,7 @@ impl Default for SandboxedBuilder {
                 .with_max_attempts(5),
             webhooks: true,
             pacing: Some(PacerConfig::default()),
+            change_page_size: None,
         }
     }
 }
@@ -139,6 +141,14 @@ impl SandboxedBuilder {
     /// emulator's windows between phases.
     pub fn dataverse_pacing(mut self, pacing: Option<PacerConfig>) -> Self {
         self.pacing = pacing;
+        self
+    }
+
+    /// Reads the CRM change feeds in pages of at most `rows` rows
+    /// ([`DataverseCrm::with_change_page_size`]; default: the emulator's 5,000), so a test can
+    /// read a feed over many pages with few rows.
+    pub fn crm_change_page_size(mut self, rows: u32) -> Self {
+        self.change_page_size = Some(rows);
         self
     }
 
@@ -189,7 +199,11 @@ impl SandboxedBuilder {
             StoreChoice::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
             StoreChoice::Shared(store) => store.clone(),
         };
-        let crm = Arc::new(DataverseCrm::new(dataverse.clone(), self.map.clone()));
+        let mut crm = DataverseCrm::new(dataverse.clone(), self.map.clone());
+        if let Some(rows) = self.change_page_size {
+            crm = crm.with_change_page_size(rows);
+        }
+        let crm = Arc::new(crm);
         let engine = Engine::new(
             Arc::new(partner_center.clone()),
             crm.clone(),

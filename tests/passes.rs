@@ -278,7 +278,10 @@ async fn a_reconcile_cut_off_resumes_after_the_last_finished_page() {
     let opportunities = s
         .sandbox
         .dataverse()
-        .query("opportunity", "cosell_referralid ne null")
+        .query(
+            "opportunity",
+            "cosell_referralid ne null and statecode eq 0",
+        )
         .unwrap();
     let leads = s
         .sandbox
@@ -294,4 +297,112 @@ async fn a_reconcile_cut_off_resumes_after_the_last_finished_page() {
     ids.sort_by_key(|v| v.as_str().map(str::to_string));
     ids.dedup();
     assert_eq!(ids.len(), rows, "no referral has two CRM rows");
+}
+
+/// The CRM change feed's first read over every row is applied a page at a time, each page
+/// checkpointed: a read cut off on a page resumes at that page (the pages before it are not
+/// read again), and a seller's edit made while it was stuck is synced by the next read.
+#[tokio::test]
+async fn a_crm_feed_read_cut_off_resumes_at_the_page_it_stopped_on() {
+    use cosell::sandbox::{Fault, Service};
+    use cosell::sync::Action;
+    let page = 4;
+    let s = Sandboxed::builder()
+        .webhooks(false)
+        .crm_change_page_size(page)
+        .start()
+        .await
+        .unwrap();
+    s.sandbox.partner_center().seed_referrals(14);
+    let report = s.engine.reconcile().await.unwrap();
+    assert_eq!(report.count(Action::Failed), 0, "{:?}", report.outcomes);
+    let opportunities = s.sandbox.dataverse().count("opportunity");
+    assert!(
+        opportunities > 2 * page as usize,
+        "{opportunities} opportunities"
+    );
+
+    // The read's second page fails however often it is retried: the pass fails.
+    s.sandbox.faults().inject(
+        Service::Dataverse,
+        Fault::status(503)
+            .on_method(axum::http::Method::GET)
+            .on_path("/opportunities")
+            .after(1),
+    );
+    assert!(s.engine.pull_crm_changes().await.is_err());
+    s.sandbox.faults().clear();
+    // The engine's checkpoint of the opportunity feed.
+    let name = "crm.changes.opportunity";
+    let cursor = s.store.checkpoint(name).await.unwrap().unwrap();
+    assert!(cursor.starts_with("initial-page "), "{cursor}");
+
+    // A seller edits one of the opportunities meanwhile.
+    let (id, referral_id) = {
+        let rows = s
+            .sandbox
+            .dataverse()
+            .query(
+                "opportunity",
+                "cosell_referralid ne null and statecode eq 0",
+            )
+            .unwrap();
+        let row = &rows[0];
+        (
+            uuid::Uuid::parse_str(row["opportunityid"].as_str().unwrap()).unwrap(),
+            row["cosell_referralid"].as_str().unwrap().to_string(),
+        )
+    };
+    s.sandbox
+        .dataverse()
+        .update_as_user(
+            "opportunity",
+            id,
+            serde_json::json!({"description": "Edited while the feed was stuck"}),
+        )
+        .unwrap();
+
+    // The next read goes on from the page it stopped at: the rest of the pages, each row an
+    // echo of what the reconcile wrote, and no Partner Center call.
+    s.sandbox.faults().reset_counters();
+    let report = s.engine.pull_crm_changes().await.unwrap();
+    let pages_left = opportunities.div_ceil(page as usize) - 1;
+    let feed_reads = s.sandbox.faults().calls_matching(
+        Service::Dataverse,
+        &axum::http::Method::GET,
+        "/opportunities",
+    );
+    assert_eq!(
+        feed_reads, pages_left as u64,
+        "only the pages not applied yet"
+    );
+    let echoes = report
+        .outcomes
+        .iter()
+        .filter(|o| {
+            o.action == Action::Echo && o.crm.as_ref().is_some_and(|c| c.0 == "opportunity")
+        })
+        .count();
+    assert_eq!(
+        echoes,
+        opportunities - page as usize,
+        "{:?}",
+        report.outcomes
+    );
+    assert_eq!(s.sandbox.faults().calls(Service::Referrals), 0);
+    let cursor = s.store.checkpoint(name).await.unwrap().unwrap();
+    assert!(
+        !cursor.starts_with("initial-page "),
+        "the read is complete: {cursor}"
+    );
+
+    // The edit comes with the delta read that follows, and reaches Partner Center.
+    let report = s.engine.pull_crm_changes().await.unwrap();
+    assert_eq!(report.count(Action::Failed), 0, "{:?}", report.outcomes);
+    let referral = s.sandbox.partner_center().referral(&referral_id).unwrap();
+    assert_eq!(
+        referral["details"]["notes"],
+        Value::String("Edited while the feed was stuck".into()),
+        "{referral}"
+    );
 }

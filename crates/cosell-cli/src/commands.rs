@@ -392,9 +392,17 @@ pub async fn plan(s: &Settings) -> Result<ExitCode, Error> {
         print_outcome(o);
         writes += o.writes.len();
     }
+    if report.omitted() > 0 {
+        println!(
+            "({} more record(s) not listed: a report lists the first {})",
+            report.omitted(),
+            cosell_sync::Report::DETAIL_LIMIT
+        );
+    }
     println!(
-        "plan: {} record(s), {writes} field write(s); nothing was written or consumed",
-        report.outcomes.len()
+        "plan: {} record(s), {writes} field write(s) in those listed; nothing was written or \
+         consumed",
+        report.total()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -461,7 +469,7 @@ pub async fn backfill(s: &Settings, concurrency: usize) -> Result<ExitCode, Erro
                 .entry(format!("{:?}", outcome.action))
                 .or_default() += 1;
         }
-        bar.inc(report.outcomes.len() as u64);
+        bar.inc(report.total() as u64);
     }
     engine.release_leases(RELEASE_WAIT).await;
     ticker.abort();

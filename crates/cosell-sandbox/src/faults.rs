@@ -78,6 +78,7 @@ pub struct Fault {
     method: Option<Method>,
     path_contains: Option<String>,
     times: Option<u32>,
+    skip: u32,
     probability: f64,
 }
 
@@ -88,6 +89,7 @@ impl Fault {
             method: None,
             path_contains: None,
             times: None,
+            skip: 0,
             probability: 1.0,
         }
     }
@@ -132,6 +134,19 @@ impl Fault {
     /// Fires at most `n` times (default: until cleared).
     pub fn times(mut self, n: u32) -> Self {
         self.times = Some(n);
+        self
+    }
+
+    /// Lets the first `n` matching requests through before it fires: "the second page of a
+    /// read fails" is `.after(1)`.
+    ///
+    /// ```
+    /// use cosell_sandbox::faults::Fault;
+    /// let f = Fault::status(503).on_path("/leads").after(1).times(1);
+    /// assert_eq!(f.remaining(), Some(1));
+    /// ```
+    pub fn after(mut self, n: u32) -> Self {
+        self.skip = n;
         self
     }
 
@@ -257,6 +272,10 @@ impl Faults {
         let mut fired = None;
         for (svc, rule) in rules.iter_mut() {
             if *svc != service || !rule.matches(method, path) {
+                continue;
+            }
+            if rule.skip > 0 {
+                rule.skip -= 1;
                 continue;
             }
             if rule.probability < 1.0 && !rng.random_bool(rule.probability) {

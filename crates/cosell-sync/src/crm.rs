@@ -92,12 +92,22 @@ pub enum CrmChange {
 }
 
 /// A page of changes and the cursor to continue from.
+///
+/// A CRM may answer a read in several pages (Dataverse pages at 5,000 rows, or its
+/// `odata.maxpagesize`): each page's cursor then leads to the next one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CrmChanges {
     /// The changes, in the order the CRM reported them.
     pub changes: Vec<CrmChange>,
-    /// Where to continue next time (persist it once the changes are applied).
+    /// Where to continue (persist it once the changes are applied): the next page of this
+    /// read when [`more`](Self::more), else where the next read starts.
     pub cursor: String,
+    /// Whether the read has more pages: the engine applies this one, persists the cursor and
+    /// reads on at once, so a large read is held a page at a time.
+    pub more: bool,
+    /// Whether this page belongs to an initial read (started without a cursor, or resumed from
+    /// one of its pages), in which every current row counts as a change.
+    pub initial: bool,
 }
 
 /// One entry of the change feed of the solution link table (one row per solution on an
@@ -131,8 +141,15 @@ pub enum SolutionLinkChange {
 pub struct SolutionLinkChanges {
     /// The changes, in the order the CRM reported them.
     pub changes: Vec<SolutionLinkChange>,
-    /// Where to continue next time (persist it once the changes are applied).
+    /// Where to continue (persist it once the changes are applied): the next page of this
+    /// read when [`more`](Self::more), else where the next read starts.
     pub cursor: String,
+    /// Whether the read has more pages: the engine applies this one, persists the cursor and
+    /// reads on at once, so a large read is held a page at a time.
+    pub more: bool,
+    /// Whether this page belongs to an initial read (started without a cursor, or resumed from
+    /// one of its pages), in which every current row counts as a change.
+    pub initial: bool,
 }
 
 /// What the engine needs from a CRM.
@@ -251,7 +268,8 @@ pub trait Crm: Send + Sync + fmt::Debug {
     ) -> Result<Option<String>, RemoteError>;
 
     /// Changes to rows of `kind` since `cursor` (`None`: start tracking; every current row
-    /// counts as a change).
+    /// counts as a change), one page of them: a page with [`CrmChanges::more`] has a cursor
+    /// that reads the next page of the same read.
     async fn changes(
         &self,
         kind: RecordKind,
@@ -259,7 +277,8 @@ pub trait Crm: Send + Sync + fmt::Debug {
     ) -> Result<CrmChanges, RemoteError>;
 
     /// Changes to the links between opportunities and solutions since `cursor` (`None`: start
-    /// tracking; every current link counts). `Ok(None)` from a CRM whose solutions change only
+    /// tracking; every current link counts), a page at a time as [`Self::changes`]. `Ok(None)`
+    /// from a CRM whose solutions change only
     /// with the opportunity's own row (the default), so its row feed covers them.
     async fn solution_link_changes(
         &self,

@@ -18,9 +18,9 @@ use cosell_mapping::{
     MappingError, RecordKind, ResolvedIds, StatusStep,
 };
 use dataverse_client::{
-    Batch, BatchRequest, Change, ChangeToken, ChangeTrackingOptions, DataverseClient, ETag, Filter,
-    Key, LeadStatus, OpportunityClose, OpportunityStatus, QualifyLead, Query, RetrieveOptions,
-    UpdateOptions, UpsertMode, UpsertOptions, UpsertOutcome,
+    Batch, BatchRequest, Change, ChangeNext, ChangePageLink, ChangeToken, ChangeTrackingOptions,
+    DataverseClient, ETag, Filter, Key, LeadStatus, OpportunityClose, OpportunityStatus,
+    QualifyLead, Query, RetrieveOptions, UpdateOptions, UpsertMode, UpsertOptions, UpsertOutcome,
 };
 use futures::TryStreamExt;
 use serde_json::{Map, Value, json};
@@ -117,6 +117,16 @@ pub struct DataverseCrm {
     /// Catalogue row id -> solution id (its alternate key), for the solution link feed. Rows
     /// of the catalogue are created, never re-keyed, so a hit stays true.
     solution_keys: Arc<Mutex<HashMap<String, String>>>,
+    /// The `odata.maxpagesize` of change-tracking reads (`None`: the service's 5,000).
+    change_page_size: Option<u32>,
+}
+
+/// One page of a change-tracking read, as [`DataverseCrm::changes_of`] returns it.
+struct ChangesPage {
+    changes: Vec<Change<Map<String, Value>>>,
+    cursor: String,
+    more: bool,
+    initial: bool,
 }
 
 impl DataverseCrm {
@@ -129,7 +139,22 @@ impl DataverseCrm {
             currencies: Arc::default(),
             currency_lookup: Arc::default(),
             solution_keys: Arc::default(),
+            change_page_size: None,
         }
+    }
+
+    /// Reads the CRM's change feeds in pages of at most `rows` rows (`Prefer:
+    /// odata.maxpagesize`) instead of the service's 5,000. The engine applies and checkpoints
+    /// a page before it reads the next, so this bounds what a large first read holds at once.
+    ///
+    /// ```
+    /// # fn demo(client: dataverse_client::DataverseClient, map: cosell_mapping::FieldMap) {
+    /// let crm = cosell_sync::DataverseCrm::new(client, map).with_change_page_size(1_000);
+    /// # let _ = crm; }
+    /// ```
+    pub fn with_change_page_size(mut self, rows: u32) -> Self {
+        self.change_page_size = Some(rows.max(1));
+        self
     }
 
     /// The client.
@@ -203,28 +228,39 @@ impl DataverseCrm {
         vec![self.primary_key(kind), sync.clone(), referral.clone()]
     }
 
-    /// Changes to `entity_set` since `cursor` (a delta link), or every row with the `select`ed
-    /// columns when tracking starts.
+    /// One page of the changes to `entity_set` since `cursor`: a delta link, a page of a read
+    /// under way ([`ChangePageLink::to_cursor`]'s form), or `None` to start tracking (every
+    /// row, with the `select`ed columns). Returns the page, the cursor to go on from, whether
+    /// it leads to another page of the same read, and whether the read is an initial one.
     async fn changes_of(
         &self,
         entity_set: &str,
         select: &[&str],
         cursor: Option<&str>,
-    ) -> Result<dataverse_client::Changes<Map<String, Value>>, RemoteError> {
-        let options = ChangeTrackingOptions::default();
-        Ok(match cursor {
-            Some(c) => {
-                self.client
-                    .changes_since::<Map<String, Value>>(&ChangeToken::new(c), &options)
-                    .collect()
-                    .await?
-            }
-            None => {
-                self.client
-                    .track_changes::<Map<String, Value>>(entity_set, select, &options)
-                    .collect()
-                    .await?
-            }
+    ) -> Result<ChangesPage, RemoteError> {
+        let mut options = ChangeTrackingOptions::default();
+        if let Some(n) = self.change_page_size {
+            options = options.max_page_size(n);
+        }
+        let pager = match cursor {
+            Some(c) => match ChangePageLink::from_cursor(c) {
+                Some(page) => self.client.changes_from(&page, &options),
+                None => self.client.changes_since(&ChangeToken::new(c), &options),
+            },
+            None => self.client.track_changes(entity_set, select, &options),
+        };
+        let initial = cursor
+            .is_none_or(|c| ChangePageLink::from_cursor(c).is_some_and(|p| p.is_initial_read()));
+        let page = pager.next_page().await?;
+        let (cursor, more) = match page.next {
+            ChangeNext::Page(link) => (link.to_cursor(), true),
+            ChangeNext::Done(token) => (token.as_str().to_string(), false),
+        };
+        Ok(ChangesPage {
+            changes: page.changes,
+            cursor,
+            more,
+            initial,
         })
     }
 
@@ -1643,7 +1679,9 @@ impl Crm for DataverseCrm {
             .collect();
         Ok(CrmChanges {
             changes,
-            cursor: collected.token.as_str().to_string(),
+            cursor: collected.cursor,
+            more: collected.more,
+            initial: collected.initial,
         })
     }
 
@@ -1703,7 +1741,9 @@ impl Crm for DataverseCrm {
             .collect();
         Ok(Some(SolutionLinkChanges {
             changes,
-            cursor: collected.token.as_str().to_string(),
+            cursor: collected.cursor,
+            more: collected.more,
+            initial: collected.initial,
         }))
     }
 

@@ -49,7 +49,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::crm::{Crm, CrmChange, CrmRow, SolutionLinkChange, WriteTarget};
+use crate::crm::{
+    Crm, CrmChange, CrmChanges, CrmRow, SolutionLinkChange, SolutionLinkChanges, WriteTarget,
+};
 use crate::partner_center::PartnerCenter;
 use crate::remote::{RemoteError, RemoteErrorKind};
 use crate::store::{
@@ -269,26 +271,80 @@ impl Outcome {
 }
 
 /// The outcomes of a pass (reconcile, change feed, inbox drain).
+///
+/// A pass over a large history touches every referral, so the report keeps the first
+/// [`Report::DETAIL_LIMIT`] outcomes in full and, past them, only failures (up to as many
+/// again); the rest are counted, not kept, so a 100,000-referral backfill's report stays a few
+/// MB. [`Report::count`] and [`Report::total`] include the counted ones; the audit trail holds
+/// every outcome.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Report {
-    /// One outcome per referral or record touched.
+    /// The outcomes kept in full, in the order they happened.
     pub outcomes: Vec<Outcome>,
+    /// Outcomes past the limit, counted by action.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    omitted: Vec<(Action, usize)>,
 }
 
 impl Report {
-    /// How many outcomes had `action`.
+    /// How many outcomes a report keeps in full before it keeps only failures.
+    pub const DETAIL_LIMIT: usize = 10_000;
+
+    /// How many outcomes had `action` (kept or only counted).
     pub fn count(&self, action: Action) -> usize {
         self.outcomes.iter().filter(|o| o.action == action).count()
+            + self
+                .omitted
+                .iter()
+                .find(|(a, _)| *a == action)
+                .map_or(0, |(_, n)| *n)
     }
 
-    /// Outcomes that failed.
+    /// How many outcomes the pass had (kept or only counted).
+    pub fn total(&self) -> usize {
+        self.outcomes.len() + self.omitted()
+    }
+
+    /// How many outcomes were counted but not kept.
+    pub fn omitted(&self) -> usize {
+        self.omitted.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Outcomes that failed (those kept).
     pub fn failures(&self) -> impl Iterator<Item = &Outcome> {
         self.outcomes.iter().filter(|o| o.action == Action::Failed)
     }
 
+    /// Adds one outcome: kept while under the limit (a failure under twice the limit),
+    /// otherwise counted.
+    pub fn push(&mut self, outcome: Outcome) {
+        let room = if outcome.action == Action::Failed {
+            2 * Self::DETAIL_LIMIT
+        } else {
+            Self::DETAIL_LIMIT
+        };
+        if self.outcomes.len() < room {
+            self.outcomes.push(outcome);
+        } else {
+            self.count_omitted(outcome.action, 1);
+        }
+    }
+
+    fn count_omitted(&mut self, action: Action, n: usize) {
+        match self.omitted.iter_mut().find(|(a, _)| *a == action) {
+            Some((_, count)) => *count += n,
+            None => self.omitted.push((action, n)),
+        }
+    }
+
     fn extend(&mut self, other: Report) {
-        self.outcomes.extend(other.outcomes);
+        for outcome in other.outcomes {
+            self.push(outcome);
+        }
+        for (action, n) in other.omitted {
+            self.count_omitted(action, n);
+        }
     }
 }
 
@@ -2773,7 +2829,7 @@ impl Engine {
                 .await;
         let mut report = Report::default();
         for r in results {
-            report.outcomes.push(r?);
+            report.push(r?);
         }
         Ok(report)
     }
@@ -2931,23 +2987,49 @@ impl Engine {
             return Ok(Report::default());
         };
         let inner = &self.inner;
-        let cursor = inner.store.checkpoint(SOLUTION_LINKS_CHECKPOINT).await?;
-        let mut learn_only = cursor.is_none();
-        let changes = match inner.crm.solution_link_changes(cursor.as_deref()).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return Ok(Report::default()),
-            Err(e) if cursor.is_some() && inner.crm.is_cursor_expired(&e) => {
-                tracing::warn!("solution link cursor expired; reading every link again");
-                // Deletions since the cursor are lost with it: sync every opportunity that
-                // still has a link, and every one the store remembers below.
-                learn_only = false;
-                match inner.crm.solution_link_changes(None).await? {
-                    Some(c) => c,
-                    None => return Ok(Report::default()),
+        let mut cursor = inner.store.checkpoint(SOLUTION_LINKS_CHECKPOINT).await?;
+        let mut report = Report::default();
+        let mut restarted = false;
+        // A page at a time, as the row feeds.
+        loop {
+            let changes = match inner.crm.solution_link_changes(cursor.as_deref()).await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Ok(report),
+                Err(e) if cursor.is_some() && !restarted && inner.crm.is_cursor_expired(&e) => {
+                    tracing::warn!("solution link cursor expired; reading every link again");
+                    restarted = true;
+                    match inner.crm.solution_link_changes(None).await? {
+                        Some(c) => c,
+                        None => return Ok(report),
+                    }
                 }
+                Err(e) => return Err(e.into()),
+            };
+            // An initial read only learns the rows, except the one read after an expired
+            // cursor: deletions since the cursor are lost with it, so the opportunities of
+            // the rows it lists are synced too.
+            let learn_only = changes.initial && !restarted;
+            let more = changes.more;
+            let next = changes.cursor.clone();
+            report.extend(
+                self.apply_solution_link_changes(changes, learn_only)
+                    .await?,
+            );
+            if !more {
+                break;
             }
-            Err(e) => return Err(e.into()),
-        };
+            cursor = Some(next);
+        }
+        Ok(report)
+    }
+
+    /// Applies one page of the solution link feed, then persists its cursor.
+    async fn apply_solution_link_changes(
+        &self,
+        changes: SolutionLinkChanges,
+        learn_only: bool,
+    ) -> Result<Report, EngineError> {
+        let inner = &self.inner;
         let link_entity = inner.map.config().columns.solution.link_entity.clone();
         let opportunity = entity_name(RecordKind::Opportunity);
         let mut commit = Commit::new();
@@ -3050,15 +3132,41 @@ impl Engine {
         let Some(_pass) = self.lease_pass(&name).await? else {
             return Ok(Report::default());
         };
-        let cursor = inner.store.checkpoint(&name).await?;
-        let changes = match inner.crm.changes(kind, cursor.as_deref()).await {
-            Ok(c) => c,
-            Err(e) if cursor.is_some() && inner.crm.is_cursor_expired(&e) => {
-                tracing::warn!("CRM change cursor expired; reading everything again");
-                inner.crm.changes(kind, None).await?
+        let mut cursor = inner.store.checkpoint(&name).await?;
+        let mut report = Report::default();
+        let mut restarted = false;
+        // A page at a time: each is applied and its cursor persisted before the next is read,
+        // so a first read over every row holds one page, and a restart goes on from the page
+        // it stopped at.
+        loop {
+            let changes = match inner.crm.changes(kind, cursor.as_deref()).await {
+                Ok(c) => c,
+                Err(e) if cursor.is_some() && !restarted && inner.crm.is_cursor_expired(&e) => {
+                    tracing::warn!("CRM change cursor expired; reading everything again");
+                    restarted = true;
+                    inner.crm.changes(kind, None).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let more = changes.more;
+            let next = changes.cursor.clone();
+            report.extend(self.apply_crm_changes(kind, &name, changes).await?);
+            if !more {
+                break;
             }
-            Err(e) => return Err(e.into()),
-        };
+            cursor = Some(next);
+        }
+        Ok(report)
+    }
+
+    /// Applies one page of a CRM change feed, then persists its cursor.
+    async fn apply_crm_changes(
+        &self,
+        kind: RecordKind,
+        name: &str,
+        changes: CrmChanges,
+    ) -> Result<Report, EngineError> {
+        let inner = &self.inner;
         // Several changes of one row in a page collapse to one sync (a set beside the list:
         // a page holds up to 5,000 rows, and `Vec::contains` made that quadratic).
         let mut ids: Vec<String> = Vec::new();
@@ -3101,7 +3209,7 @@ impl Engine {
             )
             .await?;
         for id in deleted {
-            report.outcomes.push(
+            report.push(
                 Outcome::new(
                     Action::Skipped,
                     "deleted in the CRM; the referral is left as is",
@@ -3111,7 +3219,7 @@ impl Engine {
         }
         for (referral_id, id) in echoes {
             inner.stats.echoes.fetch_add(1, Ordering::Relaxed);
-            report.outcomes.push(
+            report.push(
                 Outcome::new(Action::Echo, "CRM change is the version last synced")
                     .referral(&referral_id)
                     .crm(kind, &id),
@@ -3300,7 +3408,7 @@ impl Engine {
         let mut report = Report::default();
         for letter in letters {
             if let Some(outcome) = Box::pin(self.replay_dead_letter(&letter.key)).await? {
-                report.outcomes.push(outcome);
+                report.push(outcome);
             }
         }
         Ok(report)
@@ -3488,5 +3596,51 @@ fn log_outcome(o: &Outcome) {
             conflicts = ?o.conflicts,
             "record synced"
         ),
+    }
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::{Action, Outcome, Report};
+
+    #[test]
+    fn a_report_keeps_the_first_outcomes_and_failures_and_counts_the_rest() {
+        let limit = Report::DETAIL_LIMIT;
+        let mut report = Report::default();
+        for i in 0..limit + 500 {
+            report.push(Outcome::new(Action::Echo, "echo").referral(&i.to_string()));
+        }
+        for i in 0..300 {
+            report.push(Outcome::new(Action::Failed, "broken").referral(&format!("f{i}")));
+        }
+        // Past the limit, echoes are counted and failures still kept.
+        assert_eq!(report.outcomes.len(), limit + 300);
+        assert_eq!(report.omitted(), 500);
+        assert_eq!(report.count(Action::Echo), limit + 500);
+        assert_eq!(report.count(Action::Failed), 300);
+        assert_eq!(report.failures().count(), 300);
+        assert_eq!(report.total(), limit + 800);
+
+        // Merging two reports keeps both sides' counts.
+        let mut other = Report::default();
+        other.push(Outcome::new(Action::Unchanged, "same"));
+        let mut merged = Report::default();
+        merged.extend(report.clone());
+        merged.extend(other);
+        assert_eq!(merged.total(), limit + 801);
+        assert_eq!(merged.count(Action::Echo), limit + 500);
+        assert_eq!(merged.count(Action::Unchanged), 1);
+
+        // Failures past twice the limit are counted too: memory stays bounded.
+        for _ in 0..2 * limit {
+            report.push(Outcome::new(Action::Failed, "broken"));
+        }
+        assert_eq!(report.outcomes.len(), 2 * limit);
+        assert_eq!(report.count(Action::Failed), 300 + 2 * limit);
+
+        // The counts survive a round trip through JSON (the service's `/status` and logs).
+        let json = serde_json::to_string(&report).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
     }
 }

@@ -869,9 +869,12 @@ impl Crm for MemoryCrm {
             );
         }
         changes.sort_by_key(|(seq, _)| *seq);
+        // One page per read: the paged reads are Dataverse's, tested against its emulator.
         Ok(CrmChanges {
             changes: changes.into_iter().map(|(_, c)| c).collect(),
             cursor: state.seq.to_string(),
+            more: false,
+            initial: cursor.is_none(),
         })
     }
 

@@ -95,9 +95,96 @@ pub struct Changes<T> {
     pub token: ChangeToken,
 }
 
+/// A page of a change-tracking read still to be read: the service's `@odata.nextLink`, and
+/// whether the read is the initial one (its pages are asked for with `Prefer:
+/// odata.track-changes`) or a delta read.
+///
+/// Kept between pages, it lets a read of many pages be taken one page at a time, and resumed
+/// after a restart, instead of being held whole in memory. [`Self::to_cursor`] and
+/// [`Self::from_cursor`] give it a plain-string form a state store can keep.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChangePageLink {
+    link: String,
+    initial: bool,
+}
+
+/// What [`ChangePageLink::to_cursor`] puts before the link of an initial read's page, and of a
+/// delta read's page. A delta link is an absolute URL, so neither form can be taken for one.
+const INITIAL_PAGE: &str = "initial-page ";
+const DELTA_PAGE: &str = "delta-page ";
+
+impl ChangePageLink {
+    /// A next link as the service sent it; `initial` when it is a page of the initial read.
+    pub fn new(link: impl Into<String>, initial: bool) -> Self {
+        ChangePageLink {
+            link: link.into(),
+            initial,
+        }
+    }
+
+    /// The next link.
+    pub fn link(&self) -> &str {
+        &self.link
+    }
+
+    /// Whether this is a page of the initial read (every current row counts as a change).
+    pub fn is_initial_read(&self) -> bool {
+        self.initial
+    }
+
+    /// A one-string form: the link with a word in front saying which read it continues.
+    ///
+    /// ```
+    /// use dataverse_client::ChangePageLink;
+    /// let page = ChangePageLink::new("https://org.example/api/data/v9.2/leads?$skiptoken=x", true);
+    /// assert_eq!(ChangePageLink::from_cursor(&page.to_cursor()), Some(page));
+    /// // A delta link is not a page link.
+    /// assert_eq!(ChangePageLink::from_cursor("https://org.example/api/data/v9.2/leads?$deltatoken=1"), None);
+    /// ```
+    pub fn to_cursor(&self) -> String {
+        let word = if self.initial {
+            INITIAL_PAGE
+        } else {
+            DELTA_PAGE
+        };
+        format!("{word}{}", self.link)
+    }
+
+    /// Reads [`Self::to_cursor`]'s form back; `None` for any other string (a delta link).
+    pub fn from_cursor(cursor: &str) -> Option<Self> {
+        if let Some(link) = cursor.strip_prefix(INITIAL_PAGE) {
+            Some(ChangePageLink::new(link, true))
+        } else {
+            cursor
+                .strip_prefix(DELTA_PAGE)
+                .map(|link| ChangePageLink::new(link, false))
+        }
+    }
+}
+
+/// Where a change-tracking read goes on after a page.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeNext {
+    /// More pages of the same read: read this one next.
+    Page(ChangePageLink),
+    /// The read is complete: the next delta read starts from this token.
+    Done(ChangeToken),
+}
+
+/// One page of a change-tracking read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangePage<T> {
+    /// The page's changes, in the service's order.
+    pub changes: Vec<Change<T>>,
+    /// Where the read goes on.
+    pub next: ChangeNext,
+}
+
 /// The pages of a change-tracking read. The last page carries the delta link.
 pub struct ChangePager<T> {
     pager: Pager<Change<T>, Error>,
+    /// Whether the pages belong to an initial read.
+    initial: bool,
 }
 
 impl<T> std::fmt::Debug for ChangePager<T> {
@@ -110,6 +197,27 @@ impl<T: Send + 'static> ChangePager<T> {
     /// The pages, in order; the last one has `delta_link` set.
     pub fn into_pages(self) -> BoxStream<'static, Result<Page<Change<T>>, Error>> {
         self.pager.into_pages()
+    }
+
+    /// Reads only the next page, and says where the read goes on: a caller applying a large
+    /// read page by page (and persisting [`ChangeNext`] after each) holds one page at a time.
+    /// Fails if a page has neither `@odata.nextLink` nor `@odata.deltaLink`.
+    pub async fn next_page(self) -> Result<ChangePage<T>, Error> {
+        let initial = self.initial;
+        let mut pages = self.into_pages();
+        let page = match pages.next().await {
+            Some(page) => page?,
+            None => return Err(no_delta_link()),
+        };
+        let next = match (page.next_link, page.delta_link) {
+            (Some(link), _) => ChangeNext::Page(ChangePageLink::new(link.as_str(), initial)),
+            (None, Some(link)) => ChangeNext::Done(ChangeToken(link)),
+            (None, None) => return Err(no_delta_link()),
+        };
+        Ok(ChangePage {
+            changes: page.items,
+            next,
+        })
     }
 
     /// Reads every page and returns the changes with the new token. Fails if the last page has
@@ -125,15 +233,17 @@ impl<T: Send + 'static> ChangePager<T> {
                 token = Some(ChangeToken(link));
             }
         }
-        let token = token.ok_or_else(|| {
-            Error::decode(
-                "change-tracking response",
-                "@odata.deltaLink",
-                "the last page has no delta link; is change tracking enabled on the table?",
-            )
-        })?;
+        let token = token.ok_or_else(no_delta_link)?;
         Ok(Changes { changes, token })
     }
+}
+
+fn no_delta_link() -> Error {
+    Error::decode(
+        "change-tracking response",
+        "@odata.deltaLink",
+        "the last page has no delta link; is change tracking enabled on the table?",
+    )
 }
 
 /// Classifies one delta row: a `$deletedEntity` tombstone or a full row.
@@ -212,7 +322,7 @@ impl DataverseClient {
             Some(encode_pairs(&[("$select", select.join(","))]))
         };
         let url = self.set_url(entity_set, query.as_deref());
-        self.change_pager(url, options.prefer(), entity_set)
+        self.change_pager(url, options.prefer(), entity_set, true)
     }
 
     /// Reads the changes since `token` (new/updated rows in full, and deletions), calling the
@@ -223,7 +333,44 @@ impl DataverseClient {
         options: &ChangeTrackingOptions,
     ) -> ChangePager<T> {
         let url = self.resolve_link(token.as_str());
-        self.change_pager(url, options.delta_prefer(), "delta")
+        self.change_pager(url, options.delta_prefer(), "delta", false)
+    }
+
+    /// Goes on with a change-tracking read from one of its pages (from
+    /// [`ChangePager::next_page`], perhaps persisted and read back after a restart), asking
+    /// for it as the read it belongs to asked for its first page.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: dataverse_client::DataverseClient) -> Result<(), dataverse_client::Error> {
+    /// use dataverse_client::{ChangeNext, ChangeTrackingOptions};
+    /// let options = ChangeTrackingOptions::default().max_page_size(500);
+    /// let mut page = client
+    ///     .track_changes::<serde_json::Value>("leads", &["leadid"], &options)
+    ///     .next_page()
+    ///     .await?;
+    /// let token = loop {
+    ///     println!("{} changes", page.changes.len());
+    ///     match page.next {
+    ///         ChangeNext::Page(link) => {
+    ///             page = client.changes_from(&link, &options).next_page().await?;
+    ///         }
+    ///         ChangeNext::Done(token) => break token,
+    ///     }
+    /// };
+    /// # let _ = token; Ok(()) }
+    /// ```
+    pub fn changes_from<T: DeserializeOwned + Send + 'static>(
+        &self,
+        page: &ChangePageLink,
+        options: &ChangeTrackingOptions,
+    ) -> ChangePager<T> {
+        let url = self.resolve_link(page.link());
+        let (prefer, what) = if page.initial {
+            (options.prefer(), "change-tracking page")
+        } else {
+            (options.delta_prefer(), "delta")
+        };
+        self.change_pager(url, prefer, what, page.initial)
     }
 
     fn change_pager<T: DeserializeOwned + Send + 'static>(
@@ -231,6 +378,7 @@ impl DataverseClient {
         first_url: Result<cosell_http::url::Url, Error>,
         prefer: Option<String>,
         what: &str,
+        initial: bool,
     ) -> ChangePager<T> {
         let what = what.to_string();
         let client = self.clone();
@@ -266,7 +414,7 @@ impl DataverseClient {
                 )
             },
         );
-        ChangePager { pager }
+        ChangePager { pager, initial }
     }
 
     #[tracing::instrument(skip_all, fields(entity_set = %what))]

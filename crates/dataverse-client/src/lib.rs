@@ -22,7 +22,10 @@ pub use batch::{
     parse_batch_response, write_batch,
 };
 pub use batch_exec::BatchResult;
-pub use changes::{Change, ChangePager, ChangeToken, ChangeTrackingOptions, Changes};
+pub use changes::{
+    Change, ChangeNext, ChangePage, ChangePageLink, ChangePager, ChangeToken,
+    ChangeTrackingOptions, Changes,
+};
 pub use client::{
     DEFAULT_API_PATH, DEFAULT_MAX_CONCURRENCY, DataverseClient, DataverseClientBuilder,
     RateLimitStatus, Raw, RawRequest, RawResponse,

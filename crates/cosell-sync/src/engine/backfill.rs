@@ -411,7 +411,7 @@ impl Engine {
                             Ok(w) => {
                                 let outcome;
                                 (done, outcome) = self.created(&c, &w, done);
-                                report.outcomes.push(outcome);
+                                report.push(outcome);
                                 written.push(c);
                             }
                             Err(e) => {
