@@ -2890,53 +2890,54 @@ impl Engine {
                 .try_flatten();
             // New referrals are created in the CRM a group at a time (a first start over a
             // year of history is a backfill), several groups side by side, the rest one by
-            // one. `buffered` yields the groups in listing order and pulls the next pages while
-            // earlier groups are written; a page that fails to list is an item in that order
-            // too, so the groups before it finish (and move the checkpoint) first.
+            // one. The next pages are listed while groups are written, and a group starts as
+            // soon as a lane is free: groups finish in any order, and the checkpoint moves past
+            // a group once every group listed before it has finished too (`GroupProgress`). A
+            // page that fails to list waits for the groups before it, so they finish (and move
+            // the checkpoint) before the pass ends.
             //
-            // The checkpoint is written inside the groups' futures, each after the one before
-            // it has finished (a chain of signals): the loop below must await nothing but the
-            // stream, or the groups in flight stop being polled, one of them perhaps inside a
-            // store transaction that the checkpoint's commit would then wait for.
-            let newest = std::sync::Mutex::new(checkpoint);
+            // The checkpoint is written inside the groups' futures: the loop below must await
+            // nothing but the stream, or the groups in flight stop being polled, one of them
+            // perhaps inside a store transaction that the checkpoint's commit would then wait
+            // for. Commits of it are taken one at a time, and only forward.
+            let progress = backfill::GroupProgress::default();
+            let progress = &progress;
+            let newest = tokio::sync::Mutex::new(checkpoint);
             let newest = &newest;
-            let mut before: Option<futures::channel::oneshot::Receiver<()>> = None;
             let written = groups
+                .enumerate()
                 .map(
-                    |item: Result<(Vec<Referral>, Option<DateTime<Utc>>), EngineError>| {
-                        let (done, signal) = futures::channel::oneshot::channel::<()>();
-                        let previous = before.replace(signal);
+                    |(index, item): (
+                        usize,
+                        Result<(Vec<Referral>, Option<DateTime<Utc>>), EngineError>,
+                    )| {
                         async move {
-                            let (group, page_newest) = item?;
+                            let (group, page_newest) = match item {
+                                Ok(listed) => listed,
+                                Err(e) => {
+                                    progress.before(index).await;
+                                    return Err(e);
+                                }
+                            };
                             let count = group.len() as u64;
                             let outcomes = self.apply_referrals(group).await?;
-                            // A group before this one that failed ends the pass at its place:
-                            // this one's checkpoint must not pass it.
-                            if let Some(previous) = previous
-                                && previous.await.is_err()
-                            {
-                                return Ok((outcomes, count));
-                            }
-                            let moved = page_newest.filter(|t| {
-                                newest
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .is_none_or(|n| *t > n)
-                            });
-                            // Every referral of this page and the pages before is now linked,
+                            // Every referral of the groups up to this one is now linked,
                             // unchanged or dead-lettered (durable), and they came oldest change
                             // first: the checkpoint may pass them. One changed meanwhile lists
-                            // again after the overlap.
-                            if let Some(t) = moved {
-                                self.set_reconcile_checkpoint(t).await?;
-                                *newest.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+                            // again after the overlap. A group that failed never finishes, so
+                            // the checkpoint stops before it.
+                            if let Some(t) = progress.finish(index, page_newest) {
+                                let mut at = newest.lock().await;
+                                if at.is_none_or(|n| t > n) {
+                                    self.set_reconcile_checkpoint(t).await?;
+                                    *at = Some(t);
+                                }
                             }
-                            let _ = done.send(());
                             Ok::<_, EngineError>((outcomes, count))
                         }
                     },
                 )
-                .buffered(lanes);
+                .buffer_unordered(lanes);
             let mut written = std::pin::pin!(written);
             while let Some(item) = written.next().await {
                 let (outcomes, count) = item?;

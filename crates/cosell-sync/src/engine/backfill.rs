@@ -233,6 +233,71 @@ impl futures::Stream for Chunking<'_> {
 /// A chunk of the listing and its newest change, or the failure that ended the listing.
 pub(super) type ListedChunk = Result<(Vec<Referral>, Option<DateTime<Utc>>), EngineError>;
 
+/// Where the reconcile's checkpoint may move, with groups finishing in any order: a group's
+/// newest change counts once every group listed before it has finished too (the listing comes
+/// oldest change first). Groups are written side by side without waiting for each other, so one
+/// slow group holds no lane idle (in listing order, a finished group kept its lane until the
+/// group before it finished).
+#[derive(Debug)]
+pub(super) struct GroupProgress {
+    state: std::sync::Mutex<ProgressState>,
+    /// How many groups, from the first, have all finished.
+    finished: tokio::sync::watch::Sender<usize>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    /// Finished groups past the first unfinished one, with their newest change.
+    ahead: std::collections::BTreeMap<usize, Option<DateTime<Utc>>>,
+    /// Groups finished from the first on.
+    prefix: usize,
+    /// The newest change of those groups.
+    newest: Option<DateTime<Utc>>,
+}
+
+impl Default for GroupProgress {
+    fn default() -> Self {
+        GroupProgress {
+            state: std::sync::Mutex::default(),
+            finished: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl GroupProgress {
+    /// Group `index` finished; returns the newest change of the groups finished from the first
+    /// on, when this moved it (the checkpoint may go there).
+    pub(super) fn finish(
+        &self,
+        index: usize,
+        newest: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.ahead.insert(index, newest);
+        let before = s.newest;
+        loop {
+            let next = s.prefix;
+            let Some(t) = s.ahead.remove(&next) else {
+                break;
+            };
+            s.prefix += 1;
+            s.newest = s.newest.max(t);
+        }
+        let prefix = s.prefix;
+        let moved = (s.newest > before).then_some(s.newest).flatten();
+        drop(s);
+        self.finished.send_replace(prefix);
+        moved
+    }
+
+    /// Waits until every group before `index` has finished (one that fails never does: the
+    /// pass ends with it).
+    pub(super) async fn before(&self, index: usize) {
+        let mut rx = self.finished.subscribe();
+        let _ = rx.wait_for(|done| *done >= index).await;
+    }
+}
+
 /// Customers whose account exists because a create of ours that committed made or found it.
 /// Their records are created without the customer's lock: the account matching rule finds that
 /// account, and the lock only keeps two creators of a *new* customer from each making one (a
@@ -630,6 +695,25 @@ mod tests {
                 .collect(),
             total: Some(1000),
         })
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_moves_only_past_groups_finished_from_the_first_on() {
+        let t = |m: i64| Some(DateTime::<Utc>::from_timestamp(m * 60, 0).unwrap());
+        let progress = GroupProgress::default();
+        // Groups 1 and 2 finish before group 0: the checkpoint may not move yet.
+        assert_eq!(progress.finish(2, t(3)), None);
+        assert_eq!(progress.finish(1, None), None);
+        let waiting = progress.before(3);
+        let mut waiting = std::pin::pin!(waiting);
+        assert!(futures::FutureExt::now_or_never(waiting.as_mut()).is_none());
+        // Group 0 finishes: 0..3 are done, and the newest change among them is group 2's.
+        assert_eq!(progress.finish(0, t(1)), t(3));
+        assert!(futures::FutureExt::now_or_never(waiting.as_mut()).is_some());
+        // An older change later on does not move it back; a newer one moves it on.
+        assert_eq!(progress.finish(3, t(2)), None);
+        assert_eq!(progress.finish(5, t(9)), None, "group 4 is not finished");
+        assert_eq!(progress.finish(4, None), t(9));
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,6 +35,38 @@ pub struct SqliteStore {
     /// among processes on this machine, which a power loss takes down with them, and a lost
     /// lease row is a lease nobody holds; so they need not cost a commit's fsync each.
     leases: SqlitePool,
+    /// Taken by every write of this store, in turn (tokio's mutex is fair). SQLite lets one
+    /// connection write at a time; without this, the pools' connections each wait for its lock
+    /// in SQLite's busy handler, which sleeps and retries rather than queueing, so under load
+    /// one writer waited past the busy timeout and a backfill stopped on "database is locked".
+    /// The busy timeout is now left for other processes on the same file.
+    writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A write transaction and this store's turn to write, released together.
+struct WriteTransaction {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+// Derefs to the connection, as the transaction does, so `&mut *tx` is an executor.
+impl std::ops::Deref for WriteTransaction {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTransaction {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+impl WriteTransaction {
+    async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
 }
 
 fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
@@ -116,6 +149,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             leases: pool.clone(),
             pool,
+            writes: Arc::default(),
         })
     }
 
@@ -123,13 +157,14 @@ impl SqliteStore {
     /// deferred one that reads first cannot take the lock once another connection has written
     /// meanwhile and fails at once with "database is locked", whatever the busy timeout; an
     /// immediate one waits its turn (the busy timeout) instead.
-    async fn write_transaction(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        self.pool
+    async fn write_transaction(&self) -> Result<WriteTransaction, StoreError> {
+        let turn = self.writes.clone().lock_owned().await;
+        let tx = self
+            .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        Ok(WriteTransaction { tx, _turn: turn })
     }
 
     /// The schema version (the latest applied migration).
@@ -815,6 +850,7 @@ impl StateStore for SqliteStore {
         let now = Utc::now();
         let until = now + chrono::Duration::from_std(ttl).map_err(backend)?;
         // One statement: taken when free, expired or ours; otherwise the row is left alone.
+        let _turn = self.writes.lock().await;
         let taken = sqlx::query(
             "INSERT INTO leases (key, holder, expires_at) VALUES (?1, ?2, ?3) \
              ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
@@ -832,6 +868,7 @@ impl StateStore for SqliteStore {
     }
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let _turn = self.writes.lock().await;
         sqlx::query("DELETE FROM leases WHERE key = ? AND holder = ?")
             .bind(key)
             .bind(holder)
@@ -851,6 +888,7 @@ impl StateStore for SqliteStore {
         let until = now + chrono::Duration::from_std(ttl).map_err(backend)?;
         // SQLite serializes writers, so the sub-select and the update cannot interleave with
         // another worker's claim.
+        let turn = self.writes.lock().await;
         let rows = sqlx::query(
             "UPDATE inbox SET claimed_by = ?1, claimed_until = ?2 WHERE seq IN ( \
                SELECT seq FROM inbox WHERE claimed_until IS NULL OR claimed_until <= ?3 \
@@ -864,6 +902,7 @@ impl StateStore for SqliteStore {
         .fetch_all(&self.leases)
         .await
         .map_err(backend)?;
+        drop(turn);
         let mut hints = rows
             .iter()
             .map(hint_from_row)
