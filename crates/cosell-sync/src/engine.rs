@@ -2906,37 +2906,32 @@ impl Engine {
             let newest = &newest;
             let written = groups
                 .enumerate()
-                .map(
-                    |(index, item): (
-                        usize,
-                        Result<(Vec<Referral>, Option<DateTime<Utc>>), EngineError>,
-                    )| {
-                        async move {
-                            let (group, page_newest) = match item {
-                                Ok(listed) => listed,
-                                Err(e) => {
-                                    progress.before(index).await;
-                                    return Err(e);
-                                }
-                            };
-                            let count = group.len() as u64;
-                            let outcomes = self.apply_referrals(group).await?;
-                            // Every referral of the groups up to this one is now linked,
-                            // unchanged or dead-lettered (durable), and they came oldest change
-                            // first: the checkpoint may pass them. One changed meanwhile lists
-                            // again after the overlap. A group that failed never finishes, so
-                            // the checkpoint stops before it.
-                            if let Some(t) = progress.finish(index, page_newest) {
-                                let mut at = newest.lock().await;
-                                if at.is_none_or(|n| t > n) {
-                                    self.set_reconcile_checkpoint(t).await?;
-                                    *at = Some(t);
-                                }
+                .map(|(index, item): (usize, backfill::ListedChunk)| {
+                    async move {
+                        let (group, page_newest) = match item {
+                            Ok(listed) => listed,
+                            Err(e) => {
+                                progress.before(index).await;
+                                return Err(e);
                             }
-                            Ok::<_, EngineError>((outcomes, count))
+                        };
+                        let count = group.len() as u64;
+                        let outcomes = self.apply_referrals(group).await?;
+                        // Every referral of the groups up to this one is now linked,
+                        // unchanged or dead-lettered (durable), and they came oldest change
+                        // first: the checkpoint may pass them. One changed meanwhile lists
+                        // again after the overlap. A group that failed never finishes, so
+                        // the checkpoint stops before it.
+                        if let Some(t) = progress.finish(index, page_newest) {
+                            let mut at = newest.lock().await;
+                            if at.is_none_or(|n| t > n) {
+                                self.set_reconcile_checkpoint(t).await?;
+                                *at = Some(t);
+                            }
                         }
-                    },
-                )
+                        Ok::<_, EngineError>((outcomes, count))
+                    }
+                })
                 .buffer_unordered(lanes);
             let mut written = std::pin::pin!(written);
             while let Some(item) = written.next().await {
