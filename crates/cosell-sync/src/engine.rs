@@ -3169,10 +3169,29 @@ impl Engine {
         let mut queued: HashSet<String> = HashSet::new();
         let mut deleted = Vec::new();
         let mut echoes = Vec::new();
+        // The page's links in one look-up (a first read over every row is pages of 5,000: a
+        // store read per row took 86 s at 100,000 pairs).
+        let upserted: Vec<String> = changes
+            .changes
+            .iter()
+            .filter_map(|c| match c {
+                CrmChange::Upserted { id, .. } => Some(id.clone()),
+                CrmChange::Deleted { .. } => None,
+            })
+            .collect();
+        let links: HashMap<String, Link> = inner
+            .store
+            .links_by_crm_ids(entity_name(kind), &upserted)
+            .await?
+            .into_iter()
+            .filter_map(|l| Some((l.crm_id.clone()?, l)))
+            .collect();
+        drop(upserted);
         for change in changes.changes {
             match change {
                 CrmChange::Upserted { id, row, etag, .. } => {
-                    let link = inner.store.link_by_crm(entity_name(kind), &id).await?;
+                    // A row listed twice in a page finds its link both times.
+                    let link = links.get(&id).cloned();
                     // Our own write coming back: the row is at the version the pair recorded
                     // after writing (or reading) it, so it holds what the pair knows. No read.
                     if let Some(l) = &link

@@ -589,6 +589,35 @@ async fn point_lookups_agree_with_the_lists(store: &dyn StateStore) {
             .unwrap()
             .is_empty()
     );
+    // Several records of one table at once: only linked ones, only of that table.
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut found: Vec<String> = store
+        .links_by_crm_ids("opportunity", &ids(&["o2", "o1", "l3", "o404"]))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.referral_id)
+        .collect();
+    found.sort();
+    assert_eq!(found, ["r1", "r2"]);
+    assert!(
+        store
+            .links_by_crm_ids("lead", &ids(&[]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // More ids than one SQL statement binds (SQLite's default limit is 32,766 parameters, a
+    // store chunks them).
+    let many: Vec<String> = (0..40_000).map(|i| format!("o{i}")).collect();
+    assert_eq!(
+        store
+            .links_by_crm_ids("opportunity", &many)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     let intent = store.intent("opportunity", "o9").await.unwrap().unwrap();
     assert_eq!(intent.external_reference_id, "o9");
     assert_eq!(store.intent("lead", "o9").await.unwrap(), None);

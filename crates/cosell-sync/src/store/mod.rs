@@ -528,6 +528,23 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// The link of a CRM record.
     async fn link_by_crm(&self, crm_entity: &str, crm_id: &str)
     -> Result<Option<Link>, StoreError>;
+    /// The links of several CRM records of one table, in no particular order (a record
+    /// without a link is left out). The change feed looks up a page of rows (up to 5,000) at
+    /// once; the default asks [`link_by_crm`](Self::link_by_crm) for each, and the SQL stores
+    /// answer in a few queries.
+    async fn links_by_crm_ids(
+        &self,
+        crm_entity: &str,
+        crm_ids: &[String],
+    ) -> Result<Vec<Link>, StoreError> {
+        let mut links = Vec::new();
+        for id in crm_ids {
+            if let Some(link) = self.link_by_crm(crm_entity, id).await? {
+                links.push(link);
+            }
+        }
+        Ok(links)
+    }
     /// Every link, ordered by referral id.
     async fn links(&self) -> Result<Vec<Link>, StoreError>;
     /// The links in an engagement (Microsoft's and the partner's referrals share one). The

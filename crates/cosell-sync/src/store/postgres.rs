@@ -299,6 +299,24 @@ impl StateStore for PostgresStore {
         row.as_ref().map(link_from_row).transpose()
     }
 
+    async fn links_by_crm_ids(
+        &self,
+        crm_entity: &str,
+        crm_ids: &[String],
+    ) -> Result<Vec<Link>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            link_columns!(),
+            " FROM links WHERE crm_entity = $1 AND crm_id = ANY($2)"
+        ))
+        .bind(crm_entity)
+        .bind(crm_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(link_from_row).collect()
+    }
+
     async fn links(&self) -> Result<Vec<Link>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",
