@@ -549,3 +549,115 @@ async fn a_version_5_store_opens_at_version_6_with_every_row_equal() {
     assert_eq!(store.links().await.unwrap(), by_id);
     store.close().await;
 }
+
+/// Ids in and out of their compact forms, written by a commit: every look-up finds them, and
+/// `links` orders them as strings (SQLite would put all text before all bytes).
+#[tokio::test]
+async fn ids_of_any_shape_are_found_and_ordered_as_strings() {
+    let store = SqliteStore::in_memory().await.unwrap();
+    let mut links: Vec<Link> = [
+        "ffffffff-0000-4000-8000-000000000000",
+        "R-1",
+        "zz",
+        "00000000-0000-4000-8000-000000000001",
+        "A3F2C1D0-0000-4000-8000-000000000000",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, id)| {
+        let mut link = realistic_link(i);
+        link.referral_id = (*id).to_string();
+        if i % 2 == 1 {
+            link.crm_id = Some(format!("crm-{i}"));
+            link.engagement_id = Some(id.to_uppercase());
+            link.crm_entity = "cosell_custom".into();
+            link.pc_etag = Some(format!("etag-{i}"));
+            link.crm_etag = Some("W/\"007\"".into());
+        }
+        link
+    })
+    .collect();
+    let mut commit = Commit::new();
+    for link in &links {
+        commit = commit.link(link.clone()).audit(
+            AuditEntry::new(Direction::ToCrm, AuditOutcome::Created, "made")
+                .referral(&link.referral_id)
+                .crm(&link.crm_entity, link.crm_id.as_deref().unwrap()),
+        );
+    }
+    store.commit(commit).await.unwrap();
+    links.sort_by(|a, b| a.referral_id.cmp(&b.referral_id));
+    let truncated = |mut l: Link| {
+        // The store keeps microseconds.
+        l.synced_at = DateTime::from_timestamp_micros(l.synced_at.timestamp_micros()).unwrap();
+        l
+    };
+    let expected: Vec<Link> = links.into_iter().map(truncated).collect();
+    assert_eq!(store.links().await.unwrap(), expected);
+    for link in &expected {
+        let crm_id = link.crm_id.as_deref().unwrap();
+        assert_eq!(
+            store
+                .link_by_referral(&link.referral_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(link)
+        );
+        assert_eq!(
+            store
+                .link_by_crm(&link.crm_entity, crm_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(link)
+        );
+        assert_eq!(
+            store
+                .links_by_engagement(link.engagement_id.as_deref().unwrap())
+                .await
+                .unwrap(),
+            vec![link.clone()]
+        );
+        let q = AuditQuery {
+            referral_id: Some(link.referral_id.clone()),
+            crm_id: Some(crm_id.into()),
+            limit: 0,
+        };
+        assert_eq!(store.audit(&q).await.unwrap().len(), 1);
+    }
+    // A UUID in another case is another id, as it is to the other stores.
+    assert_eq!(
+        store
+            .link_by_referral("FFFFFFFF-0000-4000-8000-000000000000")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// Expired leases are rows nobody holds: closing the store deletes them, live ones stay.
+#[tokio::test]
+async fn expired_leases_are_deleted_at_close_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let short = std::time::Duration::from_millis(1);
+    let long = std::time::Duration::from_secs(600);
+    assert!(store.try_lease("crm:gone", "w1", short).await.unwrap());
+    assert!(store.try_lease("referral:kept", "w1", long).await.unwrap());
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    store.close().await;
+    let options = SqliteConnectOptions::new().filename(&path);
+    let pool = SqlitePool::connect_with(options).await.unwrap();
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM leases")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, vec!["referral:kept".to_string()]);
+    pool.close().await;
+    // The live lease is still held against others.
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(!store.try_lease("referral:kept", "w2", long).await.unwrap());
+    store.close().await;
+}
