@@ -1,5 +1,5 @@
 -- cosell state store, version 6: the per-link tables in compact column forms (issue 15, "SQLite
--- < 1 KB per link"). A store of N links held about 1.4 KB per link, most of it the same few
+-- < 1 KB per link"). A store of N links held about 1.5 KB per link, most of it the same few
 -- shapes spelt out as text on every row and again in every index: UUIDs (36 characters),
 -- RFC 3339 times (27), entity names, quoted eTags. The store now writes (`src/store/sqlite/packed.rs`):
 --
@@ -7,7 +7,8 @@
 -- * a time as INTEGER microseconds since the Unix epoch (the precision the text had);
 -- * a Partner Center eTag `"<uuid>"` as the UUID's 16 bytes, a CRM eTag `W/"<n>"` as n;
 -- * an entity name, direction or outcome among `packed::NAMES` as its position, others as text;
--- * an audit entry's empty conflict list as NULL.
+-- * an audit entry's empty conflict list as NULL;
+-- * a lease's key and expiry likewise (below).
 --
 -- Each form is decided by the value alone and read back exactly; the columns have no type, so a
 -- value that has no compact form keeps its text. The rows below are converted here, in SQL, by
@@ -15,6 +16,9 @@
 -- their primary key: no rowid table beside the key's index). Dropping the old tables leaves their
 -- pages free in the file: the store VACUUMs once at its next open (the task row below), which
 -- also turns on incremental auto-vacuum, so pages freed later are given back at open and close.
+--
+-- Every process sharing the file must run this version or later: an older one would write the
+-- text forms, which a look-up by the packed form does not find.
 
 CREATE TABLE links_v6 (
     referral_id   NOT NULL,
@@ -97,12 +101,20 @@ FROM crm_children;
 DROP TABLE crm_children;
 ALTER TABLE crm_children_v6 RENAME TO crm_children;
 
+-- A lease key `referral:<uuid>` / `crm:<uuid>` is the byte 1 / 2 and the UUID's 16 bytes; an
+-- expiry is integer microseconds (one that is not a time the store wrote is taken as expired).
 CREATE TABLE leases_v6 (
-    key        TEXT PRIMARY KEY NOT NULL,
+    key        NOT NULL PRIMARY KEY,
     holder     TEXT NOT NULL,
-    expires_at TEXT NOT NULL
+    expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
-INSERT INTO leases_v6 (key, holder, expires_at) SELECT key, holder, expires_at FROM leases;
+INSERT INTO leases_v6 (key, holder, expires_at)
+SELECT CASE WHEN key GLOB 'referral:[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]' THEN unhex('01' || replace(substr(key, 10), '-', ''))
+            WHEN key GLOB 'crm:[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]' THEN unhex('02' || replace(substr(key, 5), '-', ''))
+            ELSE key END,
+       holder,
+       CASE WHEN expires_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z' THEN CAST(strftime('%s', substr(expires_at, 1, 19)) AS INTEGER) * 1000000 + CAST(substr(expires_at, 21, 6) AS INTEGER) ELSE 0 END
+FROM leases;
 DROP TABLE leases;
 ALTER TABLE leases_v6 RENAME TO leases;
 

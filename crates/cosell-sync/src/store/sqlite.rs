@@ -3,6 +3,10 @@
 //!
 //! Durability: WAL journal with `synchronous=FULL`, so a commit that returned survives power loss,
 //! not only a process crash; the inbox, intents and links depend on that.
+//!
+//! Size: the per-link tables (`links`, `audit`, `crm_children`) keep ids, times, eTags and names
+//! in the compact forms of [`packed`] (migration 0006), and snapshots in [`compact`]'s; so every
+//! statement binds those columns through `packed`, never as plain text.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -333,11 +337,11 @@ async fn vacuum_once(pool: &SqlitePool) -> Result<(), StoreError> {
 
 /// Deletes the leases past their expiry: an expired lease is one nobody holds (`try_lease` takes
 /// it over, `release_lease` of it changes nothing), so the row is only bytes. A worker that
-/// stops without giving its leases up leaves one row per pair it handled (about 150 bytes
+/// stops without giving its leases up leaves one row per pair it handled (about 100 bytes
 /// each); without an index on the expiry this is a scan, so it runs at open and close only.
 async fn forget_expired_leases(pool: &SqlitePool) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM leases WHERE expires_at <= ?")
-        .bind(ts(&Utc::now()))
+        .bind(packed::time(&Utc::now()))
         .execute(pool)
         .await
         .map_err(backend)?;
@@ -899,10 +903,10 @@ impl StateStore for SqliteStore {
              ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
              WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
         )
-        .bind(key)
+        .bind(packed::lease_key(key))
         .bind(holder)
-        .bind(ts(&until))
-        .bind(ts(&now))
+        .bind(packed::time(&until))
+        .bind(packed::time(&now))
         .execute(&self.leases)
         .await
         .map_err(backend)?
@@ -912,7 +916,7 @@ impl StateStore for SqliteStore {
 
     async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM leases WHERE key = ? AND holder = ?")
-            .bind(key)
+            .bind(packed::lease_key(key))
             .bind(holder)
             .execute(&self.leases)
             .await

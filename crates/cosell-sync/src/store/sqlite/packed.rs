@@ -115,6 +115,23 @@ pub(super) fn crm_etag(s: &str) -> Packed {
     }
 }
 
+/// The lease key prefixes with a compact form, by their first byte's value (1, 2).
+const LEASE_PREFIXES: &[&str] = &["referral:", "crm:"];
+
+/// A lease key: `referral:<canonical uuid>` as the byte 1 and the UUID's 16 bytes, `crm:<…>` as
+/// 2 and the 16 bytes. Keys are only compared, never read back.
+pub(super) fn lease_key(s: &str) -> Packed {
+    for (i, prefix) in LEASE_PREFIXES.iter().enumerate() {
+        if let Some(bytes) = s.strip_prefix(prefix).and_then(canonical_uuid) {
+            let mut out = Vec::with_capacity(17);
+            out.push(i as u8 + 1);
+            out.extend_from_slice(&bytes);
+            return Packed::Blob(out);
+        }
+    }
+    Packed::Text(s.to_string())
+}
+
 /// A name (entity, direction, outcome): one of [`NAMES`] as its position.
 pub(super) fn name(s: &str) -> Packed {
     match NAMES.iter().position(|n| *n == s) {
@@ -302,6 +319,15 @@ mod tests {
         ] {
             assert_eq!(crm_etag(other), Packed::Text(other.into()), "{other}");
         }
+        assert!(
+            matches!(lease_key(&format!("crm:{uuid}")), Packed::Blob(b) if b.len() == 17 && b[0] == 2)
+        );
+        assert!(matches!(lease_key(&format!("referral:{uuid}")), Packed::Blob(b) if b[0] == 1));
+        assert_eq!(
+            lease_key("pass:reconcile"),
+            Packed::Text("pass:reconcile".into())
+        );
+        assert_eq!(lease_key(uuid), Packed::Text(uuid.into()));
         assert_eq!(name("opportunity"), Packed::Int(1));
         assert_eq!(name("Opportunity"), Packed::Text("Opportunity".into()));
     }

@@ -318,6 +318,16 @@ async fn version_5_store(path: &Path, links: &[Link], audit: &[AuditEntry], chil
     .execute(&pool)
     .await
     .unwrap();
+    // A live lease on a pair and an expired one on a pass.
+    sqlx::query(
+        "INSERT INTO leases (key, holder, expires_at) VALUES \
+         ('crm:0e5a4f1c-2b3d-4e5f-8a9b-0c1d2e3f4a5b', 'w1', ?), \
+         ('pass:reconcile', 'w1', '2026-03-01T09:00:00.000000Z')",
+    )
+    .bind(ts(&(Utc::now() + chrono::Duration::hours(1))))
+    .execute(&pool)
+    .await
+    .unwrap();
     // The newest entry was deleted: its id must not be given again.
     sqlx::query("INSERT INTO audit (id, at, direction, outcome, message, conflicts) VALUES (99, '2026-03-02T00:00:00.000000Z', 'to_crm', 'failed', 'gone', '[]')")
         .execute(&pool)
@@ -501,6 +511,20 @@ async fn a_version_5_store_opens_at_version_6_with_every_row_equal() {
             Some(child)
         );
     }
+    let long = std::time::Duration::from_secs(60);
+    let leased = "crm:0e5a4f1c-2b3d-4e5f-8a9b-0c1d2e3f4a5b";
+    assert!(
+        !store.try_lease(leased, "w2", long).await.unwrap(),
+        "still held"
+    );
+    assert!(
+        store.try_lease(leased, "w1", long).await.unwrap(),
+        "renewed"
+    );
+    assert!(
+        store.try_lease("pass:reconcile", "w2", long).await.unwrap(),
+        "expired"
+    );
     let intent = store.intent("opportunity", "o9").await.unwrap().unwrap();
     assert_eq!(intent.attempts, 2);
     assert_eq!(intent.crm_etag.as_deref(), Some("W/\"7\""));
