@@ -98,7 +98,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     assert!(!path.exists());
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 5);
+        assert_eq!(store.schema_version().await.unwrap(), 6);
         store
             .commit(
                 Commit::new()
@@ -119,7 +119,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(
         store.schema_version().await.unwrap(),
-        5,
+        6,
         "migrations run once"
     );
     assert_eq!(

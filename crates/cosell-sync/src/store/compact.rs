@@ -82,10 +82,18 @@ const OBJECT: u8 = 0x09;
 /// `{"kind": <string>, "value": <any>}`, the shape of every mapped field: the kind, then the
 /// value, with no keys.
 const KINDED: u8 = 0x0a;
+/// `{"kind": "text" | "decimal" | "date", "value": <string>}` (the most common fields, their
+/// value not a word): the tag names the kind, then the string's length and bytes. Added after
+/// the first rows were written in this format; those never hold these tags, so they still read.
+const KINDED_LITERAL: u8 = 0x0b;
+/// The kinds of [`KINDED_LITERAL`]'s tags, in tag order. Append only (up to `WORD`).
+const LITERAL_KINDS: &[&str] = &["text", "decimal", "date"];
 const WORD: u8 = 0x20;
 
-// Checked at compile time: every word has a one-byte tag.
+// Checked at compile time: every word has a one-byte tag, and the literal kinds' tags end
+// before the words'.
 const _: () = assert!(WORDS.len() <= (u8::MAX - WORD) as usize + 1);
+const _: () = assert!(KINDED_LITERAL as usize + LITERAL_KINDS.len() <= WORD as usize);
 
 /// `value` in the compact form.
 pub(super) fn encode(value: &Value) -> Vec<u8> {
@@ -127,10 +135,23 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
         Some(i) => out.push(WORD + i as u8),
         None => {
             out.push(STRING);
-            varint(out, s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
+            write_literal(out, s);
         }
     }
+}
+
+/// A string's length and bytes.
+fn write_literal(out: &mut Vec<u8>, s: &str) {
+    varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The [`KINDED_LITERAL`] tag for a field of `kind` holding `value`, when it has one: a word
+/// is one byte already, so it keeps the general form.
+fn literal_tag<'a>(kind: &str, value: &'a Value) -> Option<(u8, &'a str)> {
+    let i = LITERAL_KINDS.iter().position(|k| *k == kind)?;
+    let s = value.as_str().filter(|s| !WORDS.contains(s))?;
+    Some((KINDED_LITERAL + i as u8, s))
 }
 
 fn write(out: &mut Vec<u8>, value: &Value) {
@@ -160,11 +181,17 @@ fn write(out: &mut Vec<u8>, value: &Value) {
             }
         }
         Value::Object(map) => match kinded(map) {
-            Some((kind, inner)) => {
-                out.push(KINDED);
-                write_str(out, kind);
-                write(out, inner);
-            }
+            Some((kind, inner)) => match literal_tag(kind, inner) {
+                Some((tag, s)) => {
+                    out.push(tag);
+                    write_literal(out, s);
+                }
+                None => {
+                    out.push(KINDED);
+                    write_str(out, kind);
+                    write(out, inner);
+                }
+            },
             None => {
                 out.push(OBJECT);
                 varint(out, map.len() as u64);
@@ -289,15 +316,23 @@ impl Reader<'_> {
             KINDED => {
                 let kind = self.string()?;
                 let inner = self.value(depth + 1)?;
-                let mut map = Map::new();
-                map.insert("kind".into(), Value::String(kind));
-                map.insert("value".into(), inner);
-                Value::Object(map)
+                kinded_object(kind, inner)
+            }
+            tag if (KINDED_LITERAL..KINDED_LITERAL + LITERAL_KINDS.len() as u8).contains(&tag) => {
+                let kind = LITERAL_KINDS[usize::from(tag - KINDED_LITERAL)];
+                kinded_object(kind.to_string(), Value::String(self.literal()?))
             }
             tag if tag >= WORD => Value::String(word(tag)?),
             tag => return Err(format!("compact snapshot has unknown tag {tag:#04x}")),
         })
     }
+}
+
+fn kinded_object(kind: String, value: Value) -> Value {
+    let mut map = Map::new();
+    map.insert("kind".into(), Value::String(kind));
+    map.insert("value".into(), value);
+    Value::Object(map)
 }
 
 fn word(tag: u8) -> Result<String, String> {

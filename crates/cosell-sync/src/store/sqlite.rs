@@ -3,6 +3,10 @@
 //!
 //! Durability: WAL journal with `synchronous=FULL`, so a commit that returned survives power loss,
 //! not only a process crash; the inbox, intents and links depend on that.
+//!
+//! Size: the per-link tables (`links`, `audit`, `crm_children`) keep ids, times, eTags and names
+//! in the compact forms of [`packed`] (migration 0006), and snapshots in [`compact`]'s; so every
+//! statement binds those columns through `packed`, never as plain text.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -11,7 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 
 use super::{
@@ -19,6 +25,7 @@ use super::{
     DeadLetterClass, Direction, InboxHint, Link, StateStore, StoreError, compact,
 };
 
+mod packed;
 #[cfg(all(test, feature = "testing"))]
 mod tests;
 
@@ -114,7 +121,10 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             // A WAL file keeps its largest size unless limited: a backfill left a 7 MB `-wal`
             // beside a 13 MB database. Truncated to 1 MB whenever a checkpoint resets it.
-            .pragma("journal_size_limit", "1048576");
+            .pragma("journal_size_limit", "1048576")
+            // Pages freed by deletes (leases, resolved intents, a migration's old tables) are
+            // given back to the file system at open and close, not kept in the file.
+            .auto_vacuum(SqliteAutoVacuum::Incremental);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone())
@@ -131,7 +141,9 @@ impl SqliteStore {
 
     /// A store in SQLite's memory (one connection), for tests.
     pub async fn in_memory() -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:").map_err(backend)?;
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(backend)?
+            .auto_vacuum(SqliteAutoVacuum::Incremental);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             // An in-memory database lives as long as its connection: never let it idle out.
@@ -146,6 +158,9 @@ impl SqliteStore {
     async fn migrate(pool: SqlitePool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await.map_err(backend)?;
         compact_old_snapshots(&pool).await?;
+        vacuum_once(&pool).await?;
+        forget_expired_leases(&pool).await?;
+        give_back_free_pages(&pool).await?;
         Ok(SqliteStore {
             leases: pool.clone(),
             pool,
@@ -246,8 +261,13 @@ impl SqliteStore {
             .collect()
     }
 
-    /// Closes the pool (waits for connections to finish).
+    /// Closes the pool (waits for connections to finish), first deleting the expired leases and
+    /// giving the pages freed since the open back to the file system.
     pub async fn close(&self) {
+        // Best effort: a store that cannot tidy up now does so at its next open.
+        if forget_expired_leases(&self.pool).await.is_ok() {
+            let _ = give_back_free_pages(&self.pool).await;
+        }
         self.leases.close().await;
         self.pool.close().await;
     }
@@ -320,6 +340,59 @@ async fn compact_old_snapshots(pool: &SqlitePool) -> Result<(), StoreError> {
     }
 }
 
+/// Rewrites the whole file once, when migration 0006 asked for it (its task row): its table
+/// rebuilds left the old tables' pages free in the file, and only a VACUUM turns on the
+/// incremental auto-vacuum (`open`'s options) for a file created before it. VACUUM cannot run
+/// in a transaction; if the process stops before the task row is deleted, the next open
+/// VACUUMs again, which is harmless.
+async fn vacuum_once(pool: &SqlitePool) -> Result<(), StoreError> {
+    let pending: Option<String> =
+        sqlx::query_scalar("SELECT name FROM store_tasks WHERE name = 'vacuum'")
+            .fetch_optional(pool)
+            .await
+            .map_err(backend)?;
+    if pending.is_none() {
+        return Ok(());
+    }
+    let mut conn = pool.acquire().await.map_err(backend)?;
+    sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    sqlx::query("VACUUM")
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    sqlx::query("DELETE FROM store_tasks WHERE name = 'vacuum'")
+        .execute(&mut *conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Deletes the leases past their expiry: an expired lease is one nobody holds (`try_lease` takes
+/// it over, `release_lease` of it changes nothing), so the row is only bytes. A worker that
+/// stops without giving its leases up leaves one row per pair it handled (about 100 bytes
+/// each); without an index on the expiry this is a scan, so it runs at open and close only.
+async fn forget_expired_leases(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM leases WHERE expires_at <= ?")
+        .bind(packed::time(&Utc::now()))
+        .execute(pool)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// Truncates the file by its free pages (incremental auto-vacuum; a no-op on a file without
+/// it).
+async fn give_back_free_pages(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query("PRAGMA incremental_vacuum")
+        .execute(pool)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
 /// Creates `path`'s missing directories (`0700`) and the file itself (`0600`) before SQLite
 /// does, so the personal data in it is never readable by other users, not even briefly.
 fn private_file(path: &Path) -> std::io::Result<()> {
@@ -380,17 +453,23 @@ fn json_column(
 }
 
 fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
-    let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
-    let get_opt = |c: &str| row.try_get::<Option<String>, _>(c).map_err(backend);
     let snapshot = |c: &str| json_column(row, "link", c);
     Ok(Link {
-        referral_id: get("referral_id")?,
-        engagement_id: get_opt("engagement_id")?,
-        crm_entity: get("crm_entity")?,
-        crm_id: get_opt("crm_id")?,
-        pc_etag: get_opt("pc_etag")?,
-        pc_updated_at: opt_ts("link", get_opt("pc_updated_at")?)?,
-        crm_etag: get_opt("crm_etag")?,
+        referral_id: packed::required(
+            "link",
+            "referral_id",
+            packed::read_id(row, "link", "referral_id")?,
+        )?,
+        engagement_id: packed::read_id(row, "link", "engagement_id")?,
+        crm_entity: packed::required(
+            "link",
+            "crm_entity",
+            packed::read_name(row, "link", "crm_entity")?,
+        )?,
+        crm_id: packed::read_id(row, "link", "crm_id")?,
+        pc_etag: packed::read_pc_etag(row, "link", "pc_etag")?,
+        pc_updated_at: packed::read_time(row, "link", "pc_updated_at")?,
+        crm_etag: packed::read_crm_etag(row, "link", "crm_etag")?,
         target: snapshot("target")?.ok_or_else(|| StoreError::Corrupt {
             what: "link",
             detail: "no target snapshot".into(),
@@ -401,8 +480,23 @@ fn link_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Link, StoreError> {
         crm_status_in_transit: row
             .try_get::<bool, _>("crm_status_in_transit")
             .map_err(backend)?,
-        synced_at: parse_ts("link", &get("synced_at")?)?,
+        synced_at: packed::required(
+            "link",
+            "synced_at",
+            packed::read_time(row, "link", "synced_at")?,
+        )?,
     })
+}
+
+/// Links in referral id order. Sorted here, not by SQL: a UUID id is stored as bytes and any
+/// other as text, and SQLite orders all text before all bytes, not as the strings order.
+fn sorted_links(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<Link>, StoreError> {
+    let mut links = rows
+        .iter()
+        .map(link_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    links.sort_by(|a, b| a.referral_id.cmp(&b.referral_id));
+    Ok(links)
 }
 
 /// The link columns, as a macro so queries stay `&'static str` (sqlx refuses dynamic SQL).
@@ -420,7 +514,7 @@ impl StateStore for SqliteStore {
             link_columns!(),
             " FROM links WHERE referral_id = ?"
         ))
-        .bind(referral_id)
+        .bind(packed::id(referral_id))
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
@@ -437,8 +531,8 @@ impl StateStore for SqliteStore {
             link_columns!(),
             " FROM links WHERE crm_entity = ? AND crm_id = ?"
         ))
-        .bind(crm_entity)
-        .bind(crm_id)
+        .bind(packed::name(crm_entity))
+        .bind(packed::id(crm_id))
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
@@ -446,15 +540,11 @@ impl StateStore for SqliteStore {
     }
 
     async fn links(&self) -> Result<Vec<Link>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            link_columns!(),
-            " FROM links ORDER BY referral_id"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(backend)?;
-        rows.iter().map(link_from_row).collect()
+        let rows = sqlx::query(concat!("SELECT ", link_columns!(), " FROM links"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        sorted_links(&rows)
     }
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
@@ -469,17 +559,29 @@ impl StateStore for SqliteStore {
         let row = sqlx::query(
             "SELECT parent_entity, parent_id FROM crm_children WHERE entity = ? AND id = ?",
         )
-        .bind(entity)
-        .bind(id)
+        .bind(packed::name(entity))
+        .bind(packed::id(id))
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        Ok(row.map(|r| CrmChild {
-            entity: entity.to_string(),
-            id: id.to_string(),
-            parent_entity: r.get("parent_entity"),
-            parent_id: r.get("parent_id"),
-        }))
+        row.map(|r| {
+            let what = "CRM child";
+            Ok(CrmChild {
+                entity: entity.to_string(),
+                id: id.to_string(),
+                parent_entity: packed::required(
+                    what,
+                    "parent_entity",
+                    packed::read_name(&r, what, "parent_entity")?,
+                )?,
+                parent_id: packed::required(
+                    what,
+                    "parent_id",
+                    packed::read_id(&r, what, "parent_id")?,
+                )?,
+            })
+        })
+        .transpose()
     }
 
     async fn intents(&self) -> Result<Vec<CreateIntent>, StoreError> {
@@ -502,13 +604,13 @@ impl StateStore for SqliteStore {
         let rows = sqlx::query(concat!(
             "SELECT ",
             link_columns!(),
-            " FROM links WHERE engagement_id = ? ORDER BY referral_id"
+            " FROM links WHERE engagement_id = ?"
         ))
-        .bind(engagement_id)
+        .bind(packed::id(engagement_id))
         .fetch_all(&self.pool)
         .await
         .map_err(backend)?;
-        rows.iter().map(link_from_row).collect()
+        sorted_links(&rows)
     }
 
     async fn link_count(&self) -> Result<u64, StoreError> {
@@ -558,15 +660,21 @@ impl StateStore for SqliteStore {
         &self,
         direction: Direction,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let at: Option<String> = sqlx::query_scalar(
-            "SELECT at FROM audit WHERE direction = ? AND outcome IN ('created', 'updated', 'merged') \
+        let row = sqlx::query(
+            "SELECT at FROM audit WHERE direction = ? AND outcome IN (?, ?, ?) \
              ORDER BY id DESC LIMIT 1",
         )
-        .bind(direction.as_str())
+        .bind(packed::name(direction.as_str()))
+        .bind(packed::name(AuditOutcome::Created.as_str()))
+        .bind(packed::name(AuditOutcome::Updated.as_str()))
+        .bind(packed::name(AuditOutcome::Merged.as_str()))
         .fetch_optional(&self.pool)
         .await
         .map_err(backend)?;
-        opt_ts("audit entry", at)
+        Ok(match row {
+            Some(row) => packed::read_time(&row, "audit entry", "at")?,
+            None => None,
+        })
     }
 
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
@@ -594,42 +702,13 @@ impl StateStore for SqliteStore {
             (None, None) => audit_select!("WHERE ?1 IS NULL AND ?2 IS NULL"),
         };
         let rows = sqlx::query(sql)
-            .bind(query.referral_id.as_deref())
-            .bind(query.crm_id.as_deref())
+            .bind(query.referral_id.as_deref().map(packed::id))
+            .bind(query.crm_id.as_deref().map(packed::id))
             .bind(limit)
             .fetch_all(&self.pool)
             .await
             .map_err(backend)?;
-        rows.iter()
-            .map(|row| {
-                let get = |c: &str| row.try_get::<String, _>(c).map_err(backend);
-                let get_opt = |c: &str| row.try_get::<Option<String>, _>(c).map_err(backend);
-                let direction = get("direction")?;
-                let outcome = get("outcome")?;
-                Ok(AuditEntry {
-                    id: row.try_get("id").map_err(backend)?,
-                    at: parse_ts("audit entry", &get("at")?)?,
-                    direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
-                        what: "audit entry",
-                        detail: format!("direction `{direction}`"),
-                    })?,
-                    referral_id: get_opt("referral_id")?,
-                    crm_entity: get_opt("crm_entity")?,
-                    crm_id: get_opt("crm_id")?,
-                    outcome: AuditOutcome::parse(&outcome).ok_or_else(|| StoreError::Corrupt {
-                        what: "audit entry",
-                        detail: format!("outcome `{outcome}`"),
-                    })?,
-                    message: get("message")?,
-                    conflicts: serde_json::from_str(&get("conflicts")?).map_err(|e| {
-                        StoreError::Corrupt {
-                            what: "audit entry",
-                            detail: format!("conflicts: {e}"),
-                        }
-                    })?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_from_row).collect()
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
@@ -691,7 +770,7 @@ impl StateStore for SqliteStore {
         let mut tx = self.write_transaction().await?;
         for id in &commit.remove_links {
             sqlx::query("DELETE FROM links WHERE referral_id = ?")
-                .bind(id)
+                .bind(packed::id(id))
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
@@ -707,19 +786,19 @@ impl StateStore for SqliteStore {
                  crm_status_in_transit = excluded.crm_status_in_transit, \
                  synced_at = excluded.synced_at",
             )
-            .bind(&link.referral_id)
-            .bind(link.engagement_id.as_deref())
-            .bind(&link.crm_entity)
-            .bind(link.crm_id.as_deref())
-            .bind(link.pc_etag.as_deref())
-            .bind(link.pc_updated_at.as_ref().map(ts))
-            .bind(link.crm_etag.as_deref())
+            .bind(packed::id(&link.referral_id))
+            .bind(link.engagement_id.as_deref().map(packed::id))
+            .bind(packed::name(&link.crm_entity))
+            .bind(link.crm_id.as_deref().map(packed::id))
+            .bind(link.pc_etag.as_deref().map(packed::pc_etag))
+            .bind(link.pc_updated_at.as_ref().map(packed::time))
+            .bind(link.crm_etag.as_deref().map(packed::crm_etag))
             .bind(compact::encode(&link.target))
             .bind(link.crm_known.as_ref().map(compact::encode))
             .bind(link.pc_known.as_ref().map(compact::encode))
             .bind(link.in_sync)
             .bind(link.crm_status_in_transit)
-            .bind(ts(&link.synced_at))
+            .bind(packed::time(&link.synced_at))
             .execute(&mut *tx)
             .await;
             if let Err(e) = result {
@@ -776,8 +855,8 @@ impl StateStore for SqliteStore {
         }
         for (entity, id) in &commit.forget_crm_children {
             sqlx::query("DELETE FROM crm_children WHERE entity = ? AND id = ?")
-                .bind(entity)
-                .bind(id)
+                .bind(packed::name(entity))
+                .bind(packed::id(id))
                 .execute(&mut *tx)
                 .await
                 .map_err(backend)?;
@@ -788,10 +867,10 @@ impl StateStore for SqliteStore {
                  ON CONFLICT (entity, id) DO UPDATE SET parent_entity = excluded.parent_entity, \
                  parent_id = excluded.parent_id",
             )
-            .bind(&child.entity)
-            .bind(&child.id)
-            .bind(&child.parent_entity)
-            .bind(&child.parent_id)
+            .bind(packed::name(&child.entity))
+            .bind(packed::id(&child.id))
+            .bind(packed::name(&child.parent_entity))
+            .bind(packed::id(&child.parent_id))
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -801,14 +880,18 @@ impl StateStore for SqliteStore {
                 "INSERT INTO audit (at, direction, referral_id, crm_entity, crm_id, outcome, message, conflicts) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )
-            .bind(ts(&entry.at))
-            .bind(entry.direction.as_str())
-            .bind(entry.referral_id.as_deref())
-            .bind(entry.crm_entity.as_deref())
-            .bind(entry.crm_id.as_deref())
-            .bind(entry.outcome.as_str())
+            .bind(packed::time(&entry.at))
+            .bind(packed::name(entry.direction.as_str()))
+            .bind(entry.referral_id.as_deref().map(packed::id))
+            .bind(entry.crm_entity.as_deref().map(packed::name))
+            .bind(entry.crm_id.as_deref().map(packed::id))
+            .bind(packed::name(entry.outcome.as_str()))
             .bind(&entry.message)
-            .bind(serde_json::to_string(&entry.conflicts).map_err(backend)?)
+            .bind(if entry.conflicts.is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(&entry.conflicts).map_err(backend)?)
+            })
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
@@ -856,10 +939,10 @@ impl StateStore for SqliteStore {
              ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
              WHERE leases.holder = excluded.holder OR leases.expires_at <= ?4",
         )
-        .bind(key)
+        .bind(packed::lease_key(key))
         .bind(holder)
-        .bind(ts(&until))
-        .bind(ts(&now))
+        .bind(packed::time(&until))
+        .bind(packed::time(&now))
         .execute(&self.leases)
         .await
         .map_err(backend)?
@@ -870,7 +953,7 @@ impl StateStore for SqliteStore {
     async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
         let _turn = self.writes.lock().await;
         sqlx::query("DELETE FROM leases WHERE key = ? AND holder = ?")
-            .bind(key)
+            .bind(packed::lease_key(key))
             .bind(holder)
             .execute(&self.leases)
             .await
@@ -910,6 +993,43 @@ impl StateStore for SqliteStore {
         hints.sort_by_key(|h| h.seq);
         Ok(hints)
     }
+}
+
+fn audit_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, StoreError> {
+    let what = "audit entry";
+    let direction = packed::required(
+        what,
+        "direction",
+        packed::read_name(row, what, "direction")?,
+    )?;
+    let outcome = packed::required(what, "outcome", packed::read_name(row, what, "outcome")?)?;
+    Ok(AuditEntry {
+        id: row.try_get("id").map_err(backend)?,
+        at: packed::required(what, "at", packed::read_time(row, what, "at")?)?,
+        direction: Direction::parse(&direction).ok_or_else(|| StoreError::Corrupt {
+            what,
+            detail: format!("direction `{direction}`"),
+        })?,
+        referral_id: packed::read_id(row, what, "referral_id")?,
+        crm_entity: packed::read_name(row, what, "crm_entity")?,
+        crm_id: packed::read_id(row, what, "crm_id")?,
+        outcome: AuditOutcome::parse(&outcome).ok_or_else(|| StoreError::Corrupt {
+            what,
+            detail: format!("outcome `{outcome}`"),
+        })?,
+        message: row.try_get("message").map_err(backend)?,
+        // No conflicts are stored as NULL (migration 0006), a list as its JSON text.
+        conflicts: match row
+            .try_get::<Option<String>, _>("conflicts")
+            .map_err(backend)?
+        {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                what,
+                detail: format!("conflicts: {e}"),
+            })?,
+        },
+    })
 }
 
 fn hint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InboxHint, StoreError> {
