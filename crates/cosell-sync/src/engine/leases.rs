@@ -172,10 +172,9 @@ impl LeaseTable {
         if idle.is_empty() {
             return;
         }
-        for (key, _) in &idle {
-            if let Err(e) = store.release_lease(key, holder).await {
-                tracing::warn!(%key, error = %e, "lease release failed; it will expire");
-            }
+        let keys: Vec<String> = idle.iter().map(|(key, _)| key.clone()).collect();
+        if let Err(e) = store.release_leases(&keys, holder).await {
+            tracing::warn!(leases = keys.len(), error = %e, "lease release failed; they will expire");
         }
         let mut leases = self.lock();
         for (key, notify) in idle {

@@ -672,6 +672,32 @@ async fn leases_are_exclusive_and_expire(store: &dyn StateStore) {
             .unwrap()
     );
 
+    // Several at once: only the holder's own are given up.
+    let keys: Vec<String> = (0..600)
+        .map(|i| format!("referral:00000000-0000-0000-0000-{i:012}"))
+        .collect();
+    for key in &keys {
+        assert!(store.try_lease(key, "worker-a", long).await.unwrap());
+    }
+    assert!(store.try_lease("crm:o2", "worker-a", long).await.unwrap());
+    let mut theirs = keys.clone();
+    theirs.push("crm:o1".into());
+    store.release_leases(&theirs, "worker-a").await.unwrap();
+    assert!(
+        !store.try_lease("crm:o1", "worker-a", long).await.unwrap(),
+        "worker-b's lease is left alone"
+    );
+    assert!(
+        store.try_lease(&keys[599], "worker-b", long).await.unwrap(),
+        "past the first 500 keys too"
+    );
+    assert!(store.try_lease(&keys[0], "worker-b", long).await.unwrap());
+    assert!(
+        !store.try_lease("crm:o2", "worker-b", long).await.unwrap(),
+        "a key not named stays held"
+    );
+    store.release_leases(&[], "worker-a").await.unwrap();
+
     // A holder that dies keeps its lease only until it expires.
     let short = StdDuration::from_millis(300);
     assert!(

@@ -671,6 +671,15 @@ pub trait StateStore: Send + Sync + fmt::Debug {
         let _ = (key, holder);
         Ok(())
     }
+    /// Gives up every lease of `keys` that `holder` holds, in one write where the store can
+    /// (a worker gives its idle pair leases up together: one write per lease was a backfill's
+    /// busiest store traffic). The default releases them one by one.
+    async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
+        for key in keys {
+            self.release_lease(key, holder).await?;
+        }
+        Ok(())
+    }
     /// Claims up to `max` unacknowledged hints, oldest first, for `holder` until `ttl` from
     /// now: hints no one has claimed, or whose claim expired (a worker that died before
     /// acknowledging them). A claimed hint is not handed to another holder until its claim

@@ -265,6 +265,7 @@ impl SqliteStore {
     /// giving the pages freed since the open back to the file system.
     pub async fn close(&self) {
         // Best effort: a store that cannot tidy up now does so at its next open.
+        let _turn = self.writes.lock().await;
         if forget_expired_leases(&self.pool).await.is_ok() {
             let _ = give_back_free_pages(&self.pool).await;
         }
@@ -537,6 +538,33 @@ impl StateStore for SqliteStore {
         .await
         .map_err(backend)?;
         row.as_ref().map(link_from_row).transpose()
+    }
+
+    async fn links_by_crm_ids(
+        &self,
+        crm_entity: &str,
+        crm_ids: &[String],
+    ) -> Result<Vec<Link>, StoreError> {
+        // A statement per 500 ids: well under SQLite's bound-parameter limit, and each one a
+        // walk of the (crm_entity, crm_id) index.
+        let mut links = Vec::new();
+        for chunk in crm_ids.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT {} FROM links WHERE crm_entity = ? AND crm_id IN ({marks})",
+                link_columns!()
+            );
+            // Only placeholders are formatted in: the ids are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(packed::name(crm_entity));
+            for id in chunk {
+                query = query.bind(packed::id(id));
+            }
+            let rows = query.fetch_all(&self.pool).await.map_err(backend)?;
+            for row in &rows {
+                links.push(link_from_row(row)?);
+            }
+        }
+        Ok(links)
     }
 
     async fn links(&self) -> Result<Vec<Link>, StoreError> {
@@ -959,6 +987,29 @@ impl StateStore for SqliteStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _turn = self.writes.lock().await;
+        let mut tx = self
+            .leases
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        for chunk in keys.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(",");
+            // Only placeholders are formatted in: the keys are bound.
+            let sql = format!("DELETE FROM leases WHERE holder = ? AND key IN ({marks})");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(holder);
+            for key in chunk {
+                query = query.bind(packed::lease_key(key));
+            }
+            query.execute(&mut *tx).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
     }
 
     async fn claim_hints(
