@@ -189,7 +189,7 @@ type Tally = HashMap<String, (usize, usize, usize)>;
 
 fn print_top(title: &str, by: Tally, total: usize, top: usize) {
     let mut rows: Vec<(String, (usize, usize, usize))> = by.into_iter().collect();
-    rows.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.0));
     eprintln!("  heap by {title}:");
     for (key, (bytes, n, largest)) in rows.into_iter().take(top) {
         eprintln!(

@@ -654,6 +654,17 @@ pub trait StateStore: Send + Sync + fmt::Debug {
         let _ = (key, holder);
         Ok(())
     }
+    /// Gives up each lease of `keys` that `holder` holds, as
+    /// [`release_lease`](Self::release_lease) does one: a worker gives its idle leases up
+    /// together, so a pass over many pairs does not leave one lease per pair waiting for a
+    /// store call of its own. The default releases them one by one; a store with transactions
+    /// should override it with one.
+    async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
+        for key in keys {
+            self.release_lease(key, holder).await?;
+        }
+        Ok(())
+    }
     /// Claims up to `max` unacknowledged hints, oldest first, for `holder` until `ttl` from
     /// now: hints no one has claimed, or whose claim expired (a worker that died before
     /// acknowledging them). A claimed hint is not handed to another holder until its claim

@@ -657,6 +657,19 @@ impl StateStore for PostgresStore {
         Ok(())
     }
 
+    async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM leases WHERE holder = $1 AND key = ANY($2)")
+            .bind(holder)
+            .bind(keys)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn claim_hints(
         &self,
         holder: &str,

@@ -841,6 +841,25 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
+    async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // One statement for the batch (the keys as a JSON array): one short write, where a
+        // statement per key, even in one transaction, held SQLite's write lock across a round
+        // trip per key and made other connections' transactions find the database locked.
+        let keys = serde_json::to_string(keys).map_err(backend)?;
+        sqlx::query(
+            "DELETE FROM leases WHERE holder = ?1 AND key IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(holder)
+        .bind(keys)
+        .execute(&self.leases)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
     async fn claim_hints(
         &self,
         holder: &str,
