@@ -15,7 +15,13 @@
 //!
 //! The emulators run on a runtime of their own; the engine's heap (clients, store, receiver,
 //! passes) is counted apart by [`heap`](super::heap). The store's size is its file (and WAL)
-//! over the links it holds.
+//! over the links it holds. With `COSELL_BENCH_TRACE`, the engine's heap is printed after each
+//! phase and after each part is dropped at the end (`rest`, `no-backfill-engine`,
+//! `no-sandboxed`, `closed`); `COSELL_BENCH_HEAPPROF=65536` samples its allocations and
+//! `COSELL_BENCH_DUMP=rest,closed` (or `all`) prints, at those points, where the live heap was
+//! allocated (a dump stalls the engine's sampled allocations while it symbolizes: dump only
+//! where nothing runs after, or the store may time out); `COSELL_BENCH_REST_WAIT=<s>` keeps
+//! watching the heap at rest.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
