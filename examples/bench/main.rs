@@ -459,6 +459,14 @@ fn print_operations(title: &str, calls: &Calls, n: usize) {
 
 fn main() -> BoxResult<()> {
     let args = Args::parse();
+    // `COSELL_BENCH_HEAPPROF=<bytes>`: sample the engine's allocations about once per that many
+    // bytes, to print where its heap was allocated (`COSELL_BENCH_DUMP`, see `scale.rs`).
+    if let Some(every) = std::env::var("COSELL_BENCH_HEAPPROF")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        heap::sample_every(every);
+    }
     // The emulators on a runtime of their own; the engine on one whose threads count as the
     // engine's heap (and the thread driving it).
     let emulators = tokio::runtime::Builder::new_multi_thread()

@@ -15,7 +15,13 @@
 //!
 //! The emulators run on a runtime of their own; the engine's heap (clients, store, receiver,
 //! passes) is counted apart by [`heap`](super::heap). The store's size is its file (and WAL)
-//! over the links it holds.
+//! over the links it holds. With `COSELL_BENCH_TRACE`, the engine's heap is printed after each
+//! phase and after each part is dropped at the end (`rest`, `no-backfill-engine`,
+//! `no-sandboxed`, `closed`); `COSELL_BENCH_HEAPPROF=65536` samples its allocations and
+//! `COSELL_BENCH_DUMP=rest,closed` (or `all`) prints, at those points, where the live heap was
+//! allocated (a dump stalls the engine's sampled allocations while it symbolizes: dump only
+//! where nothing runs after, or the store may time out); `COSELL_BENCH_REST_WAIT=<s>` keeps
+//! watching the heap at rest.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -118,6 +124,25 @@ fn trace_phase(s: &Sandboxed, phase: &str, started: Instant) {
     }
 }
 
+/// With `COSELL_BENCH_TRACE`: the engine's live heap at `point`, and with `COSELL_BENCH_DUMP`
+/// naming it (a comma-separated list of points, or `all`) and `COSELL_BENCH_HEAPPROF` set,
+/// where that heap was allocated.
+fn heap_point(n: usize, point: &str) {
+    if std::env::var_os("COSELL_BENCH_TRACE").is_none() {
+        return;
+    }
+    let live = heap::live();
+    eprintln!(
+        "heap at {point} (N = {n}): {:.2} MB live, {:.0} B per referral",
+        live as f64 / 1_048_576.0,
+        live as f64 / n.max(1) as f64
+    );
+    let dump = std::env::var("COSELL_BENCH_DUMP").unwrap_or_default();
+    if dump.split(',').any(|p| p == point || p == "all") {
+        heap::dump(&format!("{point} (N = {n})"));
+    }
+}
+
 fn file_bytes(path: &Path) -> u64 {
     let mut total = 0;
     for suffix in ["", "-wal", "-shm"] {
@@ -175,6 +200,7 @@ pub(crate) async fn run_size(
     })
     .await?;
     s.deliveries_settled().await;
+    heap_point(n, "start");
     heap::reset_peak();
 
     // 1. Backfill under the scaled limits.
@@ -191,6 +217,7 @@ pub(crate) async fn run_size(
     // A pass's report holds an outcome per referral: not the engine's state, so not counted in
     // its heap at rest.
     drop(report);
+    heap_point(n, "backfill");
     let counted = s.sandbox.dataverse().limit_usage();
     if std::env::var_os("COSELL_BENCH_TRACE").is_some() {
         eprintln!("backfill pacer: {:?}", backfill_client.pacing_snapshot());
@@ -224,6 +251,7 @@ pub(crate) async fn run_size(
     // The live engine's first read of the CRM feeds: N rows each.
     s.engine.pull_crm_changes().await?;
     trace_phase(&s, "first feed reads", started);
+    heap_point(n, "feeds");
     reset(&s);
     let pc = s.sandbox.partner_center().clone();
     let started = Instant::now();
@@ -241,6 +269,7 @@ pub(crate) async fn run_size(
         failures,
     };
     trace_phase(&s, "to CRM", started);
+    heap_point(n, "to-crm");
     s.deliveries_settled().await;
     s.engine.pull_crm_changes().await?;
     // Written on a thread of its own, so the rows count as the emulator's, not the engine's.
@@ -267,6 +296,7 @@ pub(crate) async fn run_size(
         failures,
     };
     trace_phase(&s, "to Partner Center", started);
+    heap_point(n, "to-pc");
 
     // 3. Echo round.
     s.deliveries_settled().await;
@@ -277,10 +307,32 @@ pub(crate) async fn run_size(
     let links = s.store.link_count().await?;
     let heap_peak = heap::peak();
     let heap_after = heap::live();
+    heap_point(n, "rest");
+    // What a moment more frees (leases given up, windows past).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    heap_point(n, "rest-1s");
+    // `COSELL_BENCH_REST_WAIT=<s>`: keep watching the heap at rest that long (what is freed
+    // late, and when).
+    let wait: u64 = std::env::var("COSELL_BENCH_REST_WAIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for waited in (5..=wait).step_by(5) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        heap_point(n, &format!("rest-{}s", waited + 1));
+    }
     // Closed first: closing the last connection checkpoints the WAL into the file.
     drop(backfill_engine);
+    drop(backfill_client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    heap_point(n, "no-backfill-engine");
     drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    heap_point(n, "no-sandboxed");
     store.close().await;
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    heap_point(n, "closed");
     let store_bytes = file_bytes(&db);
     if std::env::var_os("COSELL_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_file(&db);

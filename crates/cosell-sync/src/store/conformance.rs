@@ -624,8 +624,9 @@ async fn point_lookups_agree_with_the_lists(store: &dyn StateStore) {
     assert_eq!(store.intent("opportunity", "o1").await.unwrap(), None);
 }
 
-/// Leases: exclusive while live, renewed by their holder, released only by it, taken over once
-/// expired, and won by exactly one of several holders racing for a free one.
+/// Leases: exclusive while live, renewed by their holder, released only by it (one at a time or
+/// in a batch), taken over once expired, and won by exactly one of several holders racing for
+/// a free one.
 async fn leases_are_exclusive_and_expire(store: &dyn StateStore) {
     let long = StdDuration::from_secs(60);
     assert!(
@@ -736,6 +737,31 @@ async fn leases_are_exclusive_and_expire(store: &dyn StateStore) {
     .filter(|r| *r.as_ref().unwrap())
     .count();
     assert_eq!(wins, 1, "exactly one holder wins a free lease");
+
+    // A batch release gives up the holder's leases of the batch, and only those.
+    for key in ["crm:b1", "crm:b2", "crm:b3"] {
+        assert!(store.try_lease(key, "worker-a", long).await.unwrap());
+    }
+    assert!(store.try_lease("crm:b4", "worker-b", long).await.unwrap());
+    let batch: Vec<String> = ["crm:b1", "crm:b2", "crm:b4", "crm:absent"]
+        .map(String::from)
+        .to_vec();
+    store.release_leases(&batch, "worker-a").await.unwrap();
+    for key in ["crm:b1", "crm:b2"] {
+        assert!(
+            store.try_lease(key, "worker-c", long).await.unwrap(),
+            "{key} was released with the batch"
+        );
+    }
+    assert!(
+        !store.try_lease("crm:b3", "worker-c", long).await.unwrap(),
+        "a lease outside the batch is kept"
+    );
+    assert!(
+        !store.try_lease("crm:b4", "worker-c", long).await.unwrap(),
+        "another holder's lease in the batch is left alone"
+    );
+    store.release_leases(&[], "worker-a").await.unwrap();
 }
 
 /// Inbox claims: each hint goes to one holder until acknowledged or its claim expires; the

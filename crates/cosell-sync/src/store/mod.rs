@@ -671,9 +671,11 @@ pub trait StateStore: Send + Sync + fmt::Debug {
         let _ = (key, holder);
         Ok(())
     }
-    /// Gives up every lease of `keys` that `holder` holds, in one write where the store can
-    /// (a worker gives its idle pair leases up together: one write per lease was a backfill's
-    /// busiest store traffic). The default releases them one by one.
+    /// Gives up each lease of `keys` that `holder` holds, as
+    /// [`release_lease`](Self::release_lease) does one: a worker gives its idle leases up
+    /// together, so a pass over many pairs does not leave one lease per pair waiting for a
+    /// store call of its own. The default releases them one by one; a store with transactions
+    /// should override it with one.
     async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
         for key in keys {
             self.release_lease(key, holder).await?;

@@ -676,6 +676,9 @@ impl StateStore for PostgresStore {
     }
 
     async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
         sqlx::query("DELETE FROM leases WHERE holder = $1 AND key = ANY($2)")
             .bind(holder)
             .bind(keys)
