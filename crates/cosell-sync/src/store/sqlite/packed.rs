@@ -164,6 +164,20 @@ fn stored<'r>(
     Ok((!raw.is_null()).then_some(raw))
 }
 
+/// Reads an optional column: NULL is `None`, any other value goes to `decode` by its storage
+/// class (each reader below says what each class means for its column).
+fn read_stored<T>(
+    row: &SqliteRow,
+    what: &'static str,
+    column: &str,
+    decode: impl FnOnce(Class) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    match stored(row, what, column)? {
+        Some(raw) => decode(class(what, column, raw)?).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// The storage class of a stored value.
 enum Class {
     Text(String),
@@ -194,14 +208,11 @@ pub(super) fn read_id(
     what: &'static str,
     column: &str,
 ) -> Result<Option<String>, StoreError> {
-    let Some(raw) = stored(row, what, column)? else {
-        return Ok(None);
-    };
-    match class(what, column, raw)? {
-        Class::Text(s) => Ok(Some(s)),
-        Class::Blob(b) => uuid_text(what, column, &b).map(Some),
+    read_stored(row, what, column, |value| match value {
+        Class::Text(s) => Ok(s),
+        Class::Blob(b) => uuid_text(what, column, &b),
         Class::Int(n) => Err(corrupt(what, column, format!("integer {n} for an id"))),
-    }
+    })
 }
 
 /// Reads an optional Partner Center eTag written by [`pc_etag`].
@@ -210,14 +221,11 @@ pub(super) fn read_pc_etag(
     what: &'static str,
     column: &str,
 ) -> Result<Option<String>, StoreError> {
-    let Some(raw) = stored(row, what, column)? else {
-        return Ok(None);
-    };
-    match class(what, column, raw)? {
-        Class::Text(s) => Ok(Some(s)),
-        Class::Blob(b) => Ok(Some(format!("\"{}\"", uuid_text(what, column, &b)?))),
+    read_stored(row, what, column, |value| match value {
+        Class::Text(s) => Ok(s),
+        Class::Blob(b) => Ok(format!("\"{}\"", uuid_text(what, column, &b)?)),
         Class::Int(n) => Err(corrupt(what, column, format!("integer {n} for an eTag"))),
-    }
+    })
 }
 
 /// Reads an optional CRM eTag written by [`crm_etag`].
@@ -226,14 +234,11 @@ pub(super) fn read_crm_etag(
     what: &'static str,
     column: &str,
 ) -> Result<Option<String>, StoreError> {
-    let Some(raw) = stored(row, what, column)? else {
-        return Ok(None);
-    };
-    match class(what, column, raw)? {
-        Class::Text(s) => Ok(Some(s)),
-        Class::Int(n) => Ok(Some(format!("W/\"{n}\""))),
+    read_stored(row, what, column, |value| match value {
+        Class::Text(s) => Ok(s),
+        Class::Int(n) => Ok(format!("W/\"{n}\"")),
         Class::Blob(_) => Err(corrupt(what, column, "bytes for a CRM eTag")),
-    }
+    })
 }
 
 /// Reads an optional name written by [`name`].
@@ -242,18 +247,15 @@ pub(super) fn read_name(
     what: &'static str,
     column: &str,
 ) -> Result<Option<String>, StoreError> {
-    let Some(raw) = stored(row, what, column)? else {
-        return Ok(None);
-    };
-    match class(what, column, raw)? {
-        Class::Text(s) => Ok(Some(s)),
+    read_stored(row, what, column, |value| match value {
+        Class::Text(s) => Ok(s),
         Class::Int(n) => usize::try_from(n)
             .ok()
             .and_then(|i| NAMES.get(i))
-            .map(|s| Some((*s).to_string()))
+            .map(|s| (*s).to_string())
             .ok_or_else(|| corrupt(what, column, format!("unknown name {n}"))),
         Class::Blob(_) => Err(corrupt(what, column, "bytes for a name")),
-    }
+    })
 }
 
 /// Reads an optional time written by [`time`] (or as RFC 3339 text before migration 0006).
@@ -262,18 +264,14 @@ pub(super) fn read_time(
     what: &'static str,
     column: &str,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
-    let Some(raw) = stored(row, what, column)? else {
-        return Ok(None);
-    };
-    match class(what, column, raw)? {
+    read_stored(row, what, column, |value| match value {
         Class::Int(n) => DateTime::from_timestamp_micros(n)
-            .map(Some)
             .ok_or_else(|| corrupt(what, column, format!("time {n} out of range"))),
         Class::Text(s) => DateTime::parse_from_rfc3339(&s)
-            .map(|t| Some(t.with_timezone(&Utc)))
+            .map(|t| t.with_timezone(&Utc))
             .map_err(|e| corrupt(what, column, format!("timestamp `{s}`: {e}"))),
         Class::Blob(_) => Err(corrupt(what, column, "bytes for a time")),
-    }
+    })
 }
 
 /// A required column: `None` is a damaged row.
