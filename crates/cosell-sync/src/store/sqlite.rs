@@ -50,6 +50,16 @@ pub struct SqliteStore {
     writes: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// Most values one `IN (…)` list binds: well under SQLite's bound-parameter limit, so a long
+/// list takes a statement per this many.
+const IN_LIST_MAX: usize = 500;
+
+/// `statement` (ending in the column compared) followed by `IN (?, …)` with `n` placeholders.
+/// Only placeholders are formatted in; the values are bound.
+fn in_list(statement: &str, n: usize) -> sqlx::AssertSqlSafe<String> {
+    sqlx::AssertSqlSafe(format!("{statement} IN ({})", vec!["?"; n].join(",")))
+}
+
 /// A write transaction and this store's turn to write, released together.
 struct WriteTransaction {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
@@ -545,17 +555,18 @@ impl StateStore for SqliteStore {
         crm_entity: &str,
         crm_ids: &[String],
     ) -> Result<Vec<Link>, StoreError> {
-        // A statement per 500 ids: well under SQLite's bound-parameter limit, and each one a
-        // walk of the (crm_entity, crm_id) index.
+        // Each statement a walk of the (crm_entity, crm_id) index.
         let mut links = Vec::new();
-        for chunk in crm_ids.chunks(500) {
-            let marks = vec!["?"; chunk.len()].join(",");
-            let sql = format!(
-                "SELECT {} FROM links WHERE crm_entity = ? AND crm_id IN ({marks})",
-                link_columns!()
+        for chunk in crm_ids.chunks(IN_LIST_MAX) {
+            let sql = in_list(
+                concat!(
+                    "SELECT ",
+                    link_columns!(),
+                    " FROM links WHERE crm_entity = ? AND crm_id"
+                ),
+                chunk.len(),
             );
-            // Only placeholders are formatted in: the ids are bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(packed::name(crm_entity));
+            let mut query = sqlx::query(sql).bind(packed::name(crm_entity));
             for id in chunk {
                 query = query.bind(packed::id(id));
             }
@@ -999,11 +1010,9 @@ impl StateStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(backend)?;
-        for chunk in keys.chunks(500) {
-            let marks = vec!["?"; chunk.len()].join(",");
-            // Only placeholders are formatted in: the keys are bound.
-            let sql = format!("DELETE FROM leases WHERE holder = ? AND key IN ({marks})");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(holder);
+        for chunk in keys.chunks(IN_LIST_MAX) {
+            let sql = in_list("DELETE FROM leases WHERE holder = ? AND key", chunk.len());
+            let mut query = sqlx::query(sql).bind(holder);
             for key in chunk {
                 query = query.bind(packed::lease_key(key));
             }
