@@ -114,6 +114,17 @@ fn rows_with_referral(s: &Sandboxed, table: &str, id: &str) -> usize {
         .len()
 }
 
+/// The CRM's open opportunities that carry a referral id.
+fn open_linked_opportunities(s: &Sandboxed) -> Vec<Value> {
+    s.sandbox
+        .dataverse()
+        .query(
+            "opportunity",
+            "cosell_referralid ne null and statecode eq 0",
+        )
+        .unwrap()
+}
+
 fn in_crm(s: &Sandboxed, id: &str) -> bool {
     rows_with_referral(s, "opportunity", id) + rows_with_referral(s, "lead", id) > 0
 }
@@ -275,14 +286,7 @@ async fn a_reconcile_cut_off_resumes_after_the_last_finished_page() {
             .all(|(_, id)| listed.contains(&id.as_str()))
     );
     assert!(order.iter().all(|(_, id)| in_crm(&s, id)));
-    let opportunities = s
-        .sandbox
-        .dataverse()
-        .query(
-            "opportunity",
-            "cosell_referralid ne null and statecode eq 0",
-        )
-        .unwrap();
+    let opportunities = open_linked_opportunities(&s);
     let leads = s
         .sandbox
         .dataverse()
@@ -339,14 +343,7 @@ async fn a_crm_feed_read_cut_off_resumes_at_the_page_it_stopped_on() {
 
     // A seller edits one of the opportunities meanwhile.
     let (id, referral_id) = {
-        let rows = s
-            .sandbox
-            .dataverse()
-            .query(
-                "opportunity",
-                "cosell_referralid ne null and statecode eq 0",
-            )
-            .unwrap();
+        let rows = open_linked_opportunities(&s);
         let row = &rows[0];
         (
             uuid::Uuid::parse_str(row["opportunityid"].as_str().unwrap()).unwrap(),
