@@ -249,8 +249,7 @@ impl DataverseCrm {
             },
             None => self.client.track_changes(entity_set, select, &options),
         };
-        let initial = cursor
-            .is_none_or(|c| ChangePageLink::from_cursor(c).is_some_and(|p| p.is_initial_read()));
+        let initial = pager.is_initial_read();
         let page = pager.next_page().await?;
         let (cursor, more) = match page.next {
             ChangeNext::Page(link) => (link.to_cursor(), true),

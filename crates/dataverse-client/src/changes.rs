@@ -199,6 +199,12 @@ impl<T: Send + 'static> ChangePager<T> {
         self.pager.into_pages()
     }
 
+    /// Whether the pages belong to an initial read (every current row counts as a change)
+    /// rather than a delta read.
+    pub fn is_initial_read(&self) -> bool {
+        self.initial
+    }
+
     /// Reads only the next page, and says where the read goes on: a caller applying a large
     /// read page by page (and persisting [`ChangeNext`] after each) holds one page at a time.
     /// Fails if a page has neither `@odata.nextLink` nor `@odata.deltaLink`.
