@@ -109,6 +109,11 @@ struct Args {
     /// environment's own).
     #[arg(long)]
     no_pacing_hints: bool,
+    /// Scale bench: during the backfill, a new referral by webhook every this many ms, handled
+    /// by the backfilling engine (live priority, same pacer); its latency is reported and its
+    /// requests are left out of the backfill's cost. 0: none.
+    #[arg(long, default_value_t = 5000)]
+    probe_every_ms: u64,
 }
 
 /// Requests per service during one phase, and by operation.
@@ -493,6 +498,7 @@ fn main() -> BoxResult<()> {
         lanes: args.lanes,
         live: args.live,
         hints: !args.no_pacing_hints,
+        probe_every: (args.probe_every_ms > 0).then(|| Duration::from_millis(args.probe_every_ms)),
     };
     let dir = std::env::temp_dir().join(format!("cosell-scale-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

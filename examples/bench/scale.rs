@@ -84,6 +84,9 @@ struct Backfill {
     requests: u64,
     /// Requests that arrived while a `Retry-After` given to the engine was still running.
     early: u64,
+    /// Live referrals delivered by webhook during the backfill, and how long each took from
+    /// its creation in Partner Center to its CRM row (sorted).
+    probe: Vec<Duration>,
 }
 
 #[derive(Debug)]
@@ -167,6 +170,9 @@ pub(crate) struct Setup {
     pub(crate) hints: bool,
     /// Live records each way at N links.
     pub(crate) live: usize,
+    /// During the backfill, a new referral by webhook this often (`None`: none), handled by
+    /// the backfill's own engine as a service's inbox loop would.
+    pub(crate) probe_every: Option<Duration>,
 }
 
 /// One size, end to end.
@@ -183,6 +189,7 @@ pub(crate) async fn run_size(
         lanes,
         live,
         hints,
+        probe_every,
     } = setup.clone();
     let db = dir.join(format!("state-{n}.sqlite"));
     // The live engine: pacing off, the emulator's windows reset between phases (as the
@@ -210,9 +217,15 @@ pub(crate) async fn run_size(
     let throttled_before = throttled(&s);
     let (backfill_engine, backfill_client) = paced_engine(&s, &limits, shares, lanes, hints)?;
     let started = Instant::now();
+    // Live webhooks while it runs, drained by the same engine (one pacer, live priority).
+    let probe = probe_every.map(|every| Probe::start(emulators, &s, &backfill_engine, every));
     // The service's first reconcile over the whole history is the backfill: paged, batched.
     let report = backfill_engine.reconcile().await?;
     let elapsed = started.elapsed();
+    let probe = match probe {
+        Some(p) => p.finish(&s).await?,
+        None => Vec::new(),
+    };
     let failures = report.count(cosell::sync::Action::Failed);
     // A pass's report holds an outcome per referral: not the engine's state, so not counted in
     // its heap at rest.
@@ -223,9 +236,17 @@ pub(crate) async fn run_size(
         eprintln!("backfill pacer: {:?}", backfill_client.pacing_snapshot());
     }
     trace_phase(&s, "backfill", started);
+    // The probe's requests are single operations (no `$batch`: a webhook's referral is one
+    // lead or opportunity), so what they took of both budgets is known exactly and left out
+    // of the backfill's own cost.
+    let probe_requests = probe_dataverse_requests(&s);
+    let op_cost = limits.operation_cost.unwrap_or_default();
     let per = n.max(1) as f64;
-    let requests_per_record = counted.requests as f64 / per;
-    let execution_per_record = counted.execution_time.div_f64(per);
+    let requests_per_record = counted.requests.saturating_sub(probe_requests) as f64 / per;
+    let execution_per_record = counted
+        .execution_time
+        .saturating_sub(op_cost.saturating_mul(u32::try_from(probe_requests).unwrap_or(u32::MAX)))
+        .div_f64(per);
     let by_requests = f64::from(limits.max_requests)
         / limits.request_window.as_secs_f64()
         / requests_per_record.max(1e-9);
@@ -241,6 +262,7 @@ pub(crate) async fn run_size(
         throttled: throttled(&s) - throttled_before,
         requests: counted.requests,
         early: counted.early_requests,
+        probe,
     };
 
     // 2. Live traffic at N links, under the documented limits.
@@ -349,6 +371,126 @@ pub(crate) async fn run_size(
         links,
         store_bytes,
     })
+}
+
+/// Dataverse requests during the backfill that are not the backfill's: everything but its
+/// `$batch`es and currency look-ups (the probe's webhooks are handled one request at a time).
+fn probe_dataverse_requests(s: &Sandboxed) -> u64 {
+    s.sandbox
+        .faults()
+        .counters()
+        .into_iter()
+        .filter(|((service, method, path), _)| {
+            *service == cosell::sandbox::Service::Dataverse
+                && !(method == "POST" && path.ends_with("$batch"))
+                && !path.ends_with("transactioncurrencies")
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// A probe referral's id and when Partner Center created it.
+type Created = (String, chrono::DateTime<chrono::Utc>);
+
+/// Live traffic during the backfill: a new referral by webhook every `every`, drained from
+/// the inbox by the backfilling engine itself, as a service's inbox loop does beside its
+/// reconcile.
+struct Probe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    created: tokio::task::JoinHandle<Result<Vec<Created>, String>>,
+    drained: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Probe {
+    fn start(
+        emulators: &tokio::runtime::Handle,
+        s: &Sandboxed,
+        engine: &Engine,
+        every: Duration,
+    ) -> Probe {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pc = s.sandbox.partner_center().clone();
+        let (rt, flag) = (emulators.clone(), stop.clone());
+        let created = tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            while !flag.load(Ordering::Relaxed) {
+                let i = ids.len();
+                let pc = pc.clone();
+                let r = rt
+                    .spawn_blocking(move || {
+                        pc.create_incoming_referral(json!({"name": format!("Probe {i}")}))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                let id = r["id"]
+                    .as_str()
+                    .ok_or("probe referral without id")?
+                    .to_string();
+                let at = chrono::DateTime::parse_from_rfc3339(
+                    r["createdDateTime"].as_str().ok_or("no createdDateTime")?,
+                )
+                .map_err(|e| e.to_string())?
+                .with_timezone(&chrono::Utc);
+                ids.push((id, at));
+                tick.tick().await;
+            }
+            Ok(ids)
+        });
+        let (engine, flag) = (engine.clone(), stop.clone());
+        let drained = tokio::spawn(async move {
+            while !flag.load(Ordering::Relaxed) {
+                engine.drain_inbox().await.map_err(|e| e.to_string())?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        });
+        Probe {
+            stop,
+            created,
+            drained,
+        }
+    }
+
+    /// Stops the probe once the backfill is done: what it created is drained (by then with the
+    /// whole budget), and each referral's time to its CRM row is returned, sorted.
+    async fn finish(self, s: &Sandboxed) -> BoxResult<Vec<Duration>> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ids = self.created.await??;
+        self.drained.await??;
+        s.deliveries_settled().await;
+        let started = Instant::now();
+        let mut latencies = Vec::with_capacity(ids.len());
+        for (id, created) in &ids {
+            loop {
+                let audit = s
+                    .store
+                    .audit(&cosell::sync::store::AuditQuery {
+                        referral_id: Some(id.clone()),
+                        ..Default::default()
+                    })
+                    .await?;
+                let written = audit.iter().find(|e| {
+                    e.direction == cosell::sync::store::Direction::ToCrm
+                        && e.outcome == cosell::sync::store::AuditOutcome::Created
+                });
+                if let Some(e) = written {
+                    latencies.push((e.at - *created).to_std().unwrap_or_default());
+                    break;
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    return Err(format!("probe referral {id} never reached the CRM").into());
+                }
+                s.engine.drain_inbox().await?;
+            }
+        }
+        latencies.sort();
+        Ok(latencies)
+    }
 }
 
 /// An engine over the same Partner Center client and store whose Dataverse client paces itself
@@ -473,5 +615,15 @@ pub(crate) fn print(
             b.early,
             r.links
         );
+        if let (Some(first), Some(last)) = (b.probe.first(), b.probe.last()) {
+            let p50 = b.probe[b.probe.len() / 2];
+            println!(
+                "        live during the backfill: {} webhooks, referral to CRM row min {:.2} s, p50 {:.2} s, max {:.2} s",
+                b.probe.len(),
+                first.as_secs_f64(),
+                p50.as_secs_f64(),
+                last.as_secs_f64()
+            );
+        }
     }
 }
