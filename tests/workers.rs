@@ -479,6 +479,17 @@ async fn share_a_reconcile(h: Harness) {
         let rows = h.crm_rows_of(id);
         assert_eq!(rows.len(), 1, "CRM rows of referral {id}: {rows:#?}");
     }
+    // No customer twice: two workers creating one new customer's referrals side by side
+    // would each find no account and make one.
+    let mut accounts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for a in h.s.sandbox.dataverse().rows("account") {
+        let part = |c: &str| a[c].as_str().unwrap_or("").trim().to_lowercase();
+        *accounts
+            .entry((part("name"), part("address1_postalcode")))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = accounts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "duplicate accounts: {twice:?}");
     // The batched path: a few `$batch`es for the whole history, not requests per referral.
     let batches = dataverse_batches(&h);
     assert!(
@@ -582,4 +593,69 @@ async fn a_killed_workers_reconcile_hints_are_taken_over() {
     }
     assert!(h.s.store.dead_letters().await.unwrap().is_empty());
     survivor_store.expect("a PostgreSQL worker").close().await;
+}
+
+/// Two workers creating referrals of one new customer at the same time (a webhook each, and a
+/// group of a shared reconcile on a third) make one account: the customer's lock is a lease in
+/// the store as well as a lock in process, so creates of one new customer on different
+/// workers go one after another, as they do within one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_creating_one_new_customer_side_by_side_make_one_account() {
+    let h = Harness::with(StoreChoice::Memory, None).await;
+    let pc = h.s.sandbox.partner_center();
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            let r = pc
+                .create_incoming_referral(json!({
+                    "name": "Nod Publishers - Analytics",
+                    "customerProfile": {
+                        "name": "Nod Publishers",
+                        "address": {"postalCode": "98101", "country": "US", "city": "Seattle",
+                                    "state": "WA"},
+                        "team": [{"firstName": "Pat", "lastName": "Lee",
+                                  "email": format!("pat{i}@nod.example"),
+                                  "phoneNumber": "+1 206 555 0100"}],
+                    },
+                    "details": {"currency": "USD", "dealValue": 50_000},
+                }))
+                .unwrap();
+            let id = r["id"].as_str().unwrap().to_string();
+            pc.update_as_microsoft(
+                &id,
+                json!([
+                    {"op": "replace", "path": "/status", "value": "Active"},
+                    {"op": "replace", "path": "/substatus", "value": "Accepted"},
+                ]),
+            )
+            .unwrap();
+            id
+        })
+        .collect();
+    h.settled().await;
+    let mut listed: Vec<Referral> = Vec::new();
+    for id in &ids[2..] {
+        listed.push(h.s.partner_center.get_referral(id).await.unwrap());
+    }
+    let (a, _) = h.worker(LeaseConfig::default()).await;
+    let (b, _) = h.worker(LeaseConfig::default()).await;
+    let (c, _) = h.worker(LeaseConfig::default()).await;
+    let (ra, rb, rc) = tokio::join!(
+        a.sync_referral(&ids[0]),
+        b.sync_referral(&ids[1]),
+        c.apply_referrals(listed),
+    );
+    assert_eq!(ra.unwrap().action, Action::CreatedInCrm);
+    assert_eq!(rb.unwrap().action, Action::CreatedInCrm);
+    assert_eq!(rc.unwrap().count(Action::CreatedInCrm), 2);
+    let accounts: Vec<Value> =
+        h.s.sandbox
+            .dataverse()
+            .rows("account")
+            .into_iter()
+            .filter(|a| a["name"] == json!("Nod Publishers"))
+            .collect();
+    assert_eq!(accounts.len(), 1, "accounts: {accounts:#?}");
+    for id in &ids {
+        assert_eq!(h.crm_rows_of(id).len(), 1, "CRM rows of {id}");
+    }
 }

@@ -950,10 +950,11 @@ impl Engine {
         // One customer's records are created one after another (after the pair's lock, in the
         // order every create takes them): two referrals of a new customer created side by side
         // (two webhooks, a webhook and a backfill group) would each find no account and make one.
+        // The lock is a lease in the store too, so this holds across workers sharing it.
         let customer = backfill::customer_key(&payload);
         let _customer = match &customer {
             Some(key) if !inner.config.dry_run && !inner.known_customers.contains(key) => {
-                Some(inner.locks.lock(key.clone()).await)
+                Some(self.lease_keys(vec![key.clone()]).await?)
             }
             _ => None,
         };
