@@ -260,6 +260,7 @@ async fn a_partner_center_referral_appears_in_the_crm_and_a_redelivery_changes_n
                 event: "referral-updated".into(),
                 change_time: None,
                 received_at: Utc::now(),
+                payload: None,
             },
         )
         .await

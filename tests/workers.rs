@@ -17,6 +17,7 @@ use cosell::http::RetryPolicy;
 use cosell::partner_center::models::Referral;
 use cosell::sandbox::{Fault, Service};
 use cosell::sandboxed::{Sandboxed, StoreChoice};
+use cosell::sync::engine::RECONCILE_CHECKPOINT;
 use cosell::sync::store::conformance::TestPostgres;
 use cosell::sync::store::{PostgresStore, StateStore};
 use cosell::sync::{Action, Engine, EngineConfig, LeaseConfig, Report};
@@ -53,6 +54,15 @@ impl Harness {
     /// A worker: an engine over a store connection of its own to the shared schema (or over
     /// the shared memory store).
     async fn worker(&self, leases: LeaseConfig) -> (Engine, Option<PostgresStore>) {
+        self.worker_with(EngineConfig {
+            leases,
+            ..EngineConfig::default()
+        })
+        .await
+    }
+
+    /// A worker with `config`.
+    async fn worker_with(&self, config: EngineConfig) -> (Engine, Option<PostgresStore>) {
         let (store, pool): (Arc<dyn StateStore>, _) = match &self.pg {
             Some((pg, schema)) => {
                 let store = PostgresStore::connect_in_schema(pg.url(), schema)
@@ -66,10 +76,7 @@ impl Harness {
             Arc::new(self.s.partner_center.clone()),
             self.s.crm.clone(),
             store,
-            EngineConfig {
-                leases,
-                ..EngineConfig::default()
-            },
+            config,
         );
         (engine, pool)
     }
@@ -345,4 +352,310 @@ async fn a_killed_workers_hints_and_pairs_are_taken_over() {
         );
     }
     survivor_store.expect("a PostgreSQL worker").close().await;
+}
+
+/// Dataverse `$batch` requests the emulator received.
+fn dataverse_batches(h: &Harness) -> u64 {
+    h.s.sandbox
+        .faults()
+        .calls_matching(Service::Dataverse, &http::Method::POST, "$batch")
+}
+
+/// What one worker did in a shared reconcile: chunks queued, CRM rows created, writes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Share {
+    queued: usize,
+    created: usize,
+    writes: usize,
+}
+
+impl Share {
+    fn add(&mut self, report: &Report) {
+        assert_eq!(report.failures().count(), 0, "{report:#?}");
+        self.queued += report.count(Action::Queued);
+        self.created += report.count(Action::CreatedInCrm);
+        self.writes += writes(report);
+    }
+}
+
+/// Until the shared reconcile is done (its checkpoint set, the inbox empty): every worker
+/// runs the reconcile (one lists, the others find the pass taken) and drains the inbox,
+/// waiting a moment whenever there was nothing to take. Returns what each worker did.
+async fn share_until_done(workers: &[Engine]) -> Vec<Share> {
+    let tasks: Vec<_> = workers
+        .iter()
+        .cloned()
+        .map(|w| {
+            tokio::spawn(async move {
+                let mut share = Share::default();
+                share.add(&w.reconcile().await.unwrap());
+                for _ in 0..800 {
+                    let drained = w.drain_inbox().await.unwrap();
+                    share.add(&drained);
+                    if drained.total() == 0 {
+                        let store = w.store();
+                        if store
+                            .checkpoint(RECONCILE_CHECKPOINT)
+                            .await
+                            .unwrap()
+                            .is_some()
+                            && store.inbox_depth().await.unwrap() == 0
+                        {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(25)).await;
+                    }
+                }
+                share
+            })
+        })
+        .collect();
+    let mut shares = Vec::new();
+    for t in tasks {
+        shares.push(t.await.unwrap());
+    }
+    shares
+}
+
+/// Issue 15, item 4: three workers share one reconcile of a history that produced no
+/// webhooks. One lists and queues the referrals in the inbox; all three write them, in
+/// backfill groups: one CRM row per referral, the work spread, a few `$batch`es.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_share_a_reconcile_without_duplicates() {
+    let Some(h) = Harness::start("three_workers_share_a_reconcile").await else {
+        return;
+    };
+    share_a_reconcile(h).await;
+}
+
+/// The same on one memory store (one process, three engines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_engines_on_one_memory_store_share_a_reconcile_the_same_way() {
+    share_a_reconcile(Harness::with(StoreChoice::Memory, None).await).await;
+}
+
+async fn share_a_reconcile(h: Harness) {
+    const HISTORY: usize = 150;
+    let ids = h.s.sandbox.partner_center().seed_referrals(HISTORY);
+    // Seeding fires no webhooks: the reconcile is the only way these reach the CRM.
+    h.settled().await;
+    assert_eq!(h.s.store.inbox_depth().await.unwrap(), 0);
+    let config = EngineConfig {
+        share_reconcile: true,
+        // Batches of 20 hints: the listing is taken by several workers.
+        leases: LeaseConfig {
+            inbox_batch: 20,
+            ..LeaseConfig::default()
+        },
+        ..EngineConfig::default()
+    };
+    let mut workers = Vec::new();
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let (engine, store) = h.worker_with(config.clone()).await;
+        workers.push(engine);
+        stores.push(store);
+    }
+    h.s.sandbox.faults().reset_counters();
+
+    let shares = share_until_done(&workers).await;
+    let queued: Vec<usize> = shares.iter().map(|s| s.queued).collect();
+    let created: Vec<usize> = shares.iter().map(|s| s.created).collect();
+    eprintln!(
+        "chunks queued per worker: {queued:?}; created per worker: {created:?}; $batch: {}; \
+         Dataverse requests: {}",
+        dataverse_batches(&h),
+        h.s.sandbox.faults().calls(Service::Dataverse)
+    );
+    assert_eq!(queued.iter().sum::<usize>(), 1, "one lister, one chunk");
+    assert_eq!(created.iter().sum::<usize>(), HISTORY);
+    assert!(
+        created.iter().all(|&n| n > 0),
+        "work per worker: {created:?}"
+    );
+
+    // The emulators' state: one CRM row per referral.
+    for id in &ids {
+        let rows = h.crm_rows_of(id);
+        assert_eq!(rows.len(), 1, "CRM rows of referral {id}: {rows:#?}");
+    }
+    // No customer twice: two workers creating one new customer's referrals side by side
+    // would each find no account and make one.
+    let mut accounts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for a in h.s.sandbox.dataverse().rows("account") {
+        let part = |c: &str| a[c].as_str().unwrap_or("").trim().to_lowercase();
+        *accounts
+            .entry((part("name"), part("address1_postalcode")))
+            .or_default() += 1;
+    }
+    let twice: Vec<_> = accounts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "duplicate accounts: {twice:?}");
+    // The batched path: a few `$batch`es for the whole history, not requests per referral.
+    let batches = dataverse_batches(&h);
+    assert!(
+        batches > 0 && batches <= (HISTORY / 4) as u64,
+        "{batches} $batch requests for {HISTORY} referrals"
+    );
+    assert_eq!(h.s.store.link_count().await.unwrap() as usize, HISTORY);
+    assert_eq!(h.s.store.inbox_depth().await.unwrap(), 0);
+    assert!(
+        h.s.store
+            .checkpoint(RECONCILE_CHECKPOINT)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+    // A second round lists the same referrals again (the overlap) and writes nothing.
+    let again = share_until_done(&workers).await;
+    assert_eq!(
+        again.iter().map(|s| s.writes).sum::<usize>(),
+        0,
+        "a second reconcile wrote: {again:?}"
+    );
+    for store in stores.iter().flatten() {
+        store.close().await;
+    }
+}
+
+/// Issue 15, item 4: the worker that listed a shared reconcile claims the first hints and is
+/// killed while it writes them (Dataverse answering slowly); once its claims expire, another
+/// worker writes them: nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_workers_reconcile_hints_are_taken_over() {
+    let Some(h) = Harness::start("a_killed_workers_reconcile_hints").await else {
+        return;
+    };
+    const HISTORY: usize = 60;
+    let ids = h.s.sandbox.partner_center().seed_referrals(HISTORY);
+    let config = EngineConfig {
+        share_reconcile: true,
+        leases: LeaseConfig {
+            ttl: Duration::from_secs(1),
+            wait: Duration::from_secs(10),
+            inbox_batch: 25,
+        },
+        ..EngineConfig::default()
+    };
+    let faults = h.s.sandbox.faults();
+    faults.inject(
+        Service::Dataverse,
+        Fault::latency(Duration::from_secs(3)).times(HISTORY as u32),
+    );
+    let (doomed, doomed_store) = h.worker_with(config.clone()).await;
+    let running = tokio::spawn(async move { doomed.reconcile().await });
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while faults.injected() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the lister never reached Dataverse");
+    // The listing is queued and the checkpoint past it before the lister writes anything.
+    assert!(
+        h.s.store
+            .checkpoint(RECONCILE_CHECKPOINT)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    running.abort();
+    doomed_store.expect("a PostgreSQL worker").close().await;
+    faults.clear();
+    assert_eq!(h.s.store.inbox_depth().await.unwrap() as usize, HISTORY);
+
+    let (survivor, survivor_store) = h.worker_with(config).await;
+    let mut created = 0;
+    for _ in 0..40 {
+        let report = survivor.drain_inbox().await.unwrap();
+        assert_eq!(report.failures().count(), 0, "{report:#?}");
+        created += report.count(Action::CreatedInCrm);
+        if h.s.store.inbox_depth().await.unwrap() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        h.s.store.inbox_depth().await.unwrap(),
+        0,
+        "the dead worker's hints were taken over"
+    );
+    assert!(created > 0, "the survivor did the dead worker's work");
+    for id in &ids {
+        let rows = h.crm_rows_of(id);
+        assert_eq!(rows.len(), 1, "CRM rows of referral {id}: {rows:#?}");
+        let link = h.s.store.link_by_referral(id).await.unwrap();
+        assert!(
+            link.as_ref()
+                .is_some_and(|l| l.in_sync && l.crm_id.is_some()),
+            "pair of {id}: {link:#?}"
+        );
+    }
+    assert!(h.s.store.dead_letters().await.unwrap().is_empty());
+    survivor_store.expect("a PostgreSQL worker").close().await;
+}
+
+/// Two workers creating referrals of one new customer at the same time (a webhook each, and a
+/// group of a shared reconcile on a third) make one account: the customer's lock is a lease in
+/// the store as well as a lock in process, so creates of one new customer on different
+/// workers go one after another, as they do within one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_creating_one_new_customer_side_by_side_make_one_account() {
+    let h = Harness::with(StoreChoice::Memory, None).await;
+    let pc = h.s.sandbox.partner_center();
+    let ids: Vec<String> = (0..4)
+        .map(|i| {
+            let r = pc
+                .create_incoming_referral(json!({
+                    "name": "Nod Publishers - Analytics",
+                    "customerProfile": {
+                        "name": "Nod Publishers",
+                        "address": {"postalCode": "98101", "country": "US", "city": "Seattle",
+                                    "state": "WA"},
+                        "team": [{"firstName": "Pat", "lastName": "Lee",
+                                  "email": format!("pat{i}@nod.example"),
+                                  "phoneNumber": "+1 206 555 0100"}],
+                    },
+                    "details": {"currency": "USD", "dealValue": 50_000},
+                }))
+                .unwrap();
+            let id = r["id"].as_str().unwrap().to_string();
+            pc.update_as_microsoft(
+                &id,
+                json!([
+                    {"op": "replace", "path": "/status", "value": "Active"},
+                    {"op": "replace", "path": "/substatus", "value": "Accepted"},
+                ]),
+            )
+            .unwrap();
+            id
+        })
+        .collect();
+    h.settled().await;
+    let mut listed: Vec<Referral> = Vec::new();
+    for id in &ids[2..] {
+        listed.push(h.s.partner_center.get_referral(id).await.unwrap());
+    }
+    let (a, _) = h.worker(LeaseConfig::default()).await;
+    let (b, _) = h.worker(LeaseConfig::default()).await;
+    let (c, _) = h.worker(LeaseConfig::default()).await;
+    let (ra, rb, rc) = tokio::join!(
+        a.sync_referral(&ids[0]),
+        b.sync_referral(&ids[1]),
+        c.apply_referrals(listed),
+    );
+    assert_eq!(ra.unwrap().action, Action::CreatedInCrm);
+    assert_eq!(rb.unwrap().action, Action::CreatedInCrm);
+    assert_eq!(rc.unwrap().count(Action::CreatedInCrm), 2);
+    let accounts: Vec<Value> =
+        h.s.sandbox
+            .dataverse()
+            .rows("account")
+            .into_iter()
+            .filter(|a| a["name"] == json!("Nod Publishers"))
+            .collect();
+    assert_eq!(accounts.len(), 1, "accounts: {accounts:#?}");
+    for id in &ids {
+        assert_eq!(h.crm_rows_of(id).len(), 1, "CRM rows of {id}");
+    }
 }

@@ -282,6 +282,7 @@ impl Sim {
             event: event.to_string(),
             change_time: Some(Utc::now()),
             received_at: Utc::now(),
+            payload: None,
         };
         let hash = format!("sim-{}", self.hint_hashes);
         let _ = self.world.store.push_hint(&hash, hint).await;

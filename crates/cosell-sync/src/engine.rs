@@ -62,9 +62,11 @@ use crate::store::{
 mod backfill;
 mod decisions;
 mod leases;
+mod shared;
 
 pub use backfill::{BACKFILL_LANES, DEFAULT_BACKFILL_GROUP};
 pub use leases::LeaseConfig;
+pub use shared::RECONCILE_LISTED;
 
 /// Checkpoint holding the `updatedDateTime` the Partner Center reconcile has covered.
 pub const RECONCILE_CHECKPOINT: &str = "pc.reconcile";
@@ -131,6 +133,16 @@ pub struct EngineConfig {
     /// Backfill groups written side by side (see [`Engine::backfill_in_groups`]); one
     /// customer's referrals always share a lane. Default [`BACKFILL_LANES`].
     pub backfill_lanes: usize,
+    /// Whether the reconcile's listing is shared with the other workers on this store (for
+    /// several workers on one store; default `false`). The worker holding the reconcile's pass
+    /// lease still lists alone, but queues each listed referral in the inbox as a
+    /// `reconcile-listed` hint carrying the referral, a chunk in one
+    /// [`push_hints`](StateStore::push_hints), and moves the checkpoint once the chunk is
+    /// queued; every worker draining the inbox then writes them in backfill groups. The
+    /// lister drains the inbox itself while it holds more than twice a lane's worth of groups
+    /// per lane, and at the end of its pass, so a lone worker still finishes the reconcile.
+    /// Ignored in a dry run (which queues nothing).
+    pub share_reconcile: bool,
 }
 
 impl Default for EngineConfig {
@@ -144,6 +156,7 @@ impl Default for EngineConfig {
             dry_run: false,
             leases: LeaseConfig::default(),
             backfill_lanes: BACKFILL_LANES,
+            share_reconcile: false,
         }
     }
 }
@@ -202,6 +215,9 @@ pub enum Action {
     Failed,
     /// A dry run: the detail says what would be written.
     Planned,
+    /// Queued for any worker to write (a chunk of a shared reconcile's listing, see
+    /// [`EngineConfig::share_reconcile`]); the detail says how many referrals.
+    Queued,
 }
 
 /// One write a dry run would make (see [`EngineConfig::dry_run`]).
@@ -271,6 +287,18 @@ impl Outcome {
         self.crm = Some((entity_name(kind).to_string(), id.to_string()));
         self
     }
+}
+
+/// One referral's hints in an inbox batch.
+struct Hinted {
+    /// The hints' sequence numbers (acknowledged together).
+    seqs: Vec<i64>,
+    /// Whether every one was a related-referral event (another party's referral in one of
+    /// our engagements).
+    related_only: bool,
+    /// The referral as a shared reconcile listed it, while every hint is such a listing whose
+    /// copy decodes (`shared.rs`); `None` asks for a fresh read.
+    listed: Option<Referral>,
 }
 
 /// The outcomes of a pass (reconcile, change feed, inbox drain).
@@ -922,10 +950,11 @@ impl Engine {
         // One customer's records are created one after another (after the pair's lock, in the
         // order every create takes them): two referrals of a new customer created side by side
         // (two webhooks, a webhook and a backfill group) would each find no account and make one.
+        // The lock is a lease in the store too, so this holds across workers sharing it.
         let customer = backfill::customer_key(&payload);
         let _customer = match &customer {
             Some(key) if !inner.config.dry_run && !inner.known_customers.contains(key) => {
-                Some(inner.locks.lock(key.clone()).await)
+                Some(self.lease_keys(vec![key.clone()]).await?)
             }
             _ => None,
         };
@@ -2862,6 +2891,11 @@ impl Engine {
         inner.reconcile_done.store(0, Ordering::Relaxed);
         inner.reconcile_listed.store(0, Ordering::Relaxed);
         inner.reconcile_total.store(0, Ordering::Relaxed);
+        if inner.config.share_reconcile && !inner.config.dry_run {
+            let result = self.reconcile_shared(since, checkpoint).await;
+            inner.reconcile_total.store(0, Ordering::Relaxed);
+            return result;
+        }
         let result = async {
             let mut report = Report::default();
             let pages = inner.pc.referral_pages_updated_since(since);
@@ -3282,47 +3316,68 @@ impl Engine {
         &self,
         hints: Vec<crate::store::InboxHint>,
     ) -> Result<Report, EngineError> {
-        // Per referral: the hints' sequence numbers, and whether every one was a
-        // related-referral event (another party's referral in one of our engagements).
-        let mut by_referral: BTreeMap<String, (Vec<i64>, bool)> = BTreeMap::new();
+        let mut by_referral: BTreeMap<String, Hinted> = BTreeMap::new();
         for h in hints {
-            let entry = by_referral
-                .entry(h.referral_id)
-                .or_insert((Vec::new(), true));
-            entry.0.push(h.seq);
-            entry.1 &= h.event.starts_with("related-referral");
+            let copy = shared::listed_copy(&h);
+            let related = h.event.starts_with("related-referral");
+            match by_referral.entry(h.referral_id) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(Hinted {
+                        seqs: vec![h.seq],
+                        related_only: related,
+                        listed: copy,
+                    });
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let hinted = o.get_mut();
+                    hinted.seqs.push(h.seq);
+                    hinted.related_only &= related;
+                    hinted.listed = shared::newer_copy(hinted.listed.take(), copy);
+                }
+            }
         }
         // Our referrals first, then the related ones: a related referral's decision is told on
         // our pair, which the first batch may be creating.
-        let (related, own): (Vec<_>, Vec<_>) = by_referral
+        let (related, own): (Vec<_>, Vec<_>) =
+            by_referral.into_iter().partition(|(_, h)| h.related_only);
+        // Referrals known only from a shared reconcile's listing are written from it, in
+        // groups; any other (a webhook among its hints, a payload that did not decode) is read
+        // afresh.
+        let (listed, own): (Vec<_>, Vec<_>) =
+            own.into_iter().partition(|(_, h)| h.listed.is_some());
+        let listed: Vec<(Referral, Vec<i64>)> = listed
             .into_iter()
-            .partition(|(_, (_, related_only))| *related_only);
-        let mut report = Report::default();
-        for batch in [own, related] {
-            report.extend(
-                self.run_parallel(
-                    batch
-                        .into_iter()
-                        .map(|(id, (seqs, related_only))| {
-                            move || async move {
-                                let outcome = if related_only {
-                                    Box::pin(self.sync_related(&id)).await?
-                                } else {
-                                    Box::pin(self.sync_referral(&id)).await?
-                                };
-                                // Failures are dead-lettered above, so the hint can go; a dry
-                                // run consumes nothing.
-                                if !self.inner.config.dry_run {
-                                    self.inner.store.commit(Commit::new().ack(seqs)).await?;
-                                }
-                                Ok(outcome)
+            .filter_map(|(_, h)| h.listed.map(|r| (r, h.seqs)))
+            .collect();
+        let per_record = |batch: Vec<(String, Hinted)>| {
+            self.run_parallel(
+                batch
+                    .into_iter()
+                    .map(|(id, hinted)| {
+                        move || async move {
+                            let outcome = if hinted.related_only {
+                                Box::pin(self.sync_related(&id)).await?
+                            } else {
+                                Box::pin(self.sync_referral(&id)).await?
+                            };
+                            // Failures are dead-lettered above, so the hint can go; a dry
+                            // run consumes nothing.
+                            if !self.inner.config.dry_run {
+                                self.inner
+                                    .store
+                                    .commit(Commit::new().ack(hinted.seqs))
+                                    .await?;
                             }
-                        })
-                        .collect(),
-                )
-                .await?,
-            );
-        }
+                            Ok(outcome)
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        let (mut report, fresh) =
+            futures::future::try_join(Box::pin(self.apply_listed(listed)), per_record(own)).await?;
+        report.extend(fresh);
+        report.extend(per_record(related).await?);
         Ok(report)
     }
 
@@ -3604,7 +3659,7 @@ fn log_outcome(o: &Outcome) {
         Action::Failed => tracing::warn!(
             referral_id = referral, entity, crm_id, error = %o.detail, "record not synced"
         ),
-        Action::Echo | Action::Unchanged | Action::Skipped => tracing::debug!(
+        Action::Echo | Action::Unchanged | Action::Skipped | Action::Queued => tracing::debug!(
             referral_id = referral, entity, crm_id, action = ?o.action, "record checked"
         ),
         _ => tracing::info!(

@@ -130,6 +130,7 @@ impl WebhookIntake {
                     event: callback.event_name.to_string(),
                     change_time: Some(callback.resource_change_utc_date),
                     received_at: Utc::now(),
+                    payload: None,
                 },
             )
             .await?;

@@ -39,7 +39,7 @@ async fn postgres_store_survives_reconnecting_and_migrates_once() {
         return;
     };
     let store = pg.store("reconnect").await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 2);
+    assert_eq!(store.schema_version().await.unwrap(), 3);
     store
         .commit(
             Commit::new()
@@ -62,7 +62,7 @@ async fn postgres_store_survives_reconnecting_and_migrates_once() {
         let store = store.unwrap();
         assert_eq!(
             store.schema_version().await.unwrap(),
-            2,
+            3,
             "migrations run once"
         );
         assert_eq!(
@@ -98,7 +98,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     assert!(!path.exists());
     {
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 6);
+        assert_eq!(store.schema_version().await.unwrap(), 7);
         store
             .commit(
                 Commit::new()
@@ -119,7 +119,7 @@ async fn sqlite_file_is_created_on_first_use_and_survives_reopening() {
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(
         store.schema_version().await.unwrap(),
-        6,
+        7,
         "migrations run once"
     );
     assert_eq!(

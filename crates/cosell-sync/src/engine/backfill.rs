@@ -429,10 +429,10 @@ impl Engine {
             .collect();
         customers.sort();
         customers.dedup();
-        let mut customer_guards = Vec::with_capacity(customers.len());
-        for key in customers {
-            customer_guards.push(self.inner.locks.lock(key).await);
-        }
+        // Leases in the store as well as locks in process: a worker sharing the store creating
+        // one of these customers' records waits too (each worker's lock alone let two workers
+        // make one new customer's account twice).
+        let customer_guards = self.lease_keys(customers).await?;
         let mut report = Report::default();
         let mut retry: Vec<Planned> = Vec::new();
         if !locked.is_empty() {

@@ -116,6 +116,7 @@ pub fn hint(referral: &str, secs: i64) -> InboxHint {
         event: "referral-updated".into(),
         change_time: Some(t(secs)),
         received_at: t(secs + 1),
+        payload: None,
     }
 }
 
@@ -896,6 +897,81 @@ async fn status_counts_come_from_the_store(store: &dyn StateStore) {
     );
 }
 
+/// A hint carries the referral as listed: the payload round trips through push, pending and
+/// claim; `push_hints` deduplicates by body hash within the call and against earlier pushes,
+/// and says how many hints were new.
+async fn hints_carry_their_payload_and_are_pushed_together(store: &dyn StateStore) {
+    let listed = |referral: &str, secs: i64| InboxHint {
+        event: "reconcile-listed".into(),
+        payload: Some(format!(
+            "{{\"id\":\"{referral}\",\"name\":\"Contoso \u{e9}\"}}"
+        )),
+        ..hint(referral, secs)
+    };
+    assert!(store.push_hint("single", listed("r0", 0)).await.unwrap());
+    let fresh = store
+        .push_hints(vec![
+            ("many-1".into(), listed("r1", 1)),
+            ("single".into(), listed("r0", 0)),
+            ("many-2".into(), hint("r2", 2)),
+            ("many-1".into(), listed("r1", 1)),
+            ("many-3".into(), listed("r3", 3)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh, 3,
+        "a hash seen before, in the call or earlier, is not new"
+    );
+    assert_eq!(store.push_hints(Vec::new()).await.unwrap(), 0);
+    assert_eq!(store.inbox_depth().await.unwrap(), 4);
+    let pending = store.pending_hints(10).await.unwrap();
+    let shown: Vec<(&str, &str, Option<&str>)> = pending
+        .iter()
+        .map(|h| {
+            (
+                h.referral_id.as_str(),
+                h.event.as_str(),
+                h.payload.as_deref(),
+            )
+        })
+        .collect();
+    let payload = |r: &str| format!("{{\"id\":\"{r}\",\"name\":\"Contoso \u{e9}\"}}");
+    let (p0, p1, p3) = (payload("r0"), payload("r1"), payload("r3"));
+    assert_eq!(
+        shown,
+        vec![
+            ("r0", "reconcile-listed", Some(p0.as_str())),
+            ("r1", "reconcile-listed", Some(p1.as_str())),
+            ("r2", "referral-updated", None),
+            ("r3", "reconcile-listed", Some(p3.as_str())),
+        ],
+        "in push order, each with its payload"
+    );
+    assert_eq!(pending[1].change_time, Some(t(1)));
+    let claimed = store
+        .claim_hints("worker-a", 10, StdDuration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed, pending,
+        "a claim hands out the same hints, payloads included"
+    );
+    store
+        .commit(Commit::new().ack(claimed.iter().map(|h| h.seq)))
+        .await
+        .unwrap();
+    assert_eq!(store.inbox_depth().await.unwrap(), 0);
+    // Acknowledged hashes still deduplicate.
+    assert_eq!(
+        store
+            .push_hints(vec![("many-3".into(), listed("r3", 3))])
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 /// Runs every check of the suite, each against a fresh store from `make`. Panics on the first
 /// check the store fails.
 pub async fn run(make: impl AsyncFn() -> Box<dyn StateStore>) {
@@ -909,4 +985,5 @@ pub async fn run(make: impl AsyncFn() -> Box<dyn StateStore>) {
     the_inbox_deduplicates_deliveries(&*make().await).await;
     leases_are_exclusive_and_expire(&*make().await).await;
     hints_are_claimed_by_one_worker(&*make().await).await;
+    hints_carry_their_payload_and_are_pushed_together(&*make().await).await;
 }

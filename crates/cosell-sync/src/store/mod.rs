@@ -329,6 +329,11 @@ pub struct InboxHint {
     pub change_time: Option<DateTime<Utc>>,
     /// When it was received.
     pub received_at: DateTime<Utc>,
+    /// The referral as listed (its JSON), when the hint carries it: a reconcile sharing its
+    /// listing (`EngineConfig::share_reconcile`) queues what it listed, so the worker that
+    /// takes the hint writes it without reading it again. `None` for a webhook hint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
 }
 
 /// A CRM row that belongs to another record's state (a solution link row of an opportunity),
@@ -640,6 +645,20 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     /// Adds a webhook hint unless a delivery with the same body hash was seen before; returns
     /// whether it was new.
     async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError>;
+    /// Adds several hints as [`push_hint`](Self::push_hint) adds one, each unless its body
+    /// hash was seen before (in an earlier push or earlier in `hints`); returns how many were
+    /// new. The reconcile queues a chunk of its listing at once (see
+    /// `EngineConfig::share_reconcile`). The default pushes them one by one; a store with
+    /// transactions should override it with one.
+    async fn push_hints(&self, hints: Vec<(String, InboxHint)>) -> Result<usize, StoreError> {
+        let mut fresh = 0;
+        for (body_hash, hint) in hints {
+            if self.push_hint(&body_hash, hint).await? {
+                fresh += 1;
+            }
+        }
+        Ok(fresh)
+    }
     /// Unacknowledged hints, oldest first, at most `max`.
     async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError>;
     /// The remembered CRM child row `entity`/`id`, if any.

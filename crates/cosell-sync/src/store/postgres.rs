@@ -256,6 +256,7 @@ fn hint_from_row(row: &PgRow) -> Result<InboxHint, StoreError> {
         event: row.try_get("event").map_err(backend)?,
         change_time: row.try_get("change_time").map_err(backend)?,
         received_at: row.try_get("received_at").map_err(backend)?,
+        payload: row.try_get("payload").map_err(backend)?,
     })
 }
 
@@ -428,6 +429,10 @@ impl StateStore for PostgresStore {
     }
 
     async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError> {
+        Ok(self.push_hints(vec![(body_hash.to_string(), hint)]).await? == 1)
+    }
+
+    async fn push_hints(&self, hints: Vec<(String, InboxHint)>) -> Result<usize, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
         // Retention runs on the database's clock, not on the timestamps a caller supplies.
         sqlx::query("DELETE FROM inbox_seen WHERE seen_at < now() - make_interval(secs => $1)")
@@ -435,34 +440,42 @@ impl StateStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let fresh = sqlx::query(
-            "INSERT INTO inbox_seen (body_hash, seen_at) VALUES ($1, now()) ON CONFLICT DO NOTHING",
-        )
-        .bind(body_hash)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-        if fresh {
-            sqlx::query(
-                "INSERT INTO inbox (referral_id, event, change_time, received_at) VALUES ($1, $2, $3, $4)",
+        let mut new = 0;
+        for (body_hash, hint) in &hints {
+            // A hash seen before, in an earlier push or earlier in this one, is a duplicate.
+            let fresh = sqlx::query(
+                "INSERT INTO inbox_seen (body_hash, seen_at) VALUES ($1, now()) ON CONFLICT DO NOTHING",
             )
-            .bind(&hint.referral_id)
-            .bind(&hint.event)
-            .bind(hint.change_time)
-            .bind(hint.received_at)
+            .bind(body_hash)
             .execute(&mut *tx)
             .await
-            .map_err(backend)?;
+            .map_err(backend)?
+            .rows_affected()
+                == 1;
+            if fresh {
+                sqlx::query(
+                    "INSERT INTO inbox (referral_id, event, change_time, received_at, payload) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&hint.referral_id)
+                .bind(&hint.event)
+                .bind(hint.change_time)
+                .bind(hint.received_at)
+                .bind(hint.payload.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                new += 1;
+            }
         }
         tx.commit().await.map_err(backend)?;
-        Ok(fresh)
+        Ok(new)
     }
 
     async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, referral_id, event, change_time, received_at FROM inbox ORDER BY seq LIMIT $1",
+            "SELECT seq, referral_id, event, change_time, received_at, payload FROM inbox \
+             ORDER BY seq LIMIT $1",
         )
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -701,7 +714,7 @@ impl StateStore for PostgresStore {
              WHERE seq IN (SELECT seq FROM inbox \
                WHERE claimed_until IS NULL OR claimed_until <= now() \
                ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING seq, referral_id, event, change_time, received_at",
+             RETURNING seq, referral_id, event, change_time, received_at, payload",
         )
         .bind(holder)
         .bind(seconds(ttl))

@@ -759,6 +759,10 @@ impl StateStore for SqliteStore {
     }
 
     async fn push_hint(&self, body_hash: &str, hint: InboxHint) -> Result<bool, StoreError> {
+        Ok(self.push_hints(vec![(body_hash.to_string(), hint)]).await? == 1)
+    }
+
+    async fn push_hints(&self, hints: Vec<(String, InboxHint)>) -> Result<usize, StoreError> {
         let mut tx = self.write_transaction().await?;
         // Retention runs on the store's clock, not on the timestamps a caller supplies.
         let now = Utc::now();
@@ -768,35 +772,43 @@ impl StateStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        let fresh = sqlx::query(
-            "INSERT INTO inbox_seen (body_hash, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(body_hash)
-        .bind(ts(&now))
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected()
-            == 1;
-        if fresh {
-            sqlx::query(
-                "INSERT INTO inbox (referral_id, event, change_time, received_at) VALUES (?, ?, ?, ?)",
+        let mut new = 0;
+        for (body_hash, hint) in &hints {
+            // A hash seen before, in an earlier push or earlier in this one, is a duplicate.
+            let fresh = sqlx::query(
+                "INSERT INTO inbox_seen (body_hash, seen_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             )
-            .bind(&hint.referral_id)
-            .bind(&hint.event)
-            .bind(hint.change_time.as_ref().map(ts))
-            .bind(ts(&hint.received_at))
+            .bind(body_hash)
+            .bind(ts(&now))
             .execute(&mut *tx)
             .await
-            .map_err(backend)?;
+            .map_err(backend)?
+            .rows_affected()
+                == 1;
+            if fresh {
+                sqlx::query(
+                    "INSERT INTO inbox (referral_id, event, change_time, received_at, payload) \
+                     VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(&hint.referral_id)
+                .bind(&hint.event)
+                .bind(hint.change_time.as_ref().map(ts))
+                .bind(ts(&hint.received_at))
+                .bind(hint.payload.as_deref())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+                new += 1;
+            }
         }
         tx.commit().await.map_err(backend)?;
-        Ok(fresh)
+        Ok(new)
     }
 
     async fn pending_hints(&self, max: usize) -> Result<Vec<InboxHint>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, referral_id, event, change_time, received_at FROM inbox ORDER BY seq LIMIT ?",
+            "SELECT seq, referral_id, event, change_time, received_at, payload FROM inbox \
+             ORDER BY seq LIMIT ?",
         )
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
@@ -1036,7 +1048,7 @@ impl StateStore for SqliteStore {
             "UPDATE inbox SET claimed_by = ?1, claimed_until = ?2 WHERE seq IN ( \
                SELECT seq FROM inbox WHERE claimed_until IS NULL OR claimed_until <= ?3 \
                ORDER BY seq LIMIT ?4) \
-             RETURNING seq, referral_id, event, change_time, received_at",
+             RETURNING seq, referral_id, event, change_time, received_at, payload",
         )
         .bind(holder)
         .bind(ts(&until))
@@ -1104,5 +1116,8 @@ fn hint_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<InboxHint, StoreError>
                 .map_err(backend)?,
         )?,
         received_at: parse_ts("inbox hint", &get("received_at")?)?,
+        payload: row
+            .try_get::<Option<String>, _>("payload")
+            .map_err(backend)?,
     })
 }

@@ -406,3 +406,191 @@ async fn a_batched_backfill_leaves_each_pair_as_apply_referral_does() {
         pairs.len()
     );
 }
+
+/// A world whose engine shares its reconcile through the inbox, with one lane (so the inbox
+/// counts as full at 100 hints) and inbox batches of 32.
+fn sharing_world() -> World {
+    let mut w = world();
+    w.engine = Engine::new(
+        Arc::new(w.pc.clone()),
+        Arc::new(w.crm.clone()),
+        w.store.clone(),
+        EngineConfig {
+            share_reconcile: true,
+            backfill_lanes: 1,
+            leases: crate::LeaseConfig {
+                inbox_batch: 32,
+                ..crate::LeaseConfig::default()
+            },
+            ..EngineConfig::default()
+        },
+    );
+    w
+}
+
+/// Every referral is one linked CRM row, in sync, and the inbox is empty.
+async fn assert_each_once(w: &World, ids: &[String]) {
+    let rows: Vec<String> = w
+        .crm
+        .rows(RecordKind::Opportunity)
+        .into_iter()
+        .chain(w.crm.rows(RecordKind::Lead))
+        .filter_map(|r| {
+            r.records
+                .primary
+                .get("cosell_referralid")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    for id in ids {
+        assert_eq!(
+            rows.iter().filter(|r| *r == id).count(),
+            1,
+            "CRM rows of {id}"
+        );
+        let link = w.store.link_by_referral(id).await.unwrap().unwrap();
+        assert!(link.in_sync && link.crm_id.is_some(), "{link:?}");
+    }
+    assert_eq!(rows.len(), ids.len(), "no CRM row of anything else");
+    assert_eq!(w.store.inbox_depth().await.unwrap(), 0);
+}
+
+/// Issue 15: a lone worker whose reconcile is shared still finishes it. Its inbox is full
+/// (100 webhooks waiting, the bound for one lane): the lister drains them before it queues
+/// its listing, then drains its own listing, writing each listed copy without reading it again.
+#[tokio::test]
+async fn a_lone_worker_sharing_its_reconcile_drains_a_full_inbox_and_its_own_listing() {
+    let w = sharing_world();
+    let mut ids = Vec::new();
+    for i in 0..130 {
+        let referral = w.pc.insert(co_sell(&format!("Deal {i}"), "US"));
+        ids.push(referral.id.unwrap());
+    }
+    // Webhooks for the first 100: the inbox is at its bound.
+    for (i, id) in ids.iter().take(100).enumerate() {
+        let hint = crate::store::InboxHint {
+            seq: 0,
+            referral_id: id.clone(),
+            event: "referral-updated".into(),
+            change_time: None,
+            received_at: chrono::Utc::now(),
+            payload: None,
+        };
+        assert!(
+            w.store
+                .push_hint(&format!("webhook-{i}"), hint)
+                .await
+                .unwrap()
+        );
+    }
+    let report = w.engine.reconcile().await.unwrap();
+    assert_eq!(report.failures().count(), 0, "{report:#?}");
+    // The webhooks first (each read afresh), then the listing queued as one chunk, then the
+    // listing written: the 100 already written are unchanged, the 30 others created.
+    let queued: Vec<usize> = report
+        .outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.action == Action::Queued)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(queued, [100], "{report:#?}");
+    assert_eq!(
+        report.outcomes[queued[0]].detail,
+        "queued 130 listed referrals for any worker"
+    );
+    assert!(
+        report.outcomes[..100]
+            .iter()
+            .all(|o| o.action == Action::CreatedInCrm),
+        "the full inbox was drained before the listing was queued"
+    );
+    assert_eq!(report.count(Action::CreatedInCrm), 130, "{report:#?}");
+    assert_eq!(
+        report.count(Action::Unchanged) + report.count(Action::Echo),
+        100
+    );
+    // Only the webhooks were read afresh; the listed copies were written as listed.
+    assert_eq!(w.pc.calls(PcCall::Get), 100);
+    assert_each_once(&w, &ids).await;
+    let newest =
+        w.pc.get_referral(ids.last().unwrap())
+            .await
+            .unwrap()
+            .updated_date_time
+            .unwrap();
+    assert_eq!(
+        w.store
+            .checkpoint(crate::engine::RECONCILE_CHECKPOINT)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(newest.to_rfc3339().as_str())
+    );
+}
+
+/// Issue 15: a lister that crashed after queueing a chunk and before moving the checkpoint
+/// leaves the chunk queued; the next pass lists it again and queues it again (its hints name
+/// their pass), and the second copy of each referral is harmless: unchanged.
+#[tokio::test]
+async fn a_crash_between_queueing_and_the_checkpoint_only_queues_again() {
+    let w = sharing_world();
+    let mut listed = Vec::new();
+    for i in 0..40 {
+        listed.push(w.pc.insert(co_sell(&format!("Deal {i}"), "US")));
+    }
+    let ids: Vec<String> = listed.iter().map(|r| r.id.clone().unwrap()).collect();
+    // What the crashed pass left: its chunk queued, no checkpoint.
+    let hints = listed
+        .iter()
+        .map(|r| {
+            let id = r.id.clone().unwrap();
+            let changed = r.updated_date_time.unwrap().to_rfc3339();
+            (
+                format!("reconcile:2026-12-01T00:00:00+00:00:{id}:{changed}"),
+                crate::store::InboxHint {
+                    seq: 0,
+                    referral_id: id,
+                    event: crate::engine::RECONCILE_LISTED.into(),
+                    change_time: r.updated_date_time,
+                    received_at: chrono::Utc::now(),
+                    payload: Some(serde_json::to_string(r).unwrap()),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(w.store.push_hints(hints).await.unwrap(), 40);
+    assert_eq!(
+        w.store
+            .checkpoint(crate::engine::RECONCILE_CHECKPOINT)
+            .await
+            .unwrap(),
+        None
+    );
+    let report = w.engine.reconcile().await.unwrap();
+    assert_eq!(report.failures().count(), 0, "{report:#?}");
+    assert_eq!(report.count(Action::Queued), 1, "listed and queued again");
+    // Batches of 32 in queue order: the 40 first copies are created, and the 40 second ones
+    // (a few coalesced with their first copy in one batch, the rest on their own) change
+    // nothing.
+    assert_eq!(report.count(Action::CreatedInCrm), 40, "{report:#?}");
+    assert_eq!(
+        report.count(Action::Unchanged) + report.count(Action::Echo),
+        report.total() - 41,
+        "{report:#?}"
+    );
+    assert!(
+        report.total() > 41,
+        "some second copies applied on their own"
+    );
+    assert_eq!(w.pc.calls(PcCall::Get), 0, "every copy written as listed");
+    assert_each_once(&w, &ids).await;
+    assert!(
+        w.store
+            .checkpoint(crate::engine::RECONCILE_CHECKPOINT)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

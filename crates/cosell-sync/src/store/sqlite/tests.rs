@@ -145,7 +145,7 @@ async fn snapshots_written_as_json_text_still_read_and_are_compacted_at_open() {
         pool.close().await;
     }
     let store = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 6);
+    assert_eq!(store.schema_version().await.unwrap(), 7);
     assert_eq!(
         store.link_by_referral(&link.referral_id).await.unwrap(),
         Some(link.clone())
@@ -174,6 +174,7 @@ async fn snapshots_written_as_json_text_still_read_and_are_compacted_at_open() {
         event: "referral-updated".into(),
         change_time: None,
         received_at: Utc::now(),
+        payload: None,
     };
     assert!(!store.push_hint("h1", hint.clone()).await.unwrap());
     assert!(store.push_hint("h2", hint).await.unwrap());
@@ -442,7 +443,7 @@ async fn a_version_5_store_opens_at_version_6_with_every_row_equal() {
     version_5_store(&path, &links, &audit, &children).await;
 
     let store = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(store.schema_version().await.unwrap(), 6);
+    assert_eq!(store.schema_version().await.unwrap(), 7);
     let mut by_id = links.clone();
     by_id.sort_by(|a, b| a.referral_id.cmp(&b.referral_id));
     assert_eq!(store.links().await.unwrap(), by_id);
@@ -683,5 +684,92 @@ async fn expired_leases_are_deleted_at_close_and_live_ones_kept() {
     // The live lease is still held against others.
     let store = SqliteStore::open(&path).await.unwrap();
     assert!(!store.try_lease("referral:kept", "w2", long).await.unwrap());
+    store.close().await;
+}
+
+/// Migration 0007 adds the inbox payload: a version 6 store opens at version 7 with its links,
+/// checkpoints and waiting hints intact (a hint written before has no payload), and a hint
+/// with a payload then round trips.
+#[tokio::test]
+async fn a_version_6_store_opens_at_version_7_with_its_inbox_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.sqlite");
+    let link = realistic_link(3);
+    {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        MIGRATOR.run_to(6, &pool).await.unwrap();
+        // The store's own commit writes the version 6 per-link tables (it touches no inbox
+        // column); the hint is written as version 6 wrote it, without a payload column.
+        let v6 = SqliteStore {
+            leases: pool.clone(),
+            pool: pool.clone(),
+            writes: Arc::default(),
+        };
+        v6.commit(
+            Commit::new()
+                .link(link.clone())
+                .checkpoint("pc.reconcile", "2026-03-01T09:00:00+00:00"),
+        )
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO inbox (referral_id, event, change_time, received_at) \
+             VALUES (?, 'referral-updated', NULL, ?)",
+        )
+        .bind(&link.referral_id)
+        .bind(ts(&Utc::now()))
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO inbox_seen (body_hash, seen_at) VALUES ('h-v6', ?)")
+            .bind(ts(&Utc::now()))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), 7);
+    assert_eq!(
+        store.link_by_referral(&link.referral_id).await.unwrap(),
+        Some(link.clone())
+    );
+    assert_eq!(
+        store.checkpoint("pc.reconcile").await.unwrap().as_deref(),
+        Some("2026-03-01T09:00:00+00:00")
+    );
+    let waiting = store.pending_hints(10).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].referral_id, link.referral_id);
+    assert_eq!(waiting[0].payload, None);
+    let hint = |payload: Option<&str>| InboxHint {
+        seq: 0,
+        referral_id: link.referral_id.clone(),
+        event: "reconcile-listed".into(),
+        change_time: None,
+        received_at: Utc::now(),
+        payload: payload.map(str::to_string),
+    };
+    assert!(!store.push_hint("h-v6", hint(None)).await.unwrap());
+    assert!(
+        store
+            .push_hint("h-v7", hint(Some("{\"id\":\"x\"}")))
+            .await
+            .unwrap()
+    );
+    let claimed = store
+        .claim_hints("w1", 10, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|h| h.payload.as_deref())
+            .collect::<Vec<_>>(),
+        vec![None, Some("{\"id\":\"x\"}")]
+    );
     store.close().await;
 }
