@@ -324,6 +324,56 @@ async fn faults_on_the_batches_then_a_rerun_leave_no_duplicate_and_nothing_missi
     assert_eq!(shared[&("faulty shared co".into(), "40004".into())], 1);
 }
 
+/// A group whose batched create fails after its plans are committed goes the per-record way,
+/// its referrals side by side: four referrals of one new customer make one account, not one
+/// each. (The retry of a plan once took no customer lock; found by the test above failing about
+/// one run in twenty.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batched_create_retried_one_by_one_makes_a_new_customer_once() {
+    let h = Harness::start(19).await;
+    let mut ids = BTreeSet::new();
+    for i in 0..4 {
+        ids.insert(h.incoming(
+            "Retried Newco",
+            "50005",
+            &format!("r{i}@newco.example"),
+            true,
+        ));
+    }
+    let referrals: Vec<Referral> = h
+        .list()
+        .await
+        .into_iter()
+        .filter(|r| ids.contains(r.id.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(referrals.len(), 4);
+    // The grouped look-up of existing rows answers; the create's first `$batch` (its reads)
+    // then fails however often it is retried: the plans are committed, the CRM not written.
+    let faults = h.s.sandbox.faults();
+    faults.inject(
+        Service::Dataverse,
+        Fault::status(503).on_path("$batch").after(1).times(3),
+    );
+    // Account look-ups answer slowly, so the four retries side by side overlap.
+    faults.inject(
+        Service::Dataverse,
+        Fault::latency(Duration::from_millis(150))
+            .on_method(http::Method::GET)
+            .on_path("accounts"),
+    );
+    let report = h.s.engine.backfill(referrals.clone()).await.unwrap();
+    assert!(
+        faults.injected() >= 3,
+        "the create's reads failed on every attempt"
+    );
+    assert_eq!(report.count(Action::CreatedInCrm), 4, "{report:#?}");
+    h.assert_complete(&referrals, &BTreeSet::new()).await;
+    assert_eq!(
+        h.accounts_by_key()[&("retried newco".into(), "50005".into())],
+        1
+    );
+}
+
 /// A rerun of a finished backfill writes nothing to the CRM and reads nothing from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rerun_of_a_finished_backfill_writes_nothing() {

@@ -947,17 +947,6 @@ impl Engine {
         let snapshot = map.snapshot_from_referral(&referral)?;
         let payload = map.to_crm(&snapshot, &self.identity(&referral)?, None)?;
         let kind = payload.kind;
-        // One customer's records are created one after another (after the pair's lock, in the
-        // order every create takes them): two referrals of a new customer created side by side
-        // (two webhooks, a webhook and a backfill group) would each find no account and make one.
-        // The lock is a lease in the store too, so this holds across workers sharing it.
-        let customer = backfill::customer_key(&payload);
-        let _customer = match &customer {
-            Some(key) if !inner.config.dry_run && !inner.known_customers.contains(key) => {
-                Some(self.lease_keys(vec![key.clone()]).await?)
-            }
-            _ => None,
-        };
         if inner.config.dry_run {
             return Ok(Outcome::new(
                 Action::Planned,
@@ -970,11 +959,7 @@ impl Engine {
         // by finding the row by its referral id and merging against what was sent.
         let link = plan_link(id, &referral, kind, &snapshot);
         self.commit(Commit::new().link(link.clone())).await?;
-        let outcome = Box::pin(self.reconcile_locked(link, Some(referral))).await?;
-        if outcome.action == Action::CreatedInCrm {
-            inner.known_customers.learn(customer);
-        }
-        Ok(outcome)
+        Box::pin(self.reconcile_locked(link, Some(referral))).await
     }
 
     /// The create intent recorded for a CRM record, if any.
@@ -2217,10 +2202,23 @@ impl Engine {
                     // The row holds every column already (a difference it cannot represent,
                     // such as a field a lead has no column for): no request.
                     if !nothing_to_send {
-                        let written = inner
-                            .crm
-                            .write(trimmed.as_ref().unwrap_or(payload), &extra, target)
-                            .await?;
+                        let sent = trimmed.as_ref().unwrap_or(payload);
+                        // A write that resolves an account (finds it, or creates it) goes one
+                        // customer at a time (after the pair's lock, as every create takes
+                        // them), in the store too, so across workers: two referrals of a new
+                        // customer written side by side would each find no account and make
+                        // one. Every path that creates goes through here, a referral's first
+                        // create as much as the retry of a plan a lost `$batch` left (which
+                        // once took no lock and made the account twice).
+                        let customer = backfill::customer_key(sent);
+                        let _customer = match &customer {
+                            Some(key) if !inner.known_customers.contains(key) => {
+                                Some(self.lease_keys(vec![key.clone()]).await?)
+                            }
+                            _ => None,
+                        };
+                        let written = inner.crm.write(sent, &extra, target).await?;
+                        inner.known_customers.learn(customer);
                         etag = written.etag;
                         id = Some(written.id);
                     }
