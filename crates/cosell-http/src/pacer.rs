@@ -306,11 +306,17 @@ impl State {
     /// The window's mean cost per request: what a request in flight or about to go is expected
     /// to cost at least.
     fn mean_cost(&self) -> Duration {
-        let measured = match u32::try_from(self.finished_requests) {
-            Ok(n) if n > 0 => self.finished_total.saturating_sub(self.corrections_total) / n,
-            _ => self.last_mean,
-        };
-        measured.mul_f64(self.execution_scale)
+        self.window_mean()
+            .unwrap_or(self.last_mean)
+            .mul_f64(self.execution_scale)
+    }
+
+    /// The mean measured round trip of the finished requests in the window (`None`: none).
+    fn window_mean(&self) -> Option<Duration> {
+        let n = u32::try_from(self.finished_requests)
+            .ok()
+            .filter(|n| *n > 0)?;
+        Some(self.finished_total.saturating_sub(self.corrections_total) / n)
     }
 
     fn pending_in(&self, scope: Scope) -> usize {
@@ -796,8 +802,8 @@ impl Drop for InFlight {
                 );
                 s.finished_total += cost;
                 s.finished_requests += 1;
-                if let Ok(n) = u32::try_from(s.finished_requests) {
-                    s.last_mean = s.finished_total.saturating_sub(s.corrections_total) / n;
+                if let Some(mean) = s.window_mean() {
+                    s.last_mean = mean;
                 }
             }
         }
